@@ -1,0 +1,69 @@
+"""The ``deep-speaker`` command: a thin layer over the Python API.
+
+Each subcommand lives in a module of this package that exposes ``register(subparsers)``; the
+module sets ``func`` on its parser, a function ``(args) -> int`` returning the exit code.
+
+Exit codes: 0 success, 1 some inputs failed (reported, the rest processed), 2 usage error
+(bad arguments, missing model or data, incompatible settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+from ..errors import DeepSpeakerError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+# Subcommand modules, in the order ``--help`` lists them; a module not written yet is skipped.
+COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "generated")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deep-speaker",
+        description="Speaker embeddings (Deep Speaker ResCNN), speaker verification and evaluation of "
+                    "generated speech. Run 'deep-speaker COMMAND --help' for the options of a command.",
+        epilog="Exit codes: 0 ok, 1 some inputs failed (reported and skipped), 2 usage error.")
+    parser.add_argument("--verbose", action="store_true", help="print the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; user errors become one line on stderr and exit code 2 (traceback with --verbose)."""
+    try:
+        return int(func(args) or 0)
+    except (DeepSpeakerError, FileNotFoundError) as exc:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"{os.path.basename(sys.argv[0]) or 'deep-speaker'}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
