@@ -1,0 +1,116 @@
+"""Degraded copies of real speech (noise, low-pass, Griffin-Lim resynthesis) for sanity checks of the metrics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import butter, sosfiltfilt
+
+from .errors import DeepSpeakerError
+
+Kind = Literal["noise", "lowpass", "griffinlim"]
+KINDS = ("noise", "lowpass", "griffinlim")
+# What ``level`` means for each kind, and its default.
+LEVELS = {"noise": ("SNR in dB", 20.0), "lowpass": ("cut-off in Hz", 4000.0),
+          "griffinlim": ("Griffin-Lim iterations", 8.0)}
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# A full-scale peak would clip when written back as 16-bit PCM.
+MAX_PEAK = 0.99
+
+
+def add_noise(signal: np.ndarray, snr_db: float, seed: int | np.random.Generator = 0) -> np.ndarray:
+    """Add white Gaussian noise so that mean(signal²) / mean(noise²) is ``snr_db`` decibels."""
+    x = np.asarray(signal, dtype=np.float64)
+    power = float(np.mean(x * x))
+    if power <= 0.0:
+        raise DeepSpeakerError("cannot set an SNR on a silent signal")
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(x.shape)
+    # Scale the drawn noise to the exact target power, not just its expectation.
+    noise *= np.sqrt(power / 10.0 ** (snr_db / 10.0) / np.mean(noise * noise))
+    return (x + noise).astype(np.float32)
+
+
+def lowpass(signal: np.ndarray, sample_rate: int, cutoff_hz: float, order: int = 8) -> np.ndarray:
+    """Zero-phase Butterworth low-pass (sosfiltfilt), as a band-limited codec or vocoder would sound."""
+    if not 0.0 < cutoff_hz < sample_rate / 2:
+        raise DeepSpeakerError(f"low-pass cut-off must lie in (0, {sample_rate / 2:g}) Hz, got {cutoff_hz:g}")
+    sos = butter(order, cutoff_hz, btype="lowpass", fs=sample_rate, output="sos")
+    return sosfiltfilt(sos, np.asarray(signal, dtype=np.float64)).astype(np.float32)
+
+
+def griffin_lim(signal: np.ndarray, n_iter: int, seed: int | np.random.Generator = 0,
+                n_fft: int = 1024, hop_length: int = 256) -> np.ndarray:
+    """Vocoder-like resynthesis: keep the STFT magnitude, re-estimate the phase with ``n_iter`` Griffin-Lim steps."""
+    import librosa
+
+    if n_iter < 1:
+        raise DeepSpeakerError(f"Griffin-Lim needs at least 1 iteration, got {n_iter}")
+    x = np.asarray(signal, dtype=np.float32)
+    magnitude = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop_length))
+    # Random initial phase (seeded): with few iterations the phasiness is the audible artefact we want.
+    out = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=hop_length, n_fft=n_fft,
+                             init="random", random_state=np.random.default_rng(seed), length=x.size)
+    return out.astype(np.float32)
+
+
+def degrade_signal(signal: np.ndarray, sample_rate: int, kind: Kind, level: float,
+                   seed: int | np.random.Generator = 0) -> np.ndarray:
+    """Apply one degradation: ``noise`` (level = SNR dB), ``lowpass`` (cut-off Hz), ``griffinlim`` (iterations)."""
+    if kind == "noise":
+        return add_noise(signal, level, seed)
+    if kind == "lowpass":
+        return lowpass(signal, sample_rate, level)
+    if kind == "griffinlim":
+        return griffin_lim(signal, int(level), seed)
+    raise DeepSpeakerError(f"unknown degradation {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def _write_atomic(path: Path, data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, data, sample_rate, format=fmt, subtype=subtype)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind: Kind, level: float,
+                   seed: int = 0) -> list[Path]:
+    """Write a degraded copy of every audio file under ``src_dir`` to the same relative path under ``dst_dir``.
+
+    Names and layout are kept, so speaker labels and pairing by name still work; files keep their sample rate
+    and format. Each file gets its own seed derived from ``seed`` and its relative path (order-independent).
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    if not src.is_dir():
+        raise DeepSpeakerError(f"no such folder: {src}")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise DeepSpeakerError(f"destination {dst} must lie outside the source folder {src}")
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise DeepSpeakerError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
+    written = []
+    for path in files:
+        rel = path.relative_to(src)
+        info = sf.info(str(path))
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        file_seed = np.random.default_rng([seed, zlib.crc32(rel.as_posix().encode())])
+        out = np.stack([degrade_signal(data[:, c], sample_rate, kind, level, file_seed)
+                        for c in range(data.shape[1])], axis=1)
+        peak = float(np.max(np.abs(out)))
+        if peak > MAX_PEAK:  # one gain for the whole file keeps the SNR and spectrum shape
+            out *= MAX_PEAK / peak
+        _write_atomic(dst / rel, out, sample_rate, info.format, info.subtype)
+        written.append(dst / rel)
+    return written
