@@ -1,0 +1,374 @@
+"""The ResCNN of Deep Speaker in Keras 3, checkpoint-compatible with the original Keras 2 implementation.
+
+Layer names are the original's (`conv64-s`, `res1_0_branch_2a_bn`, ..., `affine`, `ln`), so original
+HDF5 checkpoints load by layer name with Keras' own legacy loader. There are no Lambda layers: the
+clipped ReLU, temporal average and L2 normalisation are small registered layers, so a saved `.keras`
+model loads with `safe_mode=True`.
+
+Padding: the stride-2 5x5 convolutions use Keras `padding="same"`, which pads TensorFlow's way (the odd
+extra row/column at the bottom/right) on every Keras 3 backend: TensorFlow natively, JAX through
+`lax.conv_general_dilated(padding="SAME")` (low = total // 2) and torch through Keras'
+`_compute_padding_length` (extra pixel at the end). tests/test_model.py checks it on odd and even sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+from keras import ops
+
+from .errors import DeepSpeakerError
+from .features import FEATURE_SETTINGS, NUM_FILTERS
+
+STAGE_FILTERS = (64, 128, 256, 512)
+EMBEDDING_SIZE = 512
+WEIGHT_DECAY = 1e-4
+HEAD_NAME = "softmax-layer"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class ClippedReLU(keras.layers.Layer):
+    """min(max(x, 0), ceiling): the original's clipped ReLU (ceiling 20)."""
+
+    def __init__(self, ceiling: float = 20.0, **kwargs):
+        super().__init__(**kwargs)
+        self.ceiling = float(ceiling)
+
+    def call(self, x):
+        return ops.minimum(ops.maximum(x, 0.0), self.ceiling)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "ceiling": self.ceiling}
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class TemporalAverage(keras.layers.Layer):
+    """mean(x, axis=1): average over time of [batch, time, features], accumulated in float32."""
+
+    def call(self, x):
+        # bfloat16 has 8 mantissa bits: summing hundreds of frames in it would lose the average.
+        return ops.cast(ops.mean(ops.cast(x, "float32"), axis=1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class L2Normalize(keras.layers.Layer):
+    """x / sqrt(max(sum(x^2), 1e-12)) over the last axis, always in float32 (as K.l2_normalize)."""
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"  # unit-length embeddings must not be bfloat16-rounded
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config()
+
+
+def _policy(precision: str) -> str:
+    """The Keras dtype policy name for a precision, set per layer so the global policy is untouched."""
+    if precision not in PRECISIONS:
+        raise DeepSpeakerError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def scaled_filters(filters: int, width: float) -> int:
+    """max(1, round(filters * width)): the filter count of a stage at a width factor."""
+    return max(1, int(round(filters * width)))
+
+
+def build_rescnn(
+    width: float = 1.0,
+    num_speakers: int | None = None,
+    dropout: float = 0.5,
+    precision: str = "float32",
+) -> keras.Model:
+    """The original ResCNN: input [batch, T, 64, 1] -> L2-normalised 512-d embedding, or softmax over speakers."""
+    if width <= 0:
+        raise DeepSpeakerError(f"width must be positive, got {width}")
+    if num_speakers is not None and num_speakers < 1:
+        raise DeepSpeakerError(f"num_speakers must be at least 1, got {num_speakers}")
+    policy = _policy(precision)
+    counter = {"relu": 0, "add": 0}
+
+    def clipped_relu(x):
+        # Named as the original names its Lambdas, so model.layers matches the file's layer_names.
+        name = f"clipped_relu_{counter['relu']}"
+        counter["relu"] += 1
+        return ClippedReLU(20.0, name=name, dtype=policy)(x)
+
+    def conv_bn(x, filters, kernel, strides, name):
+        x = keras.layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            kernel_initializer="glorot_uniform",
+            kernel_regularizer=keras.regularizers.L2(WEIGHT_DECAY),
+            name=name,
+            dtype=policy,
+        )(x)
+        # Keras defaults momentum 0.99 / epsilon 1e-3 are the original's (PyTorch's 1e-5 would not match).
+        return keras.layers.BatchNormalization(name=f"{name}_bn", dtype=policy)(x)
+
+    def identity_block(inp, filters, stage, block):
+        base = f"res{stage}_{block}_branch"
+        x = clipped_relu(conv_bn(inp, filters, 3, 1, f"{base}_2a"))
+        # The original clips before the residual add as well as after it.
+        x = clipped_relu(conv_bn(x, filters, 3, 1, f"{base}_2b"))
+        name = "add" if counter["add"] == 0 else f"add_{counter['add']}"
+        counter["add"] += 1
+        x = keras.layers.Add(name=name, dtype=policy)([x, inp])
+        return clipped_relu(x)
+
+    inputs = keras.Input(shape=(None, NUM_FILTERS, 1), name="input")
+    x = inputs
+    for stage, base_filters in enumerate(STAGE_FILTERS, start=1):
+        filters = scaled_filters(base_filters, width)
+        x = clipped_relu(conv_bn(x, filters, 5, 2, f"conv{base_filters}-s"))
+        for block in range(3):
+            x = identity_block(x, filters, stage, block)
+    # Channels-last [B, T/16, 4, F] -> [B, T/16, 4*F]: feature index freq*F + channel, as the original.
+    x = keras.layers.Reshape((-1, (NUM_FILTERS // 16) * filters), name="reshape", dtype=policy)(x)
+    x = TemporalAverage(name="average", dtype=policy)(x)
+    if num_speakers is not None:
+        x = keras.layers.Dropout(dropout, name="dropout", dtype=policy)(x)
+    x = keras.layers.Dense(EMBEDDING_SIZE, name="affine", dtype=policy)(x)
+    if num_speakers is None:
+        x = L2Normalize(name="ln")(x)
+    else:
+        # float32 head: a softmax over many speakers in bfloat16 would saturate the loss.
+        x = keras.layers.Dense(num_speakers, activation="softmax", name=HEAD_NAME, dtype="float32")(x)
+    name = "ResCNN" if width == 1 else f"ResCNN_w{width:g}"
+    return keras.Model(inputs, x, name=name)
+
+
+def model_width(model: keras.Model) -> float:
+    """filters(conv64-s) / 64: the width factor a ResCNN was built with."""
+    return model.get_layer("conv64-s").filters / STAGE_FILTERS[0]
+
+
+def model_precision(model: keras.Model) -> str:
+    """The dtype policy name of the convolutions ('float32' or 'mixed_bfloat16')."""
+    return model.get_layer("conv64-s").dtype_policy.name
+
+
+def num_speakers_of(model: keras.Model) -> int | None:
+    """Units of the softmax head, or None for an embedding model."""
+    head = _find_layer(model, HEAD_NAME)
+    return None if head is None else head.units
+
+
+def _find_layer(model: keras.Model, name: str):
+    return next((layer for layer in model.layers if layer.name == name), None)
+
+
+def _copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of every layer of target that source has under the same name."""
+    for layer in target.layers:
+        other = _find_layer(source, layer.name)
+        if layer.weights and other is not None:
+            layer.set_weights(other.get_weights())
+
+
+def to_embedding_model(model: keras.Model) -> keras.Model:
+    """The embedding model (input -> affine -> ln, no dropout) of a softmax model, weights copied; identity otherwise."""
+    if num_speakers_of(model) is None:
+        return model
+    embedding = build_rescnn(model_width(model), precision=model_precision(model))
+    _copy_weights_by_name(model, embedding)
+    return embedding
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The same model (width, head, weights) computing in another precision; the model itself if unchanged."""
+    if model_precision(model) == _policy(precision):
+        return model
+    other = build_rescnn(model_width(model), num_speakers_of(model), precision=precision)
+    _copy_weights_by_name(model, other)
+    return other
+
+
+def _decode(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _legacy_weight_shapes(group: h5py.Group) -> dict[str, list[tuple[int, ...]]]:
+    """{layer name: weight shapes in weight_names order} of a Keras 2 HDF5 weights group (metadata only)."""
+    shapes = {}
+    for name in map(_decode, group.attrs["layer_names"]):
+        layer_group = group[name]
+        names = [_decode(w) for w in layer_group.attrs.get("weight_names", [])]
+        shapes[name] = [tuple(layer_group[w].shape) for w in names]
+    return shapes
+
+
+def _legacy_group(f: h5py.File, path: Path) -> h5py.Group:
+    """The group holding layer_names: the root of a save_weights file, model_weights/ of a full-model file."""
+    # Only weights are read: model_config of a full-model file holds marshalled Lambda bytecode.
+    if "layer_names" in f.attrs:
+        return f
+    if "model_weights" in f and "layer_names" in f["model_weights"].attrs:
+        return f["model_weights"]
+    raise DeepSpeakerError(f"{path}: not a Keras 2 HDF5 checkpoint (no layer_names)")
+
+
+def load_original_weights(model: keras.Model, path: str | Path) -> None:
+    """Load an original Keras 2 HDF5 checkpoint (save_weights or full-model file) into model by layer name."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepSpeakerError(f"checkpoint not found: {path}")
+    if path.suffix not in (".h5", ".hdf5"):
+        raise DeepSpeakerError(f"{path}: an original checkpoint is a .h5 / .hdf5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            shapes = _legacy_weight_shapes(_legacy_group(f, path))
+    except (OSError, KeyError) as e:
+        raise DeepSpeakerError(f"{path}: unreadable HDF5 checkpoint ({e})") from None
+    _check_compatible(model, shapes, path)
+    # Keras' own legacy by-name loader: it follows weight_names order (BN gamma, beta, mean, variance).
+    model.load_weights(str(path), by_name=True)
+    _load_original_head(model, shapes, path)
+
+
+def _check_compatible(model: keras.Model, shapes: dict[str, list[tuple[int, ...]]], path: Path) -> None:
+    """Raise a one-line DeepSpeakerError at the first weighted layer missing from the file or shaped differently."""
+    for layer in model.layers:
+        if not layer.weights or layer.name == HEAD_NAME:
+            continue
+        expected = [tuple(w.shape) for w in layer.weights]
+        if layer.name not in shapes:
+            raise DeepSpeakerError(f"{path}: layer {layer.name} missing from the checkpoint (not a ResCNN checkpoint?)")
+        if shapes[layer.name] != expected:
+            raise DeepSpeakerError(
+                f"{path}: layer {layer.name} has weights {shapes[layer.name]} in the checkpoint but {expected} "
+                f"in this model (width {model_width(model):g}): another architecture or width"
+            )
+
+
+def _load_original_head(model: keras.Model, shapes: dict[str, list[tuple[int, ...]]], path: Path) -> None:
+    """Load the original's softmax head (an unnamed Dense after `affine`, 'dense' or 'dense_N') if both have one."""
+    head = _find_layer(model, HEAD_NAME)
+    if head is None or HEAD_NAME in shapes:  # no head, or already loaded by name
+        return
+    names = list(shapes)
+    after_affine = names[names.index("affine") + 1 :]
+    candidates = [n for n in after_affine if len(shapes[n]) == 2 and len(shapes[n][0]) == 2]
+    if not candidates:
+        return  # an embedding checkpoint: the head keeps its initial weights
+    name = candidates[0]
+    expected = [tuple(w.shape) for w in head.weights]
+    if shapes[name] != expected:
+        raise DeepSpeakerError(
+            f"{path}: softmax head {name} has weights {shapes[name]} in the checkpoint but {expected} in this model"
+        )
+    with h5py.File(path, "r") as f:
+        group = _legacy_group(f, path)[name]
+        head.set_weights([np.asarray(group[_decode(w)]) for w in group.attrs["weight_names"]])
+
+
+def _weights_h5_shape(path: Path) -> tuple[float, int | None]:
+    """(width, num_speakers) of a Keras 3 .weights.h5 of build_rescnn, from the kernel shapes it stores."""
+    # Keras 3 keys layers by class and order: conv64-s is "conv2d", affine "dense", the head "dense_1".
+    try:
+        with h5py.File(path, "r") as f:
+            stem = f["layers/conv2d/vars/0"].shape
+            head = f["layers/dense_1/vars/0"].shape if "layers/dense_1" in f else None
+    except (OSError, KeyError) as e:
+        raise DeepSpeakerError(f"{path}: not a ResCNN weights file ({e})") from None
+    return stem[-1] / STAGE_FILTERS[0], (None if head is None else head[-1])
+
+
+def _legacy_width(path: Path) -> float:
+    """filters(conv64-s) / 64 of an original HDF5 checkpoint."""
+    try:
+        with h5py.File(path, "r") as f:
+            shapes = _legacy_weight_shapes(_legacy_group(f, path))
+    except (OSError, KeyError) as e:
+        raise DeepSpeakerError(f"{path}: unreadable HDF5 checkpoint ({e})") from None
+    if not shapes.get("conv64-s"):
+        raise DeepSpeakerError(f"{path}: layer conv64-s missing from the checkpoint (not a ResCNN checkpoint?)")
+    return shapes["conv64-s"][0][-1] / STAGE_FILTERS[0]
+
+
+def load_model(path: str | Path, precision: str | None = None) -> keras.Model:
+    """A ResCNN from a .keras file, a .weights.h5, an original .h5 checkpoint or a run directory (best.keras, else last.keras)."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("best.keras", "last.keras") if (path / n).is_file()]
+        if not found:
+            raise DeepSpeakerError(f"{path}: no best.keras or last.keras in this directory")
+        path = found[0]
+    if not path.is_file():
+        raise DeepSpeakerError(f"model not found: {path}")
+    name = path.name
+    if name.endswith(".keras"):
+        try:
+            # safe_mode refuses Lambda bytecode; our layers are registered at import of this module.
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except (ValueError, OSError, TypeError) as e:
+            raise DeepSpeakerError(f"{path}: cannot load Keras model ({str(e).splitlines()[0]})") from None
+    elif name.endswith(".weights.h5"):
+        width, num_speakers = _weights_h5_shape(path)
+        model = build_rescnn(width, num_speakers)
+        try:
+            model.load_weights(path)
+        except ValueError as e:
+            raise DeepSpeakerError(f"{path}: {str(e).splitlines()[0]}") from None
+    elif path.suffix in (".h5", ".hdf5"):
+        model = build_rescnn(_legacy_width(path))
+        load_original_weights(model, path)
+    else:
+        raise DeepSpeakerError(f"{path}: unknown model format (expected .keras, .weights.h5, .h5 or a run directory)")
+    return model if precision is None else with_precision(model, precision)
+
+
+def model_identity(model: keras.Model) -> str:
+    """sha256(FEATURE_SETTINGS, embedding weights)[:16]: equal only for the same embedding function."""
+    digest = hashlib.sha256(json.dumps(FEATURE_SETTINGS, sort_keys=True).encode())
+    # The softmax head does not change embeddings, so a model and its embedding model share an identity.
+    for layer in model.layers:
+        if layer.name == HEAD_NAME:
+            continue
+        for i, weight in enumerate(layer.weights):
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight), dtype=np.float32)
+            digest.update(f"{layer.name}/{i}{value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def conv_flops(model: keras.Model, frames: int) -> float:
+    """Sum of 2*H*W*kh*kw*Cin*Cout over convolutions plus 2*in*out over Dense layers, for one input of frames frames."""
+    time, freq = frames, NUM_FILTERS
+    flops = 0.0
+    # The convolutions form one chain (identity blocks keep the size), so the size is tracked in layer order.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            sh, sw = layer.strides
+            time, freq = math.ceil(time / sh), math.ceil(freq / sw)  # "same" padding
+            flops += 2.0 * time * freq * kh * kw * cin * cout
+        elif isinstance(layer, keras.layers.Dense):
+            cin, cout = layer.kernel.shape
+            flops += 2.0 * cin * cout
+    return flops
