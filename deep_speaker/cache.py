@@ -1,0 +1,379 @@
+"""The feature cache: ``CACHE/manifest.json`` plus one ``CACHE/features/<speaker>/<utterance>.npy`` per utterance.
+
+Every file is written to a temporary name in its own folder and renamed, so a killed build leaves
+no half file. The manifest is rewritten as work completes; an update after a crash picks up the
+complete arrays the manifest missed (an array renamed into place is complete by construction).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from .audio import TRIM_MODES, AudioError
+from .corpus import Rejected, Utterance, scan_corpus
+from .errors import DeepSpeakerError
+from .features import FEATURE_SETTINGS, NUM_FILTERS, extract_features
+
+FORMAT = "deep-speaker-feature-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FEATURES_DIR = "features"
+DEFAULT_TRIM = "percentile"
+# Shorter than this after trimming holds too little voice to learn or recognise a speaker from.
+DEFAULT_MIN_SECONDS = 0.25
+SAVE_INTERVAL_S = 5.0  # how often the manifest is rewritten during a build
+
+
+def cache_settings(trim: str = DEFAULT_TRIM) -> dict:
+    """The feature settings a cache records: ``FEATURE_SETTINGS`` plus the trim mode."""
+    if trim not in TRIM_MODES:
+        raise DeepSpeakerError(f"unknown trim mode {trim!r}; choose one of {', '.join(TRIM_MODES)}")
+    return {**FEATURE_SETTINGS, "trim": trim}
+
+
+def settings_difference(found: dict, expected: dict) -> str:
+    """A short description of the keys where two settings dicts differ ('' when equal)."""
+    keys = sorted(set(found) | set(expected))
+    return ", ".join(f"{k}: {found.get(k)!r} vs {expected.get(k)!r}" for k in keys if found.get(k) != expected.get(k))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def save_array_atomic(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def manifest_name(shard: Optional[tuple[int, int]]) -> str:
+    """``manifest.json``, or ``manifest.shard-I-of-N.json`` for one shard of a distributed build."""
+    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> (i, n)."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise DeepSpeakerError(f"--shard takes i/n, e.g. 0/4 (got {text!r})") from None
+    if not 0 <= index < count:
+        raise DeepSpeakerError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+
+def in_shard(utt: Utterance, shard: Optional[tuple[int, int]]) -> bool:
+    """Whether an utterance belongs to a shard; by a hash of its ids, so adding files never moves others."""
+    return shard is None or zlib.crc32(f"{utt.speaker}/{utt.utterance}".encode()) % shard[1] == shard[0]
+
+
+def read_manifests(cache_dir: Path) -> Optional[dict]:
+    """The cache's manifest merged with any shard manifests; None when there is none."""
+    paths = sorted(cache_dir.glob("manifest.shard-*.json"))
+    if (cache_dir / MANIFEST).is_file():
+        paths.insert(0, cache_dir / MANIFEST)
+    merged: Optional[dict] = None
+    for path in paths:
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeepSpeakerError(f"{path}: unreadable cache manifest ({exc})") from None
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise DeepSpeakerError(f"{path}: not a version-{FORMAT_VERSION} deep-speaker feature cache; rebuild it")
+        if merged is None:
+            merged = manifest
+            continue
+        if manifest["settings"] != merged["settings"]:
+            raise DeepSpeakerError(f"{path}: shard built with other feature settings "
+                                   f"({settings_difference(manifest['settings'], merged['settings'])})")
+        entries = {(e["speaker"], e["utterance"]): e for e in merged["entries"] + manifest["entries"]}
+        merged["entries"] = list(entries.values())
+        merged["failures"] = merged["failures"] + manifest["failures"]
+    if merged is not None:
+        cached = {e["source"] for e in merged["entries"]}
+        merged["failures"] = [f for f in {f["path"]: f for f in merged["failures"]}.values() if f["path"] not in cached]
+    return merged
+
+
+def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: Iterable[Rejected]) -> None:
+    """Write a manifest atomically, entries sorted by ids and failures by path."""
+    manifest = {**base,
+                "entries": sorted(entries, key=lambda e: (e["speaker"], e["utterance"])),
+                "failures": [{"path": f.path, "reason": f.reason} for f in sorted(failures, key=lambda f: f.path)]}
+    write_atomic(path, json.dumps(manifest, indent=1).encode())
+
+
+class FeatureCache:
+    """Read access to a built cache: ids, settings, failures and memory-mapped feature arrays."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.path = Path(cache_dir)
+        manifest = read_manifests(self.path)
+        if manifest is None:
+            raise DeepSpeakerError(f"{self.path}: no feature cache here (manifest.json missing); build one with "
+                                   f"'deep-speaker cache build AUDIO_DIR {self.path}'")
+        self.manifest = manifest
+        self._entries = {(e["speaker"], e["utterance"]): e for e in manifest["entries"]}
+
+    @property
+    def settings(self) -> dict:
+        """The feature settings (``FEATURE_SETTINGS`` + trim) the arrays were computed with."""
+        return self.manifest["settings"]
+
+    @property
+    def failures(self) -> list[dict]:
+        """Files that could not be cached: ``{"path", "reason"}``."""
+        return self.manifest["failures"]
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker ids, sorted."""
+        return sorted({spk for spk, _ in self._entries})
+
+    @property
+    def hours(self) -> float:
+        """Hours of source audio in the cache."""
+        return sum(e["seconds"] for e in self._entries.values()) / 3600
+
+    def utterances(self, speaker: Optional[str] = None) -> list[tuple[str, str]]:
+        """(speaker, utterance) pairs, sorted; only those of ``speaker`` when given."""
+        return sorted(k for k in self._entries if speaker is None or k[0] == speaker)
+
+    def entry(self, speaker: str, utterance: str) -> dict:
+        """The manifest entry of an utterance (source, size, mtime_ns, frames, seconds, array)."""
+        try:
+            return self._entries[(speaker, utterance)]
+        except KeyError:
+            raise DeepSpeakerError(f"{self.path}: no utterance {speaker}/{utterance} in the cache") from None
+
+    def load(self, speaker: str, utterance: str) -> np.ndarray:
+        """The features ``[T, 64]`` float32 of an utterance, memory-mapped read-only."""
+        return np.load(self.path / self.entry(speaker, utterance)["array"], mmap_mode="r", allow_pickle=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class BuildSummary:
+    """What a build or update did."""
+
+    cache_dir: str
+    layout: str
+    cached: int = 0          # computed in this run
+    skipped: int = 0         # already in the cache and unchanged (size + mtime)
+    recovered: int = 0       # complete arrays an interrupted run left without a manifest entry
+    failed: list[Rejected] = field(default_factory=list)
+    hours: float = 0.0       # hours of audio computed in this run
+    total_utterances: int = 0
+    total_hours: float = 0.0
+    wall_seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """Human-readable report: one line per failure (``path: reason``), then the totals."""
+        out = [f"{f.path}: {f.reason}" for f in self.failed]
+        out.append(f"cache {self.cache_dir} ({self.layout} layout): {self.cached} files cached "
+                   f"({self.hours:.2f} h of audio), {self.skipped} skipped (unchanged), "
+                   f"{self.recovered} recovered, {len(self.failed)} failed; "
+                   f"{self.total_utterances} utterances, {self.total_hours:.2f} h in total; "
+                   f"wall time {self.wall_seconds:.1f} s")
+        return out
+
+
+def array_relpath(speaker: str, utterance: str) -> str:
+    """Where an utterance's array lives, relative to the cache folder."""
+    return f"{FEATURES_DIR}/{speaker}/{utterance}.npy"
+
+
+def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Rejected:
+    """Worker: compute and atomically save one utterance's features; the manifest entry or why it failed."""
+    try:
+        st = os.stat(utt.path)  # before reading: a file changed meanwhile is redone by the next update
+        features = extract_features(utt.path, trim=trim, min_seconds=min_seconds)
+        seconds = sf.info(utt.path).duration
+        save_array_atomic(Path(array_path), features)
+    except AudioError as exc:
+        return Rejected(utt.path, exc.reason)
+    except Exception as exc:  # one bad file must never stop a build: report it and go on
+        return Rejected(utt.path, f"{type(exc).__name__}: {exc}")
+    return {"speaker": utt.speaker, "utterance": utt.utterance, "source": utt.path, "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "frames": int(features.shape[0]), "seconds": seconds,
+            "array": array_relpath(utt.speaker, utt.utterance)}
+
+
+def is_current(entry: Optional[dict], utt: Utterance, st: os.stat_result, cache_dir: Path) -> bool:
+    """Whether a manifest entry still describes this source file (same path, size, mtime) and its array exists."""
+    return (entry is not None and entry["source"] == utt.path and entry["size"] == st.st_size
+            and entry["mtime_ns"] == st.st_mtime_ns and (cache_dir / entry["array"]).is_file())
+
+
+def recover_entry(utt: Utterance, st: os.stat_result, cache_dir: Path) -> Optional[dict]:
+    """The entry of a complete array left by an interrupted run for this source, or None if it must be redone."""
+    rel = array_relpath(utt.speaker, utt.utterance)
+    path = cache_dir / rel
+    try:
+        if path.stat().st_mtime_ns < st.st_mtime_ns:  # computed from an older version of the file
+            return None
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        seconds = sf.info(utt.path).duration
+    except Exception:  # missing, unreadable or foreign: compute it again
+        return None
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != NUM_FILTERS:
+        return None
+    return {"speaker": utt.speaker, "utterance": utt.utterance, "source": utt.path, "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "frames": int(array.shape[0]), "seconds": seconds, "array": rel}
+
+
+def wipe_cache(cache_dir: Path) -> None:
+    """Remove what a cache build writes (manifests, arrays, training inputs); refuse a folder that is not a cache."""
+    if not cache_dir.exists():
+        return
+    ours = [p for p in cache_dir.iterdir()
+            if p.name.startswith("manifest") and p.suffix == ".json" or p.name in (FEATURES_DIR, "full_inputs.npz")]
+    if not ours and any(cache_dir.iterdir()):
+        raise DeepSpeakerError(f"{cache_dir} is not empty and holds no feature cache; refusing to wipe it "
+                               f"(choose an empty or new folder)")
+    for path in ours:
+        if path.name.startswith("manifest"):
+            path.unlink()
+    for path in ours:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def remove_temporaries(features_dir: Path) -> None:
+    """Delete temporary files a killed build left behind (only when no other shard may be writing)."""
+    if features_dir.is_dir():
+        for tmp in features_dir.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork is fastest, but only safe while this process runs a single thread; else spawn."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: float, workers: int,
+             progress: bool) -> Iterator[dict | Rejected]:
+    """Compute the utterances with ``workers`` processes (in this one for 1), yielding results as they finish."""
+    jobs = [(utt, str(cache_dir / array_relpath(utt.speaker, utt.utterance)), trim, min_seconds) for utt in todo]
+    if workers <= 1 or len(jobs) <= 1:
+        with tqdm(total=len(jobs), unit="file", desc="features", disable=not progress or not jobs) as bar:
+            for job in jobs:
+                yield compute_entry(*job)
+                bar.update()
+        return
+    # The workers are forked before tqdm starts its monitor thread (see _pool_context).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        futures = [pool.submit(compute_entry, *job) for job in jobs]
+        try:
+            with tqdm(total=len(jobs), unit="file", desc=f"features ({workers} workers)",
+                      disable=not progress) as bar:
+                for future in as_completed(futures):
+                    yield future.result()
+                    bar.update()
+        finally:  # interrupted: do not start the files still queued
+            for future in futures:
+                future.cancel()
+
+
+def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layout: str = "auto",
+                workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
+                min_seconds: float = DEFAULT_MIN_SECONDS, shard: Optional[tuple[int, int]] = None,
+                progress: bool = True, mic: str = "mic1") -> BuildSummary:
+    """Compute the features of every utterance of ``audio_dir`` into ``cache_dir``.
+
+    ``update=False`` wipes the cache first; ``update=True`` keeps what is there and computes only new or
+    changed files (refusing a cache built with other settings). Bad files are reported in the summary
+    and the manifest's failure list and skipped. ``shard=(i, n)`` computes one n-th of the files into
+    its own shard manifest (never wiping), for builds spread over machines sharing the folder.
+    """
+    started = time.perf_counter()
+    audio_dir, cache_dir = Path(audio_dir).resolve(), Path(cache_dir)
+    settings = cache_settings(trim)
+    utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
+    utterances = [u for u in utterances if in_shard(u, shard)]
+    if shard is None and not update:
+        wipe_cache(cache_dir)
+    existing = read_manifests(cache_dir) if cache_dir.exists() else None
+    if existing is not None and existing["settings"] != settings:
+        raise DeepSpeakerError(f"{cache_dir} was built with other feature settings "
+                               f"({settings_difference(existing['settings'], settings)}); rebuild it with "
+                               f"'deep-speaker cache build' or use another folder")
+    (cache_dir / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
+    if shard is None:
+        remove_temporaries(cache_dir / FEATURES_DIR)
+    manifest_path = cache_dir / manifest_name(shard)
+    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings,
+            "audio_dir": str(audio_dir), "layout": layout, "min_seconds": min_seconds}
+    old = {(e["speaker"], e["utterance"]): e for e in existing["entries"]} if existing else {}
+    # A sharded build records only its own files; a full one keeps entries whose source has gone.
+    entries = {} if shard else dict(old)
+    summary = BuildSummary(cache_dir=str(cache_dir), layout=layout)
+    failures: list[Rejected] = list(rejected)
+    todo: list[Utterance] = []
+    for utt in utterances:
+        key = (utt.speaker, utt.utterance)
+        try:
+            st = os.stat(utt.path)
+        except OSError as exc:
+            failures.append(Rejected(utt.path, f"cannot open: {exc.strerror or exc}"))
+            continue
+        if is_current(old.get(key), utt, st, cache_dir):
+            entries[key] = old[key]
+            summary.skipped += 1
+        elif existing is not None and (found := recover_entry(utt, st, cache_dir)) is not None:
+            entries[key] = found
+            summary.recovered += 1
+        else:
+            entries.pop(key, None)
+            todo.append(utt)
+    write_manifest(manifest_path, base, entries.values(), failures)
+    last_save = time.perf_counter()
+    try:
+        for result in run_jobs(todo, cache_dir, trim, min_seconds, workers, progress):
+            if isinstance(result, Rejected):
+                failures.append(result)
+            else:
+                entries[(result["speaker"], result["utterance"])] = result
+                summary.cached += 1
+                summary.hours += result["seconds"] / 3600
+            if time.perf_counter() - last_save > SAVE_INTERVAL_S:
+                write_manifest(manifest_path, base, entries.values(), failures)
+                last_save = time.perf_counter()
+    finally:
+        write_manifest(manifest_path, base, entries.values(), failures)
+    if shard is None:  # a full build or update consolidates the shards' work into manifest.json
+        for path in cache_dir.glob("manifest.shard-*.json"):
+            path.unlink()
+    summary.failed = sorted(failures, key=lambda f: f.path)
+    summary.total_utterances = len(entries)
+    summary.total_hours = sum(e["seconds"] for e in entries.values()) / 3600
+    summary.wall_seconds = time.perf_counter() - started
+    return summary

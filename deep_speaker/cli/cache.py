@@ -1,0 +1,141 @@
+"""``deep-speaker cache build|update|info|inputs``: turn a speech corpus into the feature cache training reads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..audio import TRIM_MODES
+from ..cache import (DEFAULT_MIN_SECONDS, DEFAULT_TRIM, FEATURES_DIR, MANIFEST, FeatureCache, build_cache,
+                     parse_shard)
+from ..corpus import LAYOUTS, MIC_CHOICES
+from ..training_inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
+from . import EXIT_OK, EXIT_PARTIAL
+
+WIPE_COUNTDOWN_S = 3
+
+
+def worker_count(workers: int | None, multi_threading: bool) -> int:
+    """``--workers N``, or every core for ``--multi_threading``, else 1."""
+    if workers is not None:
+        return max(1, workers)
+    return os.cpu_count() or 1 if multi_threading else 1
+
+
+def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) -> None:
+    """Warn before deleting an existing cache and give the user a few seconds to press Ctrl+C."""
+    if yes or not any((cache_dir / name).exists() for name in (MANIFEST, FEATURES_DIR)):
+        return  # nothing of a cache to lose (a folder that is not a cache is refused by build_cache)
+    print(f"The feature cache in {cache_dir} will be wiped and rebuilt in {seconds} s; "
+          f"Ctrl+C to stop (--yes skips this wait).", file=sys.stderr, flush=True)
+    time.sleep(seconds)
+
+
+def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: bool = False, layout: str = "auto",
+              trim: str = DEFAULT_TRIM, min_seconds: float = DEFAULT_MIN_SECONDS, shard: str | None = None,
+              mic: str = "mic1", progress: bool = True) -> int:
+    """Build or update a cache, print the summary; exit code 1 when some files failed."""
+    if not update and shard is None:
+        confirm_wipe(Path(cache_dir), yes)
+    summary = build_cache(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
+                          min_seconds=min_seconds, shard=parse_shard(shard) if shard else None,
+                          progress=progress, mic=mic)
+    for line in summary.lines():
+        print(line)
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEFAULT_CROP_FRAMES,
+               holdout: float = 0.2, seed: int = 0) -> int:
+    """Generate the training inputs of a cache and say where they are."""
+    path = generate_training_inputs(cache_dir, output, crop_frames=crop_frames, holdout=holdout, seed=seed)
+    print(f"training inputs written to {path}")
+    return EXIT_OK
+
+
+def info(args: argparse.Namespace) -> int:
+    """Print what a cache holds."""
+    cache = FeatureCache(args.cache_dir)
+    settings = ", ".join(f"{k}={v}" for k, v in cache.settings.items())
+    print(f"cache:      {cache.path} (built from {cache.manifest.get('audio_dir')}, "
+          f"{cache.manifest.get('layout')} layout)")
+    print(f"speakers:   {len(cache.speakers)}")
+    print(f"utterances: {len(cache)}")
+    print(f"audio:      {cache.hours:.2f} h")
+    print(f"settings:   {settings}")
+    print(f"failures:   {len(cache.failures)}")
+    for failure in cache.failures:
+        print(f"  {failure['path']}: {failure['reason']}")
+    return EXIT_OK
+
+
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by build and update."""
+    parser.add_argument("audio_dir", help="folder of the corpus (VCTK, LibriSpeech or speaker_id/*.wav folders)")
+    parser.add_argument("cache_dir", help="folder of the cache (manifest.json + features/)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="processes to use (default 1)")
+    parser.add_argument("--multi_threading", action="store_true", help="use every CPU core (like --workers $(nproc))")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="how file paths give speaker and utterance ids (default: detected)")
+    parser.add_argument("--trim", choices=TRIM_MODES, default=DEFAULT_TRIM,
+                        help="silence trim: percentile = the original (default, what the released model saw), "
+                             "vad = energy voice-activity trim, none")
+    parser.add_argument("--min_seconds", type=float, default=DEFAULT_MIN_SECONDS,
+                        help=f"skip (and report) files shorter than this after trimming (default {DEFAULT_MIN_SECONDS})")
+    parser.add_argument("--mic", choices=MIC_CHOICES, default="mic1",
+                        help="VCTK 0.92 microphone to keep (the other is used only where it is missing)")
+    parser.add_argument("--shard", metavar="I/N", default=None,
+                        help="compute only the I-th of N parts of the files (0-based) into a shard manifest; "
+                             "run the N parts anywhere on a shared folder, then 'update' merges them")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def dispatch_build(update: bool):
+    """The ``func`` of build / update."""
+    def run(args: argparse.Namespace) -> int:
+        return run_build(args.audio_dir, args.cache_dir, update, worker_count(args.workers, args.multi_threading),
+                         yes=getattr(args, "yes", False), layout=args.layout, trim=args.trim,
+                         min_seconds=args.min_seconds, shard=args.shard, mic=args.mic,
+                         progress=not args.no_progress)
+    return run
+
+
+def register(subparsers) -> None:
+    """Add ``cache`` and its subcommands."""
+    parser = subparsers.add_parser(
+        "cache", help="build, update or inspect a feature cache",
+        description="A feature cache holds the features (64 filterbank energies per 10 ms frame) of every "
+                    "utterance of a corpus, computed once so that training and evaluation do not decode "
+                    "audio again. Files that cannot be used are reported (path: reason) and skipped.",
+        epilog="Exit codes: 0 ok, 1 some files failed (listed, the rest cached), 2 usage error.")
+    sub = parser.add_subparsers(dest="cache_command", metavar="SUBCOMMAND", required=True)
+    build = sub.add_parser("build", help="compute the features of every file (wipes the cache folder first)",
+                           description="Compute the features of every audio file of AUDIO_DIR into CACHE_DIR. "
+                                       "An existing cache there is wiped after a 3 s warning.",
+                           epilog="example: deep-speaker cache build ~/VCTK-Corpus ~/ds-cache --multi_threading")
+    add_build_options(build)
+    build.add_argument("--yes", action="store_true", help="wipe an existing cache without the 3 s warning")
+    build.set_defaults(func=dispatch_build(update=False))
+    update = sub.add_parser("update", help="add only new or changed files, keep the rest",
+                            description="Compute the features of the files of AUDIO_DIR that CACHE_DIR lacks "
+                                        "or that changed (size or time), keep everything else. Also finishes "
+                                        "a build that was interrupted. Refuses a cache built with other settings.")
+    add_build_options(update)
+    update.set_defaults(func=dispatch_build(update=True))
+    show = sub.add_parser("info", help="print speakers, utterances, hours, failures and settings of a cache")
+    show.add_argument("cache_dir", help="folder of the cache")
+    show.set_defaults(func=info)
+    inputs = sub.add_parser("inputs", help="make the training inputs (fixed-length crops per speaker)",
+                            description="Cut fixed-length crops of every speaker's features, with a held-out "
+                                        "part per speaker, into one .npz that softmax pre-training reads.")
+    inputs.add_argument("cache_dir", help="folder of the cache")
+    inputs.add_argument("--output", default=None, help="file to write (default CACHE_DIR/full_inputs.npz; "
+                                                       "a .pkl name writes the .npz beside it)")
+    inputs.add_argument("--crop_frames", type=int, default=DEFAULT_CROP_FRAMES,
+                        help=f"frames per crop (default {DEFAULT_CROP_FRAMES} = 1.6 s)")
+    inputs.add_argument("--holdout", type=float, default=0.2, help="fraction held out per speaker (default 0.2)")
+    inputs.add_argument("--seed", type=int, default=0, help="random seed of the crop positions and the split")
+    inputs.set_defaults(func=lambda a: run_inputs(a.cache_dir, a.output, a.crop_frames, a.holdout, a.seed))

@@ -1,0 +1,160 @@
+"""Corpus layouts: which audio files a directory holds and the speaker/utterance ids they carry.
+
+Layouts: ``vctk`` (``wav48/p225/p225_001.wav``, ``wav48_silence_trimmed/p225/p225_001_mic1.flac``),
+``librispeech`` (``speaker/chapter/speaker-chapter-utt.flac``) and ``folders``
+(``speaker_id/anything.wav|flac``). ``auto`` picks the first of vctk/librispeech that fits most
+files, else folders. Files that do not fit the layout are rejected with a reason, never dropped
+silently; two files giving the same ids are an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import DeepSpeakerError
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+LAYOUTS = ("auto", "vctk", "librispeech", "folders")
+MIC_CHOICES = ("mic1", "mic2")
+# Ids become cache directory and file names, so they must be plain, non-hidden path components.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_VCTK_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]+)_(?P<num>[0-9]+)(?:_(?P<mic>mic[0-9]))?")
+_LIBRI_NAME = re.compile(r"(?P<spk>[0-9]+)-(?P<chapter>[0-9]+)-(?P<num>[0-9]+)")
+
+
+@dataclass(frozen=True, order=True)
+class Utterance:
+    """One audio file of a corpus and the ids its layout gives it."""
+
+    speaker: str
+    utterance: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A path that cannot be used, and why (reported by the cache build like any bad file)."""
+
+    path: str
+    reason: str
+
+
+def _parse_vctk(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
+    """``.../<spk>/<spk>_<num>[_micN].ext`` -> (spk, spk_num, micN)."""
+    stem = os.path.splitext(parts[-1])[0]
+    match = _VCTK_NAME.fullmatch(stem)
+    if len(parts) < 2 or not match or match["spk"] != parts[-2]:
+        return "does not fit the VCTK layout (wav48/<speaker>/<speaker>_<number>[_micN].wav|flac)"
+    return match["spk"], f"{match['spk']}_{match['num']}", match["mic"]
+
+
+def _parse_librispeech(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
+    """``<spk>/<chapter>/<spk>-<chapter>-<num>.ext`` -> (spk, spk-chapter-num)."""
+    stem = os.path.splitext(parts[-1])[0]
+    match = _LIBRI_NAME.fullmatch(stem)
+    if len(parts) < 3 or not match or (match["spk"], match["chapter"]) != (parts[-3], parts[-2]):
+        return "does not fit the LibriSpeech layout (<speaker>/<chapter>/<speaker>-<chapter>-<n>.flac)"
+    return match["spk"], stem, None
+
+
+def _parse_folders(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
+    """``<speaker>/<name>.ext`` (the parent folder is the speaker) -> (speaker, name)."""
+    if len(parts) < 2:
+        return "not inside a speaker folder (expected <speaker_id>/<file>.wav|flac)"
+    return parts[-2], os.path.splitext(parts[-1])[0], None
+
+
+# A parser maps a file's parts below the audio directory to (speaker, utterance, mic or None) or a reason.
+PARSERS: dict[str, Callable[[tuple[str, ...]], object]] = {
+    "vctk": _parse_vctk, "librispeech": _parse_librispeech, "folders": _parse_folders}
+
+
+def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Rejected]]:
+    """All ``.wav``/``.flac`` files under ``audio_dir`` (sorted); directories named like audio files are rejected."""
+    files: list[str] = []
+    rejected: list[Rejected] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for root, dirnames, filenames in os.walk(audio_dir, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop: do not walk the same folder twice
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        for name in list(dirnames):
+            if name.lower().endswith(AUDIO_EXTENSIONS):
+                rejected.append(Rejected(os.path.join(root, name), "is a directory, not an audio file"))
+                dirnames.remove(name)
+        dirnames.sort()
+        files.extend(os.path.join(root, f) for f in sorted(filenames) if f.lower().endswith(AUDIO_EXTENSIONS))
+    return files, rejected
+
+
+def detect_layout(audio_dir: str | os.PathLike, files: list[str]) -> str:
+    """The layout most files fit: vctk, then librispeech, else folders."""
+    rel = [Path(f).relative_to(audio_dir).parts for f in files]
+    for layout in ("vctk", "librispeech"):
+        fits = sum(not isinstance(PARSERS[layout](parts), str) for parts in rel)
+        if rel and fits * 2 > len(rel):
+            return layout
+    return "folders"
+
+
+def _vctk_root(audio_dir: Path) -> Path:
+    """Refuse a VCTK folder holding both the old ``wav48`` and the new ``wav48_silence_trimmed`` trees."""
+    trees = [d for d in ("wav48", "wav48_silence_trimmed") if (audio_dir / d).is_dir()]
+    if len(trees) > 1:
+        raise DeepSpeakerError(f"{audio_dir} holds both wav48/ and wav48_silence_trimmed/ (the same utterances "
+                               f"twice); point the audio directory at one of them")
+    return audio_dir
+
+
+def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
+                mic: str = "mic1") -> tuple[list[Utterance], list[Rejected], str]:
+    """The utterances of ``audio_dir`` (sorted by ids), the rejected paths and the layout used.
+
+    VCTK recordings with several microphones keep ``mic`` (mic2 is used only where mic1 is missing,
+    or the other way round). Raises :class:`DeepSpeakerError` when two files give the same ids.
+    """
+    audio_dir = Path(audio_dir)
+    if not audio_dir.is_dir():
+        raise DeepSpeakerError(f"{audio_dir}: audio directory not found")
+    if layout not in LAYOUTS:
+        raise DeepSpeakerError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if mic not in MIC_CHOICES:
+        raise DeepSpeakerError(f"unknown microphone {mic!r}; choose one of {', '.join(MIC_CHOICES)}")
+    files, rejected = find_audio_files(audio_dir)
+    if layout == "auto":
+        layout = detect_layout(audio_dir, files)
+    if layout == "vctk":
+        _vctk_root(audio_dir)
+    parse = PARSERS[layout]
+    chosen: dict[tuple[str, str], tuple[Optional[str], str]] = {}
+    for path in files:
+        parsed = parse(Path(path).relative_to(audio_dir).parts)
+        if isinstance(parsed, str):
+            rejected.append(Rejected(path, parsed))
+            continue
+        speaker, utterance, file_mic = parsed
+        if not (_SAFE_ID.fullmatch(speaker) and _SAFE_ID.fullmatch(utterance)):
+            rejected.append(Rejected(path, f"speaker/utterance id {speaker!r}/{utterance!r} is not a plain name"))
+            continue
+        key = (speaker, utterance)
+        if key in chosen:
+            other_mic, other = chosen[key]
+            if other_mic != file_mic and mic in (other_mic, file_mic):
+                if file_mic == mic:  # the preferred microphone replaces the other one
+                    chosen[key] = (file_mic, path)
+                continue
+            raise DeepSpeakerError(f"two files give speaker {speaker!r} utterance {utterance!r}: {other} and {path}")
+        chosen[key] = (file_mic, path)
+    utterances = sorted(Utterance(spk, utt, path) for (spk, utt), (_, path) in chosen.items())
+    return utterances, rejected, layout
+
+
+def list_utterances(audio_dir: str | os.PathLike, layout: str = "auto", mic: str = "mic1") -> list[Utterance]:
+    """The utterances of ``audio_dir`` sorted by (speaker, utterance); files that fit no layout are left out."""
+    return scan_corpus(audio_dir, layout, mic)[0]

@@ -1,0 +1,92 @@
+"""Corpus layouts: ids from real LibriSpeech paths and from VCTK / folder trees built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deep_speaker.corpus import list_utterances, scan_corpus
+from deep_speaker.errors import DeepSpeakerError
+
+
+def touch(root: Path, *rels: str) -> list[Path]:
+    """Create empty files (layouts never read the audio)."""
+    paths = []
+    for rel in rels:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        paths.append(path)
+    return paths
+
+
+def test_librispeech_mini_ids_come_from_the_path(libri_mini):
+    utts, rejected, layout = scan_corpus(libri_mini)
+    files = sorted(libri_mini.rglob("*.flac"))
+    assert layout == "librispeech" and rejected == []
+    expected = sorted((f.parts[-3], f.stem, str(f)) for f in files)
+    assert [(u.speaker, u.utterance, u.path) for u in utts] == expected
+    assert len({u.speaker for u in utts}) == 261
+
+
+def test_vctk_old_and_new_trees(tmp_path):
+    old = tmp_path / "old"
+    touch(old, "wav48/p225/p225_001.wav", "wav48/p225/p225_002.wav", "wav48/p226/p226_001.wav")
+    utts, rejected, layout = scan_corpus(old)
+    assert layout == "vctk" and rejected == []
+    assert [(u.speaker, u.utterance) for u in utts] == [("p225", "p225_001"), ("p225", "p225_002"),
+                                                       ("p226", "p226_001")]
+    new = tmp_path / "new"
+    touch(new, "wav48_silence_trimmed/p225/p225_001_mic1.flac", "wav48_silence_trimmed/p225/p225_001_mic2.flac",
+          "wav48_silence_trimmed/p225/p225_002_mic2.flac", "wav48_silence_trimmed/s5/s5_003_mic1.flac")
+    utts = list_utterances(new, layout="vctk")
+    assert [(u.speaker, u.utterance, Path(u.path).name) for u in utts] == [
+        ("p225", "p225_001", "p225_001_mic1.flac"),
+        ("p225", "p225_002", "p225_002_mic2.flac"),  # only mic2 exists: it is used
+        ("s5", "s5_003", "s5_003_mic1.flac")]
+    assert Path(list_utterances(new, mic="mic2")[0].path).name == "p225_001_mic2.flac"
+
+
+def test_folders_layout_and_rejections(tmp_path):
+    touch(tmp_path, "alice/hello.wav", "alice/bye.FLAC", "bob/x.wav", "stray.wav", "bob/notes.txt")
+    (tmp_path / "bob" / "folder.wav").mkdir()
+    utts, rejected, layout = scan_corpus(tmp_path)
+    assert layout == "folders"
+    assert [(u.speaker, u.utterance) for u in utts] == [("alice", "bye"), ("alice", "hello"), ("bob", "x")]
+    reasons = {Path(r.path).name: r.reason for r in rejected}
+    assert set(reasons) == {"stray.wav", "folder.wav"}
+    assert "directory" in reasons["folder.wav"] and "speaker folder" in reasons["stray.wav"]
+
+
+def test_file_outside_the_detected_layout_is_rejected_not_dropped(tmp_path):
+    touch(tmp_path, "19/198/19-198-0001.flac", "19/198/19-198-0002.flac", "19/198/oops.flac")
+    utts, rejected, layout = scan_corpus(tmp_path)
+    assert layout == "librispeech" and len(utts) == 2
+    assert [Path(r.path).name for r in rejected] == ["oops.flac"] and "LibriSpeech" in rejected[0].reason
+
+
+@pytest.mark.parametrize("layout, files", [
+    ("folders", ["alice/a.wav", "alice/a.flac"]),
+    ("vctk", ["wav48/p225/p225_001.wav", "wav48/p225/p225_001.flac"]),
+    ("vctk", ["wav48/p225/p225_001_mic1.flac", "wav48/p225/p225_001_mic1.wav"]),
+    ("folders", ["set1/alice/a.wav", "set2/alice/a.wav"]),
+])
+def test_colliding_ids_are_an_error_naming_both_files(tmp_path, layout, files):
+    first, second = touch(tmp_path, *files)
+    with pytest.raises(DeepSpeakerError) as err:
+        list_utterances(tmp_path, layout=layout)
+    assert str(first) in str(err.value) and str(second) in str(err.value)
+
+
+def test_vctk_folder_with_both_trees_is_refused(tmp_path):
+    touch(tmp_path, "wav48/p225/p225_001.wav", "wav48_silence_trimmed/p225/p225_001_mic1.flac")
+    with pytest.raises(DeepSpeakerError, match="wav48_silence_trimmed"):
+        list_utterances(tmp_path)
+
+
+def test_unknown_layout_and_missing_folder(tmp_path):
+    with pytest.raises(DeepSpeakerError, match="layout"):
+        list_utterances(tmp_path, layout="timit")
+    with pytest.raises(DeepSpeakerError, match="not found"):
+        list_utterances(tmp_path / "nope")
