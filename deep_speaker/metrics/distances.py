@@ -60,8 +60,9 @@ def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """``|mu1 - mu2|² + Tr(S1 + S2) - 2 Σ sqrt(λ_i)``, λ the eigenvalues of the symmetric ``S1^½ S2 S1^½``.
 
-    Real and stable for singular covariances (eigenvalues clipped at 0). The value is reported as computed:
-    for (nearly) identical statistics it can be a rounding-size negative number (~1e-12 x Tr S).
+    Real and stable for singular covariances (eigenvalues clipped at 0). The value is reported as computed,
+    not clipped: for (nearly) identical statistics it can be slightly negative, down to about
+    ``-d sqrt(eps ‖S‖)`` (the square roots of near-zero eigenvalues carry that rounding; ~1e-8 on real features).
     """
     mu1, mu2 = np.asarray(mu1, dtype=np.float64).ravel(), np.asarray(mu2, dtype=np.float64).ravel()
     s1, s2 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64)), np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
