@@ -1,14 +1,62 @@
-#!/usr/bin/env python
-"""The original training command line (its flags); training itself comes in deep_speaker.training."""
+"""The original training command lines, kept working:
+
+    python train_cli.py --loss_on_softmax --data_filename $CACHE_DIR/full_inputs.pkl
+    python train_cli.py --loss_on_embeddings --normalize_embeddings --data_filename $CACHE_DIR/full_inputs.pkl
+    python train_cli.py --loss_on_softmax --freeze_embedding_weights --normalize_embeddings \\
+        --data_filename $CACHE_DIR/full_inputs.pkl
+
+plus the options of ``deep-speaker train PHASE --help`` (``--steps``, ``--width``, ``--output_dir``, ...).
+"""
+
+from __future__ import annotations
 
 import argparse
 import sys
 
-parser = argparse.ArgumentParser(description="Deep Speaker training (original command line).")
-for flag in ("--loss_on_softmax", "--loss_on_embeddings", "--normalize_embeddings", "--freeze_embedding_weights"):
-    parser.add_argument(flag, action="store_true")
-parser.add_argument("--data_filename", help="training inputs, e.g. $CACHE_DIR/full_inputs.pkl (reads the .npz)")
+from deep_speaker.cli import run_command
+from deep_speaker.cli.train import add_training_options, config_from_args, report
+from deep_speaker.training import train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loss_on_softmax", action="store_true",
+                        help="softmax pre-training (with --freeze_embedding_weights: the probe)")
+    parser.add_argument("--loss_on_embeddings", action="store_true",
+                        help="triplet training, from the best softmax checkpoint when there is one")
+    parser.add_argument("--freeze_embedding_weights", action="store_true",
+                        help="train only a softmax on the frozen embeddings and report its accuracy")
+    parser.add_argument("--normalize_embeddings", action="store_true",
+                        help="accepted for compatibility: the embeddings are always L2-normalised (layer ln)")
+    parser.add_argument("--verbose", action="store_true", help="print the full traceback on errors")
+    add_training_options(parser)
+    return parser
+
+
+def phase_of(args: argparse.Namespace) -> str | None:
+    """The phase an original flag combination asks for (None when neither loss is given)."""
+    if args.loss_on_embeddings:
+        return "triplet"
+    if args.loss_on_softmax:
+        return "probe" if args.freeze_embedding_weights else "softmax"
+    return None
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    phase = phase_of(args)
+    if phase is None:
+        parser.error("please provide at least --loss_on_softmax or --loss_on_embeddings")
+    if args.data_filename is None and args.cache_dir is None:
+        parser.error("--data_filename is required")
+
+    def run(a):
+        report(phase, train(config_from_args(a, phase)))
+        return 0
+
+    return run_command(run, args)
+
 
 if __name__ == "__main__":
-    parser.parse_args()
-    sys.exit("train_cli.py: training is not available yet (it comes in deep_speaker.training)")
+    sys.exit(main())
