@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .audio import TRIM_MODES, AudioError
@@ -272,6 +273,12 @@ def remove_temporaries(features_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+class QuietBar(tqdm):
+    """A tqdm bar without tqdm's monitor thread, so that the worker processes can still be forked safely."""
+
+    monitor_interval = 0
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     """fork is fastest, but only safe while this process runs a single thread; else spawn."""
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
@@ -279,22 +286,27 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def single_blas_thread() -> None:
+    """One BLAS thread per process: the build runs in parallel by processes, and more threads only contend."""
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: float, workers: int,
              progress: bool) -> Iterator[dict | Rejected]:
     """Compute the utterances with ``workers`` processes (in this one for 1), yielding results as they finish."""
     jobs = [(utt, str(cache_dir / array_relpath(utt.speaker, utt.utterance)), trim, min_seconds) for utt in todo]
     if workers <= 1 or len(jobs) <= 1:
-        with tqdm(total=len(jobs), unit="file", desc="features", disable=not progress or not jobs) as bar:
+        with threadpool_limits(limits=1, user_api="blas"), \
+                QuietBar(total=len(jobs), unit="file", desc="features", disable=not progress or not jobs) as bar:
             for job in jobs:
                 yield compute_entry(*job)
                 bar.update()
         return
-    # The workers are forked before tqdm starts its monitor thread (see _pool_context).
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=single_blas_thread) as pool:
         futures = [pool.submit(compute_entry, *job) for job in jobs]
         try:
-            with tqdm(total=len(jobs), unit="file", desc=f"features ({workers} workers)",
-                      disable=not progress) as bar:
+            with QuietBar(total=len(jobs), unit="file", desc=f"features ({workers} workers)",
+                          disable=not progress) as bar:
                 for future in as_completed(futures):
                     yield future.result()
                     bar.update()
