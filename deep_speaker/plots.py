@@ -1,0 +1,135 @@
+"""PNG pictures of verification results: DET curve, similarity matrix, 2-D embedding projection."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+import numpy as np  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+FONT_SIZE = 11
+DPI = 130
+# DET axes run from 0.1 % to 50 %, the range NIST plots use; rates outside are clipped to the edges.
+DET_LIMITS = (0.001, 0.5)
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> str:
+    """Write ``fig`` as PNG (creating the folder) and free it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+def _grouped(speakers: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Order that groups utterances by speaker (stable), the speaker names and each group's start index."""
+    labels = np.asarray([str(s) for s in speakers])
+    order = np.argsort(labels, kind="stable")
+    names, starts = np.unique(labels[order], return_index=True)
+    return order, [str(n) for n in names], starts
+
+
+def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, path: str | os.PathLike,
+             title: str = "DET curve", label: str | None = None) -> str:
+    """DET curve (false-reject against false-accept rate, probit axes) with the EER point marked."""
+    lo, hi = DET_LIMITS
+    x = norm.ppf(np.clip(np.asarray(far, dtype=np.float64), lo, hi))
+    y = norm.ppf(np.clip(np.asarray(frr, dtype=np.float64), lo, hi))
+    with plt.rc_context({"font.size": FONT_SIZE}):
+        fig, ax = plt.subplots(figsize=(5.5, 5.5))
+        ax.plot(x, y, lw=2, label=label or "system")
+        ax.plot([norm.ppf(lo), norm.ppf(hi)], [norm.ppf(lo), norm.ppf(hi)], ls=":", color="grey", lw=1,
+                label="FAR = FRR")
+        e = norm.ppf(np.clip(eer, lo, hi))
+        ax.plot([e], [e], "o", color="crimson", ms=8, label=f"EER = {100 * eer:.2f} %")
+        ticks = norm.ppf(DET_TICKS)
+        names = [f"{100 * t:g}" for t in DET_TICKS]
+        ax.set_xticks(ticks, names)
+        ax.set_yticks(ticks, names)
+        ax.set_xlim(norm.ppf(lo), norm.ppf(hi))
+        ax.set_ylim(norm.ppf(lo), norm.ppf(hi))
+        ax.set_xlabel("False accept rate (%)")
+        ax.set_ylabel("False reject rate (%)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.4)
+        ax.legend(loc="upper right")
+        return _save(fig, path)
+
+
+def plot_similarity_matrix(embeddings: np.ndarray, speakers: Sequence[str], path: str | os.PathLike,
+                           title: str = "Cosine similarity, utterances grouped by speaker") -> str:
+    """Cosine-similarity matrix of all utterances, grouped by speaker, with speaker boundaries and a colour bar."""
+    order, names, starts = _grouped(speakers)
+    x = np.asarray(embeddings, dtype=np.float64)[order]
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sim = x @ x.T
+    n = len(order)
+    ends = np.append(starts[1:], n)
+    with plt.rc_context({"font.size": FONT_SIZE}):
+        side = float(np.clip(4 + 0.03 * n, 6, 14))
+        fig, ax = plt.subplots(figsize=(side + 1.2, side))
+        # The colour range follows the data (rounded down to 0.1): untrained models give all-high similarities.
+        image = ax.imshow(sim, cmap="viridis", vmin=np.floor(sim.min() * 10) / 10, vmax=1.0,
+                          interpolation="nearest")
+        for b in starts[1:]:
+            ax.axhline(b - 0.5, color="white", lw=0.8)
+            ax.axvline(b - 0.5, color="white", lw=0.8)
+        centres = (starts + ends - 1) / 2
+        # Label every speaker while they fit; beyond ~40 the names would overlap, so thin them out.
+        step = max(1, len(names) // 40)
+        ax.set_xticks(centres[::step], names[::step], rotation=90, fontsize=FONT_SIZE - 2)
+        ax.set_yticks(centres[::step], names[::step], fontsize=FONT_SIZE - 2)
+        ax.set_xlabel("Speaker (utterances in speaker order)")
+        ax.set_ylabel("Speaker (utterances in speaker order)")
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+        return _save(fig, path)
+
+
+def project_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """2-D coordinates of the embeddings by t-SNE (perplexity adapted to small sets) or PCA."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if method == "pca" or len(x) < 5:  # t-SNE needs more points than its perplexity
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    if method != "tsne":
+        raise ValueError(f"unknown projection {method!r}; choose tsne or pca")
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", metric="cosine",
+                random_state=seed).fit_transform(x)
+
+
+def plot_projection(embeddings: np.ndarray, speakers: Sequence[str], path: str | os.PathLike,
+                    method: str = "tsne", seed: int = 0, title: str | None = None) -> str:
+    """Scatter of a 2-D projection (t-SNE or PCA) of the embeddings, coloured by speaker, with a legend."""
+    points = project_2d(embeddings, method, seed)
+    labels = np.asarray([str(s) for s in speakers])
+    names = sorted(set(labels))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    markers = "os^Dv<>Pp*"
+    with plt.rc_context({"font.size": FONT_SIZE}):
+        fig, ax = plt.subplots(figsize=(7.5, 6))
+        for i, name in enumerate(names):
+            sel = labels == name
+            # tab20 has 20 colours: past that, the marker shape tells speakers apart.
+            ax.scatter(points[sel, 0], points[sel, 1], s=36, color=cmap(i % cmap.N),
+                       marker=markers[(i // cmap.N) % len(markers)], label=name, alpha=0.85,
+                       edgecolors="black", linewidths=0.3)
+        axis_name = "t-SNE" if method == "tsne" and len(points) >= 5 else "PC"
+        ax.set_xlabel(f"{axis_name} 1")
+        ax.set_ylabel(f"{axis_name} 2")
+        ax.set_title(title or f"Speaker embeddings ({axis_name.replace('PC', 'PCA')}, {len(points)} utterances)")
+        if len(names) <= 40:
+            ax.legend(title="speaker", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=FONT_SIZE - 2,
+                      ncol=1 if len(names) <= 20 else 2, frameon=False)
+        return _save(fig, path)

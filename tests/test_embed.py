@@ -1,0 +1,133 @@
+"""Embedder against independent computations: the original's reference outputs and the model called directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from deep_speaker.audio import load_audio
+from deep_speaker.embed import Embedder, save_embeddings
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.features import extract_features
+from deep_speaker.model import load_model
+
+
+@pytest.fixture(scope="module")
+def model(reference_checkpoint):
+    return load_model(reference_checkpoint / "ResCNN_random_triplet.h5")
+
+
+@pytest.fixture(scope="module")
+def reference(reference_checkpoint):
+    with np.load(reference_checkpoint / "reference.npz", allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def files(libri_mini):
+    return sorted(str(p) for p in (libri_mini / "test-other").rglob("*.flac"))[:6]
+
+
+def direct(model, features: np.ndarray) -> np.ndarray:
+    """The model's own output on one input [T, 64] (batch of one, Keras predict)."""
+    return model.predict(features[None, :, :, None], verbose=0)[0]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x)
+
+
+def test_whole_file_equals_original_reference(model, reference, libri_mini):
+    # A window longer than the file: the embedding is the model on all its frames, as the original computed it.
+    embedder = Embedder(model, window_seconds=60)
+    out = embedder.embed_files([libri_mini / str(reference["paths"][0])])
+    assert out.shape == (1, 512)
+    np.testing.assert_allclose(out[0], reference["full_embedding"][0], atol=1e-4)
+
+
+def test_crops_equal_original_reference(model, reference):
+    out = Embedder(model).embed_features_batch([c[:, :, 0] for c in reference["crops"]])
+    np.testing.assert_allclose(out, reference["crop_embeddings"], atol=1e-5)
+
+
+def test_long_file_is_normalised_mean_of_its_windows(model, libri_mini, reference):
+    path = libri_mini / str(reference["paths"][0])
+    features = extract_features(path)
+    window, hop = 160, 80
+    starts = list(range(0, len(features) - window + 1, hop))
+    if starts[-1] != len(features) - window:
+        starts.append(len(features) - window)  # the tail window, aligned to the last frame
+    expected = unit(np.mean([direct(model, features[s:s + window]) for s in starts], axis=0))
+    got = Embedder(model, window_seconds=1.6, hop_seconds=0.8).embed_files([path])[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert len(starts) > 10
+
+
+def test_short_utterance_is_zero_padded(model, reference):
+    features = reference["features_3"][:100]
+    padded = np.zeros((160, 64), np.float32)
+    padded[:100] = features
+    np.testing.assert_allclose(Embedder(model).embed_features(features), direct(model, padded), atol=1e-5)
+
+
+def test_batching_does_not_change_results(model, files):
+    one = Embedder(model, batch_size=1).embed_files(files)
+    many = Embedder(model, batch_size=64).embed_files(files)
+    np.testing.assert_allclose(one, many, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(many, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_signal_equals_embed_files(model, files):
+    embedder = Embedder(model)
+    np.testing.assert_allclose(embedder.embed_signal(load_audio(files[0]), 16000),
+                               embedder.embed_files(files[:1])[0], atol=1e-5)
+    # Another rate is resampled first: 8 kHz speech still gives a unit vector close to the original.
+    low = embedder.embed_signal(load_audio(files[0], 8000), 8000)
+    assert abs(np.linalg.norm(low) - 1) < 1e-5
+
+
+def test_bad_files_are_reported_and_the_rest_embedded(model, files, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF not really a wave file")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(32000, np.float32), 16000)
+    short = tmp_path / "short.wav"
+    sf.write(short, 0.1 * np.random.default_rng(0).standard_normal(1600).astype(np.float32), 16000)
+    missing = tmp_path / "missing.wav"
+    paths = [files[0], str(corrupt), str(silent), files[1], str(short), str(missing)]
+    embedder = Embedder(model)
+    result = embedder.embed_files_with_failures(paths)
+    assert result.paths == files[:2]
+    np.testing.assert_allclose(result.embeddings, embedder.embed_files(files[:2]), atol=1e-6)
+    reasons = {f.path: f.reason for f in result.failures}
+    assert set(reasons) == {str(corrupt), str(silent), str(short), str(missing)}
+    assert "silent" in reasons[str(silent)] and "too short" in reasons[str(short)]
+    assert "no such file" in reasons[str(missing)] and "unreadable" in reasons[str(corrupt)]
+    with pytest.raises(DeepSpeakerError, match="4 file"):
+        embedder.embed_files(paths)
+
+
+def test_mixed_bfloat16_close_to_float32(model, files):
+    f32 = Embedder(model).embed_files(files[:2])
+    bf16 = Embedder(model, precision="mixed_bfloat16").embed_files(files[:2])
+    assert bf16.dtype == np.float32
+    assert np.all(np.sum(f32 * bf16, axis=1) > 0.99)
+
+
+def test_save_embeddings_formats(tmp_path):
+    emb = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    paths = ["a.wav", "dir/b.flac", "ü.wav"]
+    save_embeddings(tmp_path / "e.npz", emb, paths, "abc123", speakers=["s1", "s1", "s2"])
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
+        np.testing.assert_array_equal(data["embeddings"], emb)
+        assert list(data["paths"]) == paths and str(data["model_identity"]) == "abc123"
+        assert list(data["speakers"]) == ["s1", "s1", "s2"]
+    save_embeddings(tmp_path / "e.npy", emb, paths, "abc123")
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy", allow_pickle=False), emb)
+    save_embeddings(tmp_path / "e.csv", emb, paths, "abc123")
+    rows = (tmp_path / "e.csv").read_text(encoding="utf8").splitlines()
+    assert rows[0].startswith("path,e0,e1") and len(rows) == 4
+    np.testing.assert_allclose([float(v) for v in rows[2].split(",")[1:]], emb[1], rtol=1e-6)
+    with pytest.raises(DeepSpeakerError, match="unknown output format"):
+        save_embeddings(tmp_path / "e.txt", emb, paths, "abc123")
