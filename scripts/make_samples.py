@@ -1,7 +1,8 @@
 """Rebuild samples/ (the speech bundled with the repository) from librispeech-mini.
 
 samples/librispeech/test-other: all 10 speakers x 10 utterances (held out: never trained on).
-samples/librispeech/train-clean-100: 40 female + 40 male speakers, 1 utterance each (lowest ids).
+samples/librispeech/train-clean-100: 40 female + 40 male speakers, 1 utterance each (lowest ids among those
+whose utterance lasts at least 4 s, so that triplet training can cut an anchor and a positive from it).
 
     python scripts/make_samples.py ../shared/data/librispeech-mini
 """
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import shutil
 import sys
+
+import soundfile as sf
 from pathlib import Path
 
 TRAIN_PER_SEX = 40
+MIN_TRAIN_SECONDS = 4.0
 
 
 def speaker_sexes(speakers_txt: Path) -> dict[str, str]:
@@ -27,7 +31,8 @@ def speaker_sexes(speakers_txt: Path) -> dict[str, str]:
 
 def main(src: Path, dst: Path) -> None:
     sexes = speaker_sexes(src / "SPEAKERS.TXT")
-    train = sorted((p.name for p in (src / "train-clean-100").iterdir()), key=int)
+    train = sorted((p.name for p in (src / "train-clean-100").iterdir()
+                    if all(sf.info(f).duration >= MIN_TRAIN_SECONDS for f in p.rglob("*.flac"))), key=int)
     chosen = [s for sex in "FM" for s in [s for s in train if sexes.get(s) == sex][:TRAIN_PER_SEX]]
     if dst.exists():
         shutil.rmtree(dst)
