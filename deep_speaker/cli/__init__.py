@@ -10,10 +10,11 @@ Exit codes: 0 success, 1 some inputs failed (reported, the rest processed), 2 us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import DeepSpeakerError
 
@@ -21,6 +22,20 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 # Subcommand modules, in the order ``--help`` lists them; a module not written yet is skipped.
 COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "generated")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null meanwhile: TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            with native_stderr_silenced():
+                module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"{__name__}.{name}":
                 continue

@@ -1,0 +1,168 @@
+"""The main job end to end: cache -> softmax pre-training -> triplet training -> unseen-speaker verification ->
+generated-speech metrics of degraded copies. ``deep-speaker run`` and ``scripts/train_default_model.py`` call it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import FeatureCache, build_cache, write_atomic
+from .embed import Embedder
+from .errors import DeepSpeakerError
+from .training import TrainConfig, best_checkpoint, train
+from .training_inputs import generate_training_inputs
+from .verification import embed_cache, labelled_report, write_plots
+
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
+TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
+# Degraded copies of the held-out speech, ordered by damage within each kind: the metrics must grow along them.
+DEGRADATIONS: tuple[tuple[str, float], ...] = (("noise", 30.0), ("noise", 15.0), ("noise", 5.0),
+                                              ("lowpass", 4000.0), ("lowpass", 1500.0), ("griffinlim", 8.0))
+
+
+@dataclass
+class JobConfig:
+    """Sizes of the main job; the defaults finish in minutes on 2 CPU cores."""
+
+    data_dir: Path = BUNDLED_DATA
+    output_dir: Path = Path("deep-speaker-run")
+    width: float = 0.25
+    softmax_steps: int = 300
+    triplet_steps: int = 200
+    batch_size: int = 48
+    save_every: int = 50
+    seed: int = 0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    degradations: tuple[tuple[str, float], ...] = DEGRADATIONS
+    compare_subsets: int = 100
+    precision: str = "float32"
+    verbose: int = 2
+
+    def __post_init__(self):
+        self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
+
+
+def _step(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.perf_counter()
+
+
+def build_caches(cfg: JobConfig) -> tuple[FeatureCache, FeatureCache]:
+    """Feature caches of the training speakers and of the held-out speakers (updated, not rebuilt, on a re-run)."""
+    caches = []
+    for subset in (TRAIN_SUBSET, TEST_SUBSET):
+        audio = cfg.data_dir / subset
+        if not audio.is_dir():
+            raise DeepSpeakerError(f"{audio}: missing; the main job needs {cfg.data_dir} with {TRAIN_SUBSET}/ "
+                                   f"(training speakers) and {TEST_SUBSET}/ (held-out speakers)")
+        summary = build_cache(audio, cfg.output_dir / "cache" / subset, workers=cfg.workers, update=True)
+        print("\n".join(summary.lines()))
+        caches.append(FeatureCache(cfg.output_dir / "cache" / subset))
+    return caches[0], caches[1]
+
+
+def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
+    """Softmax pre-training then triplet training on the training speakers; the best triplet checkpoint."""
+    inputs = generate_training_inputs(train_cache, seed=cfg.seed)
+    common = dict(output_dir=cfg.output_dir / "checkpoints", width=cfg.width, batch_size=cfg.batch_size,
+                  save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose)
+    train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, **common))
+    train(TrainConfig(phase="triplet", data=inputs, cache_dir=train_cache.path, steps=cfg.triplet_steps,
+                      **common))
+    found = best_checkpoint(cfg.output_dir / "checkpoints", "triplet")
+    if found is None:
+        raise DeepSpeakerError(f"triplet training wrote no checkpoint under {cfg.output_dir / 'checkpoints'}")
+    return found
+
+
+def evaluate_unseen(embedder: Embedder, test_cache: FeatureCache, out_dir: Path) -> tuple[dict, list[str]]:
+    """Verification report (SAP/SAN, EER, minDCF, F) over all pairs of the held-out speakers, and its PNGs."""
+    labelled = embed_cache(embedder, test_cache)
+    report, scores, labels = labelled_report(labelled)
+    pngs = write_plots(out_dir, scores, labels, report["eer"], labelled)
+    return report, pngs
+
+
+def compare_degraded(embedder: Embedder, cfg: JobConfig, out_dir: Path) -> dict[str, dict]:
+    """``compare`` of the held-out speech against each degraded copy; the report of each, keyed ``kind@level``."""
+    from .degrade import degrade_folder
+    from .generated import compare, compute_stats
+
+    real_dir = cfg.data_dir / TEST_SUBSET
+    real = compute_stats(real_dir, embedder)
+    reports = {}
+    for kind, level in cfg.degradations:
+        name = f"{kind}@{level:g}"
+        copy_dir = cfg.output_dir / "degraded" / name
+        if not copy_dir.is_dir():
+            degrade_folder(real_dir, copy_dir, kind, level, seed=cfg.seed)
+        generated = compute_stats(copy_dir, embedder)
+        reports[name] = compare(real, generated, seed=cfg.seed, num_subsets=cfg.compare_subsets)
+        write_atomic(out_dir / f"compare_{name}.json", json.dumps(reports[name], indent=2).encode())
+        print(f"  {name:18s} FD {reports[name]['fd']['full']:.4f}  KD {reports[name]['kd']['kd']:.5f}  "
+              f"SECS {reports[name]['speaker_similarity']['secs']:.3f}", flush=True)
+    return reports
+
+
+def degradation_summary(reports: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per degraded copy: FD, KD and speaker similarity, plus the real-halves baseline of the same run."""
+    rows = []
+    for name, rep in reports.items():
+        rows.append({"set": name, "fd": rep["fd"]["full"], "kd": rep["kd"]["kd"],
+                     "secs": rep["speaker_similarity"]["secs"],
+                     "baseline_fd": rep["baseline"]["fd"]["full"], "baseline_kd": rep["baseline"]["kd"]["kd"],
+                     "secs_ceiling": rep["baseline"]["speaker_similarity"]["secs"]})
+    return rows
+
+
+def run_main_job(cfg: JobConfig) -> dict[str, Any]:
+    """Run every stage, write ``summary.json`` and the PNGs under ``cfg.output_dir``; return the summary."""
+    started = time.perf_counter()
+    out = cfg.output_dir
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _step(f"1/5 feature caches of {cfg.data_dir}")
+    train_cache, test_cache = build_caches(cfg)
+    _step(f"2-3/5 softmax pre-training ({cfg.softmax_steps} steps), then triplet training "
+          f"({cfg.triplet_steps} steps), width {cfg.width:g}")
+    checkpoint = train_phases(cfg, train_cache)
+    embedder = Embedder(checkpoint)
+    _step(f"4/5 speaker verification on {len(test_cache.speakers)} speakers never seen in training")
+    verification, pngs = evaluate_unseen(embedder, test_cache, report_dir)
+    print(f"  SAP {verification['sap']:.3f}  SAN {verification['san']:.3f} (mean cosine similarity, same / "
+          f"different speaker)  EER {100 * verification['eer']:.2f} %  over {verification['n_target']} + "
+          f"{verification['n_nontarget']} trials")
+    _step("5/5 generated-speech metrics: held-out speech against degraded copies")
+    reports = compare_degraded(embedder, cfg, report_dir)
+    summary = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "checkpoint": str(checkpoint),
+        "model_identity": embedder.model_identity,
+        "verification": verification,
+        "degradations": degradation_summary(reports),
+        "pngs": pngs,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The few lines the main job ends with."""
+    v = summary["verification"]
+    lines = [f"Done in {summary['wall_seconds'] / 60:.1f} min. Model: {summary['checkpoint']}",
+             f"Unseen speakers: SAP {v['sap']:.3f} vs SAN {v['san']:.3f} (cosine similarity), "
+             f"EER {100 * v['eer']:.2f} %, minDCF(0.01) {v['min_dcf']['p_target=0.01']['min_dcf']:.3f}",
+             "Held-out speech vs degraded copies (real-halves baseline FD "
+             f"{summary['degradations'][0]['baseline_fd']:.4f}):",
+             f"  {'set':18s} {'FD':>9s} {'KD':>9s} {'SECS':>6s}"]
+    lines += [f"  {r['set']:18s} {r['fd']:9.4f} {r['kd']:9.5f} {r['secs']:6.3f}" for r in summary["degradations"]]
+    out = Path(summary["config"]["output_dir"])
+    lines += [f"Summary: {out / 'summary.json'}", "Reports and pictures: " + ", ".join(summary["pngs"]),
+              f"  and {out / 'report'}/compare_*.json"]
+    return "\n".join(lines)
