@@ -36,7 +36,7 @@ FEATURES_DIR = "features"
 DEFAULT_TRIM = "percentile"
 # Shorter than this after trimming holds too little voice to learn or recognise a speaker from.
 DEFAULT_MIN_SECONDS = 0.25
-SAVE_INTERVAL_S = 5.0  # how often the manifest is rewritten during a build
+SAVE_INTERVAL_S = 10.0  # how often the manifest is rewritten during a build (crashes lose no array anyway)
 
 
 def cache_settings(trim: str = DEFAULT_TRIM) -> dict:
@@ -360,7 +360,8 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         if is_current(old.get(key), utt, st, cache_dir):
             entries[key] = old[key]
             summary.skipped += 1
-        elif existing is not None and (found := recover_entry(utt, st, cache_dir)) is not None:
+        elif existing is not None and key not in old and (found := recover_entry(utt, st, cache_dir)) is not None:
+            # an array no manifest lists can only come from an interrupted run of this cache's settings
             entries[key] = found
             summary.recovered += 1
         else:

@@ -281,3 +281,73 @@ def test_short_utterance_crop_is_zero_padded_at_the_end(libri_mini, tmp_path):
     assert not inputs["x_train"][0, frames:].any()
     with pytest.raises(DeepSpeakerError, match="not found"):
         load_training_inputs(tmp_path / "missing.pkl")
+
+
+def deep_speaker_cache(*args: str) -> tuple[int, str]:
+    """Run ``deep-speaker cache ARGS`` in this process (its parser and run_command); (exit code, stdout)."""
+    import argparse
+    import contextlib
+    import io
+
+    from deep_speaker.cli import cache as cache_command, run_command
+
+    parser = argparse.ArgumentParser(prog="deep-speaker")
+    cache_command.register(parser.add_subparsers())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            parsed = parser.parse_args(["cache", *args])
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0), out.getvalue()
+        return run_command(parsed.func, parsed), out.getvalue()
+
+
+def test_cache_commands_build_update_info_inputs(libri_mini, tmp_path):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    files = libri_subset(libri_mini, audio, speakers=2, utts=2)
+    assert deep_speaker_cache("build", str(audio), str(cache_dir), "--no_progress")[1].count(
+        f"{len(files)} files cached") == 1
+    rc, out = deep_speaker_cache("build", str(audio), str(cache_dir), "--yes", "--workers", "2", "--no_progress")
+    assert rc == 0 and f"{len(files)} files cached" in out  # wiped and rebuilt, no 3 s wait with --yes
+    rc, out = deep_speaker_cache("update", str(audio), str(cache_dir), "--no_progress")
+    assert rc == 0 and f"0 files cached" in out and f"{len(files)} skipped" in out
+    rc, info = deep_speaker_cache("info", str(cache_dir))
+    cache = FeatureCache(cache_dir)
+    assert rc == 0 and "speakers:   2" in info and f"utterances: {len(files)}" in info
+    assert f"{cache.hours:.2f} h" in info and "trim=percentile" in info and "failures:   0" in info
+    rc, out = deep_speaker_cache("inputs", str(cache_dir), "--output", str(tmp_path / "x.pkl"))
+    assert rc == 0 and str(tmp_path / "x.npz") in out
+    assert (tmp_path / "x.npz").is_file() and not (tmp_path / "x.pkl").exists()
+    for command in (["--help"], ["build", "--help"], ["update", "--help"], ["inputs", "--help"]):
+        rc, out = deep_speaker_cache(*command)
+        assert rc == 0 and "usage:" in out
+    assert deep_speaker_cache("info", str(tmp_path))[0] == 2  # not a cache: one-line error, exit 2
+
+
+def original_cli_module():
+    """The root ``cli.py``, imported from its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("original_cli", REPO / "cli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_original_verification_flags_dispatch_to_the_verification_module(monkeypatch, tmp_path, capsys):
+    import types
+
+    calls = []
+    fake = types.ModuleType("deep_speaker.cli.verification")
+    fake.unseen_speakers = lambda args: calls.append(("unseen_speakers", args.unseen_speakers, args.model)) or 0
+    fake.get_embeddings = lambda args: calls.append(("get_embeddings", args.get_embeddings, args.model)) or 0
+    monkeypatch.setitem(sys.modules, "deep_speaker.cli.verification", fake)
+    cli_py = original_cli_module()
+    assert cli_py.main(["--unseen_speakers", "p362,p363", "--model", "m.h5", "--audio_dir", str(tmp_path),
+                        "--cache_output_dir", str(tmp_path)]) == 0
+    assert cli_py.main(["--get_embeddings", "p225"]) == 0
+    assert calls == [("unseen_speakers", "p362,p363", "m.h5"), ("get_embeddings", "p225", None)]
+    monkeypatch.setitem(sys.modules, "deep_speaker.cli.verification", None)  # as before it was written
+    capsys.readouterr()
+    assert cli_py.main(["--get_embeddings", "p225"]) == 2
+    assert "not available yet" in capsys.readouterr().err
