@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import sys
+import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
 PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 _announced: set[str] = set()
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, tf.types.experimental.GenericFunction]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,16 @@ def resolve_model(model: keras.Model | str | os.PathLike | None) -> keras.Model:
     return load_model(default_model_path() if model is None else model)
 
 
+def forward_function(model: keras.Model):
+    """The model's inference function, traced once for every input length and shared by Embedders of that model."""
+    if model not in _FORWARD:
+        ref = weakref.ref(model)  # a strong reference here would keep the model (the cache key) alive forever
+        # input_signature with free batch and time: no retracing when a batch has another window length.
+        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[
+            tf.TensorSpec([None, None, NUM_FILTERS, 1], tf.float32)])
+    return _FORWARD[model]
+
+
 class Embedder:
     """Speaker embeddings of files, signals or features with one ResCNN, batched across files."""
 
@@ -155,9 +167,7 @@ class Embedder:
         self.min_audio_seconds = min_audio_seconds
         self.workers = workers or min(4, os.cpu_count() or 1)
         self._identity: str | None = None
-        # One graph for every input length: no retracing when a batch has another window length.
-        self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[
-            tf.TensorSpec([None, None, NUM_FILTERS, 1], tf.float32)])
+        self._forward = forward_function(self.model)
 
     @property
     def model_identity(self) -> str:

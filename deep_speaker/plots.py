@@ -15,9 +15,10 @@ from scipy.stats import norm  # noqa: E402
 
 FONT_SIZE = 11
 DPI = 130
-# DET axes run from 0.1 % to 50 %, the range NIST plots use; rates outside are clipped to the edges.
-DET_LIMITS = (0.001, 0.5)
-DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+# DET axes run from 0.1 % to 50 %, the range NIST plots use (to 95 % for a poor system, whose EER would sit
+# near the corner); points outside run off the axes.
+DET_LOW = 0.001
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> str:
@@ -39,9 +40,10 @@ def _grouped(speakers: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray
 def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, path: str | os.PathLike,
              title: str = "DET curve", label: str | None = None) -> str:
     """DET curve (false-reject against false-accept rate, probit axes) with the EER point marked."""
-    lo, hi = DET_LIMITS
-    x = norm.ppf(np.clip(np.asarray(far, dtype=np.float64), lo, hi))
-    y = norm.ppf(np.clip(np.asarray(frr, dtype=np.float64), lo, hi))
+    lo, hi = DET_LOW, (0.5 if eer < 0.3 else 0.95)
+    # Rates of 0 or 1 have infinite probits: clip them just past the axes so the curve leaves the plot cleanly.
+    x = norm.ppf(np.clip(np.asarray(far, dtype=np.float64), 1e-6, 1 - 1e-6))
+    y = norm.ppf(np.clip(np.asarray(frr, dtype=np.float64), 1e-6, 1 - 1e-6))
     with plt.rc_context({"font.size": FONT_SIZE}):
         fig, ax = plt.subplots(figsize=(5.5, 5.5))
         ax.plot(x, y, lw=2, label=label or "system")
@@ -49,8 +51,9 @@ def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, path: str | os.PathLi
                 label="FAR = FRR")
         e = norm.ppf(np.clip(eer, lo, hi))
         ax.plot([e], [e], "o", color="crimson", ms=8, label=f"EER = {100 * eer:.2f} %")
-        ticks = norm.ppf(DET_TICKS)
-        names = [f"{100 * t:g}" for t in DET_TICKS]
+        shown = [t for t in DET_TICKS if t <= hi]
+        ticks = norm.ppf(shown)
+        names = [f"{100 * t:g}" for t in shown]
         ax.set_xticks(ticks, names)
         ax.set_yticks(ticks, names)
         ax.set_xlim(norm.ppf(lo), norm.ppf(hi))
@@ -59,7 +62,7 @@ def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, path: str | os.PathLi
         ax.set_ylabel("False reject rate (%)")
         ax.set_title(title)
         ax.grid(True, alpha=0.4)
-        ax.legend(loc="upper right")
+        ax.legend(loc="lower left")
         return _save(fig, path)
 
 
@@ -70,14 +73,17 @@ def plot_similarity_matrix(embeddings: np.ndarray, speakers: Sequence[str], path
     x = np.asarray(embeddings, dtype=np.float64)[order]
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     sim = x @ x.T
+    # Self-similarity (always 1) would stretch the colour scale and hide the speaker blocks: shown blank.
+    np.fill_diagonal(sim, np.nan)
     n = len(order)
     ends = np.append(starts[1:], n)
     with plt.rc_context({"font.size": FONT_SIZE}):
         side = float(np.clip(4 + 0.03 * n, 6, 14))
         fig, ax = plt.subplots(figsize=(side + 1.2, side))
-        # The colour range follows the data (rounded down to 0.1): untrained models give all-high similarities.
-        image = ax.imshow(sim, cmap="viridis", vmin=np.floor(sim.min() * 10) / 10, vmax=1.0,
-                          interpolation="nearest")
+        # The colour range follows the data (rounded to 0.1): untrained models give all-high similarities.
+        low = np.floor(np.nanmin(sim) * 10) / 10 if n > 1 else 0.0
+        high = np.ceil(np.nanmax(sim) * 10) / 10 if n > 1 else 1.0
+        image = ax.imshow(sim, cmap="viridis", vmin=low, vmax=max(high, low + 0.1), interpolation="nearest")
         for b in starts[1:]:
             ax.axhline(b - 0.5, color="white", lw=0.8)
             ax.axvline(b - 0.5, color="white", lw=0.8)

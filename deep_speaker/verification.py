@@ -39,10 +39,12 @@ class Trials:
     second: list[str]
 
 
-def unknown_speakers_error(requested: Sequence[str], known: Sequence[str], where: str) -> DeepSpeakerError:
-    """The error for speaker ids not in ``where``, listing the known ones."""
-    shown = ", ".join(known[:50]) + (f", ... ({len(known)} in all)" if len(known) > 50 else "")
-    return DeepSpeakerError(f"unknown speaker {', '.join(requested)} in {where}; known speakers: {shown or 'none'}")
+def check_speakers(requested: Sequence[str], known: Sequence[str], where: str) -> None:
+    """Raise a DeepSpeakerError naming the requested speakers missing from ``where`` and listing the known ones."""
+    missing = [s for s in requested if s not in set(known)]
+    if missing:
+        shown = ", ".join(known[:50]) + (f", ... ({len(known)} in all)" if len(known) > 50 else "")
+        raise DeepSpeakerError(f"unknown speaker {', '.join(missing)} in {where}; known speakers: {shown or 'none'}")
 
 
 def embed_folder(embedder: Embedder, audio_dir: str | os.PathLike, layout: str = "auto",
@@ -52,10 +54,7 @@ def embed_folder(embedder: Embedder, audio_dir: str | os.PathLike, layout: str =
     if not utterances:
         raise DeepSpeakerError(f"{audio_dir}: no audio files in a speaker layout found")
     if speakers is not None:
-        known = sorted({u.speaker for u in utterances})
-        missing = [s for s in speakers if s not in known]
-        if missing:
-            raise unknown_speakers_error(missing, known, str(audio_dir))
+        check_speakers(speakers, sorted({u.speaker for u in utterances}), str(audio_dir))
         utterances = [u for u in utterances if u.speaker in speakers]
     speaker_of = {u.path: u.speaker for u in utterances}
     result = embedder.embed_files_with_failures([u.path for u in utterances])
@@ -65,9 +64,7 @@ def embed_folder(embedder: Embedder, audio_dir: str | os.PathLike, layout: str =
 def embed_cache(embedder: Embedder, cache: FeatureCache, speakers: Sequence[str] | None = None) -> Labelled:
     """Embeddings of the cached utterances (of ``speakers`` when given; an unknown one lists the known ones)."""
     if speakers is not None:
-        missing = [s for s in speakers if s not in set(cache.speakers)]
-        if missing:
-            raise unknown_speakers_error(missing, cache.speakers, f"the cache {cache.path}")
+        check_speakers(speakers, cache.speakers, f"the cache {cache.path}")
         ids = [u for s in speakers for u in cache.utterances(s)]
     else:
         ids = cache.utterances()

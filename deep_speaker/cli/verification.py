@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import FeatureCache
+from ..corpus import list_utterances
 from ..embed import save_embeddings
 from ..errors import DeepSpeakerError
 from ..metrics import cosine_scores, verification_report
-from ..verification import (Labelled, embed_cache, embed_folder, labelled_report, read_trials, score_trials,
-                            speaker_pair_similarity, unknown_speakers_error, write_plots)
+from ..verification import (Labelled, check_speakers, embed_cache, embed_folder, labelled_report, read_trials,
+                            score_trials, speaker_pair_similarity, write_plots)
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_embedder_options, embedder_from_args, report_failures
 
@@ -90,12 +91,19 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Labelled, str]:
-    """Embeddings of the speakers' utterances (from the feature cache, else the audio folder) and the model identity."""
-    embedder = embedder_from_args(args)
+    """Embeddings of the speakers' utterances (from the feature cache, else the audio folder) and the model identity.
+
+    The speaker ids are checked before the model is loaded, so a typo is answered at once.
+    """
     if getattr(args, "cache_output_dir", None):
-        return embed_cache(embedder, FeatureCache(args.cache_output_dir), speakers), embedder.model_identity
+        cache = FeatureCache(args.cache_output_dir)
+        check_speakers(speakers, cache.speakers, f"the cache {cache.path}")
+        embedder = embedder_from_args(args)
+        return embed_cache(embedder, cache, speakers), embedder.model_identity
     if not getattr(args, "audio_dir", None):
         raise DeepSpeakerError("give --cache_output_dir (a cache built with --update_cache) or --audio_dir")
+    check_speakers(speakers, sorted({u.speaker for u in list_utterances(args.audio_dir)}), args.audio_dir)
+    embedder = embedder_from_args(args)
     return embed_folder(embedder, args.audio_dir, speakers=speakers), embedder.model_identity
 
 
