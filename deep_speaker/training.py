@@ -94,6 +94,11 @@ def read_state(run_dir: Path) -> dict:
     return json.loads((run_dir / "state.json").read_text())
 
 
+def optimizer_step(model: keras.Model) -> int:
+    """The optimizer's update count (also for a tf.distribute MirroredVariable, which int() refuses)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+
+
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
     # Keras insists on the .keras suffix, so the temporary name keeps it.
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
@@ -151,7 +156,7 @@ class StopAtStep(keras.callbacks.Callback):
         self.steps = steps
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.steps:
+        if optimizer_step(self.model) >= self.steps:
             self.model.stop_training = True
 
 
@@ -190,7 +195,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        step = int(self.model.optimizer.iterations)
+        step = optimizer_step(self.model)
         value = logs.get(self.monitor)
         improved = self._improved(value)
         if improved and self.write:
@@ -250,7 +255,7 @@ class PoolRefresh(keras.callbacks.Callback):
         return self.model.predict(x, batch_size=self.batch_size, verbose=0)
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) % self.every == 0:
+        if optimizer_step(self.model) % self.every == 0:
             self.pool.add_round(self.embed)
 
 
@@ -263,6 +268,7 @@ class Trainer:
         self.strategy = _make_strategy(config.strategy)
         self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
         self.resume_state: dict | None = None
+        self.model: keras.Model | None = None
 
     def scope(self):
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
@@ -353,8 +359,9 @@ class Trainer:
     def _fit(self, model, data, validation, state, extra_callbacks=(), identity_model=None) -> dict:
         """model.fit from the saved step to config.steps, in epochs of save_every steps; returns the last logs."""
         c = self.config
+        self.model = model  # kept for callers (tests, the quality recipe) after training
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        start = int(model.optimizer.iterations)
+        start = optimizer_step(model)
         if start >= c.steps:
             print(f"{self.run_dir}: already at step {start} of {c.steps}; nothing to do")
             return dict(state.get("last_logs", {}))
@@ -434,7 +441,7 @@ class Trainer:
             if source:
                 print(f"triplet training starts from {source}")
         state = self._state(model, started_from=started_from)
-        start = int(model.optimizer.iterations)
+        start = optimizer_step(model)
         pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
                                     seed=[c.seed, start])
         refresh = PoolRefresh(pool, c.refresh_every, c.batch_size)

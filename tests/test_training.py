@@ -1,0 +1,267 @@
+"""Training phases on a small cache of real speech: loss, checkpoints, resume after SIGKILL, mirrored, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from deep_speaker import batching
+from deep_speaker.cache import FeatureCache, build_cache
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.model import load_model, to_embedding_model
+from deep_speaker.training import TrainConfig, Trainer, latest_checkpoint, read_state, train
+from deep_speaker.training_inputs import generate_training_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, CROP = 0.0625, 64  # tiny network, 0.64 s crops: CPU-sized runs
+SMALL = dict(width=WIDTH, crop_frames=CROP, batch_size=24, verbose=0)
+
+
+def link_speakers(libri_mini: Path, root: Path, split: str, speakers: int, utts: int) -> None:
+    """Symlink the first `utts` files of the first `speakers` speakers of a split into a LibriSpeech tree."""
+    for spk_dir in sorted((libri_mini / split).iterdir())[:speakers]:
+        for src in sorted(spk_dir.rglob("*.flac"))[:utts]:
+            link = root / split / src.relative_to(libri_mini / split)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(src)
+
+
+@pytest.fixture(scope="module")
+def data(libri_mini, tmp_path_factory) -> Path:
+    """A cache of 4 test-other speakers (5 utterances) + 4 train-clean-100 speakers (1 each), with training inputs."""
+    root = tmp_path_factory.mktemp("train")
+    link_speakers(libri_mini, root / "audio", "test-other", 4, 5)
+    link_speakers(libri_mini, root / "audio", "train-clean-100", 4, 1)
+    build_cache(root / "audio", root / "cache", progress=False)
+    generate_training_inputs(FeatureCache(root / "cache"), root / "cache" / "full_inputs.pkl", crop_frames=CROP)
+    return root / "cache" / "full_inputs.pkl"
+
+
+@pytest.fixture(scope="module")
+def softmax_run(data, tmp_path_factory) -> tuple[Trainer, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    trainer = Trainer(TrainConfig("softmax", out, data=data, steps=24, save_every=6, learning_rate=3e-3, **SMALL))
+    trainer.train()
+    return trainer, out
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ----- hard triplet selection -----
+
+
+def test_hard_selection_matches_a_plain_loop():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    speakers = rng.integers(0, 6, size=60)
+    anchors = rng.choice(60, size=15, replace=False)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    neg = batching.hardest_negatives(emb[anchors], emb, speakers, speakers[anchors])
+    pos = batching.hardest_positives(emb[anchors], emb, speakers, speakers[anchors], anchors)
+    for k, a in enumerate(anchors):
+        best_neg, best_pos = None, None
+        for j in range(60):
+            cos = float(unit[a] @ unit[j])
+            if speakers[j] != speakers[a] and (best_neg is None or cos > best_neg[0]):
+                best_neg = (cos, j)
+            if speakers[j] == speakers[a] and j != a and (best_pos is None or cos < best_pos[0]):
+                best_pos = (cos, j)
+        assert neg[k] == best_neg[1] and pos[k] == best_pos[1]
+
+
+def test_replica_shards_are_each_anchor_positive_negative_thirds():
+    a, p, n = np.arange(0, 8), np.arange(100, 108), np.arange(200, 208)
+    order = batching.arrange_for_replicas(a, p, n, 2)
+    first, second = order[:12], order[12:]
+    assert first.tolist() == [0, 1, 2, 3, 100, 101, 102, 103, 200, 201, 202, 203]
+    assert second.tolist() == [4, 5, 6, 7, 104, 105, 106, 107, 204, 205, 206, 207]
+
+
+def test_single_speaker_pool_has_no_negative():
+    with pytest.raises(DeepSpeakerError, match="single speaker"):
+        batching.hardest_negatives(np.ones((2, 3)), np.ones((4, 3)), np.zeros(4), np.zeros(2))
+
+
+# ----- the three phases -----
+
+
+def test_softmax_loss_goes_down_and_checkpoint_reloads_to_identical_embeddings(softmax_run, data):
+    trainer, out = softmax_run
+    rows = log_rows(out / "softmax")
+    assert len(rows) == 4
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    state = read_state(out / "softmax")
+    assert state["step"] == 24 and state["width"] == WIDTH and state["best_value"] is not None
+    assert latest_checkpoint(out, "softmax") == out / "softmax" / "last.keras"
+    x = np.load(Path(data).with_suffix(".npz"))["x_test"][:10]
+    live = to_embedding_model(trainer.model).predict(x, verbose=0)
+    reloaded = to_embedding_model(load_model(out / "softmax" / "last.keras")).predict(x, verbose=0)
+    np.testing.assert_allclose(reloaded, live, atol=1e-6)
+
+
+def test_triplet_starts_from_the_softmax_checkpoint_and_logs_eer(softmax_run, data):
+    _, out = softmax_run
+    result = train(TrainConfig("triplet", out, data=data, steps=6, save_every=3, refresh_every=2, pool_speakers=8,
+                               **SMALL))
+    state = read_state(out / "triplet")
+    assert state["started_from"] == str(out / "softmax" / "best.keras")
+    assert state["step"] == 6 and 0.0 <= result["val_eer"] <= 1.0
+    rows = log_rows(out / "triplet")
+    assert {"loss", "val_loss", "val_eer"} <= set(rows[0])
+    # Six SGD steps move the weights a little: they must still be the softmax model's, not a fresh init.
+    start = load_model(out / "softmax" / "best.keras").get_layer("affine").get_weights()[0].ravel()
+    after = load_model(out / "triplet" / "last.keras").get_layer("affine").get_weights()[0].ravel()
+    assert np.corrcoef(start, after)[0, 1] > 0.95
+
+
+def test_probe_reports_an_accuracy_through_the_cli(softmax_run, data, capsys):
+    from deep_speaker.cli import main
+
+    _, out = softmax_run
+    rc = main(["train", "probe", "--data-filename", str(data), "--output-dir", str(out), "--width", str(WIDTH),
+               "--crop-frames", str(CROP), "--steps", "30", "--save-every", "15", "--fit-verbose", "0"])
+    assert rc == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "accuracy on frozen embeddings" in ln]
+    accuracy = float(line[0].split()[-1])
+    assert 0.0 <= accuracy <= 1.0
+    assert read_state(out / "probe")["started_from"].startswith(str(out))
+
+
+# ----- resume after SIGKILL -----
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_its_step_count_and_optimizer(data, tmp_path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, str(REPO / "train_cli.py"), "--loss_on_softmax", "--data_filename", str(data),
+           "--output_dir", str(out), "--width", str(WIDTH), "--crop_frames", str(CROP), "--batch_size", "24",
+           "--steps", "12", "--save_every", "2", "--fit_verbose", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state_file = out / "softmax" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())["step"] >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state_file.read_text())["step"]
+    assert 4 <= killed_at < 12, "the run must be killed mid-way"
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    resumed_from = int(second.stdout.split("resuming at step ")[1].split()[0])
+    assert killed_at <= resumed_from < 12  # continued from the last save, not from 0
+    assert read_state(out / "softmax")["step"] == 12
+    # The optimizer state came back too: its iteration counter totals the steps of both processes.
+    model = keras.saving.load_model(out / "softmax" / "last.keras")
+    assert int(model.optimizer.iterations) == 12
+    epochs = [int(r["epoch"]) for r in log_rows(out / "softmax")]
+    assert epochs[-1] == 5 and epochs[-(6 - resumed_from // 2)] == resumed_from // 2
+
+
+# ----- distribution -----
+
+
+def test_mirrored_strategy_on_two_logical_cpus(data, tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from deep_speaker.training import TrainConfig, Trainer
+        trainer = Trainer(TrainConfig("triplet", {str(tmp_path)!r}, data={str(data)!r}, steps=4, save_every=2,
+                                      refresh_every=2, pool_speakers=8, strategy="mirrored", width={WIDTH},
+                                      crop_frames={CROP}, batch_size=24, verbose=0))
+        result = trainer.train()
+        print("REPLICAS", trainer.replicas, "STEP", result["step"], "LOSS", result["loss"])
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    words = run.stdout.split("REPLICAS")[1].split()
+    assert words[0] == "2" and words[2] == "4" and np.isfinite(float(words[4]))
+
+
+# ----- bad input: one-line errors before any training -----
+
+
+def one_line_error(config: TrainConfig, match: str) -> None:
+    state = config.run_dir / "state.json"
+    before = state.read_text() if state.exists() else None
+    with pytest.raises(DeepSpeakerError, match=match) as info:
+        train(config)
+    assert "\n" not in str(info.value)
+    assert (state.read_text() if state.exists() else None) == before  # refused before any training step
+
+
+def test_empty_and_one_speaker_caches(libri_mini, tmp_path):
+    (tmp_path / "empty").mkdir()
+    build_cache(tmp_path / "empty", tmp_path / "empty_cache", progress=False)
+    one_line_error(TrainConfig("triplet", tmp_path / "o1", cache_dir=tmp_path / "empty_cache", **SMALL), "at least 2")
+    link_speakers(libri_mini, tmp_path / "one", "test-other", 1, 3)
+    build_cache(tmp_path / "one", tmp_path / "one_cache", progress=False)
+    one_line_error(TrainConfig("triplet", tmp_path / "o2", cache_dir=tmp_path / "one_cache", **SMALL), "at least 2")
+    inputs = generate_training_inputs(FeatureCache(tmp_path / "one_cache"), tmp_path / "one.npz", crop_frames=CROP)
+    one_line_error(TrainConfig("softmax", tmp_path / "o3", data=inputs, **SMALL), "at least 2 speakers")
+
+
+def test_single_utterance_speaker_without_a_positive(data, tmp_path):
+    # At 5000 frames per crop, a train-clean-100 speaker's single utterance cannot give two distinct crops.
+    config = TrainConfig("triplet", tmp_path, cache_dir=Path(data).parent, **{**SMALL, "crop_frames": 5000})
+    one_line_error(config, "single training utterance")
+
+
+def test_checkpoint_of_another_width_or_architecture(softmax_run, data, tmp_path):
+    _, out = softmax_run
+    best = out / "softmax" / "best.keras"
+    one_line_error(TrainConfig("triplet", tmp_path / "a", data=data, init_model=best, **{**SMALL, "width": 0.125}),
+                   "width 0.0625")
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
+    other.save(tmp_path / "other.keras")
+    one_line_error(TrainConfig("triplet", tmp_path / "b", data=data, init_model=tmp_path / "other.keras", **SMALL),
+                   "not a ResCNN")
+    # Resuming a run directory of another width is refused too.
+    one_line_error(TrainConfig("softmax", out, data=data, steps=80, **{**SMALL, "width": 0.125}), "width 0.0625")
+
+
+def test_cache_and_inputs_of_other_feature_settings(data, tmp_path):
+    cache_dir = Path(data).parent
+    copy = tmp_path / "cache"
+    copy.mkdir()
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["settings"]["nfft"] = 1024
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "features").symlink_to(cache_dir / "features")
+    one_line_error(TrainConfig("triplet", tmp_path / "o1", cache_dir=copy, **SMALL), "other feature settings")
+    with np.load(Path(data).with_suffix(".npz"), allow_pickle=False) as f:
+        arrays = dict(f)
+    settings = json.loads(str(arrays["settings"]))
+    arrays["settings"] = np.array(json.dumps({**settings, "num_filters": 40}))
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    one_line_error(TrainConfig("softmax", tmp_path / "o2", data=tmp_path / "inputs.npz", **SMALL),
+                   "other feature settings")
+
+
+def test_train_cli_needs_a_phase_flag():
+    run = subprocess.run([sys.executable, str(REPO / "train_cli.py"), "--data_filename", "x.pkl"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "--loss_on_softmax or --loss_on_embeddings" in run.stderr
+
+
+def test_untrained_network_has_no_checkpoint_to_probe(data, tmp_path):
+    one_line_error(TrainConfig("probe", tmp_path, data=data, **SMALL), "no triplet or softmax checkpoint")
