@@ -137,6 +137,9 @@ class FeatureCache:
                                    f"'deep-speaker cache build AUDIO_DIR {self.path}'")
         self.manifest = manifest
         self._entries = {(e["speaker"], e["utterance"]): e for e in manifest["entries"]}
+        self._by_speaker: dict[str, list[tuple[str, str]]] = {}  # per-speaker lists: big corpora have 1000s
+        for key in sorted(self._entries):
+            self._by_speaker.setdefault(key[0], []).append(key)
 
     @property
     def settings(self) -> dict:
@@ -151,7 +154,7 @@ class FeatureCache:
     @property
     def speakers(self) -> list[str]:
         """Speaker ids, sorted."""
-        return sorted({spk for spk, _ in self._entries})
+        return sorted(self._by_speaker)
 
     @property
     def hours(self) -> float:
@@ -160,7 +163,9 @@ class FeatureCache:
 
     def utterances(self, speaker: Optional[str] = None) -> list[tuple[str, str]]:
         """(speaker, utterance) pairs, sorted; only those of ``speaker`` when given."""
-        return sorted(k for k in self._entries if speaker is None or k[0] == speaker)
+        if speaker is None:
+            return [key for spk in sorted(self._by_speaker) for key in self._by_speaker[spk]]
+        return list(self._by_speaker.get(speaker, []))
 
     def entry(self, speaker: str, utterance: str) -> dict:
         """The manifest entry of an utterance (source, size, mtime_ns, frames, seconds, array)."""
