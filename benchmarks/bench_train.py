@@ -72,9 +72,9 @@ def matmul_gflops(dtype: tf.DType, n: int, repeats: int) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def step_timers(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
+def step_timers(model: keras.Model, x: np.ndarray, y: np.ndarray, jit_compile: bool) -> dict:
     """Callables running one training step and one inference batch, compiled and warmed up."""
-    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=triplet_loss)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=triplet_loss, jit_compile=jit_compile)
     train = lambda: float(model.train_on_batch(x, y))  # noqa: E731  (float() waits for the step)
     infer = lambda: np.asarray(model.predict_on_batch(x))  # noqa: E731
     train()
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=96)
     parser.add_argument("--frames", type=int, default=160)
     parser.add_argument("--matmul", type=int, default=4096, help="size of the peak-rate matmul")
+    parser.add_argument("--jit", action="store_true", help="XLA-compile our models (Keras leaves XLA off on CPU)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -114,7 +115,8 @@ def main() -> None:
         "ours mixed_bfloat16": build_rescnn(args.width, precision="mixed_bfloat16"),
     }
     forward = conv_flops(models["ours float32"], args.frames)
-    timers = {name: step_timers(model, x, y) for name, model in models.items()}
+    # The original never used XLA; --jit applies to our models only.
+    timers = {name: step_timers(model, x, y, args.jit and name.startswith("ours")) for name, model in models.items()}
     times = {(name, mode): [] for name in models for mode in ("train", "infer")}
     for _ in range(args.rounds):
         for mode in ("train", "infer"):
@@ -124,7 +126,7 @@ def main() -> None:
     print(
         f"ResCNN width {args.width:g}, batch {args.batch} x {args.frames}x64, {args.steps * args.rounds} timed steps, "
         f"{os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}, "
-        f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}"
+        f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}, XLA for ours: {args.jit}"
     )
     print(f"forward {forward / 1e9:.2f} GFLOP per crop; matmul {args.matmul}: float32 {peak32:.0f} GFLOP/s, "
           f"bfloat16 {peak16:.0f} GFLOP/s ({peak16 / peak32:.2f}x)")
