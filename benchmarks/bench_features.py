@@ -1,6 +1,6 @@
 """Feature speed: the original path (librosa + python_speech_features + a per-frame loop) vs ours, and cache scaling.
 
-    python benchmarks/bench_features.py [AUDIO_DIR]     (default ../shared/data/librispeech-mini/test-other)
+    python benchmarks/bench_features.py [AUDIO_DIR]     (default ../shared/data/librispeech-mini, 351 files)
 
 (a) end-to-end (decode + resample + trim + features) and features only (on the same decoded, trimmed
 signals), reference vs ours; (b) the whole cache build with 1 worker vs 2 workers.
@@ -28,7 +28,7 @@ from deep_speaker.cache import build_cache
 from deep_speaker.corpus import list_utterances
 from deep_speaker.features import fbank_features
 
-DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini" / "test-other"
+DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
 
 
 def reference_load(path: str) -> np.ndarray:
