@@ -137,8 +137,10 @@ def run_main_job(cfg: JobConfig) -> dict[str, Any]:
     print(f"  SAP {verification['sap']:.3f}  SAN {verification['san']:.3f} (mean cosine similarity, same / "
           f"different speaker)  EER {100 * verification['eer']:.2f} %  over {verification['n_target']} + "
           f"{verification['n_nontarget']} trials")
-    _step("5/5 generated-speech metrics: held-out speech against degraded copies")
-    reports = compare_degraded(embedder, cfg, report_dir)
+    reports = {}
+    if cfg.degradations:
+        _step("5/5 generated-speech metrics: held-out speech against degraded copies")
+        reports = compare_degraded(embedder, cfg, report_dir)
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "checkpoint": str(checkpoint),
@@ -157,11 +159,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     v = summary["verification"]
     lines = [f"Done in {summary['wall_seconds'] / 60:.1f} min. Model: {summary['checkpoint']}",
              f"Unseen speakers: SAP {v['sap']:.3f} vs SAN {v['san']:.3f} (cosine similarity), "
-             f"EER {100 * v['eer']:.2f} %, minDCF(0.01) {v['min_dcf']['p_target=0.01']['min_dcf']:.3f}",
-             "Held-out speech vs degraded copies (real-halves baseline FD "
-             f"{summary['degradations'][0]['baseline_fd']:.4f}):",
-             f"  {'set':18s} {'FD':>9s} {'KD':>9s} {'SECS':>6s}"]
-    lines += [f"  {r['set']:18s} {r['fd']:9.4f} {r['kd']:9.5f} {r['secs']:6.3f}" for r in summary["degradations"]]
+             f"EER {100 * v['eer']:.2f} %, minDCF(0.01) {v['min_dcf']['p_target=0.01']['min_dcf']:.3f}"]
+    rows = summary["degradations"]
+    if rows:
+        lines += [f"Held-out speech vs degraded copies (real-halves baseline: FD {rows[0]['baseline_fd']:.4f}, "
+                  f"KD {rows[0]['baseline_kd']:.5f}; SECS ceiling {rows[0]['secs_ceiling']:.3f}):",
+                  f"  {'set':18s} {'FD':>9s} {'KD':>9s} {'SECS':>6s}"]
+        lines += [f"  {r['set']:18s} {r['fd']:9.4f} {r['kd']:9.5f} {r['secs']:6.3f}" for r in rows]
     out = Path(summary["config"]["output_dir"])
     lines += [f"Summary: {out / 'summary.json'}", "Reports and pictures: " + ", ".join(summary["pngs"]),
               f"  and {out / 'report'}/compare_*.json"]
