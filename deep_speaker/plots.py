@@ -73,17 +73,17 @@ def plot_similarity_matrix(embeddings: np.ndarray, speakers: Sequence[str], path
     x = np.asarray(embeddings, dtype=np.float64)[order]
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     sim = x @ x.T
-    # Self-similarity (always 1) would stretch the colour scale and hide the speaker blocks: shown blank.
+    # Self-similarity (always 1) would stretch the colour scale and hide the speaker blocks: shown grey.
     np.fill_diagonal(sim, np.nan)
     n = len(order)
     ends = np.append(starts[1:], n)
     with plt.rc_context({"font.size": FONT_SIZE}):
         side = float(np.clip(4 + 0.03 * n, 6, 14))
         fig, ax = plt.subplots(figsize=(side + 1.2, side))
-        # The colour range follows the data (rounded to 0.1): untrained models give all-high similarities.
-        low = np.floor(np.nanmin(sim) * 10) / 10 if n > 1 else 0.0
-        high = np.ceil(np.nanmax(sim) * 10) / 10 if n > 1 else 1.0
-        image = ax.imshow(sim, cmap="viridis", vmin=low, vmax=max(high, low + 0.1), interpolation="nearest")
+        # The colour range is the data's: an untrained model's similarities all lie within 0.001 of 1.
+        low, high = (float(np.nanmin(sim)), float(np.nanmax(sim))) if n > 1 else (0.0, 1.0)
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+        image = ax.imshow(sim, cmap=cmap, vmin=low, vmax=max(high, low + 1e-6), interpolation="nearest")
         for b in starts[1:]:
             ax.axhline(b - 0.5, color="white", lw=0.8)
             ax.axvline(b - 0.5, color="white", lw=0.8)

@@ -1,0 +1,87 @@
+"""Embedding speed: ``Embedder.embed_files`` (float32, mixed_bfloat16) vs the original's one ``predict`` per file.
+
+    python benchmarks/bench_embed.py [AUDIO_DIR] [--model H5] [--repeats N]
+    (defaults: ../shared/data/librispeech-mini/test-other, 100 files; the width-1 reference checkpoint)
+
+The original embeds a file with ``model.predict(features[None, ..., None])`` on its full features, one
+call per file. Both paths start from the audio files and compute the same features (this package's
+``extract_features``, so the ratio measures the embedding strategy, not the feature code). Each is
+warmed up once (graph tracing excluded) and timed ``--repeats`` times in the same run; the median is
+reported. Real-time factor = processing time / audio duration (lower is faster). Target: >= 3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from deep_speaker.embed import Embedder, split_windows  # noqa: E402
+from deep_speaker.features import extract_features  # noqa: E402
+from deep_speaker.model import load_model  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_AUDIO = DATA / "librispeech-mini" / "test-other"
+DEFAULT_MODEL = DATA / "reference-checkpoint" / "ResCNN_random_triplet.h5"
+
+
+def original_embed(model, paths: list[str]) -> np.ndarray:
+    """The original's way: features of each file, then one ``model.predict`` call on all its frames."""
+    return np.stack([model.predict(extract_features(p)[None, :, :, None], verbose=0)[0] for p in paths])
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("audio_dir", nargs="?", default=str(DEFAULT_AUDIO))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+
+    paths = sorted(str(p) for p in Path(args.audio_dir).rglob("*.flac")) + sorted(
+        str(p) for p in Path(args.audio_dir).rglob("*.wav"))
+    audio_seconds = sum(sf.info(p).duration for p in paths)
+    model = load_model(args.model)
+    print(f"{len(paths)} files, {audio_seconds / 60:.1f} min of audio, model {args.model}, "
+          f"{os.cpu_count()} CPU cores")
+
+    embedders = {name: Embedder(model, precision=name) for name in ("float32", "mixed_bfloat16")}
+    features = [extract_features(p) for p in paths]
+    e = embedders["float32"]
+    model_frames = sum(w.shape[0] for f in features for w in split_windows(f, e.window, e.hop, e.min_frames))
+    print(f"frames through the model: original {sum(len(f) for f in features)} (each file once, whole), "
+          f"Embedder {model_frames} ({e.window}-frame windows every {e.hop} frames)")
+
+    original_embed(model, paths[:2])  # warm-up: the first predict traces the graph
+    for embedder in embedders.values():
+        embedder.embed_files(paths[:2])
+    results = {"original (predict per file)": timed(lambda: original_embed(model, paths), args.repeats)}
+    for name, embedder in embedders.items():
+        results[f"Embedder {name}"] = timed(lambda: embedder.embed_files(paths), args.repeats)
+
+    base = results["original (predict per file)"]
+    print(f"{'method':<30} {'seconds':>8} {'emb/s':>8} {'RTF':>8} {'speed-up':>9}")
+    for name, seconds in results.items():
+        print(f"{name:<30} {seconds:8.2f} {len(paths) / seconds:8.1f} {seconds / audio_seconds:8.4f} "
+              f"{base / seconds:8.2f}x")
+    best = max(base / s for n, s in results.items() if n.startswith("Embedder"))
+    print(f"best speed-up {best:.2f}x (target >= 3x): {'met' if best >= 3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
