@@ -41,7 +41,8 @@ DEFAULT_HOP_SECONDS = 0.8
 DEFAULT_MIN_SECONDS = 1.6
 DEFAULT_BATCH_SIZE = 32  # windows per predict call; larger gains nothing on CPU and costs memory
 FILES_PER_CHUNK = 256  # files read ahead (in threads) while the model embeds the previous chunk
-# The original's training writes its runs here; the newest triplet checkpoint is the default model.
+# Where 'deep-speaker train' writes its runs when it has no data folder; the newest triplet checkpoint is the
+# default model (the original queries also look in CACHE/checkpoints, where training on a cache writes them).
 DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
 PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
@@ -112,21 +113,23 @@ def _announce(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def default_model_path(checkpoint_root: str | os.PathLike = DEFAULT_CHECKPOINT_ROOT) -> Path:
-    """The newest triplet checkpoint under ``checkpoint_root``, else the packaged demo model, else a clear error."""
+def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_CHECKPOINT_ROOT,)) -> Path:
+    """The newest triplet checkpoint under the roots, else the packaged demo model, else a clear error."""
     from .training import latest_checkpoint  # training pulls in the optimiser stack; only needed here
 
-    found = latest_checkpoint(checkpoint_root, "triplet")
-    if found is not None:
-        _announce(f"deep-speaker: using the newest triplet checkpoint {found}")
-        return found
+    found = [p for p in (latest_checkpoint(root, "triplet") for root in checkpoint_roots) if p is not None]
+    if found:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        _announce(f"deep-speaker: using the newest triplet checkpoint {newest}")
+        return newest
     packaged = sorted(PACKAGED_MODEL_DIR.glob("*.keras"))
     if packaged:
         _announce(f"deep-speaker: using the packaged default model {packaged[0]}, a small demo model "
                   f"({_card_summary(PACKAGED_MODEL_DIR / 'model_card.json')}); pass a model for real use")
         return packaged[0]
-    raise DeepSpeakerError(f"no model given, no triplet checkpoint under {Path(checkpoint_root) / 'triplet'} and no "
-                           f"packaged default model in {PACKAGED_MODEL_DIR}: pass --model PATH")
+    searched = ", ".join(str(Path(root) / "triplet") for root in checkpoint_roots)
+    raise DeepSpeakerError(f"no model given, no triplet checkpoint in {searched} and no packaged default model in "
+                           f"{PACKAGED_MODEL_DIR}: pass --model PATH")
 
 
 def resolve_model(model: keras.Model | str | os.PathLike | None) -> keras.Model:

@@ -15,6 +15,7 @@ from .corpus import list_utterances
 from .embed import FILES_PER_CHUNK, EmbedFailure, Embedder
 from .errors import DeepSpeakerError
 from .metrics import cosine_scores, pair_scores, roc, sap_san, verification_report
+from .model import EMBEDDING_SIZE
 
 # Pictures of more utterances than this would be unreadable (and t-SNE slow): whole speakers are kept up to it.
 MAX_PLOTTED = 1000
@@ -72,7 +73,7 @@ def embed_cache(embedder: Embedder, cache: FeatureCache, speakers: Sequence[str]
     # Chunks keep memory bounded: the arrays are memory-mapped and read only while their chunk is embedded.
     for i in range(0, len(ids), FILES_PER_CHUNK):
         rows.append(embedder.embed_features_batch([cache.load(s, u) for s, u in ids[i:i + FILES_PER_CHUNK]]))
-    embeddings = np.concatenate(rows) if rows else np.zeros((0, 512), np.float32)
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, EMBEDDING_SIZE), np.float32)
     return Labelled(embeddings, [s for s, _ in ids], [f"{s}/{u}" for s, u in ids])
 
 
@@ -107,7 +108,7 @@ def score_trials(embedder: Embedder, trials: Trials) -> tuple[np.ndarray, np.nda
     a = [row[p] for p, k in zip(trials.first, keep) if k]
     b = [row[p] for p, k in zip(trials.second, keep) if k]
     scores = cosine_scores(result.embeddings[a], result.embeddings[b]) if a else np.zeros(0)
-    return np.atleast_1d(scores), trials.labels[keep], result.failures
+    return scores, trials.labels[keep], result.failures
 
 
 def labelled_report(labelled: Labelled) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:

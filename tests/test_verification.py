@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -205,10 +206,14 @@ def test_default_model_is_announced_once(tmp_path, monkeypatch, capsys, checkpoi
     err = capsys.readouterr().err
     assert err.count("packaged default model") == 1
     assert "small demo model" in err and "librispeech-mini" in err and "12.3 %" in err
-    # A triplet training run in ./checkpoints takes precedence over the packaged model.
-    run = tmp_path / "checkpoints" / "triplet"
-    run.mkdir(parents=True)
-    (run / "last.keras").symlink_to(packaged / "demo.keras")
-    (run / "state.json").write_text("{}")
+    # A triplet training run takes precedence over the packaged model; of several roots, the newest run wins.
+    for root, mtime in (("checkpoints", 1_000_000), ("cache/checkpoints", 2_000_000)):
+        run = tmp_path / root / "triplet"
+        run.mkdir(parents=True)
+        (run / "last.keras").write_text("not opened by default_model_path")
+        (run / "state.json").write_text("{}")
+        os.utime(run / "last.keras", (mtime, mtime))
     assert embed.default_model_path() == Path("checkpoints") / "triplet" / "last.keras"
+    assert embed.default_model_path([Path("checkpoints"), Path("cache/checkpoints")]) == Path(
+        "cache/checkpoints/triplet/last.keras")
     assert "newest triplet checkpoint" in capsys.readouterr().err

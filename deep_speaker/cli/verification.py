@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..cache import FeatureCache
 from ..corpus import list_utterances
-from ..embed import save_embeddings
+from ..embed import DEFAULT_CHECKPOINT_ROOT, default_model_path, save_embeddings
 from ..errors import DeepSpeakerError
 from ..metrics import cosine_scores, verification_report
 from ..verification import (Labelled, check_speakers, embed_cache, embed_folder, labelled_report, read_trials,
@@ -98,7 +97,9 @@ def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Lab
     if getattr(args, "cache_output_dir", None):
         cache = FeatureCache(args.cache_output_dir)
         check_speakers(speakers, cache.speakers, f"the cache {cache.path}")
-        embedder = embedder_from_args(args)
+        # Training on this cache writes CACHE/checkpoints: its newest triplet checkpoint is the natural default.
+        model = getattr(args, "model", None) or default_model_path([cache.path / "checkpoints", DEFAULT_CHECKPOINT_ROOT])
+        embedder = embedder_from_args(args, model)
         return embed_cache(embedder, cache, speakers), embedder.model_identity
     if not getattr(args, "audio_dir", None):
         raise DeepSpeakerError("give --cache_output_dir (a cache built with --update_cache) or --audio_dir")
