@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .audio import SAMPLE_RATE, AudioError, apply_trim, read_audio, resample
+from .audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, resample
 from .cache import DEFAULT_MIN_SECONDS as DEFAULT_MIN_AUDIO_SECONDS  # the cache's "too short", so both agree
 from .errors import DeepSpeakerError
 from .features import HOP_LENGTH, NUM_FILTERS, fbank_features
@@ -159,6 +159,10 @@ class Embedder:
                  min_audio_seconds: float = DEFAULT_MIN_AUDIO_SECONDS, workers: int | None = None):
         if min(window_seconds, hop_seconds, min_seconds) <= 0:
             raise DeepSpeakerError("window, hop and minimum length must be positive")
+        if hop_seconds > window_seconds:
+            raise DeepSpeakerError(f"hop ({hop_seconds:g} s) longer than the window ({window_seconds:g} s) would skip audio")
+        if trim not in TRIM_MODES:
+            raise DeepSpeakerError(f"unknown trim mode {trim!r}; choose one of {', '.join(TRIM_MODES)}")
         if batch_size < 1:
             raise DeepSpeakerError(f"batch size must be at least 1, got {batch_size}")
         self.model = with_precision(to_embedding_model(resolve_model(model)), precision)

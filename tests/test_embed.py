@@ -131,3 +131,12 @@ def test_save_embeddings_formats(tmp_path):
     np.testing.assert_allclose([float(v) for v in rows[2].split(",")[1:]], emb[1], rtol=1e-6)
     with pytest.raises(DeepSpeakerError, match="unknown output format"):
         save_embeddings(tmp_path / "e.txt", emb, paths, "abc123")
+
+
+def test_bad_settings_are_clear_errors(model):
+    with pytest.raises(DeepSpeakerError, match="would skip audio"):
+        Embedder(model, window_seconds=1.0, hop_seconds=2.0)
+    with pytest.raises(DeepSpeakerError, match="unknown trim mode 'loud'"):
+        Embedder(model, trim="loud")
+    with pytest.raises(DeepSpeakerError, match=r"features must be \[T > 0, 64\]"):
+        Embedder(model).embed_features(np.zeros((10, 40), np.float32))

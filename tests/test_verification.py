@@ -128,6 +128,8 @@ def test_embed_command_writes_npz_and_reports_bad_files(corpus, checkpoint, tmp_
         assert data["embeddings"].shape == (PER_SPEAKER, 512) and data["paths"].dtype.kind == "U"
         assert len(str(data["model_identity"])) == 16
     assert main(["embed", str(corpus / "1998"), "-o", str(tmp_path / "e.csv"), "--model", checkpoint]) == 0
+    assert main(["embed", str(corpus / "1998"), "-o", str(out), "--model", str(tmp_path / "none.keras")]) == 2
+    assert f"model not found: {tmp_path / 'none.keras'}" in capsys.readouterr().err
 
 
 def test_verify_command(corpus, checkpoint, capsys, shared_model):
