@@ -94,16 +94,29 @@ def split_windows(features: np.ndarray, window: int, hop: int, min_frames: int) 
     return [features[s:s + window] for s in window_starts(n, window, hop)]
 
 
-def _card_summary(card_path: Path) -> str:
-    """'trained on X; held-out EER Y' from a model card, as far as the card says."""
+def _model_card() -> dict:
+    """The packaged model's card ({} when missing or unreadable)."""
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads((PACKAGED_MODEL_DIR / "model_card.json").read_text())
     except (OSError, ValueError):
-        return "no readable model_card.json"
-    data = card.get("training_data", "unknown data")
-    eer = card.get("eer", card.get("held_out_eer"))
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _card_summary(card: dict) -> str:
+    """'trained on X; held-out EER Y' from a model card, as far as the card says."""
+    eer = card.get("eer")
     eer_text = f"{100 * eer:.1f} %" if isinstance(eer, (int, float)) else "unknown"
-    return f"trained on {data}; held-out EER {eer_text}"
+    return f"trained on {card.get('training_data', 'unknown data')}; held-out EER {eer_text}"
+
+
+def packaged_model() -> Path | None:
+    """The packaged demo model: the file its card names, else the one .keras file there (temporaries skipped)."""
+    named = _model_card().get("model")
+    if named and (PACKAGED_MODEL_DIR / named).is_file():
+        return PACKAGED_MODEL_DIR / named
+    found = sorted(p for p in PACKAGED_MODEL_DIR.glob("*.keras") if not p.name.startswith("."))
+    return found[0] if found else None
 
 
 def _announce(message: str) -> None:
@@ -122,11 +135,11 @@ def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_
         newest = max(found, key=lambda p: p.stat().st_mtime)
         _announce(f"deep-speaker: using the newest triplet checkpoint {newest}")
         return newest
-    packaged = sorted(PACKAGED_MODEL_DIR.glob("*.keras"))
-    if packaged:
-        _announce(f"deep-speaker: using the packaged default model {packaged[0]}, a small demo model "
-                  f"({_card_summary(PACKAGED_MODEL_DIR / 'model_card.json')}); pass a model for real use")
-        return packaged[0]
+    packaged = packaged_model()
+    if packaged is not None:
+        _announce(f"deep-speaker: using the packaged default model {packaged}, a small demo model "
+                  f"({_card_summary(_model_card())}); pass --model for real use")
+        return packaged
     searched = ", ".join(str(Path(root) / "triplet") for root in checkpoint_roots)
     raise DeepSpeakerError(f"no model given, no triplet checkpoint in {searched} and no packaged default model in "
                            f"{PACKAGED_MODEL_DIR}: pass --model PATH")

@@ -200,7 +200,9 @@ def test_default_model_is_announced_once(tmp_path, monkeypatch, capsys, checkpoi
     packaged = tmp_path / "default_model"
     packaged.mkdir()
     load_model(checkpoint).save(packaged / "demo.keras")
-    (packaged / "model_card.json").write_text(json.dumps({"training_data": "librispeech-mini", "eer": 0.123}))
+    (packaged / ".demo.tmp.keras").write_text("a temporary left by a killed save")
+    (packaged / "model_card.json").write_text(json.dumps({"model": "demo.keras", "training_data": "librispeech-mini",
+                                                          "eer": 0.123}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(embed, "PACKAGED_MODEL_DIR", packaged)
     assert embed.default_model_path() == packaged / "demo.keras"
