@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--softmax-steps", type=int, default=900)
     parser.add_argument("--triplet-steps", type=int, default=300)
+    # At the original's SGD 0.01 the validation EER (held-out audio of the training speakers) rose from the first
+    # save on, on this small data set; 0.001 is the rate used here.
+    parser.add_argument("--triplet-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -86,7 +89,8 @@ def main() -> None:
     common = dict(output_dir=runs, data=inputs, width=args.width, seed=args.seed, save_every=50)
     softmax = train(TrainConfig("softmax", steps=args.softmax_steps, batch_size=64, **common))
     after_softmax = time.perf_counter() - started
-    triplet = train(TrainConfig("triplet", steps=args.triplet_steps, batch_size=96, **common))
+    triplet = train(TrainConfig("triplet", steps=args.triplet_steps, batch_size=96, learning_rate=args.triplet_lr,
+                                **common))
     trained_s = time.perf_counter() - started
 
     test = test_cache.utterances()
@@ -112,7 +116,7 @@ def main() -> None:
     }
     (args.work / "quality.json").write_text(json.dumps(results, indent=1))
     print(f"unseen test-other speakers: {results['speakers_unseen']}, {results['pairs']} pairs")
-    for key, label in (("eer_trained", "(a) trained ResCNN (softmax + triplet)"),
+    for key, label in (("eer_trained", "(a) trained ResCNN (best by val. EER)"),
                        ("eer_softmax_only", "    (after softmax pre-training only)"),
                        ("eer_random_weights", "(b) same network, random weights"),
                        ("eer_mean_mfcc", "(c) mean-MFCC cosine")):

@@ -322,12 +322,9 @@ class Trainer:
         optimizer = keras.optimizers.Adam(lr) if kind == "adam" else keras.optimizers.SGD(lr)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
-    def _init_source(self, default_phase: str) -> Path | None:
-        return self.config.init_model or best_checkpoint(self.config.output_dir, default_phase)
-
     def _initial_embedding(self, default_phase: str) -> tuple[keras.Model | None, Path | None]:
         """The embedding model of --init_model or of the best checkpoint of default_phase (None when neither)."""
-        source = self._init_source(default_phase)
+        source = self.config.init_model or best_checkpoint(self.config.output_dir, default_phase)
         if source is None:
             return None, None
         return _checked_width(to_embedding_model(load_model(source)), source, self.config.width), source
@@ -338,7 +335,7 @@ class Trainer:
         c = self.config
         monitor, mode = MONITORS[c.phase]
         plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,
-                                             patience=10, min_lr=1e-4 * c.learning_rate / OPTIMIZERS[c.phase][1])
+                                             patience=10, min_lr=c.learning_rate / 10)  # the original: 1e-3 -> 1e-4
         callbacks = [StopAtStep(c.steps), plateau,
                      RunCheckpoint(self.run_dir, state, monitor, mode, plateau, identity_model),
                      keras.callbacks.CSVLogger(str(self.run_dir / "log.csv"), append=True)]
@@ -453,7 +450,20 @@ class Trainer:
                                            replicas=self.replicas)
 
         validation = TripletValidation(x_val, y_val, c.batch_size, c.seed)
+        if start == 0:
+            self._starting_point_as_best(model, validation, state)
         return self._fit(model, data, None, state, extra_callbacks=(refresh, validation))
+
+    def _starting_point_as_best(self, model: keras.Model, validation: TripletValidation, state: dict) -> None:
+        """Validate the starting model (e.g. the softmax checkpoint) and keep it as best.keras until a step beats it."""
+        logs: dict = {}
+        validation.set_model(model)
+        validation.on_epoch_end(-1, logs)
+        print(f"starting point: val_eer {logs['val_eer']:.4f}")
+        state.update(best_value=logs["val_eer"], best_step=0, start_logs=logs)
+        if _is_chief():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _save_model_atomic(model, self.run_dir / "best.keras")
 
     def _train_probe(self) -> dict:
         c = self.config

@@ -120,6 +120,7 @@ def test_triplet_starts_from_the_softmax_checkpoint_and_logs_eer(softmax_run, da
     state = read_state(out / "triplet")
     assert state["started_from"] == str(out / "softmax" / "best.keras")
     assert state["step"] == 6 and 0.0 <= result["val_eer"] <= 1.0
+    assert 0.0 <= state["start_logs"]["val_eer"] <= 1.0  # the starting model was validated as a best candidate
     rows = log_rows(out / "triplet")
     assert {"loss", "val_loss", "val_eer"} <= set(rows[0])
     # Six SGD steps move the weights a little: they must still be the softmax model's, not a fresh init.
