@@ -69,7 +69,11 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     d = mu1.size
     if mu2.size != d or s1.shape != (d, d) or s2.shape != (d, d):
         raise DeepSpeakerError(f"statistics differ in shape: mu {mu1.size}/{mu2.size}, sigma {s1.shape}/{s2.shape}")
-    root1 = _sqrt_psd(s1)
+    return _frechet_with_root(mu1, s1, _sqrt_psd(s1), mu2, s2)
+
+
+def _frechet_with_root(mu1: np.ndarray, s1: np.ndarray, root1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """:func:`frechet_distance` given ``root1 = S1^½``, so that a fixed reference pays its ``eigh`` once."""
     middle = root1 @ s2 @ root1
     # Symmetrise: rounding makes the product slightly asymmetric and eigvalsh reads one triangle only.
     lam = np.linalg.eigvalsh(0.5 * (middle + middle.T))
@@ -214,9 +218,10 @@ def fd_infinity(x: Any, y: Any, num_points: int = 15, n_min: int | None = None, 
     messages = [m for m in (_covariance_message(int(ns[0]), x.shape[1], "the smallest subset"),
                             _covariance_message(x.shape[0], x.shape[1], "the reference set")) if m]
     mu_x, sigma_x = gaussian_stats(x)
+    root_x = _sqrt_psd(sigma_x)
     rng = np.random.default_rng(seed)
-    fds = np.array([frechet_distance(mu_x, sigma_x, *gaussian_stats(y[rng.choice(y.shape[0], n, replace=False)]))
-                    for n in ns])
+    fds = np.array([_frechet_with_root(mu_x, sigma_x, root_x,
+                                       *gaussian_stats(y[rng.choice(y.shape[0], n, replace=False)])) for n in ns])
     slope, intercept = np.polyfit(1.0 / ns, fds, 1)
     return {"fd_inf": float(intercept), "slope": float(slope), "ns": ns.tolist(), "fds": fds.tolist(),
             "seed": seed, "messages": messages}
