@@ -1,4 +1,4 @@
-"""Degraded copies of real speech (noise, low-pass, Griffin-Lim resynthesis) for sanity checks of the metrics."""
+"""Degraded copies of real speech (noise, low-pass, Griffin-Lim and mel-vocoder resynthesis) for metric sanity checks."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from scipy.signal import butter, sosfiltfilt
 
 from .errors import DeepSpeakerError
 
-Kind = Literal["noise", "lowpass", "griffinlim"]
-KINDS = ("noise", "lowpass", "griffinlim")
+Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder"]
+KINDS = ("noise", "lowpass", "griffinlim", "melvocoder")
 # What ``level`` means for each kind, and its default.
 LEVELS = {"noise": ("SNR in dB", 20.0), "lowpass": ("cut-off in Hz", 4000.0),
-          "griffinlim": ("Griffin-Lim iterations", 8.0)}
+          "griffinlim": ("Griffin-Lim iterations", 8.0), "melvocoder": ("mel bands", 80.0)}
+MEL_VOCODER_ITERATIONS = 16
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # A full-scale peak would clip when written back as 16-bit PCM.
 MAX_PEAK = 0.99
@@ -60,15 +61,39 @@ def griffin_lim(signal: np.ndarray, n_iter: int, seed: int | np.random.Generator
     return out.astype(np.float32)
 
 
+def mel_vocoder(signal: np.ndarray, sample_rate: int, n_mels: int, seed: int | np.random.Generator = 0,
+                n_fft: int = 1024, hop_length: int = 256) -> np.ndarray:
+    """Mel-vocoder-like resynthesis: STFT magnitude -> ``n_mels`` mel bands -> pseudo-inverse -> Griffin-Lim.
+
+    Unlike :func:`griffin_lim`, which keeps the exact magnitude (and so is nearly invisible to magnitude
+    features), the mel bottleneck loses spectral detail as a mel-spectrogram vocoder does; fewer bands, more loss.
+    """
+    import librosa
+
+    if n_mels < 1:
+        raise DeepSpeakerError(f"the mel vocoder needs at least 1 mel band, got {n_mels}")
+    x = np.asarray(signal, dtype=np.float32)
+    magnitude = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop_length))
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    # A least-squares inverse (clipped at 0) is the fast, deterministic part of librosa's mel_to_stft.
+    restored = np.maximum(np.linalg.pinv(basis) @ (basis @ magnitude), 0.0)
+    out = librosa.griffinlim(restored, n_iter=MEL_VOCODER_ITERATIONS, hop_length=hop_length, n_fft=n_fft,
+                             init="random", random_state=np.random.default_rng(seed), length=x.size)
+    return out.astype(np.float32)
+
+
 def degrade_signal(signal: np.ndarray, sample_rate: int, kind: Kind, level: float,
                    seed: int | np.random.Generator = 0) -> np.ndarray:
-    """Apply one degradation: ``noise`` (level = SNR dB), ``lowpass`` (cut-off Hz), ``griffinlim`` (iterations)."""
+    """Apply one degradation: ``noise`` (level = SNR dB), ``lowpass`` (cut-off Hz), ``griffinlim`` (iterations),
+    ``melvocoder`` (mel bands)."""
     if kind == "noise":
         return add_noise(signal, level, seed)
     if kind == "lowpass":
         return lowpass(signal, sample_rate, level)
     if kind == "griffinlim":
         return griffin_lim(signal, int(level), seed)
+    if kind == "melvocoder":
+        return mel_vocoder(signal, sample_rate, int(level), seed)
     raise DeepSpeakerError(f"unknown degradation {kind!r}; choose one of {', '.join(KINDS)}")
 
 

@@ -21,8 +21,8 @@ from .verification import embed_cache, labelled_report, write_plots
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
 # Degraded copies of the held-out speech, ordered by damage within each kind: the metrics must grow along them.
-DEGRADATIONS: tuple[tuple[str, float], ...] = (("noise", 30.0), ("noise", 15.0), ("noise", 5.0),
-                                              ("lowpass", 4000.0), ("lowpass", 1500.0), ("griffinlim", 8.0))
+DEGRADATIONS: tuple[tuple[str, float], ...] = (("noise", 30.0), ("noise", 10.0), ("lowpass", 2000.0),
+                                              ("melvocoder", 80.0), ("melvocoder", 20.0))
 
 
 @dataclass

@@ -77,6 +77,23 @@ def test_griffin_lim_keeps_magnitude_changes_phase(speaker_dir: Path) -> None:
     assert abs(waveform_corr) < 0.5  # but the waveform (phase) is not
 
 
+def test_mel_vocoder_loses_more_spectral_detail_with_fewer_bands(speaker_dir: Path) -> None:
+    import librosa
+
+    signal, sr = sf.read(sorted(speaker_dir.rglob("*.flac"))[0], dtype="float32")
+    signal = signal[: 2 * sr]
+    mag_in = np.abs(librosa.stft(signal, n_fft=512, hop_length=128))
+
+    def convergence(n_mels: int) -> float:
+        out = degrade_signal(signal, sr, "melvocoder", n_mels, seed=0)
+        assert out.shape == signal.shape and np.all(np.isfinite(out))
+        mag_out = np.abs(librosa.stft(out, n_fft=512, hop_length=128))
+        return float(np.linalg.norm(mag_in - mag_out) / np.linalg.norm(mag_in))
+
+    coarse, fine = convergence(16), convergence(128)
+    assert fine < coarse < 1.0
+
+
 def test_bad_arguments_are_user_errors(speaker_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DeepSpeakerError, match="cut-off"):
         degrade_signal(np.ones(100, np.float32), 16000, "lowpass", 9000.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..degrade import KINDS
 from ..errors import DeepSpeakerError
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_embedder_options, embedder_from_args
@@ -59,16 +60,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=run_compare)
 
     deg = subparsers.add_parser(
-        "degrade", help="write degraded copies of real speech (noise, low-pass, Griffin-Lim) for sanity checks",
+        "degrade", help="write degraded copies of real speech (noise, low-pass, vocoders) for sanity checks",
         description="Copy every audio file of SRC to the same relative path under DST, degraded: white noise "
                     "at an SNR (level in dB, default 20), a low-pass filter (level = cut-off Hz, default 4000) "
-                    "or a Griffin-Lim resynthesis from the STFT magnitude (level = iterations, default 8). "
+                    "a Griffin-Lim resynthesis from the STFT magnitude (level = iterations, default 8) or a "
+                    "mel-vocoder-like resynthesis through a mel bottleneck (level = mel bands, default 80). "
                     "Comparing SRC with DST should give larger distances for stronger degradations.")
     deg.add_argument("src", metavar="SRC", help="folder of real speech")
     deg.add_argument("dst", metavar="DST", help="output folder (same layout and names)")
-    deg.add_argument("--kind", required=True, choices=("noise", "lowpass", "griffinlim"), help="degradation")
+    deg.add_argument("--kind", required=True, choices=KINDS, help="degradation")
     deg.add_argument("--level", type=float, default=None,
-                     help="SNR dB (noise), cut-off Hz (lowpass) or iterations (griffinlim)")
+                     help="SNR dB (noise), cut-off Hz (lowpass), iterations (griffinlim) or mel bands (melvocoder)")
     deg.add_argument("--seed", type=int, default=0, help="seed of the noise / initial phases (default 0)")
     deg.set_defaults(func=run_degrade)
 
