@@ -20,8 +20,12 @@ from ..errors import DeepSpeakerError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
-# Subcommand modules, in the order ``--help`` lists them; a module not written yet is skipped.
+# Subcommand modules, in the order ``--help`` lists them, and the module of each command: only the module of the
+# command being run is imported, so that e.g. ``cache info`` does not wait for TensorFlow to load.
 COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "generated")
+MODULE_OF = {"run": "run", "cache": "cache", "train": "train", "embed": "embed", "verify": "verification",
+             "evaluate-verification": "verification", "stats": "generated", "compare": "generated",
+             "degrade": "generated"}
 
 
 @contextlib.contextmanager
@@ -38,7 +42,7 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deep-speaker",
         description="Speaker embeddings (Deep Speaker ResCNN), speaker verification and evaluation of "
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 some inputs failed (reported and skipped), 2 usage error.")
     parser.add_argument("--verbose", action="store_true", help="print the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in modules:
         try:
             with native_stderr_silenced():
                 module = importlib.import_module(f"{__name__}.{name}")
@@ -72,8 +76,15 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return 130
 
 
+def command_modules(argv: Sequence[str]) -> Sequence[str]:
+    """The one module the command line names (its first word that is not an option), else all of them."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return (MODULE_OF[command],) if command in MODULE_OF else COMMAND_MODULES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_modules(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
