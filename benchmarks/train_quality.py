@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("quality-run"), help="caches and runs go here")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--softmax-steps", type=int, default=900)
-    parser.add_argument("--triplet-steps", type=int, default=300)
+    parser.add_argument("--triplet-steps", type=int, default=200)
     # At the original's SGD 0.01 the validation EER (held-out audio of the training speakers) rose from the first
     # save on, on this small data set; 0.001 is the rate used here.
     parser.add_argument("--triplet-lr", type=float, default=1e-3)
@@ -87,7 +87,9 @@ def main() -> None:
     inputs = generate_training_inputs(train_cache, args.work / "train_cache" / "full_inputs.npz", seed=args.seed)
     runs = args.work / "runs"
     common = dict(output_dir=runs, data=inputs, width=args.width, seed=args.seed, save_every=50)
-    softmax = train(TrainConfig("softmax", steps=args.softmax_steps, batch_size=64, **common))
+    # Fresh random crops at every step: the fixed crops of the inputs (about 5 per speaker) are memorised within
+    # a few hundred steps (validation accuracy stalled near 20% while training accuracy passed 90%).
+    softmax = train(TrainConfig("softmax", steps=args.softmax_steps, batch_size=64, random_crops=True, **common))
     after_softmax = time.perf_counter() - started
     triplet = train(TrainConfig("triplet", steps=args.triplet_steps, batch_size=96, learning_rate=args.triplet_lr,
                                 **common))

@@ -84,17 +84,25 @@ def arrange_for_replicas(anchors: np.ndarray, positives: np.ndarray, negatives: 
     return np.concatenate([np.concatenate(shard) for shard in parts])
 
 
-def triplet_segments(cache, crop_frames: int = 160, holdout: float = 0.2, seed: int = 0
+def speaker_segments(cache, holdout: float = 0.2, seed: int = 0
                      ) -> tuple[dict[str, list[Segment]], dict[str, list[Segment]]]:
-    """Per speaker, train and held-out segments (split_speaker), checking each speaker can give anchor and positive."""
+    """Per speaker of a cache (at least 2), train and held-out segments as split_speaker cuts them."""
     speakers = cache.speakers
     if len(speakers) < 2:
-        raise DeepSpeakerError(f"{cache.path}: triplet training needs at least 2 speakers, the cache has {len(speakers)}")
+        raise DeepSpeakerError(f"{cache.path}: training needs at least 2 speakers, the cache has {len(speakers)}")
     rng = np.random.default_rng(seed)
     train, test = {}, {}
     for speaker in speakers:
         frames = {utt: cache.entry(speaker, utt)["frames"] for _, utt in cache.utterances(speaker)}
         train[speaker], test[speaker] = split_speaker(frames, holdout, rng)
+    return train, test
+
+
+def triplet_segments(cache, crop_frames: int = 160, holdout: float = 0.2, seed: int = 0
+                     ) -> tuple[dict[str, list[Segment]], dict[str, list[Segment]]]:
+    """speaker_segments, checking each speaker can give an anchor and a distinct positive crop."""
+    train, test = speaker_segments(cache, holdout, seed)
+    for speaker in train:
         if len(train[speaker]) == 1 and train[speaker][0][2] - train[speaker][0][1] <= crop_frames:
             raise DeepSpeakerError(
                 f"{cache.path}: speaker {speaker} has a single training utterance of at most {crop_frames} frames: "
@@ -182,6 +190,30 @@ class TripletBatches(keras.utils.PyDataset):
         a, p, n = select_triplets(embeddings, speakers, self.batch_size // 3, rng)
         order = arrange_for_replicas(a, p, n, self.replicas)
         return inputs[order], np.zeros((len(order), 1), np.float32)
+
+
+class RandomCropBatches(keras.utils.PyDataset):
+    """Softmax batches of fresh random crops of the cache's training segments (labels: sorted speaker index)."""
+
+    def __init__(self, cache, segments: dict[str, list[Segment]], crop_frames: int, batch_size: int,
+                 num_batches: int, first_step: int = 0, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.cache, self.segments, self.speakers = cache, segments, sorted(segments)
+        self.crop_frames, self.batch_size, self.length = crop_frames, batch_size, num_batches
+        self.first_step, self.seed = first_step, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.first_step + index])
+        labels = rng.integers(0, len(self.speakers), size=self.batch_size)
+        crops = []
+        for label in labels:
+            speaker = self.speakers[label]
+            segment = self.segments[speaker][rng.integers(len(self.segments[speaker]))]
+            crops.append(segment_crop(self.cache, speaker, segment, self.crop_frames, rng))
+        return np.stack(crops), labels
 
 
 class SoftmaxBatches(keras.utils.PyDataset):

@@ -54,7 +54,8 @@ class TrainConfig:
     save_every: int = 100
     precision: str = "float32"
     strategy: str = "none"
-    holdout: float = 0.2  # triplet phase: held-out share of each speaker's audio (validation EER)
+    holdout: float = 0.2  # triplet, random-crop softmax: held-out share of each speaker's audio (validation)
+    random_crops: bool = False  # softmax: fresh random crops of the cache each step instead of the fixed inputs
     refresh_every: int = 100  # triplet pool: steps between two new rounds (the original: 100 batches)
     pool_speakers: int = 640
     pool_rounds: int = 4
@@ -386,7 +387,13 @@ class Trainer:
 
     def _train_softmax(self) -> dict:
         c = self.config
-        inputs = self._inputs()
+        if c.random_crops:
+            cache = self._cache()
+            train_segments, held_out = batching.speaker_segments(cache, c.holdout, c.seed)
+            x_val, y_val = self._held_out_crops(cache, held_out)
+            inputs = {"speakers": sorted(train_segments)}
+        else:
+            inputs = self._inputs()
         num_speakers = len(inputs["speakers"])
         model = self._load_resumable()
         if model is not None and model.output_shape[-1] != num_speakers:
@@ -396,16 +403,22 @@ class Trainer:
             with self.scope():
                 model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision)
                 self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
-        state = self._state(model, speakers=list(inputs["speakers"]))
-        validation = (inputs["x_test"], inputs["y_test"]) if len(inputs["x_test"]) else None
+        state = self._state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops)
+        if c.random_crops:
+            validation = (x_val, y_val)
+        else:
+            validation = (inputs["x_test"], inputs["y_test"]) if len(inputs["x_test"]) else None
 
         def data(start):
+            if c.random_crops:
+                return batching.RandomCropBatches(cache, train_segments, c.crop_frames, c.batch_size,
+                                                  c.steps - start, first_step=start, seed=c.seed)
             return batching.SoftmaxBatches(inputs["x_train"], inputs["y_train"], c.batch_size, c.steps - start,
                                            first_step=start, seed=c.seed)
 
         return self._fit(model, data, validation, state)
 
-    def _triplet_validation(self, cache: FeatureCache, held_out: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _held_out_crops(self, cache: FeatureCache, held_out: dict) -> tuple[np.ndarray, np.ndarray]:
         """Held-out crops (about one per crop length of held-out audio) and their speaker indices."""
         rng = np.random.default_rng([self.config.seed, 1])
         crops, labels = [], []
@@ -424,7 +437,7 @@ class Trainer:
         c = self.config
         cache = self._cache()
         train_segments, held_out = batching.triplet_segments(cache, c.crop_frames, c.holdout, c.seed)
-        x_val, y_val = self._triplet_validation(cache, held_out)
+        x_val, y_val = self._held_out_crops(cache, held_out)
         model = self._load_resumable()
         started_from = None
         if model is None:

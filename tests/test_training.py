@@ -266,3 +266,15 @@ def test_train_cli_needs_a_phase_flag():
 
 def test_untrained_network_has_no_checkpoint_to_probe(data, tmp_path):
     one_line_error(TrainConfig("probe", tmp_path, data=data, **SMALL), "no triplet or softmax checkpoint")
+
+
+def test_random_crop_batches_come_from_the_training_part_of_their_speaker(data):
+    cache = FeatureCache(Path(data).parent)
+    train_segments, held_out = batching.speaker_segments(cache, holdout=0.2, seed=0)
+    x, y = batching.RandomCropBatches(cache, train_segments, CROP, batch_size=12, num_batches=1, seed=3)[0]
+    assert x.shape == (12, CROP, 64, 1)
+    for crop, label in zip(x[..., 0], y):
+        speaker = sorted(train_segments)[label]
+        windows = [np.lib.stride_tricks.sliding_window_view(cache.load(speaker, utt)[lo:hi], (CROP, 64))[:, 0]
+                   for utt, lo, hi in train_segments[speaker]]
+        assert any((w == crop).all(axis=(1, 2)).any() for w in windows)

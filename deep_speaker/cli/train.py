@@ -50,6 +50,9 @@ def add_training_options(parser: argparse.ArgumentParser, phase: str | None = No
            help="tf.distribute: mirrored (all GPUs, else the logical CPUs) or multiworker (TF_CONFIG)")
     option("holdout", type=float, default=0.2,
            help="triplet phase: share of each speaker's audio held out for the validation EER; default 0.2")
+    option("random_crops", action="store_true",
+           help="softmax phase: fresh random crops of the cache's training audio at every step (validation on "
+                "its held-out part) instead of the fixed crops of --data_filename")
     option("refresh_every", type=int, default=100, metavar="K",
            help="triplet phase: steps between two refreshes of the hard-negative pool; default 100")
     option("pool_speakers", type=int, default=640, metavar="N",
@@ -68,6 +71,7 @@ def config_from_args(args: argparse.Namespace, phase: str) -> TrainConfig:
         steps=args.steps if args.steps is not None else DEFAULT_STEPS[phase], batch_size=args.batch_size,
         learning_rate=args.learning_rate, width=args.width, crop_frames=args.crop_frames, seed=args.seed,
         save_every=args.save_every, precision=args.precision, strategy=args.strategy, holdout=args.holdout,
+        random_crops=args.random_crops,
         refresh_every=args.refresh_every, pool_speakers=args.pool_speakers, verbose=args.fit_verbose)
 
 
