@@ -1,4 +1,4 @@
-"""Training batches: shuffled softmax batches, and triplet batches with hard negatives from a pool of recent embeddings.
+"""Training batches: softmax batches (fixed inputs shuffled, or fresh random crops), and hard triplet batches.
 
 Triplet selection follows the original (LazyTripletBatcher): a pool ("history") holds random 160-frame crops
 of a few rounds of speakers (2 crops each) with their embeddings under the model of the time they were added;
@@ -77,7 +77,8 @@ def select_triplets(
     return anchors, positives, negatives
 
 
-def arrange_for_replicas(anchors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, replicas: int) -> np.ndarray:
+def arrange_for_replicas(anchors: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
+                         replicas: int) -> np.ndarray:
     """Concatenate triplet parts so each of `replicas` contiguous shards is itself [anchors; positives; negatives]."""
     # tf.distribute splits a global batch into contiguous shards; triplet_loss reads each shard as thirds.
     parts = zip(*(np.array_split(p, replicas) for p in (anchors, positives, negatives)))

@@ -1,4 +1,4 @@
-"""The three training phases of the original: softmax pre-training, triplet training, softmax probe on frozen embeddings.
+"""The original's three training phases: softmax pre-training, triplet training, softmax probe on frozen embeddings.
 
 Each phase trains with `model.fit` in "epochs" of `save_every` steps; at the end of each one the run validates,
 logs (`log.csv`, `tensorboard/`), halves the learning rate on a plateau and writes `OUT/<phase>/last.keras`
@@ -112,7 +112,8 @@ def _make_strategy(name: str):
     if name == "none":
         return None
     if keras.backend.backend() != "tensorflow":
-        raise DeepSpeakerError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()})")
+        raise DeepSpeakerError(f"--strategy {name} needs the TensorFlow backend "
+                               f"(KERAS_BACKEND={keras.backend.backend()})")
     import tensorflow as tf
 
     if name == "multiworker":  # the cluster comes from TF_CONFIG
@@ -135,7 +136,8 @@ def _is_chief() -> bool:
 def _check_features(settings: dict, where: str) -> None:
     features = {k: v for k, v in settings.items() if k in FEATURE_SETTINGS}
     if features != FEATURE_SETTINGS:
-        raise DeepSpeakerError(f"{where}: made with other feature settings ({settings_difference(features, FEATURE_SETTINGS)})")
+        raise DeepSpeakerError(f"{where}: made with other feature settings "
+                               f"({settings_difference(features, FEATURE_SETTINGS)})")
 
 
 def _checked_width(model: keras.Model, path: Path, width: float) -> keras.Model:
