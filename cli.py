@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from deep_speaker.cli import EXIT_USAGE, run_command
+from deep_speaker.cli import EXIT_USAGE, native_stderr_silenced, run_command
 from deep_speaker.cli.cache import run_build, run_inputs, worker_count
 from deep_speaker.errors import DeepSpeakerError
 
@@ -44,12 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def verification_command(name: str):
     """deep_speaker.cli.verification.<name>, imported only when asked for."""
-    try:
+    with native_stderr_silenced():  # TensorFlow's C++ start-up lines
         module = importlib.import_module("deep_speaker.cli.verification")
-    except ModuleNotFoundError as exc:
-        if exc.name != "deep_speaker.cli.verification":
-            raise
-        raise DeepSpeakerError(f"--{name} is not available yet (deep_speaker.cli.verification is not written)") from None
     return getattr(module, name)
 
 

@@ -34,6 +34,7 @@ class JobConfig:
     width: float = 0.25
     softmax_steps: int = 300
     triplet_steps: int = 200
+    triplet_learning_rate: float = 1e-3
     batch_size: int = 48
     save_every: int = 50
     seed: int = 0
@@ -71,9 +72,11 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
     inputs = generate_training_inputs(train_cache, seed=cfg.seed)
     common = dict(output_dir=cfg.output_dir / "checkpoints", width=cfg.width, batch_size=cfg.batch_size,
                   save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose)
-    train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, **common))
+    # Fresh random crops each step: the few fixed crops of one utterance per speaker are memorised within
+    # hundreds of steps. The original's triplet rate (SGD 0.01) undoes the softmax start on data this small.
+    train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True, **common))
     train(TrainConfig(phase="triplet", data=inputs, cache_dir=train_cache.path, steps=cfg.triplet_steps,
-                      **common))
+                      learning_rate=cfg.triplet_learning_rate, **common))
     found = best_checkpoint(cfg.output_dir / "checkpoints", "triplet")
     if found is None:
         raise DeepSpeakerError(f"triplet training wrote no checkpoint under {cfg.output_dir / 'checkpoints'}")
