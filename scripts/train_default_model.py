@@ -37,6 +37,10 @@ def main() -> int:
         "held_out": "10 LibriSpeech test-other speakers in samples/ (100 utterances, 4950 trials)",
         "eer": v["eer"], "eer_threshold": v["eer_threshold"], "sap": v["sap"], "san": v["san"],
         "min_dcf_0.01": v["min_dcf"]["p_target=0.01"]["min_dcf"],
+        # best.keras of the triplet phase; step 0 is its softmax starting point, kept when no triplet step
+        # improved the validation EER.
+        "triplet_best_step": json.loads((CONFIG.output_dir / "checkpoints" / "triplet" / "state.json")
+                                        .read_text())["best_step"],
         "width": CONFIG.width, "softmax_steps": CONFIG.softmax_steps, "triplet_steps": CONFIG.triplet_steps,
         "batch_size": CONFIG.batch_size, "seed": CONFIG.seed,
         "model_identity": model_identity(model),
