@@ -91,14 +91,15 @@ def evaluate_unseen(embedder: Embedder, test_cache: FeatureCache, out_dir: Path)
     return report, pngs
 
 
-def compare_degraded(embedder: Embedder, cfg: JobConfig, out_dir: Path) -> dict[str, dict]:
-    """``compare`` of the held-out speech against each degraded copy; the report of each, keyed ``kind@level``."""
+def compare_degraded(embedder: Embedder, cfg: JobConfig, out_dir: Path) -> tuple[dict[str, dict], list[str]]:
+    """``compare`` of the held-out speech against each degraded copy: the reports keyed ``kind@level``, the PNGs."""
     from .degrade import degrade_folder
     from .generated import compare, compute_stats
+    from .plots_generated import plot_report
 
     real_dir = cfg.data_dir / TEST_SUBSET
     real = compute_stats(real_dir, embedder)
-    reports = {}
+    reports, pngs = {}, []
     for kind, level in cfg.degradations:
         name = f"{kind}@{level:g}"
         copy_dir = cfg.output_dir / "degraded" / name
@@ -107,9 +108,10 @@ def compare_degraded(embedder: Embedder, cfg: JobConfig, out_dir: Path) -> dict[
         generated = compute_stats(copy_dir, embedder)
         reports[name] = compare(real, generated, seed=cfg.seed, num_subsets=cfg.compare_subsets)
         write_atomic(out_dir / f"compare_{name}.json", json.dumps(reports[name], indent=2).encode())
+        pngs += [str(p) for p in plot_report(reports[name], out_dir / f"compare_{name}")]
         print(f"  {name:18s} FD {reports[name]['fd']['full']:.4f}  KD {reports[name]['kd']['kd']:.5f}  "
               f"SECS {reports[name]['speaker_similarity']['secs']:.3f}", flush=True)
-    return reports
+    return reports, pngs
 
 
 def degradation_summary(reports: dict[str, dict]) -> list[dict[str, Any]]:
@@ -143,7 +145,8 @@ def run_main_job(cfg: JobConfig) -> dict[str, Any]:
     reports = {}
     if cfg.degradations:
         _step("5/5 generated-speech metrics: held-out speech against degraded copies")
-        reports = compare_degraded(embedder, cfg, report_dir)
+        reports, compare_pngs = compare_degraded(embedder, cfg, report_dir)
+        pngs += compare_pngs
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "checkpoint": str(checkpoint),
@@ -170,6 +173,6 @@ def format_summary(summary: dict[str, Any]) -> str:
                   f"  {'set':18s} {'FD':>9s} {'KD':>9s} {'SECS':>6s}"]
         lines += [f"  {r['set']:18s} {r['fd']:9.4f} {r['kd']:9.5f} {r['secs']:6.3f}" for r in rows]
     out = Path(summary["config"]["output_dir"])
-    lines += [f"Summary: {out / 'summary.json'}", "Reports and pictures: " + ", ".join(summary["pngs"]),
-              f"  and {out / 'report'}/compare_*.json"]
+    lines += [f"Summary: {out / 'summary.json'}", f"Reports: {out / 'report'}/compare_*.json",
+              "Pictures:", *[f"  {p}" for p in summary["pngs"]]]
     return "\n".join(lines)
