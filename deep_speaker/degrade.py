@@ -12,6 +12,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
+from .corpus import AUDIO_EXTENSIONS, find_audio_files
 from .errors import DeepSpeakerError
 
 Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder"]
@@ -20,7 +21,6 @@ KINDS = ("noise", "lowpass", "griffinlim", "melvocoder")
 LEVELS = {"noise": ("SNR in dB", 20.0), "lowpass": ("cut-off in Hz", 4000.0),
           "griffinlim": ("Griffin-Lim iterations", 8.0), "melvocoder": ("mel bands", 80.0)}
 MEL_VOCODER_ITERATIONS = 16
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # A full-scale peak would clip when written back as 16-bit PCM.
 MAX_PEAK = 0.99
 
@@ -122,7 +122,7 @@ def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind:
         raise DeepSpeakerError(f"no such folder: {src}")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise DeepSpeakerError(f"destination {dst} must lie outside the source folder {src}")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    files = [Path(p) for p in find_audio_files(src)[0]]  # as the corpus finds them: symlinked folders too
     if not files:
         raise DeepSpeakerError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
     written = []
