@@ -33,7 +33,8 @@ from .audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, 
 from .cache import DEFAULT_MIN_SECONDS as DEFAULT_MIN_AUDIO_SECONDS  # the cache's "too short", so both agree
 from .errors import DeepSpeakerError
 from .features import HOP_LENGTH, NUM_FILTERS, fbank_features
-from .model import EMBEDDING_SIZE, load_model, model_identity, to_embedding_model, with_precision
+from .model import (load_model, model_identity, num_speakers_of, to_embedding_model,
+                    with_precision)
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
 DEFAULT_WINDOW_SECONDS = 1.6
@@ -178,7 +179,7 @@ class Embedder:
             raise DeepSpeakerError(f"unknown trim mode {trim!r}; choose one of {', '.join(TRIM_MODES)}")
         if batch_size < 1:
             raise DeepSpeakerError(f"batch size must be at least 1, got {batch_size}")
-        self.model = with_precision(to_embedding_model(resolve_model(model)), precision)
+        self.model = with_precision(self._prepare(resolve_model(model)), precision)
         self.window = _frames(window_seconds)
         self.hop = _frames(hop_seconds)
         self.min_frames = min(_frames(min_seconds), self.window)
@@ -188,6 +189,18 @@ class Embedder:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self._identity: str | None = None
         self._forward = forward_function(self.model)
+
+    def _prepare(self, model: keras.Model) -> keras.Model:
+        """The network whose outputs are averaged over windows: here the embedding model."""
+        return to_embedding_model(model)
+
+    def _reduce(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """One row per utterance from the sums of its windows' outputs: the L2-normalised mean embedding."""
+        return sums / np.linalg.norm(sums, axis=1, keepdims=True)
+
+    @property
+    def output_size(self) -> int:
+        return int(self.model.output_shape[-1])
 
     @property
     def model_identity(self) -> str:
@@ -206,7 +219,8 @@ class Embedder:
 
     def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings [n, 512] of several utterances' features [T_i, 64]; windows of equal length share batches."""
-        sums = np.zeros((len(features), EMBEDDING_SIZE), dtype=np.float64)
+        sums = np.zeros((len(features), self.output_size), dtype=np.float64)
+        counts = np.zeros((len(features), 1), dtype=np.float64)
         buckets: dict[int, tuple[list[int], list[np.ndarray]]] = defaultdict(lambda: ([], []))
         for i, feats in enumerate(features):
             feats = np.asarray(feats, dtype=np.float32)
@@ -218,7 +232,8 @@ class Embedder:
                 windows.append(w)
         for owners, windows in buckets.values():
             np.add.at(sums, np.asarray(owners), self._predict(windows))
-        return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+            np.add.at(counts, np.asarray(owners), 1.0)
+        return self._reduce(sums, counts).astype(np.float32)
 
     def embed_features(self, features: np.ndarray) -> np.ndarray:
         """Embedding [512] of one utterance's features [T, 64]."""
@@ -266,7 +281,7 @@ class Embedder:
             if good:
                 rows.append(self.embed_features_batch([r for _, r in good]))
                 done += [p for p, _ in good]
-        embeddings = np.concatenate(rows) if rows else np.zeros((0, EMBEDDING_SIZE), np.float32)
+        embeddings = np.concatenate(rows) if rows else np.zeros((0, self.output_size), np.float32)
         return EmbedResult(embeddings, done, failures)
 
     def embed_files(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
@@ -307,3 +322,19 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Se
                 writer.writerow([sources[i], *([] if speakers is None else [speakers[i]]),
                                  *(f"{v:.8g}" for v in row)])
     return path
+
+
+class SpeakerClassifier(Embedder):
+    """p(y|x) of files from a model with a softmax head: the mean of its windows' softmax outputs.
+
+    The input of the classifier scores (IS, mIS, AM); reads, windows and batches exactly as the Embedder does.
+    """
+
+    def _prepare(self, model: keras.Model) -> keras.Model:
+        if num_speakers_of(model) is None:
+            raise DeepSpeakerError(f"{model.name}: no softmax head; classifier scores need a softmax-phase "
+                                   "checkpoint (e.g. OUT/softmax/best.keras)")
+        return model
+
+    def _reduce(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return sums / counts

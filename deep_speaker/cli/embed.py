@@ -31,9 +31,11 @@ def add_embedder_options(parser: argparse.ArgumentParser) -> None:
                        help="compute precision (mixed_bfloat16 is faster on recent CPUs/GPUs)")
 
 
-def embedder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> Embedder:
-    """The Embedder the options describe (``model`` overrides --model; the original's queries have only --model)."""
-    return Embedder(model or getattr(args, "model", None), window_seconds=getattr(args, "window", DEFAULT_WINDOW_SECONDS),
+def embedder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None,
+                       kind: type[Embedder] = Embedder) -> Embedder:
+    """The Embedder (or ``kind``) the options describe (``model`` overrides --model; the original's queries have
+    only --model)."""
+    return kind(model or getattr(args, "model", None), window_seconds=getattr(args, "window", DEFAULT_WINDOW_SECONDS),
                     hop_seconds=getattr(args, "hop", DEFAULT_HOP_SECONDS),
                     batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
                     precision=getattr(args, "precision", "float32"))

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument("--probs", metavar="GEN.npy",
                      help="p(y|x) rows [n, classes] of the generated set from any classifier: adds IS and mIS")
     cmp.add_argument("--ref-probs", metavar="REAL.npy", help="p(y|x) rows of real speech: adds the AM score")
+    cmp.add_argument("--classifier", metavar="MODEL",
+                     help="a checkpoint with a softmax head (e.g. OUT/softmax/best.keras): its p(y|x) of both sets "
+                          "(mean over windows) give IS, mIS and AM, as --probs/--ref-probs would")
     cmp.add_argument("--layout", default="auto", choices=("auto", "vctk", "librispeech", "folders"),
                      help="how speaker labels are read from folder paths (default auto)")
     add_embedder_options(cmp)
@@ -110,10 +113,17 @@ def run_compare(args: argparse.Namespace) -> int:
     real = load_side(args.real, get_embedder, args.layout)
     generated = load_side(args.generated, get_embedder, args.layout)
     both_folders = os.path.isdir(args.real) and os.path.isdir(args.generated)
+    gen_probs, ref_probs = _load_probs(args.probs), _load_probs(args.ref_probs)
+    if args.classifier:
+        from ..embed import SpeakerClassifier
+
+        classifier = embedder_from_args(args, args.classifier, kind=SpeakerClassifier)
+        # Files that gave no embedding are already reported through the statistics' failures.
+        gen_probs = classifier.embed_files_with_failures(generated.paths.tolist()).embeddings
+        ref_probs = classifier.embed_files_with_failures(real.paths.tolist()).embeddings
     report = compare(real, generated, seed=args.seed, num_splits=args.num_splits, subset_size=args.subset_size,
                      num_subsets=args.num_subsets, ndb_bins=args.ndb_bins, fd_inf_points=args.fd_inf_points,
-                     gen_probs=_load_probs(args.probs),
-                     ref_probs=_load_probs(args.ref_probs),
+                     gen_probs=gen_probs, ref_probs=ref_probs,
                      paired_folders=(args.real, args.generated) if both_folders else None)
     print(format_table(report))
     if args.output:
