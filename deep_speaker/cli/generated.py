@@ -11,12 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..corpus import LAYOUTS
 from ..degrade import KINDS
 from ..errors import DeepSpeakerError
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_embedder_options, embedder_from_args
 
 SIDE_HELP = "a folder of audio files (speakers from its layout) or a statistics .npz written by 'stats'"
+
+
+def add_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
+                        help="how speaker labels are read from folder paths (default auto)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and the feature settings to a .npz that 'compare' accepts in place of the folder.")
     stats.add_argument("dir", metavar="DIR", help="folder of audio files (.wav, .flac)")
     stats.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="statistics file to write")
-    stats.add_argument("--layout", default="auto", choices=("auto", "vctk", "librispeech", "folders"),
-                       help="how speaker labels are read from paths (default auto)")
+    add_layout_option(stats)
     add_embedder_options(stats)
     stats.set_defaults(func=run_stats)
 
@@ -57,15 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument("--classifier", metavar="MODEL",
                      help="a checkpoint with a softmax head (e.g. OUT/softmax/best.keras): its p(y|x) of both sets "
                           "(mean over windows) give IS, mIS and AM, as --probs/--ref-probs would")
-    cmp.add_argument("--layout", default="auto", choices=("auto", "vctk", "librispeech", "folders"),
-                     help="how speaker labels are read from folder paths (default auto)")
+    add_layout_option(cmp)
     add_embedder_options(cmp)
     cmp.set_defaults(func=run_compare)
 
     deg = subparsers.add_parser(
         "degrade", help="write degraded copies of real speech (noise, low-pass, vocoders) for sanity checks",
         description="Copy every audio file of SRC to the same relative path under DST, degraded: white noise "
-                    "at an SNR (level in dB, default 20), a low-pass filter (level = cut-off Hz, default 4000) "
+                    "at an SNR (level in dB, default 20), a low-pass filter (level = cut-off Hz, default 4000), "
                     "a Griffin-Lim resynthesis from the STFT magnitude (level = iterations, default 8) or a "
                     "mel-vocoder-like resynthesis through a mel bottleneck (level = mel bands, default 80). "
                     "Comparing SRC with DST should give larger distances for stronger degradations.")
