@@ -24,6 +24,7 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from .atomic import atomic_write, write_atomic
 from .audio import TRIM_MODES, AudioError
 from .corpus import Rejected, Utterance, scan_corpus
 from .errors import DeepSpeakerError
@@ -52,21 +53,10 @@ def settings_difference(found: dict, expected: dict) -> str:
     return ", ".join(f"{k}: {found.get(k)!r} vs {expected.get(k)!r}" for k in keys if found.get(k) != expected.get(k))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def manifest_name(shard: Optional[tuple[int, int]]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -12,6 +11,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
+from .atomic import atomic_write
 from .corpus import AUDIO_EXTENSIONS, find_audio_files
 from .errors import DeepSpeakerError
 
@@ -97,19 +97,6 @@ def degrade_signal(signal: np.ndarray, sample_rate: int, kind: Kind, level: floa
     raise DeepSpeakerError(f"unknown degradation {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def _write_atomic(path: Path, data: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind: Kind, level: float,
                    seed: int = 0) -> list[Path]:
     """Write a degraded copy of every audio file under ``src_dir`` to the same relative path under ``dst_dir``.
@@ -136,6 +123,7 @@ def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind:
         peak = float(np.max(np.abs(out)))
         if peak > MAX_PEAK:  # one gain for the whole file keeps the SNR and spectrum shape
             out *= MAX_PEAK / peak
-        _write_atomic(dst / rel, out, sample_rate, info.format, info.subtype)
+        with atomic_write(dst / rel) as f:  # a killed run never leaves half a file
+            sf.write(f, out, sample_rate, format=info.format, subtype=info.subtype)
         written.append(dst / rel)
     return written

@@ -15,6 +15,7 @@ all files share one shape and form full predict batches.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .atomic import atomic_write
 from .audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, resample
 from .cache import DEFAULT_MIN_SECONDS as DEFAULT_MIN_AUDIO_SECONDS  # the cache's "too short", so both agree
 from .errors import DeepSpeakerError
@@ -304,23 +306,24 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Se
     suffix = path.suffix.lower()
     if suffix not in EXPORT_SUFFIXES:
         raise DeepSpeakerError(f"{path}: unknown output format; use one of {', '.join(EXPORT_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    if suffix == ".npy":
-        np.save(path, embeddings, allow_pickle=False)
-    elif suffix == ".npz":
-        # Unicode arrays (dtype <U), never object arrays: the file loads with allow_pickle=False.
-        extra = {} if speakers is None else {"speakers": np.asarray(list(speakers), dtype=str)}
-        np.savez(path, embeddings=embeddings, paths=np.asarray(list(sources), dtype=str),
-                 model_identity=np.asarray(model_id), **extra)
-    else:
-        with open(path, "w", newline="", encoding="utf8") as f:
+    with atomic_write(path) as out:
+        if suffix == ".npy":
+            np.save(out, embeddings, allow_pickle=False)
+        elif suffix == ".npz":
+            # Unicode arrays (dtype <U), never object arrays: the file loads with allow_pickle=False.
+            extra = {} if speakers is None else {"speakers": np.asarray(list(speakers), dtype=str)}
+            np.savez(out, embeddings=embeddings, paths=np.asarray(list(sources), dtype=str),
+                     model_identity=np.asarray(model_id), **extra)
+        else:
+            f = io.TextIOWrapper(out, encoding="utf8", newline="", write_through=True)
             writer = csv.writer(f)
             label = [] if speakers is None else ["speaker"]
             writer.writerow(["path", *label, *(f"e{i}" for i in range(embeddings.shape[1]))])
             for i, row in enumerate(embeddings):
                 writer.writerow([sources[i], *([] if speakers is None else [speakers[i]]),
                                  *(f"{v:.8g}" for v in row)])
+            f.detach()  # the bytes are written through; atomic_write closes and renames the file
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics
+from .atomic import atomic_write
 from .corpus import find_audio_files, list_utterances
 from .errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS
@@ -94,20 +94,11 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], embed
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
     """Write a statistics ``.npz`` (plain arrays and JSON strings, no objects), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, format_version=np.int64(STATS_FORMAT), mu=stats.mu, sigma=stats.sigma,
-                     embeddings=stats.embeddings, labels=stats.labels.astype(str), paths=stats.paths.astype(str),
-                     model_identity=np.str_(stats.model_identity),
-                     feature_settings=np.str_(json.dumps(stats.feature_settings, sort_keys=True)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, format_version=np.int64(STATS_FORMAT), mu=stats.mu, sigma=stats.sigma,
+                 embeddings=stats.embeddings, labels=stats.labels.astype(str), paths=stats.paths.astype(str),
+                 model_identity=np.str_(stats.model_identity),
+                 feature_settings=np.str_(json.dumps(stats.feature_settings, sort_keys=True)))
 
 
 def load_stats(path: str | os.PathLike) -> Stats:

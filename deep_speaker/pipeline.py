@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import FeatureCache, build_cache, write_atomic
+from .atomic import write_atomic
+from .cache import FeatureCache, build_cache
 from .embed import Embedder
 from .errors import DeepSpeakerError
 from .training import TrainConfig, best_checkpoint, train

@@ -20,7 +20,8 @@ import keras
 import numpy as np
 
 from . import batching
-from .cache import FeatureCache, settings_difference, write_atomic
+from .atomic import write_atomic
+from .cache import FeatureCache, settings_difference
 from .errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS
 from .losses import triplet_loss

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write
 from .cache import FeatureCache, settings_difference
 from .errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS, NUM_FILTERS
@@ -102,13 +103,10 @@ def generate_training_inputs(cache: FeatureCache | str | os.PathLike, output_pat
         arrays[f"x_{part}"] = x
         arrays[f"y_{part}"] = np.repeat(np.arange(len(chosen), dtype=np.int64), counts)
     path = inputs_path(output_path if output_path is not None else cache.path / INPUTS_NAME)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **arrays, speakers=np.array(chosen, dtype=str), crop_frames=np.int64(crop_frames),
                  settings=np.array(json.dumps(cache.settings, sort_keys=True)),
                  format_version=np.int64(INPUTS_FORMAT_VERSION))
-    os.replace(tmp, path)
     return path
 
 

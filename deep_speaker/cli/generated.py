@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..corpus import LAYOUTS
 from ..degrade import KINDS
 from ..errors import DeepSpeakerError
@@ -144,11 +144,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path, report: dict) -> None:
     """Strict JSON (NaN refused), written to a temporary file and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2, allow_nan=False, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False).encode())
 
 
 def run_degrade(args: argparse.Namespace) -> int:
