@@ -22,7 +22,7 @@ from .atomic import atomic_write
 from .corpus import find_audio_files, list_utterances
 from .errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS
-from .metrics.distances import _split_per_label
+from .metrics.distances import split_per_label
 
 STATS_FORMAT = 1
 STATS_KEYS = ("mu", "sigma", "embeddings", "labels", "paths", "model_identity", "feature_settings")
@@ -230,7 +230,7 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
     msgs: list[str] = []
     x, y = real.embeddings, generated.embeddings
     # The baseline halves are split per speaker, the same split (same seed) as the SECS ceiling's.
-    half_a, half_b = _split_per_label(real.labels, np.random.default_rng(seed))
+    half_a, half_b = split_per_label(real.labels, np.random.default_rng(seed))
     a, b = x[half_a], x[half_b]
     report: dict[str, Any] = {
         "settings": {"seed": seed, "num_splits": num_splits, "subset_size": subset_size, "num_subsets": num_subsets,

@@ -227,7 +227,7 @@ def fd_infinity(x: Any, y: Any, num_points: int = 15, n_min: int | None = None, 
             "seed": seed, "messages": messages}
 
 
-def _split_per_label(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def split_per_label(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint index halves with each label's items split as evenly as possible (odd one to the first)."""
     first, second = [], []
     for label in np.unique(labels):
@@ -285,7 +285,7 @@ def conditional_distances(real: Any, real_labels: Any, gen: Any, gen_labels: Any
     if other_idx.size == 0:
         messages.append("every real utterance shares a label with the generated set: no other-conditioning "
                         "set, unconditional FD/KD not computed (add real utterances of other labels)")
-    ref_half, held_half = _split_per_label(real_labels[same_idx], np.random.default_rng(seed))
+    ref_half, held_half = split_per_label(real_labels[same_idx], np.random.default_rng(seed))
     ref, held, other = real[same_idx[ref_half]], real[same_idx[held_half]], real[other_idx]
 
     def side(candidate: np.ndarray, name: str) -> dict[str, Any]:
@@ -343,7 +343,7 @@ def speaker_similarity(gen: Any, gen_labels: Any, real: Any, real_labels: Any) -
 def speaker_similarity_ceiling(real: Any, real_labels: Any, seed: int = 0) -> dict[str, Any]:
     """The SECS ceiling: SECS of one seeded per-speaker half of the real set against the other half's centroids."""
     real, real_labels = _as_set(real, "real"), np.asarray(real_labels)
-    first, second = _split_per_label(real_labels, np.random.default_rng(seed))
+    first, second = split_per_label(real_labels, np.random.default_rng(seed))
     scores, known = _centroid_cosines(real[second], real_labels[second], real[first], real_labels[first])
     if not known.any():
         raise DeepSpeakerError("the SECS ceiling needs a speaker with at least 2 real utterances")
