@@ -2,8 +2,8 @@
 
 Layer names are the original's (`conv64-s`, `res1_0_branch_2a_bn`, ..., `affine`, `ln`), so original
 HDF5 checkpoints load by layer name with Keras' own legacy loader. There are no Lambda layers: the
-clipped ReLU, temporal average and L2 normalisation are small registered layers, so a saved `.keras`
-model loads with `safe_mode=True`.
+clipped ReLU, temporal average and L2 normalisation are small registered layers (deep_speaker.layers),
+so a saved `.keras` model loads with `safe_mode=True`.
 
 Padding: the stride-2 5x5 convolutions use Keras `padding="same"`, which pads TensorFlow's way (the odd
 extra row/column at the bottom/right) on every Keras 3 backend: TensorFlow natively, JAX through
@@ -21,68 +21,16 @@ from pathlib import Path
 import h5py
 import keras
 import numpy as np
-from keras import ops
 
 from .errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS, NUM_FILTERS
+from .layers import BatchNormalization, ClippedReLU, L2Normalize, TemporalAverage
 
 STAGE_FILTERS = (64, 128, 256, 512)
 EMBEDDING_SIZE = 512
 WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
 PRECISIONS = ("float32", "mixed_bfloat16")  # mixed_float16 would need loss scaling and is slow on CPU
-
-
-@keras.saving.register_keras_serializable(package="deep_speaker")
-class ClippedReLU(keras.layers.Layer):
-    """min(max(x, 0), ceiling): the original's clipped ReLU (ceiling 20)."""
-
-    def __init__(self, ceiling: float = 20.0, **kwargs):
-        super().__init__(**kwargs)
-        self.ceiling = float(ceiling)
-
-    def call(self, x):
-        return ops.minimum(ops.maximum(x, 0.0), self.ceiling)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "ceiling": self.ceiling}
-
-
-@keras.saving.register_keras_serializable(package="deep_speaker")
-class TemporalAverage(keras.layers.Layer):
-    """mean(x, axis=1): average over time of [batch, time, features], accumulated in float32."""
-
-    def call(self, x):
-        # bfloat16 has 8 mantissa bits: summing hundreds of frames in it would lose the average.
-        return ops.cast(ops.mean(ops.cast(x, "float32"), axis=1), self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[2])
-
-    def get_config(self):
-        return super().get_config()
-
-
-@keras.saving.register_keras_serializable(package="deep_speaker")
-class L2Normalize(keras.layers.Layer):
-    """x / sqrt(max(sum(x^2), 1e-12)) over the last axis, always in float32 (as K.l2_normalize)."""
-
-    def __init__(self, **kwargs):
-        kwargs["dtype"] = "float32"  # unit-length embeddings must not be bfloat16-rounded
-        super().__init__(**kwargs)
-
-    def call(self, x):
-        x = ops.cast(x, "float32")
-        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return super().get_config()
 
 
 def _policy(precision: str) -> str:
@@ -129,7 +77,7 @@ def build_rescnn(
             dtype=policy,
         )(x)
         # Keras defaults momentum 0.99 / epsilon 1e-3 are the original's (PyTorch's 1e-5 would not match).
-        return keras.layers.BatchNormalization(name=f"{name}_bn", dtype=policy)(x)
+        return BatchNormalization(name=f"{name}_bn", dtype=policy)(x)
 
     def identity_block(inp, filters, stage, block):
         base = f"res{stage}_{block}_branch"

@@ -1,0 +1,110 @@
+"""The ResCNN's own layers: registered, so a saved `.keras` model loads with `safe_mode=True` (no Lambda layers).
+
+`ClippedReLU` and `BatchNormalization` compute what the original's Keras 2 layers computed, with a cheaper
+backward pass: under TensorFlow, which runs a graph op by op, the autodiff of `min(max(x, 0), 20)` and of
+Keras 3's unfused batch normalisation made a training step spend more time in these two layers than in
+the convolutions' forward pass (see benchmarks/bench_train.py).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class ClippedReLU(keras.layers.Layer):
+    """min(max(x, 0), ceiling): the original's clipped ReLU (ceiling 20), gradient 1 on [0, ceiling]."""
+
+    def __init__(self, ceiling: float = 20.0, **kwargs):
+        super().__init__(**kwargs)
+        self.ceiling = float(ceiling)
+
+    def call(self, x):
+        ceiling = self.ceiling
+
+        @ops.custom_gradient
+        def clipped(x):
+            def grad(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                # One mask and one product instead of two selects against materialised zeros; the closed
+                # interval is what autodiff of the original's min(max(x, 0), 20) gives at the two kinks.
+                return upstream * ops.cast(ops.logical_and(x >= 0, x <= ceiling), upstream.dtype)
+
+            return ops.minimum(ops.maximum(x, 0.0), ceiling), grad
+
+        return clipped(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "ceiling": self.ceiling}
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization, y = gamma (x - mean) / sqrt(var + eps) + beta, as one fused op under TensorFlow.
+
+    Same weights, statistics and moving-average updates as the Keras layer it extends (biased batch variance),
+    so checkpoints load into either. On other backends, or with a mask, Keras' own computation runs: XLA
+    (JAX) fuses it by itself.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if keras.backend.backend() != "tensorflow" or mask is not None or self.axis not in (-1, len(inputs.shape) - 1) \
+                or not (self.center and self.scale) or self.synchronized or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        # The fused kernel takes bfloat16 activations with float32 parameters and statistics.
+        x = ops.cast(inputs, self.compute_dtype)
+        gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
+        if training and self.trainable:
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
+                epsilon=self.epsilon, is_training=True)
+            # The fused op returns the unbiased variance; Keras' moving average uses the biased one.
+            count = ops.cast(ops.prod(ops.shape(x)[:-1]), "float32")
+            variance = variance * (count - 1.0) / ops.maximum(count, 1.0)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+            return y
+        y, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=ops.cast(self.moving_mean, "float32"),
+            variance=ops.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
+        return y
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class TemporalAverage(keras.layers.Layer):
+    """mean(x, axis=1): average over time of [batch, time, features], accumulated in float32."""
+
+    def call(self, x):
+        # bfloat16 has 8 mantissa bits: summing hundreds of frames in it would lose the average.
+        return ops.cast(ops.mean(ops.cast(x, "float32"), axis=1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class L2Normalize(keras.layers.Layer):
+    """x / sqrt(max(sum(x^2), 1e-12)) over the last axis, always in float32 (as K.l2_normalize)."""
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"  # unit-length embeddings must not be bfloat16-rounded
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config()

@@ -1,0 +1,142 @@
+"""The ResCNN's own layers against Keras' layers and plain autodiff, on real filterbank features."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deep_speaker.features import extract_features
+from deep_speaker.layers import BatchNormalization, ClippedReLU
+from deep_speaker.model import build_rescnn
+
+
+@pytest.fixture(scope="module")
+def activations(libri_mini) -> np.ndarray:
+    """[12, 160, 64, 8]: real fbank crops through a fixed random 3x3 convolution (BN's usual input)."""
+    paths = sorted((libri_mini / "test-other").rglob("*.flac"))[:12]
+    crops = np.stack([extract_features(p)[:160] for p in paths])[..., None]
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 1, 8)).astype(np.float32)
+    return tf.nn.conv2d(crops, kernel, 1, "SAME").numpy() * 3.0 + 1.5
+
+
+def _train_step(layer, x):
+    """(output, d sum(output * w) / d [x, gamma, beta]) of one training-mode call."""
+    x = tf.constant(x)
+    weights = tf.constant(np.random.default_rng(1).standard_normal(x.shape).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    return y.numpy().astype(np.float32), [g.numpy().astype(np.float32) for g in grads]
+
+
+def _pair(dtype="float32", momentum=0.9):
+    ours, keras_bn = BatchNormalization(momentum=momentum, dtype=dtype), keras.layers.BatchNormalization(
+        momentum=momentum, dtype=dtype)
+    for layer in (ours, keras_bn):
+        layer.build((None, 160, 64, 8))
+    rng = np.random.default_rng(2)
+    weights = [rng.uniform(0.5, 2.0, 8), rng.standard_normal(8), rng.standard_normal(8), rng.uniform(0.5, 2.0, 8)]
+    for layer in (ours, keras_bn):
+        layer.set_weights([w.astype(np.float32) for w in weights])
+    return ours, keras_bn
+
+
+def test_batch_normalization_matches_keras_in_training(activations):
+    ours, reference = _pair()
+    y, grads = _train_step(ours, activations)
+    y_ref, grads_ref = _train_step(reference, activations)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-3 * np.abs(g_ref).max())
+    np.testing.assert_allclose(ours.get_weights()[3], reference.get_weights()[3], rtol=1e-4)
+
+
+def test_batch_normalization_moving_statistics(activations):
+    # 30 values per channel, so the biased and unbiased variances differ by 3%.
+    x = activations[:2, :3, :5]
+    ours, _ = _pair()
+    initial = ours.get_weights()
+    ours(x, training=True)
+    flat = x.reshape(-1, 8).astype(np.float64)
+    np.testing.assert_allclose(ours.get_weights()[2], 0.9 * initial[2] + 0.1 * flat.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(ours.get_weights()[3], 0.9 * initial[3] + 0.1 * flat.var(axis=0), rtol=1e-5)
+
+
+def test_batch_normalization_matches_keras_in_inference(activations):
+    ours, reference = _pair()
+    np.testing.assert_allclose(ours(activations, training=False).numpy(),
+                               reference(activations, training=False).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_normalization_in_bfloat16_agrees_with_float32(activations):
+    ours, _ = _pair("mixed_bfloat16")
+    reference, _ = _pair()
+    y, grads = _train_step(ours, activations)
+    y_ref, grads_ref = _train_step(reference, activations)
+    assert keras.backend.standardize_dtype(ours(activations, training=True).dtype) == "bfloat16"
+    np.testing.assert_allclose(y, y_ref, atol=0.05 * np.abs(y_ref).max())
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, atol=0.02 * np.abs(g_ref).max())
+
+
+def test_clipped_relu_gradient_is_autodiff_of_the_original_formula(activations):
+    x = np.concatenate([activations.ravel()[:5000] * 8, [0.0, 20.0, -0.0, 19.99, 20.01, -1e-3]]).astype(np.float32)
+    for dtype in ("float32", "bfloat16"):
+        xt = tf.constant(x, dtype=dtype)
+        upstream = tf.constant(np.random.default_rng(3).standard_normal(x.shape), dtype=dtype)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(xt)
+            ours = ClippedReLU(20.0, dtype=dtype)(xt)
+            original = tf.minimum(tf.maximum(xt, 0.0), 20.0)  # the original's Lambda
+        np.testing.assert_array_equal(ours.numpy(), original.numpy())
+        np.testing.assert_array_equal(tape.gradient(ours, xt, upstream).numpy(),
+                                      tape.gradient(original, xt, upstream).numpy())
+
+
+def _with_keras_layers(model: keras.Model, dtype: str) -> keras.Model:
+    """The same network and weights in dtype, with Keras' own BatchNormalization and a ReLU clipped at 20."""
+    def clone(layer):
+        config = {**layer.get_config(), "dtype": dtype}
+        if isinstance(layer, BatchNormalization):
+            return keras.layers.BatchNormalization.from_config(config)
+        if isinstance(layer, ClippedReLU):
+            return keras.layers.ReLU(max_value=layer.ceiling, name=layer.name, dtype=dtype)
+        return layer.__class__.from_config(config)
+
+    other = keras.models.clone_model(model, clone_function=clone)
+    other.set_weights([w.astype(dtype) for w in model.get_weights()])
+    return other
+
+
+def test_training_step_of_the_model_matches_keras_layers(libri_mini):
+    paths = sorted((libri_mini / "test-other").rglob("*.flac"))[:12]
+    x = np.stack([extract_features(p)[:160] for p in paths])[..., None]
+    keras.utils.set_random_seed(0)
+    model = build_rescnn(width=0.125)
+    # float64: at initialisation float32 rounding grows through the 28 layers to ~1% of a gradient, in Keras'
+    # own float32 layers as much as in ours, so float32 would not be a sharp reference.
+    reference = _with_keras_layers(model, "float64")
+    assert not any(isinstance(layer, (BatchNormalization, ClippedReLU)) for layer in reference.layers)
+    direction = np.random.default_rng(4).standard_normal((len(x), 512))
+    results = []
+    for m, dtype in ((model, "float32"), (reference, "float64")):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(m(x.astype(dtype), training=True) * direction.astype(dtype))  # smooth: no hinge
+        results.append((float(loss), tape.gradient(loss, m.trainable_weights)))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4)
+    for weight, g, g_ref in zip(model.trainable_weights, results[0][1], results[1][1]):
+        if weight.path.endswith("bias") and weight.path.startswith(("conv", "res")):
+            continue  # a bias before batch normalisation has gradient 0: both are rounding noise
+        error = np.linalg.norm(g.numpy() - g_ref.numpy()) / np.linalg.norm(g_ref.numpy())
+        assert error < 3e-2, weight.path  # a wrong gradient (e.g. batch statistics as constants) is off by O(1)
+
+
+def test_saved_config_names_our_layers():
+    config = json.dumps(build_rescnn(width=0.0625).get_config())
+    assert '"deep_speaker>BatchNormalization"' in config and '"deep_speaker>ClippedReLU"' in config
