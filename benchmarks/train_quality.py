@@ -2,6 +2,7 @@
 
     python benchmarks/train_quality.py                       # about 25 minutes on 2 CPU cores
     python benchmarks/train_quality.py --softmax-steps 20 --triplet-steps 10   # a smoke run
+    python benchmarks/train_quality.py --precision mixed_bfloat16 --seed 1 --work quality-bf16-1
 
 Softmax pre-training then triplet training (the original's two phases, through deep_speaker.training) on the
 251 train-clean-100 speakers (one utterance each: the last 20% of each is held out for validation), then the
@@ -77,6 +78,7 @@ def main() -> None:
     # save on, on this small data set; 0.001 is the rate used here.
     parser.add_argument("--triplet-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -86,7 +88,8 @@ def main() -> None:
     test_cache = cached(args.data / "test-other", args.work / "test_cache")
     inputs = generate_training_inputs(train_cache, args.work / "train_cache" / "full_inputs.npz", seed=args.seed)
     runs = args.work / "runs"
-    common = dict(output_dir=runs, data=inputs, width=args.width, seed=args.seed, save_every=50)
+    common = dict(output_dir=runs, data=inputs, width=args.width, seed=args.seed, save_every=50,
+                  precision=args.precision)
     # Fresh random crops at every step: the fixed crops of the inputs (about 5 per speaker) are memorised within
     # a few hundred steps (validation accuracy stalled near 20% while training accuracy passed 90%).
     softmax = train(TrainConfig("softmax", steps=args.softmax_steps, batch_size=64, random_crops=True, **common))
@@ -111,6 +114,8 @@ def main() -> None:
         "softmax": softmax,
         "triplet": triplet,
         "width": args.width,
+        "precision": args.precision,
+        "seed": args.seed,
         "train_seconds": round(trained_s, 1),
         "softmax_seconds": round(after_softmax, 1),
         "total_seconds": round(time.perf_counter() - started, 1),

@@ -98,7 +98,7 @@ def read_state(run_dir: Path) -> dict:
 
 def optimizer_step(model: keras.Model) -> int:
     """The optimizer's update count (also for a tf.distribute MirroredVariable, which int() refuses)."""
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+    return int(np.asarray(model.optimizer.iterations))
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
@@ -109,12 +109,21 @@ def _save_model_atomic(model: keras.Model, path: Path) -> None:
 
 
 def _make_strategy(name: str):
-    """The tf.distribute strategy of a --strategy name (None for 'none')."""
+    """The framework's own multi-device mechanism for a --strategy name (None for 'none').
+
+    TensorFlow: a tf.distribute strategy. JAX: a Keras distribution (keras.distribution.DataParallel) over all
+    devices, of every process for 'multiworker' (the cluster comes from KERAS_DISTRIBUTION_JOB_ADDRESSES,
+    KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID).
+    """
     if name == "none":
         return None
-    if keras.backend.backend() != "tensorflow":
-        raise DeepSpeakerError(f"--strategy {name} needs the TensorFlow backend "
-                               f"(KERAS_BACKEND={keras.backend.backend()})")
+    backend = keras.backend.backend()
+    if backend == "jax":
+        if name == "multiworker":
+            keras.distribution.initialize()
+        return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+    if backend != "tensorflow":
+        raise DeepSpeakerError(f"--strategy {name} needs the TensorFlow or JAX backend (KERAS_BACKEND={backend})")
     import tensorflow as tf
 
     if name == "multiworker":  # the cluster comes from TF_CONFIG
@@ -122,6 +131,21 @@ def _make_strategy(name: str):
     gpus = tf.config.list_logical_devices("GPU")
     # Without GPUs, mirror over the logical CPU devices (one unless configured), e.g. for testing.
     return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
+
+
+def _devices(strategy) -> int:
+    """How many devices a strategy or Keras distribution trains on."""
+    if strategy is None:
+        return 1
+    if isinstance(strategy, keras.distribution.DataParallel):
+        return int(strategy.device_mesh.devices.size)
+    return strategy.num_replicas_in_sync
+
+
+def _loss_shards(strategy) -> int:
+    """In how many parts of a batch the loss is computed separately: one per tf.distribute replica, while a
+    Keras distribution (JAX) computes it over the whole batch."""
+    return 1 if strategy is None or isinstance(strategy, keras.distribution.DataParallel) else _devices(strategy)
 
 
 def _is_chief() -> bool:
@@ -270,7 +294,8 @@ class Trainer:
         self.config = config
         self.run_dir = config.run_dir
         self.strategy = _make_strategy(config.strategy)
-        self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
+        self.devices = _devices(self.strategy)
+        self.loss_shards = _loss_shards(self.strategy)  # triplet batches: each shard is [anchors; positives; negatives]
         self.resume_state: dict | None = None
         self.model: keras.Model | None = None
 
@@ -312,11 +337,10 @@ class Trainer:
         if state.get("precision", "float32") != self.config.precision:
             raise DeepSpeakerError(f"{self.run_dir}: a run in {state['precision']} is there; this run uses "
                                    f"{self.config.precision} (--precision)")
-        with self.scope():
-            try:
-                model = keras.saving.load_model(path, custom_objects={"triplet_loss": triplet_loss})
-            except (ValueError, OSError, TypeError) as e:
-                raise DeepSpeakerError(f"{path}: cannot resume ({str(e).splitlines()[0]})") from None
+        try:
+            model = keras.saving.load_model(path, custom_objects={"triplet_loss": triplet_loss})
+        except (ValueError, OSError, TypeError) as e:
+            raise DeepSpeakerError(f"{path}: cannot resume ({str(e).splitlines()[0]})") from None
         self.resume_state = state
         return model
 
@@ -383,8 +407,11 @@ class Trainer:
     def train(self) -> dict:
         """Run the phase; returns the final logs (loss, accuracy or EER) plus best_value and step."""
         keras.utils.set_random_seed(self.config.seed)
-        logs = {"softmax": self._train_softmax, "triplet": self._train_triplet, "probe": self._train_probe}[
-            self.config.phase]()
+        # The whole phase in the strategy's scope: models are built in it and a Keras distribution (JAX) shards
+        # the batches of fit and predict only while it is the current one.
+        with self.scope():
+            logs = {"softmax": self._train_softmax, "triplet": self._train_triplet, "probe": self._train_probe}[
+                self.config.phase]()
         state = read_state(self.run_dir) if (self.run_dir / "state.json").is_file() else {}
         return {**logs, "best_value": state.get("best_value"), "step": state.get("step")}
 
@@ -403,9 +430,8 @@ class Trainer:
             raise DeepSpeakerError(f"{self.run_dir}: its softmax has {model.output_shape[-1]} speakers, "
                                    f"the inputs {num_speakers}")
         if model is None:
-            with self.scope():
-                model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision)
-                self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
+            model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision)
+            self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
         state = self._state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops)
         if c.random_crops:
             validation = (x_val, y_val)
@@ -445,11 +471,10 @@ class Trainer:
         started_from = None
         if model is None:
             source_model, source = self._initial_embedding("softmax")
-            with self.scope():
-                model = build_rescnn(c.width, precision=c.precision)
-                if source_model is not None:  # weights by layer name: the same builder, so the same order
-                    model.set_weights(source_model.get_weights())
-                self._compile(model, triplet_loss, None)
+            model = build_rescnn(c.width, precision=c.precision)
+            if source_model is not None:  # weights by layer name: the same builder, so the same order
+                model.set_weights(source_model.get_weights())
+            self._compile(model, triplet_loss, None)
             started_from = str(source) if source else None
             if source:
                 print(f"triplet training starts from {source}")
@@ -463,7 +488,7 @@ class Trainer:
 
         def data(first):
             return batching.TripletBatches(pool, c.batch_size, c.steps - first, first_step=first, seed=c.seed,
-                                           replicas=self.replicas)
+                                           replicas=self.loss_shards)
 
         validation = TripletValidation(x_val, y_val, c.batch_size, c.seed)
         if start == 0:
@@ -498,11 +523,10 @@ class Trainer:
         x_train = embedder.predict(inputs["x_train"], batch_size=c.batch_size, verbose=0)
         x_test = embedder.predict(inputs["x_test"], batch_size=c.batch_size, verbose=0)
         if model is None:
-            with self.scope():
-                model = keras.Sequential([keras.Input((EMBEDDING_SIZE,)),
-                                          keras.layers.Dense(len(inputs["speakers"]), activation="softmax",
-                                                             name=HEAD_NAME)], name="probe")
-                self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
+            model = keras.Sequential([keras.Input((EMBEDDING_SIZE,)),
+                                      keras.layers.Dense(len(inputs["speakers"]), activation="softmax",
+                                                         name=HEAD_NAME)], name="probe")
+            self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
         state = self._state(model, started_from=str(source), embedding_identity=identity)
         validation = (x_test, inputs["y_test"]) if len(x_test) else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -178,24 +179,39 @@ def test_killed_run_resumes_its_step_count_and_optimizer(data, tmp_path):
 # ----- distribution -----
 
 
-def test_mirrored_strategy_on_two_logical_cpus(data, tmp_path):
-    script = textwrap.dedent(f"""
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+TWO_DEVICES = {
+    # TensorFlow: two logical CPU devices for tf.distribute.MirroredStrategy.
+    "tensorflow": ({}, "import tensorflow as tf\n"
+                       "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+                       "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"),
+    # JAX: two host devices for keras.distribution.DataParallel.
+    "jax": ({"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            ""),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(TWO_DEVICES))
+def test_mirrored_strategy_on_two_cpu_devices(backend, data, tmp_path):
+    if backend != "tensorflow" and importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} not installed")
+    env_extra, setup = TWO_DEVICES[backend]
+    script = setup + textwrap.dedent(f"""
+        import keras
         from deep_speaker.training import TrainConfig, Trainer
         trainer = Trainer(TrainConfig("triplet", {str(tmp_path)!r}, data={str(data)!r}, steps=4, save_every=2,
                                       refresh_every=2, pool_speakers=8, strategy="mirrored", width={WIDTH},
                                       crop_frames={CROP}, batch_size=24, verbose=0))
         result = trainer.train()
-        print("REPLICAS", trainer.replicas, "STEP", result["step"], "LOSS", result["loss"])
+        print("BACKEND", keras.backend.backend(), "DEVICES", trainer.devices, "STEP", result["step"],
+              "LOSS", result["loss"])
     """)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env_extra}
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    words = run.stdout.split("REPLICAS")[1].split()
-    assert words[0] == "2" and words[2] == "4" and np.isfinite(float(words[4]))
+    words = run.stdout.split("BACKEND")[1].split()
+    assert words[0] == backend and words[2] == "2" and words[4] == "4" and np.isfinite(float(words[6]))
+    assert load_model(tmp_path / "triplet" / "last.keras").get_layer("conv64-s").filters == round(64 * WIDTH)
 
 
 # ----- bad input: one-line errors before any training -----
