@@ -108,26 +108,30 @@ def _save_model_atomic(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+MULTIWORKER_UNAVAILABLE = (
+    "--strategy multiworker is not available: Keras 3's fit does not run under TensorFlow's "
+    "MultiWorkerMirroredStrategy (keras-team/keras#20585), and on JAX a multi-process Keras distribution needs each "
+    "process to feed its own share of every batch, which this trainer does not do yet; use --strategy mirrored for "
+    "the devices of one machine")
+
+
 def _make_strategy(name: str):
     """The framework's own multi-device mechanism for a --strategy name (None for 'none').
 
-    TensorFlow: a tf.distribute strategy. JAX: a Keras distribution (keras.distribution.DataParallel) over all
-    devices, of every process for 'multiworker' (the cluster comes from KERAS_DISTRIBUTION_JOB_ADDRESSES,
-    KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID).
+    TensorFlow: tf.distribute.MirroredStrategy. JAX: a Keras distribution (keras.distribution.DataParallel) over
+    all devices.
     """
     if name == "none":
         return None
+    if name == "multiworker":
+        raise DeepSpeakerError(MULTIWORKER_UNAVAILABLE)
     backend = keras.backend.backend()
     if backend == "jax":
-        if name == "multiworker":
-            keras.distribution.initialize()
         return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
     if backend != "tensorflow":
         raise DeepSpeakerError(f"--strategy {name} needs the TensorFlow or JAX backend (KERAS_BACKEND={backend})")
     import tensorflow as tf
 
-    if name == "multiworker":  # the cluster comes from TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     # Without GPUs, mirror over the logical CPU devices (one unless configured), e.g. for testing.
     return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
@@ -146,16 +150,6 @@ def _loss_shards(strategy) -> int:
     """In how many parts of a batch the loss is computed separately: one per tf.distribute replica, while a
     Keras distribution (JAX) computes it over the whole batch."""
     return 1 if strategy is None or isinstance(strategy, keras.distribution.DataParallel) else _devices(strategy)
-
-
-def _is_chief() -> bool:
-    """False on the non-chief workers of a multi-worker run (TF_CONFIG), which must not write the checkpoints."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
-    if not task or task.get("type") == "chief":
-        return True
-    # Without a chief task, worker 0 is the chief (tf.distribute's convention).
-    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
 def _check_features(settings: dict, where: str) -> None:
@@ -213,7 +207,6 @@ class RunCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.run_dir, self.state, self.monitor, self.mode, self.plateau = run_dir, state, monitor, mode, plateau
         self.identity_model = identity_model  # the embedding model whose identity the state records
-        self.write = _is_chief()
 
     def _improved(self, value: float | None) -> bool:
         best = self.state.get("best_value")
@@ -226,7 +219,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         step = optimizer_step(self.model)
         value = logs.get(self.monitor)
         improved = self._improved(value)
-        if improved and self.write:
+        if improved:
             _save_model_atomic(self.model, self.run_dir / "best.keras")
         self.state.update(
             step=step,
@@ -238,9 +231,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         )
         if improved:
             self.state.update(best_value=float(value), best_step=step)
-        if self.write:
-            _save_model_atomic(self.model, self.run_dir / "last.keras")
-            write_atomic(self.run_dir / "state.json", json.dumps(self.state, indent=1).encode())
+        _save_model_atomic(self.model, self.run_dir / "last.keras")
+        write_atomic(self.run_dir / "state.json", json.dumps(self.state, indent=1).encode())
 
 
 def validation_triplets(speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -502,9 +494,8 @@ class Trainer:
         validation.on_epoch_end(-1, logs)
         print(f"starting point: val_eer {logs['val_eer']:.4f}")
         state.update(best_value=logs["val_eer"], best_step=0, start_logs=logs)
-        if _is_chief():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _save_model_atomic(model, self.run_dir / "best.keras")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _save_model_atomic(model, self.run_dir / "best.keras")
 
     def _train_probe(self) -> dict:
         c = self.config

@@ -47,7 +47,8 @@ def add_training_options(parser: argparse.ArgumentParser, phase: str | None = No
     option("precision", choices=("float32", "mixed_bfloat16"), default="float32",
            help="Keras dtype policy; mixed_bfloat16 keeps losses and the L2 normalisation in float32")
     option("strategy", choices=STRATEGIES, default="none",
-           help="tf.distribute: mirrored (all GPUs, else the logical CPUs) or multiworker (TF_CONFIG)")
+           help="mirrored: data parallel over all GPUs, else the logical CPUs (tf.distribute on TensorFlow, "
+                "keras.distribution on JAX); multiworker: not available with Keras 3 (its error says why)")
     option("holdout", type=float, default=0.2,
            help="triplet phase: share of each speaker's audio held out for the validation EER; default 0.2")
     option("random_crops", action="store_true",
