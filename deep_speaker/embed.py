@@ -24,11 +24,10 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from .atomic import atomic_write
 from .audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, resample
@@ -50,7 +49,7 @@ DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
 PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 _announced: set[str] = set()
-_FORWARD: "weakref.WeakKeyDictionary[keras.Model, tf.types.experimental.GenericFunction]" = weakref.WeakKeyDictionary()
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Callable[[np.ndarray], np.ndarray]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -155,13 +154,22 @@ def resolve_model(model: keras.Model | str | os.PathLike | None) -> keras.Model:
     return load_model(default_model_path() if model is None else model)
 
 
-def forward_function(model: keras.Model):
-    """The model's inference function, traced once for every input length and shared by Embedders of that model."""
+def forward_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's inference function (float32 [B, T, 64, 1] -> numpy), shared by Embedders of that model.
+
+    On TensorFlow it is traced once for every input length; JAX and torch compile per input shape in Keras'
+    own `predict_on_batch`.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
     if model not in _FORWARD:
+        import tensorflow as tf
+
         ref = weakref.ref(model)  # a strong reference here would keep the model (the cache key) alive forever
         # input_signature with free batch and time: no retracing when a batch has another window length.
-        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[
+        traced = tf.function(lambda x: ref()(x, training=False), input_signature=[
             tf.TensorSpec([None, None, NUM_FILTERS, 1], tf.float32)])
+        _FORWARD[model] = lambda x: traced(x).numpy()
     return _FORWARD[model]
 
 
@@ -216,7 +224,7 @@ class Embedder:
         out = []
         for i in range(0, len(windows), self.batch_size):
             batch = np.stack(windows[i:i + self.batch_size])[..., None]
-            out.append(self._forward(tf.constant(batch, tf.float32)).numpy())
+            out.append(np.asarray(self._forward(batch.astype(np.float32))))
         return np.concatenate(out)
 
     def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
