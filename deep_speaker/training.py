@@ -110,9 +110,9 @@ def _save_model_atomic(model: keras.Model, path: Path) -> None:
 
 MULTIWORKER_UNAVAILABLE = (
     "--strategy multiworker is not available: Keras 3's fit does not run under TensorFlow's "
-    "MultiWorkerMirroredStrategy (keras-team/keras#20585), and on JAX a multi-process Keras distribution needs each "
-    "process to feed its own share of every batch, which this trainer does not do yet; use --strategy mirrored for "
-    "the devices of one machine")
+    "MultiWorkerMirroredStrategy (keras-team/keras#20585), and under a multi-process Keras distribution on JAX "
+    "model.predict cannot return outputs that span processes, which the hard-negative pool and the validation "
+    "need; use --strategy mirrored for the devices of one machine")
 
 
 def _make_strategy(name: str):

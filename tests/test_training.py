@@ -181,7 +181,7 @@ def test_killed_run_resumes_its_step_count_and_optimizer(data, tmp_path):
 
 TWO_DEVICES = {
     # TensorFlow: two logical CPU devices for tf.distribute.MirroredStrategy.
-    "tensorflow": ({}, "import tensorflow as tf\n"
+    "tensorflow": ({"KERAS_BACKEND": "tensorflow"}, "import tensorflow as tf\n"
                        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
                        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"),
     # JAX: two host devices for keras.distribution.DataParallel.
