@@ -148,13 +148,16 @@ def to_embedding_model(model: keras.Model) -> keras.Model:
     return embedding
 
 
-def with_precision(model: keras.Model, precision: str) -> keras.Model:
-    """The same model (width, head, weights) computing in another precision; the model itself if unchanged."""
-    if model_precision(model) == _policy(precision):
-        return model
+def _rebuilt(model: keras.Model, precision: str) -> keras.Model:
+    """build_rescnn of the model's width and head in precision, with the model's weights (by layer name)."""
     other = build_rescnn(model_width(model), num_speakers_of(model), precision=precision)
     _copy_weights_by_name(model, other)
     return other
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The same model (width, head, weights) computing in another precision; the model itself if unchanged."""
+    return model if model_precision(model) == _policy(precision) else _rebuilt(model, precision)
 
 
 def _decode(value) -> str:
@@ -276,6 +279,9 @@ def load_model(path: str | Path, precision: str | None = None) -> keras.Model:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except (ValueError, OSError, TypeError) as e:
             raise DeepSpeakerError(f"{path}: cannot load Keras model ({str(e).splitlines()[0]})") from None
+        if any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
+            # Saved before the ResCNN had its own (fused) BatchNormalization: the same weights in today's layers.
+            model = _rebuilt(model, model_precision(model))
     elif name.endswith(".weights.h5"):
         width, num_speakers = _weights_h5_shape(path)
         model = build_rescnn(width, num_speakers)

@@ -156,6 +156,20 @@ def test_keras_round_trip_is_safe_and_exact(tmp_path):
     np.testing.assert_array_equal(embed(load_model(tmp_path / "m.weights.h5"), x), embed(model, x))
 
 
+def test_model_saved_with_keras_batch_normalization_loads_into_our_layers():
+    from deep_speaker.embed import packaged_model
+    from deep_speaker.layers import BatchNormalization
+
+    path = packaged_model()  # saved before deep_speaker.layers.BatchNormalization existed
+    as_saved = keras.saving.load_model(path, safe_mode=True, compile=False)
+    assert type(as_saved.get_layer("conv64-s_bn")) is keras.layers.BatchNormalization
+    model = load_model(path)
+    assert isinstance(model.get_layer("conv64-s_bn"), BatchNormalization)
+    assert model_identity(model) == model_identity(as_saved)
+    x = np.random.default_rng(5).standard_normal((4, 240, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(embed(model, x), embed(as_saved, x), atol=1e-5)
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(DeepSpeakerError, match="best.keras"):
         load_model(tmp_path)
