@@ -1,6 +1,6 @@
 """Quality recipe: train on librispeech-mini train-clean-100, score speakers never seen (all of test-other).
 
-    python benchmarks/train_quality.py                       # about 25 minutes on 2 CPU cores
+    python benchmarks/train_quality.py                       # about 5 minutes on 2 CPU cores
     python benchmarks/train_quality.py --softmax-steps 20 --triplet-steps 10   # a smoke run
     python benchmarks/train_quality.py --precision mixed_bfloat16 --seed 1 --work quality-bf16-1
 
