@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -144,3 +149,28 @@ def test_training_step_of_the_model_matches_keras_layers(libri_mini):
 def test_saved_config_names_our_layers():
     config = json.dumps(build_rescnn(width=0.0625).get_config())
     assert '"deep_speaker>BatchNormalization"' in config and '"deep_speaker>ClippedReLU"' in config
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_clipped_relu_gradient_on_jax(activations):
+    # keras.ops.custom_gradient takes another path on JAX: the same check there, in a JAX-backend process.
+    # JAX's own autodiff splits a tie of maximum/minimum (0.5 at x = 0 and x = 20); ours keeps the original's
+    # TensorFlow convention (1 there), checked separately.
+    x = np.concatenate([activations.ravel()[:2000] * 8, [0.0, 20.0, 19.99, 20.01, -1e-3]]).astype(np.float32)
+    script = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp, numpy as np
+        from deep_speaker.layers import ClippedReLU
+        x = jnp.asarray(np.frombuffer(bytes.fromhex({x.tobytes().hex()!r}), np.float32))
+        layer = ClippedReLU(20.0)
+        ours = jax.grad(lambda v: jnp.sum(layer(v) * jnp.cos(v)))(x)
+        plain = jax.grad(lambda v: jnp.sum(jnp.minimum(jnp.maximum(v, 0.0), 20.0) * jnp.cos(v)))(x)
+        kink = (x == 0) | (x == 20)
+        print("MAXDIFF", float(jnp.max(jnp.abs(jnp.where(kink, 0, ours - plain)))),
+              float(jnp.max(jnp.abs(layer(x) - jnp.clip(x, 0, 20)))),
+              float(jnp.max(jnp.abs(jnp.where(kink, ours - (jnp.cos(x) - jnp.clip(x, 0, 20) * jnp.sin(x)), 0)))),
+              int(kink.sum()))
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("MAXDIFF")[1].split() == ["0.0", "0.0", "0.0", "2"]
