@@ -47,13 +47,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
     """Keras' BatchNormalization, y = gamma (x - mean) / sqrt(var + eps) + beta, as one fused op under TensorFlow.
 
     Same weights, statistics and moving-average updates as the Keras layer it extends (biased batch variance),
-    so checkpoints load into either. On other backends, or with a mask, Keras' own computation runs: XLA
-    (JAX) fuses it by itself.
+    so checkpoints load into either. On other backends, and for inputs the fused op does not take (a mask,
+    not channels-last images), Keras' own computation runs; XLA (JAX) fuses it by itself.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if keras.backend.backend() != "tensorflow" or mask is not None or self.axis not in (-1, len(inputs.shape) - 1) \
-                or not (self.center and self.scale) or self.synchronized or self.renorm:
+        # The fused op normalises the channels of [N, H, W, C] images, with offset and scale.
+        if keras.backend.backend() != "tensorflow" or mask is not None or len(inputs.shape) != 4 \
+                or self.axis not in (-1, 3) or not (self.center and self.scale) or self.synchronized or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
