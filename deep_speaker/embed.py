@@ -223,8 +223,8 @@ class Embedder:
         """Embeddings [n, 512] of equal-length windows, ``batch_size`` per forward pass."""
         out = []
         for i in range(0, len(windows), self.batch_size):
-            batch = np.stack(windows[i:i + self.batch_size])[..., None]
-            out.append(np.asarray(self._forward(batch.astype(np.float32))))
+            batch = np.stack(windows[i:i + self.batch_size]).astype(np.float32, copy=False)[..., None]
+            out.append(np.asarray(self._forward(batch)))
         return np.concatenate(out)
 
     def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
