@@ -23,10 +23,10 @@ import soundfile as sf
 from python_speech_features import fbank
 from threadpoolctl import threadpool_limits
 
-from deep_speaker.audio import read_audio
-from deep_speaker.cache import build_cache
-from deep_speaker.corpus import list_utterances
-from deep_speaker.features import fbank_features
+from deep_speaker.data.audio import read_audio
+from deep_speaker.data.cache import build_cache
+from deep_speaker.data.corpus import list_utterances
+from deep_speaker.data.features import fbank_features
 
 DEFAULT_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
 

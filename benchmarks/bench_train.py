@@ -22,8 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from deep_speaker.losses import triplet_loss  # noqa: E402
-from deep_speaker.model import STAGE_FILTERS, build_rescnn, conv_flops, scaled_filters  # noqa: E402
+from deep_speaker.model.losses import triplet_loss  # noqa: E402
+from deep_speaker.model.rescnn import STAGE_FILTERS, build_rescnn, conv_flops, scaled_filters  # noqa: E402
 
 
 def build_original(width: float) -> keras.Model:

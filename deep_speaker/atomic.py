@@ -1,20 +1,26 @@
-"""Atomic file output: a killed process never leaves half a file under the final name."""
+"""Atomic file output, the one home of it: a killed process never leaves half a file under the final name.
+
+Every file deep-speaker writes goes through here: arrays and manifests of the cache, training inputs, models
+and training state, statistics, embeddings, reports. JSON reports are strict (no NaN or infinity, which JSON
+does not have and other tools refuse).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file beside ``path`` (``.<name>.XXXX.tmp``), renamed onto ``path`` only when the block succeeds."""
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """A binary file beside ``path`` (``.<name>.XXXX<suffix>``), renamed onto ``path`` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -28,3 +34,30 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     with atomic_write(path) as f:
         f.write(data)
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON (``allow_nan=False``: a NaN or infinity is a ValueError, never written), UTF-8, final newline."""
+    return json.dumps(value, indent=indent, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> Path:
+    """Write ``value`` as strict JSON (:func:`json_text`) to ``path`` atomically; returns the path."""
+    write_atomic(path, json_text(value, indent).encode("utf8"))
+    return Path(path)
+
+
+def save_model(model: Any, path: str | os.PathLike) -> Path:
+    """``model.save`` (a Keras model, ``.keras``) to a temporary name beside ``path``, then renamed onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keras picks the format by suffix and insists on .keras, so the temporary name keeps it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

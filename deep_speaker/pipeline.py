@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
-from .cache import FeatureCache, build_cache
-from .embed import Embedder
+from .data.cache import FeatureCache, build_cache
+from .encoders.deepspeaker import Embedder
 from .errors import DeepSpeakerError
-from .training import TrainConfig, best_checkpoint, train
-from .training_inputs import generate_training_inputs
-from .verification import embed_cache, labelled_report, write_plots
+from .model.checkpoints import best_checkpoint
+from .train.training import TrainConfig, train
+from .data.inputs import generate_training_inputs
+from .eval.verification import embed_cache, labelled_report, write_plots
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
@@ -94,9 +95,9 @@ def evaluate_unseen(embedder: Embedder, test_cache: FeatureCache, out_dir: Path)
 
 def compare_degraded(embedder: Embedder, cfg: JobConfig, out_dir: Path) -> tuple[dict[str, dict], list[str]]:
     """``compare`` of the held-out speech against each degraded copy: the reports keyed ``kind@level``, the PNGs."""
-    from .degrade import degrade_folder
-    from .generated import compare, compute_stats
-    from .plots_generated import plot_report
+    from .eval.degrade import degrade_folder
+    from .eval.generated import compare, compute_stats
+    from .eval.plots import plot_report
 
     real_dir = cfg.data_dir / TEST_SUBSET
     real = compute_stats(real_dir, embedder)

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from deep_speaker.model import load_model, model_identity, to_embedding_model
+from deep_speaker.model.rescnn import load_model, model_identity, to_embedding_model
 from deep_speaker.pipeline import JobConfig, run_main_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 from python_speech_features import fbank
 
-from deep_speaker.cache import FeatureCache, build_cache
+from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.training_inputs import generate_training_inputs, load_training_inputs
+from deep_speaker.data.inputs import generate_training_inputs, load_training_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

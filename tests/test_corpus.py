@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deep_speaker.corpus import list_utterances, scan_corpus
+from deep_speaker.data.corpus import list_utterances, scan_corpus
 from deep_speaker.errors import DeepSpeakerError
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from deep_speaker.embed import PACKAGED_MODEL_DIR, Embedder
+from deep_speaker.encoders.deepspeaker import PACKAGED_MODEL_DIR, Embedder
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = REPO / "samples" / "librispeech" / "test-other"

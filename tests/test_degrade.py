@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deep_speaker.degrade import degrade_folder, degrade_signal
+from deep_speaker.eval.degrade import degrade_folder, degrade_signal
 from deep_speaker.errors import DeepSpeakerError
 
 SPEAKER = "test-other/3005"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deep_speaker.audio import load_audio
-from deep_speaker.embed import Embedder, save_embeddings
+from deep_speaker.data.audio import load_audio
+from deep_speaker.encoders.deepspeaker import Embedder, save_embeddings
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.features import extract_features
-from deep_speaker.model import load_model
+from deep_speaker.data.features import extract_features
+from deep_speaker.model.rescnn import load_model
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from python_speech_features import fbank
 
-from deep_speaker.audio import read_audio
-from deep_speaker.features import fbank_features, frame_signal
+from deep_speaker.data.audio import read_audio
+from deep_speaker.data.features import fbank_features, frame_signal
 
 
 def reference_features(signal: np.ndarray) -> np.ndarray:

@@ -11,10 +11,10 @@ import pytest
 
 from deep_speaker import metrics
 from deep_speaker.cli import main
-from deep_speaker.degrade import degrade_folder
+from deep_speaker.eval.degrade import degrade_folder
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.audio import load_audio
-from deep_speaker.generated import (check_compatible, compare, compute_stats, format_table, load_stats, make_stats,
+from deep_speaker.data.audio import load_audio
+from deep_speaker.eval.generated import (check_compatible, compare, compute_stats, format_table, load_stats, make_stats,
                                      save_stats)
 
 REAL_SPEAKERS = ("1688", "2414", "3005", "533")
@@ -27,7 +27,7 @@ def tiny_model(path: Path, seed: int) -> Path:
     """A width-0.25 ResCNN with seeded random weights: a real embedding function, fast on CPU."""
     import keras
 
-    from deep_speaker.model import build_rescnn
+    from deep_speaker.model.rescnn import build_rescnn
 
     keras.utils.set_random_seed(seed)
     build_rescnn(width=0.25).save(path)
@@ -47,7 +47,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, libri_mini: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def embedder(work: Path):
-    from deep_speaker.embed import Embedder
+    from deep_speaker.encoders.deepspeaker import Embedder
 
     return Embedder(work / "model.keras")
 
@@ -102,7 +102,7 @@ def test_stats_round_trip(real, tmp_path: Path) -> None:
 
 
 def test_different_models_or_settings_are_refused(work: Path, real, tmp_path: Path) -> None:
-    from deep_speaker.embed import Embedder
+    from deep_speaker.encoders.deepspeaker import Embedder
 
     other = Embedder(tiny_model(tmp_path / "other.keras", seed=1))
     files = sorted((work / "real" / REAL_SPEAKERS[0]).rglob("*.flac"))[:3]
@@ -223,7 +223,7 @@ def test_cli_stats_compare_degrade(work: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_paired_mr_stft_for_two_folders(work: Path) -> None:
-    from deep_speaker.generated import _mr_stft
+    from deep_speaker.eval.generated import _mr_stft
 
     messages: list[str] = []
     mr = _mr_stft(messages, str(work / "clean"), str(work / "snr0"))

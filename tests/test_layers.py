@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deep_speaker.features import extract_features
-from deep_speaker.layers import BatchNormalization, ClippedReLU
-from deep_speaker.model import build_rescnn
+from deep_speaker.data.features import extract_features
+from deep_speaker.model.layers import BatchNormalization, ClippedReLU
+from deep_speaker.model.rescnn import build_rescnn
 
 # The fused batch normalisation and these gradient checks are TensorFlow's path; on JAX the layers run Keras' own
 # computation (covered there by the model and training tests).
@@ -159,7 +159,7 @@ def test_clipped_relu_gradient_on_jax(activations):
     x = np.concatenate([activations.ravel()[:2000] * 8, [0.0, 20.0, 19.99, 20.01, -1e-3]]).astype(np.float32)
     script = textwrap.dedent(f"""
         import jax, jax.numpy as jnp, numpy as np
-        from deep_speaker.layers import ClippedReLU
+        from deep_speaker.model.layers import ClippedReLU
         x = jnp.asarray(np.frombuffer(bytes.fromhex({x.tobytes().hex()!r}), np.float32))
         layer = ClippedReLU(20.0)
         ours = jax.grad(lambda v: jnp.sum(layer(v) * jnp.cos(v)))(x)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deep_speaker.audio import read_audio
+from deep_speaker.data.audio import read_audio
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.metrics import PWG_RESOLUTIONS, mr_stft_distance, paired_files
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.losses import triplet_loss
-from deep_speaker.model import (
+from deep_speaker.model.losses import triplet_loss
+from deep_speaker.model.rescnn import (
     build_rescnn,
     conv_flops,
     load_model,
@@ -157,10 +157,10 @@ def test_keras_round_trip_is_safe_and_exact(tmp_path):
 
 
 def test_model_saved_with_keras_batch_normalization_loads_into_our_layers():
-    from deep_speaker.embed import packaged_model
-    from deep_speaker.layers import BatchNormalization
+    from deep_speaker.encoders.deepspeaker import packaged_model
+    from deep_speaker.model.layers import BatchNormalization
 
-    path = packaged_model()  # saved before deep_speaker.layers.BatchNormalization existed
+    path = packaged_model()  # saved before deep_speaker.model.layers.BatchNormalization existed
     as_saved = keras.saving.load_model(path, safe_mode=True, compile=False)
     assert type(as_saved.get_layer("conv64-s_bn")) is keras.layers.BatchNormalization
     model = load_model(path)
@@ -232,7 +232,7 @@ def test_jax_backend_reproduces_original(reference_checkpoint):
     # The asymmetric "same" padding and the custom layers must hold on another backend too.
     script = (
         "import numpy as np\n"
-        "from deep_speaker.model import build_rescnn, load_original_weights\n"
+        "from deep_speaker.model.rescnn import build_rescnn, load_original_weights\n"
         f"ref = np.load({str(reference_checkpoint / 'reference.npz')!r}, allow_pickle=False)\n"
         "m = build_rescnn()\n"
         f"load_original_weights(m, {str(reference_checkpoint / CHECKPOINT)!r})\n"

@@ -47,7 +47,7 @@ def test_main_job_end_to_end(tmp_path: Path) -> None:
     assert 0.0 <= v["eer"] <= 0.5
 
     # The reported SAP/SAN are those of the embeddings the job's checkpoint gives (independent numpy cosine).
-    from deep_speaker.embed import Embedder
+    from deep_speaker.encoders.deepspeaker import Embedder
 
     embedder = Embedder(summary["checkpoint"])
     speakers = sorted(p.name for p in (data / "test-other").iterdir())

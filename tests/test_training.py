@@ -17,12 +17,13 @@ import keras
 import numpy as np
 import pytest
 
-from deep_speaker import batching
-from deep_speaker.cache import FeatureCache, build_cache
+from deep_speaker.train import batching
+from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.model import load_model, to_embedding_model
-from deep_speaker.training import TrainConfig, Trainer, latest_checkpoint, read_state, train
-from deep_speaker.training_inputs import generate_training_inputs
+from deep_speaker.model.rescnn import load_model, to_embedding_model
+from deep_speaker.model.checkpoints import latest_checkpoint, read_state
+from deep_speaker.train.training import TrainConfig, Trainer, train
+from deep_speaker.data.inputs import generate_training_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, CROP = 0.0625, 64  # tiny network, 0.64 s crops: CPU-sized runs
@@ -197,7 +198,7 @@ def test_mirrored_strategy_on_two_cpu_devices(backend, data, tmp_path):
     env_extra, setup = TWO_DEVICES[backend]
     script = setup + textwrap.dedent(f"""
         import keras
-        from deep_speaker.training import TrainConfig, Trainer
+        from deep_speaker.train.training import TrainConfig, Trainer
         trainer = Trainer(TrainConfig("triplet", {str(tmp_path)!r}, data={str(data)!r}, steps=4, save_every=2,
                                       refresh_every=2, pool_speakers=8, strategy="mirrored", width={WIDTH},
                                       crop_frames={CROP}, batch_size=24, verbose=0))

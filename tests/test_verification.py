@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deep_speaker import embed
-from deep_speaker.cache import FeatureCache, build_cache
+from deep_speaker.encoders import deepspeaker as embed
+from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.cli import main
-from deep_speaker.embed import Embedder
+from deep_speaker.encoders.deepspeaker import Embedder
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.model import load_model
-from deep_speaker.verification import (embed_cache, embed_folder, labelled_report, read_trials, score_trials,
+from deep_speaker.model.rescnn import load_model
+from deep_speaker.eval.verification import (embed_cache, embed_folder, labelled_report, read_trials, score_trials,
                                        speaker_pair_similarity)
 
 REPO = Path(__file__).resolve().parents[1]

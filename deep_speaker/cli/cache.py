@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..audio import TRIM_MODES
-from ..cache import (DEFAULT_MIN_SECONDS, DEFAULT_TRIM, FEATURES_DIR, MANIFEST, FeatureCache, build_cache,
+from ..data.audio import TRIM_MODES
+from ..data.cache import (DEFAULT_MIN_SECONDS, DEFAULT_TRIM, FEATURES_DIR, MANIFEST, FeatureCache, build_cache,
                      parse_shard)
-from ..corpus import LAYOUTS, MIC_CHOICES
-from ..training_inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
+from ..data.corpus import LAYOUTS, MIC_CHOICES
+from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
 from . import EXIT_OK, EXIT_PARTIAL
 
 WIPE_COUNTDOWN_S = 3

@@ -7,10 +7,10 @@ import os
 import sys
 from typing import Iterable
 
-from ..corpus import find_audio_files
-from ..embed import (DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, EXPORT_SUFFIXES, EmbedFailure,
+from ..data.corpus import find_audio_files
+from ..encoders.deepspeaker import (DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, EXPORT_SUFFIXES, EmbedFailure,
                      Embedder, save_embeddings)
-from ..model import PRECISIONS
+from ..model.rescnn import PRECISIONS
 from . import EXIT_OK, EXIT_PARTIAL
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_atomic
-from ..corpus import LAYOUTS
-from ..degrade import KINDS
+from ..data.corpus import LAYOUTS
+from ..eval.degrade import KINDS
 from ..errors import DeepSpeakerError
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_embedder_options, embedder_from_args
@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from ..generated import compute_stats, save_stats
+    from ..eval.generated import compute_stats, save_stats
 
     stats = compute_stats(args.dir, embedder_from_args(args), args.layout)
     save_stats(args.output, stats)
@@ -104,8 +104,8 @@ def _load_probs(path: str | None) -> np.ndarray | None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..generated import compare, format_table, load_side
-    from ..plots_generated import plot_report
+    from ..eval.generated import compare, format_table, load_side
+    from ..eval.plots import plot_report
 
     embedder = None
 
@@ -119,7 +119,7 @@ def run_compare(args: argparse.Namespace) -> int:
     both_folders = os.path.isdir(args.real) and os.path.isdir(args.generated)
     gen_probs, ref_probs = _load_probs(args.probs), _load_probs(args.ref_probs)
     if args.classifier:
-        from ..embed import SpeakerClassifier
+        from ..encoders.deepspeaker import SpeakerClassifier
 
         classifier = embedder_from_args(args, args.classifier, kind=SpeakerClassifier)
         # Files that gave no embedding are already reported through the statistics' failures.
@@ -148,7 +148,7 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 def run_degrade(args: argparse.Namespace) -> int:
-    from ..degrade import LEVELS, degrade_folder
+    from ..eval.degrade import LEVELS, degrade_folder
 
     meaning, default = LEVELS[args.kind]
     level = default if args.level is None else args.level

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..training import PHASES, STRATEGIES, TrainConfig, train
+from ..train.training import PHASES, STRATEGIES, TrainConfig, train
 
 PHASE_HELP = {
     "softmax": "softmax pre-training of the ResCNN over the training speakers (Adam, best by validation accuracy)",

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cache import FeatureCache
-from ..corpus import list_utterances
-from ..embed import DEFAULT_CHECKPOINT_ROOT, default_model_path, save_embeddings
+from ..data.cache import FeatureCache
+from ..data.corpus import list_utterances
+from ..encoders.deepspeaker import DEFAULT_CHECKPOINT_ROOT, default_model_path, save_embeddings
 from ..errors import DeepSpeakerError
 from ..metrics import cosine_scores, verification_report
-from ..verification import (Labelled, check_speakers, embed_cache, embed_folder, labelled_report, read_trials,
+from ..eval.verification import (Labelled, check_speakers, embed_cache, embed_folder, labelled_report, read_trials,
                             score_trials, speaker_pair_similarity, write_plots)
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_embedder_options, embedder_from_args, report_failures

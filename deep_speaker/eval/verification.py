@@ -10,12 +10,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import plots
-from .cache import FeatureCache
-from .corpus import list_utterances
-from .embed import FILES_PER_CHUNK, EmbedFailure, Embedder
-from .errors import DeepSpeakerError
-from .metrics import cosine_scores, pair_scores, roc, sap_san, verification_report
-from .model import EMBEDDING_SIZE
+from ..data.cache import FeatureCache
+from ..data.corpus import list_utterances
+from ..encoders.deepspeaker import FILES_PER_CHUNK, EmbedFailure, Embedder
+from ..errors import DeepSpeakerError
+from ..metrics import cosine_scores, pair_scores, roc, sap_san, verification_report
+from ..model.rescnn import EMBEDDING_SIZE
 
 # Pictures of more utterances than this would be unreadable (and t-SNE slow): whole speakers are kept up to it.
 MAX_PLOTTED = 1000
@@ -150,7 +150,7 @@ def write_plots(out_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarr
             emb, spk, out / "similarity_matrix.png",
             title=f"Cosine similarity of {rows.size} utterances, grouped by speaker{shown}"))
         written.append(plots.plot_projection(emb, spk, out / f"projection_{projection}.png", method=projection))
-    return written
+    return [str(p) for p in written]
 
 
 def speaker_pair_similarity(labelled: Labelled, first: str, second: str) -> dict[str, Any]:

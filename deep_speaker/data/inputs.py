@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .cache import FeatureCache, settings_difference
-from .errors import DeepSpeakerError
+from ..errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS, NUM_FILTERS
 
 INPUTS_NAME = "full_inputs.npz"

@@ -29,12 +29,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
-from .atomic import atomic_write
-from .audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, resample
-from .cache import DEFAULT_MIN_SECONDS as DEFAULT_MIN_AUDIO_SECONDS  # the cache's "too short", so both agree
-from .errors import DeepSpeakerError
-from .features import HOP_LENGTH, NUM_FILTERS, fbank_features
-from .model import (load_model, model_identity, num_speakers_of, to_embedding_model,
+from ..atomic import atomic_write
+from ..data.audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, resample
+from ..data.cache import DEFAULT_MIN_SECONDS as DEFAULT_MIN_AUDIO_SECONDS  # the cache's "too short", so both agree
+from ..errors import DeepSpeakerError
+from ..data.features import HOP_LENGTH, NUM_FILTERS, fbank_features
+from ..model.checkpoints import latest_checkpoint
+from ..model.rescnn import (load_model, model_identity, num_speakers_of, to_embedding_model,
                     with_precision)
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
@@ -46,7 +47,7 @@ FILES_PER_CHUNK = 256  # files read ahead (in threads) while the model embeds th
 # Where 'deep-speaker train' writes its runs when it has no data folder; the newest triplet checkpoint is the
 # default model (the original queries also look in CACHE/checkpoints, where training on a cache writes them).
 DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
-PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+PACKAGED_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 
 _announced: set[str] = set()
 _FORWARD: "weakref.WeakKeyDictionary[keras.Model, Callable[[np.ndarray], np.ndarray]]" = weakref.WeakKeyDictionary()
@@ -130,8 +131,6 @@ def _announce(message: str) -> None:
 
 def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_CHECKPOINT_ROOT,)) -> Path:
     """The newest triplet checkpoint under the roots, else the packaged demo model, else a clear error."""
-    from .training import latest_checkpoint  # training pulls in the optimiser stack; only needed here
-
     found = [p for p in (latest_checkpoint(root, "triplet") for root in checkpoint_roots) if p is not None]
     if found:
         newest = max(found, key=lambda p: p.stat().st_mtime)

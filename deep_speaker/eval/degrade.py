@@ -11,9 +11,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
-from .atomic import atomic_write
-from .corpus import AUDIO_EXTENSIONS, find_audio_files
-from .errors import DeepSpeakerError
+from ..atomic import atomic_write
+from ..data.corpus import AUDIO_EXTENSIONS, find_audio_files
+from ..errors import DeepSpeakerError
 
 Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder"]
 KINDS = ("noise", "lowpass", "griffinlim", "melvocoder")

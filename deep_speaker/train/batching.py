@@ -16,8 +16,8 @@ from typing import Callable
 import keras
 import numpy as np
 
-from .errors import DeepSpeakerError
-from .training_inputs import Segment, split_speaker
+from ..errors import DeepSpeakerError
+from ..data.inputs import Segment, split_speaker
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 

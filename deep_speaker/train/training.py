@@ -20,14 +20,15 @@ import keras
 import numpy as np
 
 from . import batching
-from .atomic import write_atomic
-from .cache import FeatureCache, settings_difference
-from .errors import DeepSpeakerError
-from .features import FEATURE_SETTINGS
-from .losses import triplet_loss
-from .metrics import equal_error_rate, pair_scores
-from .model import EMBEDDING_SIZE, HEAD_NAME, build_rescnn, load_model, model_identity, model_width, to_embedding_model
-from .training_inputs import load_training_inputs
+from ..atomic import save_model, write_json
+from ..data.cache import FeatureCache, settings_difference
+from ..errors import DeepSpeakerError
+from ..data.features import FEATURE_SETTINGS
+from ..model.checkpoints import STATE, best_checkpoint, latest_checkpoint, read_state
+from ..model.losses import triplet_loss
+from ..metrics import equal_error_rate, pair_scores
+from ..model.rescnn import EMBEDDING_SIZE, HEAD_NAME, build_rescnn, load_model, model_identity, model_width, to_embedding_model
+from ..data.inputs import load_training_inputs
 
 PHASES = ("softmax", "triplet", "probe")
 STRATEGIES = ("none", "mirrored", "multiworker")
@@ -79,33 +80,9 @@ class TrainConfig:
         return self.output_dir / self.phase
 
 
-def latest_checkpoint(root: str | os.PathLike, phase: str) -> Path | None:
-    """OUT/<phase>/last.keras when a run of that phase has saved one (with its state.json), else None."""
-    run = Path(root) / phase
-    return run / "last.keras" if (run / "last.keras").is_file() and (run / "state.json").is_file() else None
-
-
-def best_checkpoint(root: str | os.PathLike, phase: str) -> Path | None:
-    """OUT/<phase>/best.keras, else its last.keras, else None."""
-    run = Path(root) / phase
-    return next((p for p in (run / "best.keras", run / "last.keras") if p.is_file()), None)
-
-
-def read_state(run_dir: Path) -> dict:
-    """The state.json of a run directory."""
-    return json.loads((run_dir / "state.json").read_text())
-
-
 def optimizer_step(model: keras.Model) -> int:
     """The optimizer's update count (also for a tf.distribute MirroredVariable, which int() refuses)."""
     return int(np.asarray(model.optimizer.iterations))
-
-
-def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    # Keras insists on the .keras suffix, so the temporary name keeps it.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 MULTIWORKER_UNAVAILABLE = (
@@ -192,11 +169,17 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         for key in ("best", "wait", "cooldown_counter"):
-            if key in self.restored:
+            if self.restored.get(key) is not None:  # None: no best yet (strict JSON has no infinity)
                 setattr(self, key, self.restored[key])
 
     def counters(self) -> dict:
-        return {"best": float(self.best), "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter)}
+        best = float(self.best)
+        return {"best": best if math.isfinite(best) else None, "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter)}
+
+
+def finite_logs(logs: dict) -> dict:
+    """The scalar entries of Keras logs as floats, a non-finite one as None (state.json is strict JSON)."""
+    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in logs.items() if np.isscalar(v)}
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -220,19 +203,19 @@ class RunCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         improved = self._improved(value)
         if improved:
-            _save_model_atomic(self.model, self.run_dir / "best.keras")
+            save_model(self.model, self.run_dir / "best.keras")
         self.state.update(
             step=step,
             epoch=epoch + 1,
             learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             plateau=self.plateau.counters(),
-            last_logs={k: float(v) for k, v in logs.items() if np.isscalar(v)},
+            last_logs=finite_logs(logs),
             model_identity=model_identity(self.identity_model or self.model),
         )
         if improved:
             self.state.update(best_value=float(value), best_step=step)
-        _save_model_atomic(self.model, self.run_dir / "last.keras")
-        write_atomic(self.run_dir / "state.json", json.dumps(self.state, indent=1).encode())
+        save_model(self.model, self.run_dir / "last.keras")
+        write_json(self.run_dir / STATE, self.state, indent=1)
 
 
 def validation_triplets(speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -493,9 +476,9 @@ class Trainer:
         validation.set_model(model)
         validation.on_epoch_end(-1, logs)
         print(f"starting point: val_eer {logs['val_eer']:.4f}")
-        state.update(best_value=logs["val_eer"], best_step=0, start_logs=logs)
+        state.update(best_value=logs["val_eer"], best_step=0, start_logs=finite_logs(logs))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _save_model_atomic(model, self.run_dir / "best.keras")
+        save_model(model, self.run_dir / "best.keras")
 
     def _train_probe(self) -> dict:
         c = self.config

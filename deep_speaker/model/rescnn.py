@@ -22,8 +22,9 @@ import h5py
 import keras
 import numpy as np
 
-from .errors import DeepSpeakerError
-from .features import FEATURE_SETTINGS, NUM_FILTERS
+from ..errors import DeepSpeakerError
+from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
+from .checkpoints import BEST, LAST, model_in_run
 from .layers import BatchNormalization, ClippedReLU, L2Normalize, TemporalAverage
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -266,10 +267,10 @@ def load_model(path: str | Path, precision: str | None = None) -> keras.Model:
     """A ResCNN from a .keras file, a .weights.h5, an original .h5 checkpoint or a run directory (best.keras, else last.keras)."""
     path = Path(path)
     if path.is_dir():
-        found = [path / n for n in ("best.keras", "last.keras") if (path / n).is_file()]
-        if not found:
-            raise DeepSpeakerError(f"{path}: no best.keras or last.keras in this directory")
-        path = found[0]
+        found = model_in_run(path)
+        if found is None:
+            raise DeepSpeakerError(f"{path}: no {BEST} or {LAST} in this directory")
+        path = found
     if not path.is_file():
         raise DeepSpeakerError(f"model not found: {path}")
     name = path.name

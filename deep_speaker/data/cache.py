@@ -24,10 +24,10 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from .atomic import atomic_write, write_atomic
+from ..atomic import atomic_write, write_atomic
 from .audio import TRIM_MODES, AudioError
 from .corpus import Rejected, Utterance, scan_corpus
-from .errors import DeepSpeakerError
+from ..errors import DeepSpeakerError
 from .features import FEATURE_SETTINGS, NUM_FILTERS, extract_features
 
 FORMAT = "deep-speaker-feature-cache"

@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import DeepSpeakerError
+from ..errors import DeepSpeakerError
 
 SAMPLE_RATE = 16000
 TrimMode = Literal["percentile", "vad", "none"]

@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import metrics
-from .atomic import atomic_write
-from .corpus import find_audio_files, list_utterances
-from .errors import DeepSpeakerError
-from .features import FEATURE_SETTINGS
-from .metrics.distances import split_per_label
+from .. import metrics
+from ..atomic import atomic_write
+from ..data.corpus import find_audio_files, list_utterances
+from ..errors import DeepSpeakerError
+from ..data.features import FEATURE_SETTINGS
+from ..metrics.distances import split_per_label
 
 STATS_FORMAT = 1
 STATS_KEYS = ("mu", "sigma", "embeddings", "labels", "paths", "model_identity", "feature_settings")
@@ -176,7 +176,7 @@ def _sap_san(messages: list[str], what: str, stats: Stats) -> dict | None:
 
 def _mr_stft(messages: list[str], real_dir: str, gen_dir: str) -> dict | None:
     """Mean MR-STFT distances over generated/real files paired by name (both resampled to 16 kHz)."""
-    from .audio import SAMPLE_RATE, AudioError, load_audio
+    from ..data.audio import SAMPLE_RATE, AudioError, load_audio
 
     pairing = _attempt(messages, "MR-STFT", metrics.paired_files, gen_dir, real_dir)
     if pairing is None:

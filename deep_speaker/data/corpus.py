@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import DeepSpeakerError
+from ..errors import DeepSpeakerError
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 LAYOUTS = ("auto", "vctk", "librispeech", "folders")
