@@ -4,7 +4,11 @@ Each subcommand lives in a module of this package that exposes ``register(subpar
 module sets ``func`` on its parser, a function ``(args) -> int`` returning the exit code.
 
 Exit codes: 0 success, 1 some inputs failed (reported, the rest processed), 2 usage error
-(bad arguments, missing model or data, incompatible settings).
+(bad arguments, missing model or data, incompatible settings), 3 an unexpected error (a bug: the message asks
+for a report; ``--verbose`` shows the traceback).
+
+The library reports progress and notices through ``logging`` (loggers under ``deep_speaker``); the CLI shows
+them on stderr, INFO and above, or DEBUG with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from typing import Callable, Iterator, Sequence
 
 from ..errors import DeepSpeakerError
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
 # Subcommand modules, in the order ``--help`` lists them, and the module of each command: only the module of the
 # command being run is imported, so that e.g. ``cache info`` does not wait for TensorFlow to load.
@@ -47,8 +52,8 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
         prog="deep-speaker",
         description="Speaker embeddings (Deep Speaker ResCNN), speaker verification and evaluation of "
                     "generated speech. Run 'deep-speaker COMMAND --help' for the options of a command.",
-        epilog="Exit codes: 0 ok, 1 some inputs failed (reported and skipped), 2 usage error.")
-    parser.add_argument("--verbose", action="store_true", help="print the full traceback on errors")
+        epilog="Exit codes: 0 ok, 1 some inputs failed (reported and skipped), 2 usage error, 3 unexpected error.")
+    parser.add_argument("--verbose", action="store_true", help="debug messages, and the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
         try:
@@ -62,18 +67,54 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
     return parser
 
 
+def program_name() -> str:
+    return os.path.basename(sys.argv[0]) or "deep-speaker"
+
+
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; user errors become one line on stderr and exit code 2 (traceback with --verbose)."""
+    """Run a command: a user error is one line on stderr and exit 2, anything else one line and exit 3.
+
+    With --verbose the exception propagates, traceback included. The library's log lines go to stderr.
+    """
+    configure_logging(getattr(args, "verbose", False))
     try:
         return int(func(args) or 0)
-    except (DeepSpeakerError, FileNotFoundError) as exc:
-        if getattr(args, "verbose", False):
-            raise
-        print(f"{os.path.basename(sys.argv[0]) or 'deep-speaker'}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            raise
+        if isinstance(exc, (DeepSpeakerError, FileNotFoundError)):
+            print(f"{program_name()}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        first_line = (str(exc).splitlines() or [""])[0]
+        print(f"{program_name()}: internal error: {type(exc).__name__}: {first_line} (a bug in deep-speaker: "
+              f"run again with --verbose for the traceback and please report it)", file=sys.stderr)
+        return EXIT_CRASH
+
+
+class StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is at each record (a captured or redirected stream too)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+        pass
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Show the library's log records on stderr as plain lines: INFO and above, DEBUG too with ``verbose``."""
+    logger = logging.getLogger("deep_speaker")
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
 
 
 def command_modules(argv: Sequence[str]) -> Sequence[str]:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.audio import TRIM_MODES
-from ..data.cache import (DEFAULT_MIN_SECONDS, DEFAULT_TRIM, FEATURES_DIR, MANIFEST, FeatureCache, build_cache,
+from ..data.audio import MIN_SPEECH_SECONDS, TRIM_MODES
+from ..data.cache import (DEFAULT_TRIM, FEATURES_DIR, MANIFEST, FeatureCache, build_cache,
                      parse_shard)
 from ..data.corpus import LAYOUTS, MIC_CHOICES
 from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
@@ -35,7 +35,7 @@ def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) ->
 
 
 def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: bool = False, layout: str = "auto",
-              trim: str = DEFAULT_TRIM, min_seconds: float = DEFAULT_MIN_SECONDS, shard: str | None = None,
+              trim: str = DEFAULT_TRIM, min_seconds: float = MIN_SPEECH_SECONDS, shard: str | None = None,
               mic: str = "mic1", progress: bool = True) -> int:
     """Build or update a cache, print the summary; exit code 1 when some files failed."""
     if not update and shard is None:
@@ -68,7 +68,7 @@ def info(args: argparse.Namespace) -> int:
     print(f"settings:   {settings}")
     print(f"failures:   {len(cache.failures)}")
     for failure in cache.failures:
-        print(f"  {failure['path']}: {failure['reason']}")
+        print(f"  {failure}")
     return EXIT_OK
 
 
@@ -83,8 +83,8 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trim", choices=TRIM_MODES, default=DEFAULT_TRIM,
                         help="silence trim: percentile = the original (default, what the released model saw), "
                              "vad = energy voice-activity trim, none")
-    parser.add_argument("--min_seconds", type=float, default=DEFAULT_MIN_SECONDS,
-                        help=f"skip (and report) files shorter than this after trimming (default {DEFAULT_MIN_SECONDS})")
+    parser.add_argument("--min_seconds", type=float, default=MIN_SPEECH_SECONDS,
+                        help=f"skip (and report) files shorter than this after trimming (default {MIN_SPEECH_SECONDS})")
     parser.add_argument("--mic", choices=MIC_CHOICES, default="mic1",
                         help="VCTK 0.92 microphone to keep (the other is used only where it is missing)")
     parser.add_argument("--shard", metavar="I/N", default=None,

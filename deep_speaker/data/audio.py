@@ -9,22 +9,28 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..errors import DeepSpeakerError
+from ..errors import InputError
+from ..settings import check_choice
 
 SAMPLE_RATE = 16000
 TrimMode = Literal["percentile", "vad", "none"]
 TRIM_MODES = ("percentile", "vad", "none")
+# The one list of audio file types: what soundfile's libsndfile decodes (no .m4a/.aac: it cannot).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph")
+# Less speech than this after trimming is too little to learn or recognise a speaker from: such a file is
+# reported and skipped, by the cache build and by the encoder alike.
+MIN_SPEECH_SECONDS = 0.25
 # Below this peak amplitude a file holds no usable speech (16-bit dither is ~3e-5).
 SILENCE_PEAK = 1e-4
 
 
-class AudioError(DeepSpeakerError, ValueError):
+class AudioError(InputError):
     """A file that cannot give speech: unreadable, empty, silent or too short."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+
+def check_trim(mode: str) -> str:
+    """The trim mode if it is one of TRIM_MODES, else a one-line DeepSpeakerError."""
+    return check_choice(mode, TRIM_MODES, "trim mode")
 
 
 def resample(signal: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -58,9 +64,8 @@ def apply_trim(signal: np.ndarray, mode: TrimMode = "percentile", sample_rate: i
         return trim_percentile(signal)
     if mode == "vad":
         return trim_vad(signal, sample_rate)
-    if mode == "none":
-        return signal
-    raise ValueError(f"unknown trim mode {mode!r}; choose one of {', '.join(TRIM_MODES)}")
+    check_trim(mode)
+    return signal
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

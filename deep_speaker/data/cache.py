@@ -24,10 +24,11 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ..atomic import atomic_write, write_atomic
-from .audio import TRIM_MODES, AudioError
-from .corpus import Rejected, Utterance, scan_corpus
-from ..errors import DeepSpeakerError
+from ..atomic import atomic_write, write_json
+from ..errors import DeepSpeakerError, Failure, InputError
+from ..settings import settings_difference
+from .audio import MIN_SPEECH_SECONDS, check_trim
+from .corpus import Utterance, scan_corpus
 from .features import FEATURE_SETTINGS, NUM_FILTERS, extract_features
 
 FORMAT = "deep-speaker-feature-cache"
@@ -35,22 +36,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FEATURES_DIR = "features"
 DEFAULT_TRIM = "percentile"
-# Shorter than this after trimming holds too little voice to learn or recognise a speaker from.
-DEFAULT_MIN_SECONDS = 0.25
 SAVE_INTERVAL_S = 10.0  # how often the manifest is rewritten during a build (crashes lose no array anyway)
 
 
 def cache_settings(trim: str = DEFAULT_TRIM) -> dict:
     """The feature settings a cache records: ``FEATURE_SETTINGS`` plus the trim mode."""
-    if trim not in TRIM_MODES:
-        raise DeepSpeakerError(f"unknown trim mode {trim!r}; choose one of {', '.join(TRIM_MODES)}")
-    return {**FEATURE_SETTINGS, "trim": trim}
-
-
-def settings_difference(found: dict, expected: dict) -> str:
-    """A short description of the keys where two settings dicts differ ('' when equal)."""
-    keys = sorted(set(found) | set(expected))
-    return ", ".join(f"{k}: {found.get(k)!r} vs {expected.get(k)!r}" for k in keys if found.get(k) != expected.get(k))
+    return {**FEATURE_SETTINGS, "trim": check_trim(trim)}
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
@@ -108,12 +99,12 @@ def read_manifests(cache_dir: Path) -> Optional[dict]:
     return merged
 
 
-def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: Iterable[Rejected]) -> None:
+def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: Iterable[Failure]) -> None:
     """Write a manifest atomically, entries sorted by ids and failures by path."""
     manifest = {**base,
                 "entries": sorted(entries, key=lambda e: (e["speaker"], e["utterance"])),
-                "failures": [{"path": f.path, "reason": f.reason} for f in sorted(failures, key=lambda f: f.path)]}
-    write_atomic(path, json.dumps(manifest, indent=1).encode())
+                "failures": [f.to_dict() for f in sorted(failures)]}
+    write_json(path, manifest, indent=1)
 
 
 class FeatureCache:
@@ -137,9 +128,9 @@ class FeatureCache:
         return self.manifest["settings"]
 
     @property
-    def failures(self) -> list[dict]:
-        """Files that could not be cached: ``{"path", "reason"}``."""
-        return self.manifest["failures"]
+    def failures(self) -> list[Failure]:
+        """Files that could not be cached, and why."""
+        return [Failure.from_dict(f) for f in self.manifest["failures"]]
 
     @property
     def speakers(self) -> list[str]:
@@ -181,7 +172,7 @@ class BuildSummary:
     cached: int = 0          # computed in this run
     skipped: int = 0         # already in the cache and unchanged (size + mtime)
     recovered: int = 0       # complete arrays an interrupted run left without a manifest entry
-    failed: list[Rejected] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
     hours: float = 0.0       # hours of audio computed in this run
     total_utterances: int = 0
     total_hours: float = 0.0
@@ -203,17 +194,17 @@ def array_relpath(speaker: str, utterance: str) -> str:
     return f"{FEATURES_DIR}/{speaker}/{utterance}.npy"
 
 
-def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Rejected:
+def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Failure:
     """Worker: compute and atomically save one utterance's features; the manifest entry or why it failed."""
     try:
         st = os.stat(utt.path)  # before reading: a file changed meanwhile is redone by the next update
         features = extract_features(utt.path, trim=trim, min_seconds=min_seconds)
         seconds = sf.info(utt.path).duration
         save_array_atomic(Path(array_path), features)
-    except AudioError as exc:
-        return Rejected(utt.path, exc.reason)
+    except InputError as exc:
+        return exc.failure
     except Exception as exc:  # one bad file must never stop a build: report it and go on
-        return Rejected(utt.path, f"{type(exc).__name__}: {exc}")
+        return Failure(utt.path, f"{type(exc).__name__}: {exc}")
     return {"speaker": utt.speaker, "utterance": utt.utterance, "source": utt.path, "size": st.st_size,
             "mtime_ns": st.st_mtime_ns, "frames": int(features.shape[0]), "seconds": seconds,
             "array": array_relpath(utt.speaker, utt.utterance)}
@@ -287,7 +278,7 @@ def single_blas_thread() -> None:
 
 
 def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: float, workers: int,
-             progress: bool) -> Iterator[dict | Rejected]:
+             progress: bool) -> Iterator[dict | Failure]:
     """Compute the utterances with ``workers`` processes (in this one for 1), yielding results as they finish."""
     jobs = [(utt, str(cache_dir / array_relpath(utt.speaker, utt.utterance)), trim, min_seconds) for utt in todo]
     if workers <= 1 or len(jobs) <= 1:
@@ -312,7 +303,7 @@ def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: flo
 
 def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layout: str = "auto",
                 workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
-                min_seconds: float = DEFAULT_MIN_SECONDS, shard: Optional[tuple[int, int]] = None,
+                min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
                 progress: bool = True, mic: str = "mic1") -> BuildSummary:
     """Compute the features of every utterance of ``audio_dir`` into ``cache_dir``.
 
@@ -343,14 +334,14 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     # A sharded build records only its own files; a full one keeps entries whose source has gone.
     entries = {} if shard else dict(old)
     summary = BuildSummary(cache_dir=str(cache_dir), layout=layout)
-    failures: list[Rejected] = list(rejected)
+    failures: list[Failure] = list(rejected)
     todo: list[Utterance] = []
     for utt in utterances:
         key = (utt.speaker, utt.utterance)
         try:
             st = os.stat(utt.path)
         except OSError as exc:
-            failures.append(Rejected(utt.path, f"cannot open: {exc.strerror or exc}"))
+            failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
             continue
         if is_current(old.get(key), utt, st, cache_dir):
             entries[key] = old[key]
@@ -366,7 +357,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     last_save = time.perf_counter()
     try:
         for result in run_jobs(todo, cache_dir, trim, min_seconds, workers, progress):
-            if isinstance(result, Rejected):
+            if isinstance(result, Failure):
                 failures.append(result)
             else:
                 entries[(result["speaker"], result["utterance"])] = result
@@ -380,7 +371,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     if shard is None:  # a full build or update consolidates the shards' work into manifest.json
         for path in cache_dir.glob("manifest.shard-*.json"):
             path.unlink()
-    summary.failed = sorted(failures, key=lambda f: f.path)
+    summary.failed = sorted(failures)
     summary.total_utterances = len(entries)
     summary.total_hours = sum(e["seconds"] for e in entries.values()) / 3600
     summary.wall_seconds = time.perf_counter() - started

@@ -2,7 +2,7 @@
 
 Layouts: ``vctk`` (``wav48/p225/p225_001.wav``, ``wav48_silence_trimmed/p225/p225_001_mic1.flac``),
 ``librispeech`` (``speaker/chapter/speaker-chapter-utt.flac``) and ``folders``
-(``speaker_id/anything.wav|flac``). ``auto`` picks the first of vctk/librispeech that fits most
+(``speaker_id/anything.wav|flac|...``, any of AUDIO_EXTENSIONS). ``auto`` picks the first of vctk/librispeech that fits most
 files, else folders. Files that do not fit the layout are rejected with a reason, never dropped
 silently; two files giving the same ids are an error.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import DeepSpeakerError
+from ..errors import DeepSpeakerError, Failure
+from .audio import AUDIO_EXTENSIONS
 
-AUDIO_EXTENSIONS = (".wav", ".flac")
 LAYOUTS = ("auto", "vctk", "librispeech", "folders")
 MIC_CHOICES = ("mic1", "mic2")
 # Ids become cache directory and file names, so they must be plain, non-hidden path components.
@@ -33,14 +33,6 @@ class Utterance:
     speaker: str
     utterance: str
     path: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A path that cannot be used, and why (reported by the cache build like any bad file)."""
-
-    path: str
-    reason: str
 
 
 def _parse_vctk(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
@@ -64,7 +56,7 @@ def _parse_librispeech(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]]
 def _parse_folders(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
     """``<speaker>/<name>.ext`` (the parent folder is the speaker) -> (speaker, name)."""
     if len(parts) < 2:
-        return "not inside a speaker folder (expected <speaker_id>/<file>.wav|flac)"
+        return "not inside a speaker folder (expected <speaker_id>/<audio file>)"
     return parts[-2], os.path.splitext(parts[-1])[0], None
 
 
@@ -73,10 +65,10 @@ PARSERS: dict[str, Callable[[tuple[str, ...]], object]] = {
     "vctk": _parse_vctk, "librispeech": _parse_librispeech, "folders": _parse_folders}
 
 
-def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Rejected]]:
-    """All ``.wav``/``.flac`` files under ``audio_dir`` (sorted); directories named like audio files are rejected."""
+def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Failure]]:
+    """All audio files (AUDIO_EXTENSIONS) under ``audio_dir`` (sorted); directories named like audio files are rejected."""
     files: list[str] = []
-    rejected: list[Rejected] = []
+    rejected: list[Failure] = []
     seen_dirs: set[tuple[int, int]] = set()
     for root, dirnames, filenames in os.walk(audio_dir, followlinks=True):
         st = os.stat(root)
@@ -86,7 +78,7 @@ def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Reje
         seen_dirs.add((st.st_dev, st.st_ino))
         for name in list(dirnames):
             if name.lower().endswith(AUDIO_EXTENSIONS):
-                rejected.append(Rejected(os.path.join(root, name), "is a directory, not an audio file"))
+                rejected.append(Failure(os.path.join(root, name), "is a directory, not an audio file"))
                 dirnames.remove(name)
         dirnames.sort()
         files.extend(os.path.join(root, f) for f in sorted(filenames) if f.lower().endswith(AUDIO_EXTENSIONS))
@@ -113,7 +105,7 @@ def _vctk_root(audio_dir: Path) -> Path:
 
 
 def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
-                mic: str = "mic1") -> tuple[list[Utterance], list[Rejected], str]:
+                mic: str = "mic1") -> tuple[list[Utterance], list[Failure], str]:
     """The utterances of ``audio_dir`` (sorted by ids), the rejected paths and the layout used.
 
     VCTK recordings with several microphones keep ``mic`` (mic2 is used only where mic1 is missing,
@@ -136,11 +128,11 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
     for path in files:
         parsed = parse(Path(path).relative_to(audio_dir).parts)
         if isinstance(parsed, str):
-            rejected.append(Rejected(path, parsed))
+            rejected.append(Failure(path, parsed))
             continue
         speaker, utterance, file_mic = parsed
         if not (_SAFE_ID.fullmatch(speaker) and _SAFE_ID.fullmatch(utterance)):
-            rejected.append(Rejected(path, f"speaker/utterance id {speaker!r}/{utterance!r} is not a plain name"))
+            rejected.append(Failure(path, f"speaker/utterance id {speaker!r}/{utterance!r} is not a plain name"))
             continue
         key = (speaker, utterance)
         if key in chosen:

@@ -15,8 +15,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..atomic import atomic_write
-from .cache import FeatureCache, settings_difference
 from ..errors import DeepSpeakerError
+from ..settings import settings_difference
+from .cache import FeatureCache
 from .features import FEATURE_SETTINGS, NUM_FILTERS
 
 INPUTS_NAME = "full_inputs.npz"

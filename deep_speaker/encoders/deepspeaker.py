@@ -30,10 +30,10 @@ import keras
 import numpy as np
 
 from ..atomic import atomic_write
-from ..data.audio import SAMPLE_RATE, TRIM_MODES, AudioError, apply_trim, read_audio, resample
-from ..data.cache import DEFAULT_MIN_SECONDS as DEFAULT_MIN_AUDIO_SECONDS  # the cache's "too short", so both agree
+from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, apply_trim, check_trim, read_audio, resample
 from ..errors import DeepSpeakerError
 from ..data.features import HOP_LENGTH, NUM_FILTERS, fbank_features
+from ..metrics import normalize_rows
 from ..model.checkpoints import latest_checkpoint
 from ..model.rescnn import (load_model, model_identity, num_speakers_of, to_embedding_model,
                     with_precision)
@@ -41,7 +41,7 @@ from ..model.rescnn import (load_model, model_identity, num_speakers_of, to_embe
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
 DEFAULT_WINDOW_SECONDS = 1.6
 DEFAULT_HOP_SECONDS = 0.8
-DEFAULT_MIN_SECONDS = 1.6
+DEFAULT_PAD_SECONDS = 1.6
 DEFAULT_BATCH_SIZE = 32  # windows per predict call; larger gains nothing on CPU and costs memory
 FILES_PER_CHUNK = 256  # files read ahead (in threads) while the model embeds the previous chunk
 # Where 'deep-speaker train' writes its runs when it has no data folder; the newest triplet checkpoint is the
@@ -177,15 +177,14 @@ class Embedder:
 
     def __init__(self, model: keras.Model | str | os.PathLike | None = None,
                  window_seconds: float = DEFAULT_WINDOW_SECONDS, hop_seconds: float = DEFAULT_HOP_SECONDS,
-                 min_seconds: float = DEFAULT_MIN_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
+                 min_seconds: float = DEFAULT_PAD_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
                  precision: str = "float32", trim: str = "percentile",
-                 min_audio_seconds: float = DEFAULT_MIN_AUDIO_SECONDS, workers: int | None = None):
+                 min_audio_seconds: float = MIN_SPEECH_SECONDS, workers: int | None = None):
         if min(window_seconds, hop_seconds, min_seconds) <= 0:
             raise DeepSpeakerError("window, hop and minimum length must be positive")
         if hop_seconds > window_seconds:
             raise DeepSpeakerError(f"hop ({hop_seconds:g} s) longer than the window ({window_seconds:g} s) would skip audio")
-        if trim not in TRIM_MODES:
-            raise DeepSpeakerError(f"unknown trim mode {trim!r}; choose one of {', '.join(TRIM_MODES)}")
+        check_trim(trim)
         if batch_size < 1:
             raise DeepSpeakerError(f"batch size must be at least 1, got {batch_size}")
         self.model = with_precision(self._prepare(resolve_model(model)), precision)
@@ -205,7 +204,7 @@ class Embedder:
 
     def _reduce(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """One row per utterance from the sums of its windows' outputs: the L2-normalised mean embedding."""
-        return sums / np.linalg.norm(sums, axis=1, keepdims=True)
+        return normalize_rows(sums)
 
     @property
     def output_size(self) -> int:

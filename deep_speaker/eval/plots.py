@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from ..metrics import normalize_rows  # noqa: E402
+
 FONT_SIZE = 11
 DPI = 130
 # DET axes run from 0.1 % to 50 %, the range NIST plots use (to 95 % for a poor system, whose EER would sit
@@ -73,8 +75,7 @@ def plot_similarity_matrix(embeddings: np.ndarray, speakers: Sequence[str], path
                            title: str = "Cosine similarity, utterances grouped by speaker") -> Path:
     """Cosine-similarity matrix of all utterances, grouped by speaker, with speaker boundaries and a colour bar."""
     order, names, starts = _grouped(speakers)
-    x = np.asarray(embeddings, dtype=np.float64)[order]
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = normalize_rows(np.asarray(embeddings)[order])
     sim = x @ x.T
     # Self-similarity (always 1) would stretch the colour scale and hide the speaker blocks: shown grey.
     np.fill_diagonal(sim, np.nan)

@@ -6,13 +6,13 @@ from .distances import (SampleSizeWarning, conditional_distances, fd_infinity, f
                         speaker_similarity_ceiling)
 from .spectral import PWG_RESOLUTIONS, PairedFiles, mr_stft_distance, paired_files
 from .verification import (best_f_measure, cosine_scores, equal_error_rate, equal_error_rate_threshold, min_dcf,
-                           min_dcf_threshold, operating_points, pair_scores, roc, sap_san, verification_report)
+                           min_dcf_threshold, normalize_rows, operating_points, pair_scores, roc, sap_san, verification_report)
 
 __all__ = [
     "PWG_RESOLUTIONS", "PairedFiles", "am_score", "inception_score", "modified_inception_score", "mr_stft_distance",
     "ndb", "paired_files",
     "SampleSizeWarning", "best_f_measure", "conditional_distances", "cosine_scores", "equal_error_rate",
     "equal_error_rate_threshold", "fd_infinity", "frechet_distance", "frechet_distance_splits", "gaussian_stats",
-    "kernel_distance", "min_dcf", "min_dcf_threshold", "mmd2_unbiased", "operating_points", "pair_scores", "roc",
+    "kernel_distance", "min_dcf", "min_dcf_threshold", "mmd2_unbiased", "normalize_rows", "operating_points", "pair_scores", "roc",
     "sap_san", "speaker_similarity", "speaker_similarity_ceiling", "verification_report",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepSpeakerError
-from .verification import _normalise_rows
+from .verification import normalize_rows
 
 
 class SampleSizeWarning(UserWarning):
@@ -311,11 +311,11 @@ def conditional_distances(real: Any, real_labels: Any, gen: Any, gen_labels: Any
 def _centroid_cosines(query: np.ndarray, query_labels: np.ndarray, ref: np.ndarray,
                       ref_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each query row to the mean of the unit-normalised ref rows of its label; rows without ref dropped."""
-    q, r = _normalise_rows(query), _normalise_rows(ref)
+    q, r = normalize_rows(query), normalize_rows(ref)
     labels, inverse = np.unique(ref_labels, return_inverse=True)
     centroids = np.zeros((labels.size, r.shape[1]))
     np.add.at(centroids, inverse, r)
-    centroids = _normalise_rows(centroids)
+    centroids = normalize_rows(centroids)
     pos = np.searchsorted(labels, query_labels)
     pos = np.minimum(pos, labels.size - 1)
     known = labels[pos] == query_labels

@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 import librosa
 import numpy as np
 
+from ..data.audio import AUDIO_EXTENSIONS
 from ..errors import DeepSpeakerError
 
 # (fft_size, win_length, hop_length): Parallel WaveGAN's defaults.
 PWG_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((1024, 600, 120), (2048, 1200, 240), (512, 240, 50))
 POWER_FLOOR = 1e-7
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".sph")
 
 
 def stft_magnitude(signal: np.ndarray, fft_size: int, win_length: int, hop_length: int) -> np.ndarray:
@@ -78,7 +78,7 @@ def _audio_by_stem(folder: str | os.PathLike) -> dict[str, Path]:
         raise DeepSpeakerError(f"not a folder: {root}")
     found: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
+        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
             if path.stem in found:
                 raise DeepSpeakerError(f"two files named {path.stem!r} in {root}: {found[path.stem]} and {path}")
             found[path.stem] = path

@@ -25,8 +25,8 @@ class OperatingPoints(NamedTuple):
     n_nontarget: int
 
 
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm, float64; a zero row is an error (its cosine is undefined)."""
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """x_i / ||x_i||_2 for each row, in float64; a zero or non-finite row is an error (its cosine is undefined)."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise DeepSpeakerError(f"embeddings must be a 2-D array [n, d], got shape {x.shape}")
@@ -41,13 +41,13 @@ def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a2, b2 = np.atleast_2d(a), np.atleast_2d(b)
     if a2.shape != b2.shape:
         raise DeepSpeakerError(f"cosine_scores needs arrays of the same shape, got {a2.shape} and {b2.shape}")
-    scores = np.einsum("ij,ij->i", _normalise_rows(a2), _normalise_rows(b2))
+    scores = np.einsum("ij,ij->i", normalize_rows(a2), normalize_rows(b2))
     return scores if np.ndim(a) > 1 else scores[0]
 
 
 def pair_scores(embeddings: np.ndarray, speakers: Any) -> tuple[np.ndarray, np.ndarray]:
     """Cosine scores and labels (1 = same speaker) of all unordered pairs ``i < j``, in ``np.triu_indices`` order."""
-    e = _normalise_rows(embeddings)
+    e = normalize_rows(embeddings)
     spk = np.asarray(speakers)
     if spk.shape != (e.shape[0],):
         raise DeepSpeakerError(f"need one speaker label per embedding: {spk.shape[0] if spk.ndim else 0} for {e.shape[0]}")
@@ -62,7 +62,7 @@ def sap_san(embeddings: np.ndarray, speakers: Any) -> tuple[float, float]:
     Pair sums come from centroids rather than the n x n Gram matrix: for unit vectors,
     ``Σ_{i<j} e_i·e_j = (|Σ e_i|² - n) / 2`` over any group, so the cost is O(n d) and memory O(d).
     """
-    e = _normalise_rows(embeddings)
+    e = normalize_rows(embeddings)
     spk = np.asarray(speakers)
     if spk.shape != (e.shape[0],):
         raise DeepSpeakerError(f"need one speaker label per embedding: {spk.shape[0] if spk.ndim else 0} for {e.shape[0]}")

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from ..errors import DeepSpeakerError
+from ..metrics import normalize_rows
 from ..data.inputs import Segment, split_speaker
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
@@ -34,17 +35,11 @@ def crop_or_pad(features: np.ndarray, length: int, rng: np.random.Generator) -> 
     return crop[:, :, None]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, so a dot product is the cosine similarity."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def hardest_negatives(
     anchor_emb: np.ndarray, candidate_emb: np.ndarray, candidate_speakers: np.ndarray, anchor_speakers: np.ndarray
 ) -> np.ndarray:
     """For each anchor, the index of the most cosine-similar candidate of another speaker."""
-    similarity = _unit(anchor_emb) @ _unit(candidate_emb).T
+    similarity = normalize_rows(anchor_emb) @ normalize_rows(candidate_emb).T
     same = np.asarray(anchor_speakers)[:, None] == np.asarray(candidate_speakers)[None, :]
     if same.all(axis=1).any():
         raise DeepSpeakerError("triplet pool holds a single speaker: no negative possible")
@@ -59,7 +54,7 @@ def hardest_positives(
     anchor_indices: np.ndarray,
 ) -> np.ndarray:
     """For each anchor (pool index anchor_indices[i]), the index of the least similar other crop of its speaker."""
-    similarity = _unit(anchor_emb) @ _unit(candidate_emb).T
+    similarity = normalize_rows(anchor_emb) @ normalize_rows(candidate_emb).T
     valid = np.asarray(anchor_speakers)[:, None] == np.asarray(candidate_speakers)[None, :]
     valid[np.arange(len(anchor_indices)), anchor_indices] = False  # the anchor is not its own positive
     if not valid.any(axis=1).all():

@@ -21,8 +21,9 @@ import numpy as np
 
 from . import batching
 from ..atomic import save_model, write_json
-from ..data.cache import FeatureCache, settings_difference
+from ..data.cache import FeatureCache
 from ..errors import DeepSpeakerError
+from ..settings import settings_difference
 from ..data.features import FEATURE_SETTINGS
 from ..model.checkpoints import STATE, best_checkpoint, latest_checkpoint, read_state
 from ..model.losses import triplet_loss
