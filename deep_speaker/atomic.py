@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 
+def _process_umask() -> int:
+    """The umask, read once: mkstemp creates files 0600 whatever it is, which would lock other users of a shared cache out."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_process_umask()  # what open() would have given the file
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """A binary file beside ``path`` (``.<name>.XXXX<suffix>``), renamed onto ``path`` only when the block succeeds."""
@@ -24,6 +34,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Bina
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,6 +67,7 @@ def save_model(model: Any, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         model.save(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

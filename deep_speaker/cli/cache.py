@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from ..data.audio import MIN_SPEECH_SECONDS, TRIM_MODES
-from ..data.cache import (DEFAULT_TRIM, FEATURES_DIR, MANIFEST, FeatureCache, build_cache,
-                     parse_shard)
+from ..data.cache import DEFAULT_TRIM, FeatureCache, build_cache, parse_shard, wipe_plan
 from ..data.corpus import LAYOUTS, MIC_CHOICES
 from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
 from . import EXIT_OK, EXIT_PARTIAL
@@ -26,11 +25,16 @@ def worker_count(workers: int | None, multi_threading: bool) -> int:
 
 
 def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) -> None:
-    """Warn before deleting an existing cache and give the user a few seconds to press Ctrl+C."""
-    if yes or not any((cache_dir / name).exists() for name in (MANIFEST, FEATURES_DIR)):
-        return  # nothing of a cache to lose (a folder that is not a cache is refused by build_cache)
-    print(f"The feature cache in {cache_dir} will be wiped and rebuilt in {seconds} s; "
-          f"Ctrl+C to stop (--yes skips this wait).", file=sys.stderr, flush=True)
+    """Say exactly what a rebuild deletes and give the user a few seconds to press Ctrl+C."""
+    plan = wipe_plan(cache_dir)  # refuses a folder that is not a cache of ours
+    if yes or not plan:
+        return
+    arrays = [p for p in plan if p.suffix == ".npy"]
+    others = ", ".join(p.name for p in plan if p.suffix != ".npy")
+    size = sum(p.stat().st_size for p in plan if p.exists()) / 1e6
+    print(f"Rebuilding the feature cache in {cache_dir} deletes {len(arrays)} feature arrays listed in its "
+          f"manifest and {others} ({size:.1f} MB), nothing else, in {seconds} s; Ctrl+C to stop "
+          f"(--yes skips this wait).", file=sys.stderr, flush=True)
     time.sleep(seconds)
 
 

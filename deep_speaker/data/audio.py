@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Literal
 
@@ -20,6 +21,13 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", "
 # Less speech than this after trimming is too little to learn or recognise a speaker from: such a file is
 # reported and skipped, by the cache build and by the encoder alike.
 MIN_SPEECH_SECONDS = 0.25
+# Bounds on what a header may claim before anything is decoded: a 32 KB file whose header says 1 Hz would
+# otherwise resample to hundreds of MB. Recordings longer than MAX_AUDIO_SECONDS are to be split first.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
+MAX_AUDIO_SECONDS = 3 * 3600.0
+
+logger = logging.getLogger(__name__)
+_warned_rates: set[int] = set()
 # Below this peak amplitude a file holds no usable speech (16-bit dither is ~3e-5).
 SILENCE_PEAK = 1e-4
 
@@ -68,10 +76,29 @@ def apply_trim(signal: np.ndarray, mode: TrimMode = "percentile", sample_rate: i
     return signal
 
 
+def check_header(path: str | os.PathLike, sample_rate: int, frames: int) -> None:
+    """Refuse a header whose rate or length is out of bounds; warn once per rate for speech below SAMPLE_RATE."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(path, f"sample rate {sample_rate} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+                               f"(a damaged header?)")
+    if frames / sample_rate > MAX_AUDIO_SECONDS:
+        raise AudioError(path, f"{frames / sample_rate / 3600:.1f} h of audio, more than the "
+                               f"{MAX_AUDIO_SECONDS / 3600:g} h read at once; split the recording")
+    if sample_rate < SAMPLE_RATE and sample_rate not in _warned_rates:
+        _warned_rates.add(sample_rate)
+        logger.warning("%s: recorded at %d Hz, below the %d Hz the features use: upsampled, it has no energy above "
+                       "%d Hz, so its embeddings do not compare with those of %d Hz speech (warned once per rate)",
+                       path, sample_rate, SAMPLE_RATE, sample_rate // 2, SAMPLE_RATE)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file to mono float32 at ``sample_rate`` (channels averaged, soxr resampling), untrimmed."""
     try:
+        info = sf.info(path)
+        check_header(path, info.samplerate, info.frames)
         data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:  # soundfile raises several types for corrupt/unsupported files
         if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise AudioError(path, f"cannot open: {exc.strerror or exc}") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 import zlib
@@ -28,7 +27,7 @@ from ..atomic import atomic_write, write_json
 from ..errors import DeepSpeakerError, Failure, InputError
 from ..settings import settings_difference
 from .audio import MIN_SPEECH_SECONDS, check_trim
-from .corpus import Utterance, scan_corpus
+from .corpus import Utterance, is_plain_id, scan_corpus
 from .features import FEATURE_SETTINGS, NUM_FILTERS, extract_features
 
 FORMAT = "deep-speaker-feature-cache"
@@ -82,8 +81,10 @@ def read_manifests(cache_dir: Path) -> Optional[dict]:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise DeepSpeakerError(f"{path}: unreadable cache manifest ({exc})") from None
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+                or manifest.get("format_version") != FORMAT_VERSION:
             raise DeepSpeakerError(f"{path}: not a version-{FORMAT_VERSION} deep-speaker feature cache; rebuild it")
+        check_entries(manifest, path)
         if merged is None:
             merged = manifest
             continue
@@ -97,6 +98,26 @@ def read_manifests(cache_dir: Path) -> Optional[dict]:
         cached = {e["source"] for e in merged["entries"]}
         merged["failures"] = [f for f in {f["path"]: f for f in merged["failures"]}.values() if f["path"] not in cached]
     return merged
+
+
+def check_entries(manifest: dict, path: Path) -> None:
+    """Refuse a manifest whose entries are malformed or name arrays outside ``features/`` (``../x.npy``, ``/etc``)."""
+    entries, failures = manifest.get("entries"), manifest.get("failures")
+    if not isinstance(entries, list) or not isinstance(failures, list) or not isinstance(manifest.get("settings"), dict):
+        raise DeepSpeakerError(f"{path}: corrupt cache manifest (entries, failures or settings missing)")
+    for number, entry in enumerate(entries):
+        try:
+            speaker, utterance, array = entry["speaker"], entry["utterance"], entry["array"]
+            int(entry["frames"]), float(entry["seconds"])
+        except (TypeError, KeyError, ValueError):
+            raise DeepSpeakerError(f"{path}: corrupt cache manifest (entry {number} lacks speaker, utterance, "
+                                   f"array, frames or seconds)") from None
+        # Arrays live exactly where the build writes them: ids are plain names, so nothing escapes the folder.
+        if not (is_plain_id(speaker) and is_plain_id(utterance)) or array != array_relpath(speaker, utterance):
+            raise DeepSpeakerError(f"{path}: entry {number} ({speaker!r}/{utterance!r} -> {array!r}) points outside "
+                                   f"{FEATURES_DIR}/<speaker>/<utterance>.npy; refusing a tampered manifest")
+    if not all(isinstance(f, dict) and {"path", "reason"} <= set(f) for f in failures):
+        raise DeepSpeakerError(f"{path}: corrupt cache manifest (a failure lacks path or reason)")
 
 
 def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: Iterable[Failure]) -> None:
@@ -157,7 +178,16 @@ class FeatureCache:
 
     def load(self, speaker: str, utterance: str) -> np.ndarray:
         """The features ``[T, 64]`` float32 of an utterance, memory-mapped read-only."""
-        return np.load(self.path / self.entry(speaker, utterance)["array"], mmap_mode="r", allow_pickle=False)
+        path = self.path / self.entry(speaker, utterance)["array"]
+        try:
+            features = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DeepSpeakerError(f"{path}: unreadable feature array ({str(exc).splitlines()[0]}); "
+                                   f"run 'deep-speaker cache update' to recompute it") from None
+        if features.dtype != np.float32 or features.ndim != 2 or features.shape[1] != NUM_FILTERS:
+            raise DeepSpeakerError(f"{path}: not a [T, {NUM_FILTERS}] float32 feature array "
+                                   f"({features.dtype}, shape {features.shape})")
+        return features
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -233,23 +263,64 @@ def recover_entry(utt: Utterance, st: os.stat_result, cache_dir: Path) -> Option
             "mtime_ns": st.st_mtime_ns, "frames": int(array.shape[0]), "seconds": seconds, "array": rel}
 
 
-def wipe_cache(cache_dir: Path) -> None:
-    """Remove what a cache build writes (manifests, arrays, training inputs); refuse a folder that is not a cache."""
-    if not cache_dir.exists():
-        return
-    ours = [p for p in cache_dir.iterdir()
-            if p.name.startswith("manifest") and p.suffix == ".json" or p.name in (FEATURES_DIR, "full_inputs.npz")]
-    if not ours and any(cache_dir.iterdir()):
-        raise DeepSpeakerError(f"{cache_dir} is not empty and holds no feature cache; refusing to wipe it "
-                               f"(choose an empty or new folder)")
-    for path in ours:
-        if path.name.startswith("manifest"):
-            path.unlink()
-    for path in ours:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+def wipe_plan(cache_dir: Path) -> list[Path]:
+    """What a rebuild deletes: the arrays our manifests list, the manifests, our training inputs; [] for no cache.
+
+    Raises DeepSpeakerError for a non-empty folder that holds no cache of ours (or a manifest*.json that is
+    another tool's), so that nothing else is ever deleted.
+    """
+    if not cache_dir.is_dir():
+        return []
+    manifests = sorted(cache_dir.glob("manifest*.json"))
+    if not manifests:
+        if any(cache_dir.iterdir()):
+            raise DeepSpeakerError(f"{cache_dir} is not empty and holds no feature cache (no manifest.json); refusing "
+                                   f"to wipe it (choose an empty or new folder)")
+        return []
+    try:
+        manifest = read_manifests(cache_dir)
+    except DeepSpeakerError as exc:
+        raise DeepSpeakerError(f"refusing to wipe {cache_dir}: {exc}") from None
+    strays = [p.name for p in manifests if p.name != MANIFEST and not p.name.startswith("manifest.shard-")]
+    if strays:
+        raise DeepSpeakerError(f"{cache_dir} holds {', '.join(strays)}, not written by deep-speaker; refusing to wipe it")
+    plan = [cache_dir / e["array"] for e in manifest["entries"] if (cache_dir / e["array"]).is_file()]
+    inputs = cache_dir / "full_inputs.npz"
+    if inputs.is_file() and is_training_inputs(inputs):
+        plan.append(inputs)
+    return plan + manifests
+
+
+def is_training_inputs(path: Path) -> bool:
+    """Whether a file is a training-inputs .npz of ours (by its format marker, read without pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "format_version" in data.files and "x_train" in data.files
+    except (OSError, ValueError):
+        return False
+
+
+def wipe_cache(cache_dir: Path) -> list[Path]:
+    """Delete what :func:`wipe_plan` lists (manifests last, so a kill midway leaves a cache update can finish)."""
+    plan = wipe_plan(cache_dir)
+    for path in plan:
+        path.unlink(missing_ok=True)
+    features = cache_dir / FEATURES_DIR
+    if features.is_dir():  # speaker folders the wipe emptied; anything else there stays
+        for folder in sorted(features.iterdir(), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if not any(features.iterdir()):
+            features.rmdir()
+    return plan
+
+
+def check_not_overlapping(audio_dir: Path, cache_dir: Path) -> None:
+    """Refuse an audio folder inside the cache folder (a wipe could reach it) or a cache inside the audio folder."""
+    audio, cache = audio_dir.resolve(), cache_dir.resolve()
+    if audio == cache or cache in audio.parents or audio in cache.parents:
+        raise DeepSpeakerError(f"the audio folder {audio_dir} and the cache folder {cache_dir} overlap; put the cache "
+                               f"in a folder of its own, outside the audio")
 
 
 def remove_temporaries(features_dir: Path) -> None:
@@ -315,6 +386,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     started = time.perf_counter()
     audio_dir, cache_dir = Path(audio_dir).resolve(), Path(cache_dir)
     settings = cache_settings(trim)
+    check_not_overlapping(audio_dir, cache_dir)
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
     utterances = [u for u in utterances if in_shard(u, shard)]
     if shard is None and not update:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import DeepSpeakerError, Failure
+from ..settings import check_choice
 from .audio import AUDIO_EXTENSIONS
 
 LAYOUTS = ("auto", "vctk", "librispeech", "folders")
@@ -33,6 +34,11 @@ class Utterance:
     speaker: str
     utterance: str
     path: str
+
+
+def is_plain_id(name: object) -> bool:
+    """Whether a speaker or utterance id is a plain, non-hidden path component (ids name cache folders and files)."""
+    return isinstance(name, str) and _SAFE_ID.fullmatch(name) is not None
 
 
 def _parse_vctk(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
@@ -114,10 +120,8 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
         raise DeepSpeakerError(f"{audio_dir}: audio directory not found")
-    if layout not in LAYOUTS:
-        raise DeepSpeakerError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if mic not in MIC_CHOICES:
-        raise DeepSpeakerError(f"unknown microphone {mic!r}; choose one of {', '.join(MIC_CHOICES)}")
+    check_choice(layout, LAYOUTS, "layout")
+    check_choice(mic, MIC_CHOICES, "microphone")
     files, rejected = find_audio_files(audio_dir)
     if layout == "auto":
         layout = detect_layout(audio_dir, files)
@@ -131,7 +135,7 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
             rejected.append(Failure(path, parsed))
             continue
         speaker, utterance, file_mic = parsed
-        if not (_SAFE_ID.fullmatch(speaker) and _SAFE_ID.fullmatch(utterance)):
+        if not (is_plain_id(speaker) and is_plain_id(utterance)):
             rejected.append(Failure(path, f"speaker/utterance id {speaker!r}/{utterance!r} is not a plain name"))
             continue
         key = (speaker, utterance)

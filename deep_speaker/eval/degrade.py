@@ -12,8 +12,10 @@ import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
 from ..atomic import atomic_write
-from ..data.corpus import AUDIO_EXTENSIONS, find_audio_files
+from ..data.audio import AUDIO_EXTENSIONS
+from ..data.corpus import find_audio_files
 from ..errors import DeepSpeakerError
+from ..settings import check_choice
 
 Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder"]
 KINDS = ("noise", "lowpass", "griffinlim", "melvocoder")
@@ -86,15 +88,14 @@ def degrade_signal(signal: np.ndarray, sample_rate: int, kind: Kind, level: floa
                    seed: int | np.random.Generator = 0) -> np.ndarray:
     """Apply one degradation: ``noise`` (level = SNR dB), ``lowpass`` (cut-off Hz), ``griffinlim`` (iterations),
     ``melvocoder`` (mel bands)."""
+    check_choice(kind, KINDS, "degradation")
     if kind == "noise":
         return add_noise(signal, level, seed)
     if kind == "lowpass":
         return lowpass(signal, sample_rate, level)
     if kind == "griffinlim":
         return griffin_lim(signal, int(level), seed)
-    if kind == "melvocoder":
-        return mel_vocoder(signal, sample_rate, int(level), seed)
-    raise DeepSpeakerError(f"unknown degradation {kind!r}; choose one of {', '.join(KINDS)}")
+    return mel_vocoder(signal, sample_rate, int(level), seed)
 
 
 def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind: Kind, level: float,

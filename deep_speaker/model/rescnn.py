@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from ..errors import DeepSpeakerError
+from ..settings import check_choice
 from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from .checkpoints import BEST, LAST, model_in_run
 from .layers import BatchNormalization, ClippedReLU, L2Normalize, TemporalAverage
@@ -36,9 +37,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")  # mixed_float16 would need loss scal
 
 def _policy(precision: str) -> str:
     """The Keras dtype policy name for a precision, set per layer so the global policy is untouched."""
-    if precision not in PRECISIONS:
-        raise DeepSpeakerError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return precision
+    return check_choice(precision, PRECISIONS, "precision")
 
 
 def scaled_filters(filters: int, width: float) -> int:

@@ -1,0 +1,139 @@
+"""Never lose a user's data in the data layer: wipes delete only what our manifest lists, audio and cache folders
+never overlap, tampered manifests and hostile headers are refused with one line, corrupt arrays are named."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from deep_speaker.data.audio import AudioError, load_audio
+from deep_speaker.data.cache import FeatureCache, build_cache, wipe_plan
+from deep_speaker.errors import DeepSpeakerError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_corpus(libri_mini: Path, root: Path, speakers: int = 2, utts: int = 1) -> list[Path]:
+    """Copies (not links: some tests put the audio inside other folders) of a few test-other files."""
+    copied = []
+    for spk_dir in sorted((libri_mini / "test-other").iterdir())[:speakers]:
+        for src in sorted(spk_dir.rglob("*.flac"))[:utts]:
+            dst = root / src.relative_to(libri_mini / "test-other")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+            copied.append(dst)
+    return copied
+
+
+def test_rebuild_deletes_only_what_the_manifest_lists(libri_mini, tmp_path):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    files = small_corpus(libri_mini, audio)
+    build_cache(audio, cache_dir, progress=False)
+    mine = {"notes.txt": "my notes", "features/README.txt": "another tool's", "features/extra/keep.npy": "x"}
+    for rel, text in mine.items():
+        (cache_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache_dir / rel).write_text(text)
+    plan = wipe_plan(cache_dir)
+    assert sorted(p.name for p in plan if p.suffix == ".npy") == sorted(f.stem + ".npy" for f in files)
+    assert cache_dir / "manifest.json" in plan and not any(p.name in ("notes.txt", "keep.npy") for p in plan)
+    summary = build_cache(audio, cache_dir, progress=False)
+    assert summary.cached == len(files) and not summary.failed
+    assert {rel: (cache_dir / rel).read_text() for rel in mine} == mine
+
+
+def test_a_foreign_features_folder_or_manifest_is_never_wiped(libri_mini, tmp_path):
+    audio = tmp_path / "audio"
+    small_corpus(libri_mini, audio, speakers=1)
+    other_tool, dataset = tmp_path / "other", tmp_path / "dataset"
+    (other_tool / "features").mkdir(parents=True)
+    (other_tool / "features" / "x.npy").write_bytes(b"not ours")
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text(json.dumps({"name": "my dataset", "files": 3}))
+    for folder, why in ((other_tool, "no feature cache"), (dataset, "not a version-1 deep-speaker feature cache")):
+        with pytest.raises(DeepSpeakerError, match=why):
+            build_cache(audio, folder, progress=False)
+    assert (other_tool / "features" / "x.npy").read_bytes() == b"not ours"
+    assert json.loads((dataset / "manifest.json").read_text())["name"] == "my dataset"
+
+
+def test_audio_inside_the_cache_folder_is_refused_before_anything_is_deleted(libri_mini, tmp_path):
+    cache_dir = tmp_path / "cache"
+    audio = cache_dir / "features"
+    files = small_corpus(libri_mini, audio)
+    (cache_dir / "manifest.json").write_text(json.dumps({"format": "deep-speaker-feature-cache",
+                                                          "format_version": 1, "settings": {},
+                                                          "entries": [], "failures": []}))
+    with pytest.raises(DeepSpeakerError, match="overlap"):
+        build_cache(audio, cache_dir, progress=False)
+    with pytest.raises(DeepSpeakerError, match="overlap"):
+        build_cache(tmp_path, cache_dir, update=True, progress=False)
+    assert all(f.is_file() for f in files)
+
+
+@pytest.mark.parametrize("field, value", [("array", "../outside.npy"), ("array", "/etc/passwd"),
+                                          ("speaker", "../../evil"), ("utterance", ".hidden")])
+def test_a_tampered_manifest_is_refused_in_one_line(libri_mini, tmp_path, field, value):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    small_corpus(libri_mini, audio, speakers=1)
+    build_cache(audio, cache_dir, progress=False)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["entries"][0][field] = value
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DeepSpeakerError, match="points outside") as caught:
+        FeatureCache(cache_dir)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(DeepSpeakerError, match="refusing to wipe"):  # nor is what it names deleted
+        build_cache(audio, cache_dir, progress=False)
+
+
+def test_a_corrupt_feature_array_is_named_with_what_to_do(libri_mini, tmp_path):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    small_corpus(libri_mini, audio, speakers=1)
+    build_cache(audio, cache_dir, progress=False)
+    cache = FeatureCache(cache_dir)
+    speaker, utterance = cache.utterances()[0]
+    (cache_dir / cache.entry(speaker, utterance)["array"]).write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DeepSpeakerError, match="unreadable feature array.*cache update"):
+        cache.load(speaker, utterance)
+
+
+def test_a_hostile_sample_rate_header_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "tiny.wav"
+    sf.write(path, np.zeros(16000, np.int16), 8000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[24:28] = (1).to_bytes(4, "little")  # the RIFF fmt chunk's sample rate: 1 Hz
+    data[28:32] = (2).to_bytes(4, "little")  # byte rate, consistent with it
+    path.write_bytes(bytes(data))
+    assert sf.info(path).samplerate == 1  # the header really says 1 Hz
+    with pytest.raises(AudioError, match="sample rate 1 Hz outside"):
+        load_audio(path)
+
+
+def test_speech_below_16_khz_is_accepted_with_a_warning(libri_mini, tmp_path, caplog, monkeypatch):
+    source = sorted((libri_mini / "test-other").rglob("*.flac"))[0]
+    signal, rate = sf.read(source)
+    low = tmp_path / "narrowband.wav"
+    sf.write(low, signal[::2], rate // 2)
+    monkeypatch.setattr(logging.getLogger("deep_speaker"), "propagate", True)  # the CLI's handler turns it off
+    with caplog.at_level(logging.WARNING, logger="deep_speaker"):
+        decoded = load_audio(low)
+    assert decoded.size == pytest.approx(signal.size, abs=2)
+    assert any("8000 Hz" in r.getMessage() and "below the 16000 Hz" in r.getMessage() for r in caplog.records)
+
+
+def test_cache_build_cli_says_what_a_rebuild_deletes(libri_mini, tmp_path):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    files = small_corpus(libri_mini, audio)
+    build_cache(audio, cache_dir, progress=False)
+    proc = subprocess.run([sys.executable, "-m", "deep_speaker", "cache", "build", str(audio), str(cache_dir),
+                           "--no_progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"deletes {len(files)} feature arrays listed in its manifest and manifest.json" in proc.stderr
