@@ -137,3 +137,40 @@ def test_cache_build_cli_says_what_a_rebuild_deletes(libri_mini, tmp_path):
                            "--no_progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"deletes {len(files)} feature arrays listed in its manifest and manifest.json" in proc.stderr
+
+
+HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+with FileLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("held, shard, message", [
+    (".manifest.json.lock", None, "another build writing manifest.json is running"),
+    (".manifest.json.lock", (0, 2), "a full build or update of this cache is running"),
+    (".manifest.shard-1-of-2.json.lock", None, "a shard build"),
+])
+def test_concurrent_builds_of_one_folder_are_refused_and_lose_nothing(libri_mini, tmp_path, held, shard, message):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    small_corpus(libri_mini, audio)
+    build_cache(audio, cache_dir, progress=False)
+    before = (cache_dir / "manifest.json").read_text()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(cache_dir / held), "60"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DeepSpeakerError, match=message):
+            build_cache(audio, cache_dir, shard=shard, progress=False)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert (cache_dir / "manifest.json").read_text() == before
+    cache = FeatureCache(cache_dir)
+    assert all(cache.load(s, u).shape[0] > 0 for s, u in cache.utterances())
+    # The holder is gone: the same build now runs (a second shard alongside the first is fine too).
+    build_cache(audio, cache_dir, update=True, progress=False)
+    build_cache(audio, cache_dir, shard=(0, 2), progress=False)
+    build_cache(audio, cache_dir, shard=(1, 2), progress=False)

@@ -7,6 +7,7 @@ complete arrays the manifest missed (an array renamed into place is complete by 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
+from filelock import FileLock, Timeout
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -263,6 +265,49 @@ def recover_entry(utt: Utterance, st: os.stat_result, cache_dir: Path) -> Option
             "mtime_ns": st.st_mtime_ns, "frames": int(array.shape[0]), "seconds": seconds, "array": rel}
 
 
+def lock_path(cache_dir: Path, manifest: str) -> Path:
+    """The lock a build holds while it writes ``manifest`` (hidden, beside it; filelock removes it on release)."""
+    return cache_dir / f".{manifest}.lock"
+
+
+def _busy(path: Path) -> bool:
+    """Whether another process holds the lock at ``path`` (probed without waiting)."""
+    try:
+        with FileLock(path, timeout=0):
+            return False
+    except Timeout:
+        return True
+
+
+@contextlib.contextmanager
+def build_lock(cache_dir: Path, shard: Optional[tuple[int, int]]) -> Iterator[None]:
+    """Hold this build's manifest lock; refuse, in one line, a build that would race another on the same folder.
+
+    Shards of one build run side by side (each its own manifest and lock); a full build or update also
+    consolidates the shards and deletes temporaries, so it runs alone.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    own = FileLock(lock_path(cache_dir, manifest_name(shard)), timeout=0)
+    try:
+        own.acquire()
+    except Timeout:
+        raise DeepSpeakerError(f"{cache_dir}: another build writing {manifest_name(shard)} is running; wait for it "
+                               f"to finish") from None
+    try:
+        others = [lock_path(cache_dir, MANIFEST)] if shard else sorted(cache_dir.glob(".manifest.shard-*.json.lock"))
+        if any(_busy(path) for path in others):
+            kind = "a full build or update" if shard else "a shard build (--shard)"
+            raise DeepSpeakerError(f"{cache_dir}: {kind} of this cache is running; wait for it to finish")
+        yield
+    finally:
+        own.release()
+
+
+def is_lock(path: Path) -> bool:
+    """Whether a file of the cache folder is one of our build locks."""
+    return path.name.startswith(".manifest") and path.name.endswith(".json.lock")
+
+
 def wipe_plan(cache_dir: Path) -> list[Path]:
     """What a rebuild deletes: the arrays our manifests list, the manifests, our training inputs; [] for no cache.
 
@@ -273,7 +318,7 @@ def wipe_plan(cache_dir: Path) -> list[Path]:
         return []
     manifests = sorted(cache_dir.glob("manifest*.json"))
     if not manifests:
-        if any(cache_dir.iterdir()):
+        if any(not is_lock(p) for p in cache_dir.iterdir()):
             raise DeepSpeakerError(f"{cache_dir} is not empty and holds no feature cache (no manifest.json); refusing "
                                    f"to wipe it (choose an empty or new folder)")
         return []
@@ -389,62 +434,63 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     check_not_overlapping(audio_dir, cache_dir)
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
     utterances = [u for u in utterances if in_shard(u, shard)]
-    if shard is None and not update:
-        wipe_cache(cache_dir)
-    existing = read_manifests(cache_dir) if cache_dir.exists() else None
-    if existing is not None and existing["settings"] != settings:
-        raise DeepSpeakerError(f"{cache_dir} was built with other feature settings "
-                               f"({settings_difference(existing['settings'], settings)}); rebuild it with "
-                               f"'deep-speaker cache build' or use another folder")
-    (cache_dir / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
-    if shard is None:
-        remove_temporaries(cache_dir / FEATURES_DIR)
-    manifest_path = cache_dir / manifest_name(shard)
-    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings,
-            "audio_dir": str(audio_dir), "layout": layout, "min_seconds": min_seconds}
-    old = {(e["speaker"], e["utterance"]): e for e in existing["entries"]} if existing else {}
-    # A sharded build records only its own files; a full one keeps entries whose source has gone.
-    entries = {} if shard else dict(old)
-    summary = BuildSummary(cache_dir=str(cache_dir), layout=layout)
-    failures: list[Failure] = list(rejected)
-    todo: list[Utterance] = []
-    for utt in utterances:
-        key = (utt.speaker, utt.utterance)
-        try:
-            st = os.stat(utt.path)
-        except OSError as exc:
-            failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
-            continue
-        if is_current(old.get(key), utt, st, cache_dir):
-            entries[key] = old[key]
-            summary.skipped += 1
-        elif existing is not None and key not in old and (found := recover_entry(utt, st, cache_dir)) is not None:
-            # an array no manifest lists can only come from an interrupted run of this cache's settings
-            entries[key] = found
-            summary.recovered += 1
-        else:
-            entries.pop(key, None)
-            todo.append(utt)
-    write_manifest(manifest_path, base, entries.values(), failures)
-    last_save = time.perf_counter()
-    try:
-        for result in run_jobs(todo, cache_dir, trim, min_seconds, workers, progress):
-            if isinstance(result, Failure):
-                failures.append(result)
+    with build_lock(cache_dir, shard):  # two builds of one manifest would interleave their writes
+        if shard is None and not update:
+            wipe_cache(cache_dir)
+        existing = read_manifests(cache_dir) if cache_dir.exists() else None
+        if existing is not None and existing["settings"] != settings:
+            raise DeepSpeakerError(f"{cache_dir} was built with other feature settings "
+                                   f"({settings_difference(existing['settings'], settings)}); rebuild it with "
+                                   f"'deep-speaker cache build' or use another folder")
+        (cache_dir / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
+        if shard is None:
+            remove_temporaries(cache_dir / FEATURES_DIR)
+        manifest_path = cache_dir / manifest_name(shard)
+        base = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings,
+                "audio_dir": str(audio_dir), "layout": layout, "min_seconds": min_seconds}
+        old = {(e["speaker"], e["utterance"]): e for e in existing["entries"]} if existing else {}
+        # A sharded build records only its own files; a full one keeps entries whose source has gone.
+        entries = {} if shard else dict(old)
+        summary = BuildSummary(cache_dir=str(cache_dir), layout=layout)
+        failures: list[Failure] = list(rejected)
+        todo: list[Utterance] = []
+        for utt in utterances:
+            key = (utt.speaker, utt.utterance)
+            try:
+                st = os.stat(utt.path)
+            except OSError as exc:
+                failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
+                continue
+            if is_current(old.get(key), utt, st, cache_dir):
+                entries[key] = old[key]
+                summary.skipped += 1
+            elif existing is not None and key not in old and (found := recover_entry(utt, st, cache_dir)) is not None:
+                # an array no manifest lists can only come from an interrupted run of this cache's settings
+                entries[key] = found
+                summary.recovered += 1
             else:
-                entries[(result["speaker"], result["utterance"])] = result
-                summary.cached += 1
-                summary.hours += result["seconds"] / 3600
-            if time.perf_counter() - last_save > SAVE_INTERVAL_S:
-                write_manifest(manifest_path, base, entries.values(), failures)
-                last_save = time.perf_counter()
-    finally:
+                entries.pop(key, None)
+                todo.append(utt)
         write_manifest(manifest_path, base, entries.values(), failures)
-    if shard is None:  # a full build or update consolidates the shards' work into manifest.json
-        for path in cache_dir.glob("manifest.shard-*.json"):
-            path.unlink()
-    summary.failed = sorted(failures)
-    summary.total_utterances = len(entries)
-    summary.total_hours = sum(e["seconds"] for e in entries.values()) / 3600
-    summary.wall_seconds = time.perf_counter() - started
-    return summary
+        last_save = time.perf_counter()
+        try:
+            for result in run_jobs(todo, cache_dir, trim, min_seconds, workers, progress):
+                if isinstance(result, Failure):
+                    failures.append(result)
+                else:
+                    entries[(result["speaker"], result["utterance"])] = result
+                    summary.cached += 1
+                    summary.hours += result["seconds"] / 3600
+                if time.perf_counter() - last_save > SAVE_INTERVAL_S:
+                    write_manifest(manifest_path, base, entries.values(), failures)
+                    last_save = time.perf_counter()
+        finally:
+            write_manifest(manifest_path, base, entries.values(), failures)
+        if shard is None:  # a full build or update consolidates the shards' work into manifest.json
+            for path in cache_dir.glob("manifest.shard-*.json"):
+                path.unlink()
+        summary.failed = sorted(failures)
+        summary.total_utterances = len(entries)
+        summary.total_hours = sum(e["seconds"] for e in entries.values()) / 3600
+        summary.wall_seconds = time.perf_counter() - started
+        return summary
