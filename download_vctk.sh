@@ -11,7 +11,8 @@
 #   PYTHON       the Python used to extract (default python3)
 #
 # An interrupted download is resumed on the next run (TARGET_DIR/<archive>.part). Extraction refuses
-# the whole archive if any member has an absolute path, a '..' component or a link leading outside.
+# the whole archive if any member has an absolute path, a '..' component, a link leading outside or
+# a parent folder that is a link (a symlink chain); a failed extraction leaves nothing behind.
 set -euo pipefail
 
 VCTK_URL="${VCTK_URL:-https://datashare.ed.ac.uk/bitstream/handle/10283/3443/VCTK-Corpus-0.92.zip}"
@@ -70,11 +71,19 @@ else
 fi
 
 corpus="$("$PYTHON" - "$archive" "$TARGET" <<'PY'
-"""Extract an archive into TARGET, refusing it whole if any member could land outside."""
+"""Extract an archive into TARGET, refusing it whole if any member could land outside.
+
+Checked before anything is written: no absolute path or '..' component, no device or special file, no
+member placed under a symlink of the archive (a chain 'a -> .', 'a/b -> ..' would pass a per-member check
+and climb out), and no link leading outside. The archive is then extracted into a temporary folder inside
+TARGET and moved into place only when that succeeded, so a failure leaves nothing extracted.
+"""
 import os
 import posixpath
+import shutil
 import sys
 import tarfile
+import tempfile
 import zipfile
 
 archive, target = sys.argv[1], sys.argv[2]
@@ -90,32 +99,69 @@ def refuse(reason):
     sys.exit(f"error: refusing to extract {archive}: {reason}; nothing was extracted")
 
 
+def under_symlink(name, symlinks):
+    """Whether some parent folder of a member is itself a symlink member of the archive."""
+    parts = name.strip("/").split("/")
+    return any("/".join(parts[:i]) in symlinks for i in range(1, len(parts)))
+
+
+def check_tar(members):
+    symlinks = {m.name.strip("/") for m in members if m.issym()}
+    for m in members:
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            refuse(f"member {m.name!r} is a device or special file")
+        if escapes(m.name) or under_symlink(m.name, symlinks):
+            refuse(f"member {m.name!r} would be written outside {target}")
+        if m.issym():
+            link = posixpath.normpath(posixpath.join(posixpath.dirname(m.name), m.linkname))
+            if m.linkname.startswith("/") or escapes(link) or under_symlink(link + "/x", symlinks):
+                refuse(f"member {m.name!r} links outside {target} (to {m.linkname!r})")
+        if m.islnk() and (escapes(m.linkname) or under_symlink(m.linkname, symlinks)):
+            refuse(f"member {m.name!r} links outside {target} (to {m.linkname!r})")
+
+
+def destination(names):
+    top = {n.strip("/").split("/")[0] for n in names if n.strip("/")}
+    return top, (target if len(top) == 1 else os.path.join(target, os.path.basename(archive).split(".")[0]))
+
+
 if tarfile.is_tarfile(archive):
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for m in members:
-            link_target = posixpath.normpath(posixpath.join(posixpath.dirname(m.name), m.linkname)) if m.issym() \
-                else m.linkname
-            if escapes(m.name) or ((m.issym() or m.islnk()) and escapes(link_target)):
-                refuse(f"member {m.name!r} would be written outside {target}")
-            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                refuse(f"member {m.name!r} is a device or special file")
-        names = [m.name for m in members]
-        top = {n.strip("/").split("/")[0] for n in names if n.strip("/")}
-        dest = target if len(top) == 1 else os.path.join(target, os.path.basename(archive).split(".")[0])
-        # Python's 'data' filter (where it exists) enforces the same rules once more.
-        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    opened, kind = tarfile.open(archive), "tar"
+    members = opened.getmembers()
+    check_tar(members)
+    names = [m.name for m in members]
 elif zipfile.is_zipfile(archive):
-    with zipfile.ZipFile(archive) as zf:
-        names = zf.namelist()
-        for n in names:
-            if escapes(n):
-                refuse(f"member {n!r} would be written outside {target}")
-        top = {n.strip("/").split("/")[0] for n in names if n.strip("/")}
-        dest = target if len(top) == 1 else os.path.join(target, os.path.basename(archive).split(".")[0])
-        zf.extractall(dest)
+    opened, kind = zipfile.ZipFile(archive), "zip"
+    names = opened.namelist()
+    for n in names:
+        if escapes(n):
+            refuse(f"member {n!r} would be written outside {target}")
 else:
     sys.exit(f"error: {archive} is neither a tar nor a zip archive (an error page instead of the corpus?)")
+
+top, dest = destination(names)
+entries = sorted({n.strip("/").split("/")[0] for n in names if n.strip("/")})
+present = [e for e in entries if os.path.lexists(os.path.join(dest, e))]
+if present and len(present) == len(entries):  # moved into place whole by an earlier run
+    print(f"already extracted in {dest}", file=sys.stderr)
+elif present:
+    refuse(f"{os.path.join(dest, present[0])} exists already, but not all of the archive does; remove it first")
+else:
+    staging = tempfile.mkdtemp(prefix=".extracting-", dir=target)
+    try:
+        with opened:
+            if kind == "tar":
+                # Python's 'data' filter (where it exists) enforces the same rules once more.
+                opened.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            else:
+                opened.extractall(staging)
+        os.makedirs(dest, exist_ok=True)
+        for entry in entries:
+            os.replace(os.path.join(staging, entry), os.path.join(dest, entry))
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+        refuse(f"{type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 # The corpus folder is the one holding wav48/ or wav48_silence_trimmed/.
 for root, dirs, _ in os.walk(dest):

@@ -163,3 +163,45 @@ def test_archive_escaping_the_target_is_refused(tmp_path, kind, evil):
     assert not Path("/tmp/deep-speaker-evil.txt").exists()
     written = {p for p in tmp_path.rglob("*")} - before
     assert written <= {target.parent, target, target / archive.name}  # the download itself, nothing extracted
+
+
+def add_links(path: Path, members: dict[str, bytes], links: list[tuple[str, str]]) -> None:
+    """A tar.gz of ``members`` plus symlinks (name, target), in that order."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("links, payload", [
+    # Each link looks harmless alone (it resolves inside the folder it is in); chained, a/b/c is two levels up.
+    ([("VCTK-Corpus/a", "."), ("VCTK-Corpus/a/b", ".."), ("VCTK-Corpus/a/b/c", "..")], "VCTK-Corpus/a/b/c/evil.txt"),
+    ([("VCTK-Corpus/up", "../..")], "VCTK-Corpus/up/evil.txt"),
+    ([("VCTK-Corpus/abs", "/tmp")], "VCTK-Corpus/abs/deep-speaker-evil.txt"),
+])
+def test_symlink_chains_are_refused_before_anything_is_written(tmp_path, links, payload):
+    archive = tmp_path / "VCTK-Corpus.tar.gz"
+    add_links(archive, {**MEMBERS, payload: b"owned"}, links)
+    target = tmp_path / "deep" / "data"
+    before = set(tmp_path.rglob("*"))
+    proc = run_script(target, archive.as_uri())
+    assert proc.returncode != 0 and "refusing to extract" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/deep-speaker-evil.txt").exists()
+    written = set(tmp_path.rglob("*")) - before
+    assert written <= {target.parent, target, target / archive.name}
+
+
+def test_a_second_run_finds_the_corpus_already_extracted(tmp_path):
+    archive = tmp_path / "VCTK-Corpus.tar.gz"
+    make_tar(archive, MEMBERS)
+    target = tmp_path / "data"
+    assert_extracted(run_script(target, archive.as_uri()), target)
+    again = run_script(target, archive.as_uri())
+    assert_extracted(again, target)
+    assert "already extracted" in again.stderr
