@@ -8,6 +8,7 @@ does not have and other tools refuse).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -25,19 +26,29 @@ def _process_umask() -> int:
 FILE_MODE = 0o666 & ~_process_umask()  # what open() would have given the file
 
 
+def _writable_target(path: str | os.PathLike) -> Path:
+    """``path`` as a Path with its folder created; an OSError naming it when it is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """A binary file beside ``path`` (``.<name>.XXXX<suffix>``), renamed onto ``path`` only when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == tmp:  # name the file the user asked for, not our temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -60,8 +71,7 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> P
 
 def save_model(model: Any, path: str | os.PathLike) -> Path:
     """``model.save`` (a Keras model, ``.keras``) to a temporary name beside ``path``, then renamed onto it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable_target(path)
     # Keras picks the format by suffix and insists on .keras, so the temporary name keeps it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
     os.close(fd)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +176,73 @@ def test_concurrent_builds_of_one_folder_are_refused_and_lose_nothing(libri_mini
     build_cache(audio, cache_dir, update=True, progress=False)
     build_cache(audio, cache_dir, shard=(0, 2), progress=False)
     build_cache(audio, cache_dir, shard=(1, 2), progress=False)
+
+
+BUILD_WITH_HOOK = """
+import os, signal, sys, time
+import deep_speaker.data.cache as cache
+
+real = cache.extract_features
+def hooked(path, **kwargs):
+    if sys.argv[3] == "hang":
+        time.sleep(120)  # workers busy until the test kills this process (their parent)
+    if sys.argv[3] == "die" and path.endswith(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)  # this worker dies mid-build
+    return real(path, **kwargs)
+cache.extract_features = hooked
+from deep_speaker.cli import run_command
+from deep_speaker.cli.cache import run_build
+import argparse
+sys.exit(run_command(lambda a: run_build(sys.argv[1], sys.argv[2], False, 2, yes=True, progress=False),
+                     argparse.Namespace(verbose=False)))
+"""
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_die_with_a_killed_parent(libri_mini, tmp_path):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    small_corpus(libri_mini, audio, speakers=2, utts=2)
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_WITH_HOOK, str(audio), str(cache_dir), "hang"], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = children(proc.pid)
+        assert len(workers) >= 2, "the build started no worker processes"
+        time.sleep(1.0)  # let the workers reach their initializer
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(w) for w in workers), "build workers outlived their killed parent"
+    finally:
+        proc.kill()
+    assert not list(cache_dir.rglob("*.npy"))  # nothing was computed, so nothing half-written either
+
+
+def test_a_killed_worker_is_one_line_and_update_finishes(libri_mini, tmp_path):
+    audio, cache_dir = tmp_path / "audio", tmp_path / "cache"
+    files = small_corpus(libri_mini, audio, speakers=2, utts=2)
+    proc = subprocess.run([sys.executable, "-c", BUILD_WITH_HOOK, str(audio), str(cache_dir), "die", files[1].name],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("run 'deep-speaker cache update' to finish")
+    assert "Traceback" not in proc.stderr
+    summary = build_cache(audio, cache_dir, update=True, progress=False)
+    assert summary.total_utterances == len(files) and not summary.failed
+    cache = FeatureCache(cache_dir)
+    assert all(cache.load(s, u).shape[0] > 0 for s, u in cache.utterances())

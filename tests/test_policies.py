@@ -171,3 +171,26 @@ def test_data_flows_one_way(layer):
         foreign = used & set(LAYERS) - ALLOWED[layer] - {layer}
         assert not foreign, f"{path.relative_to(REPO)} imports the {', '.join(sorted(foreign))} layer"
         assert not used & {"cli", "pipeline"}, f"{path.relative_to(REPO)} imports the CLI or the main job"
+
+
+def test_environment_errors_are_one_line_naming_the_path(capsys, tmp_path):
+    def disk_full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "report.json"))
+
+    def into_a_folder(args):
+        atomic.write_json(tmp_path, {"a": 1})  # the output path is an existing folder
+
+    assert run_command(disk_full, _args()) == EXIT_USAGE
+    assert capsys.readouterr().err.strip().endswith(f"error: {tmp_path / 'report.json'}: No space left on device")
+    assert run_command(into_a_folder, _args()) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path) in err
+
+
+def test_a_closed_pipe_ends_quietly():
+    code = ("import sys; from deep_speaker.cli import run_command; import argparse\n"
+            "def talk(args):\n    for i in range(100000): print('line', i)\n    return 0\n"
+            "sys.exit(run_command(talk, argparse.Namespace(verbose=False)))")
+    reader = subprocess.run(f"{sys.executable} -c \"{code}\" | head -1", shell=True, capture_output=True, text=True,
+                            timeout=120)
+    assert reader.stdout == "line 0\n" and "Traceback" not in reader.stderr and reader.stderr.strip() == ""

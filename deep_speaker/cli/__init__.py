@@ -82,11 +82,18 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. '| head'): nothing more to say, and nobody to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PARTIAL
     except Exception as exc:
         if getattr(args, "verbose", False):
             raise
-        if isinstance(exc, (DeepSpeakerError, FileNotFoundError)):
+        if isinstance(exc, DeepSpeakerError):
             print(f"{program_name()}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, OSError):  # disk full, permissions, an output path that is a folder: the user's to fix
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"{program_name()}: error: {where}{exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
         first_line = (str(exc).splitlines() or [""])[0]
         print(f"{program_name()}: internal error: {type(exc).__name__}: {first_line} (a bug in deep-speaker: "

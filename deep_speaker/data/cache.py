@@ -8,13 +8,17 @@ complete arrays the manifest missed (an array renamed into place is complete by 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -37,7 +41,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FEATURES_DIR = "features"
 DEFAULT_TRIM = "percentile"
-SAVE_INTERVAL_S = 10.0  # how often the manifest is rewritten during a build (crashes lose no array anyway)
+SAVE_INTERVAL_S = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h  # how often the manifest is rewritten during a build (crashes lose no array anyway)
 
 
 def cache_settings(trim: str = DEFAULT_TRIM) -> dict:
@@ -388,9 +393,17 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def single_blas_thread() -> None:
-    """One BLAS thread per process: the build runs in parallel by processes, and more threads only contend."""
+def init_worker(parent: int) -> None:
+    """A build worker: one BLAS thread (the build is parallel by processes) and death with its parent.
+
+    Without the parent-death signal, workers of a parent killed with SIGKILL would go on computing.
+    """
     threadpool_limits(limits=1, user_api="blas")
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: float, workers: int,
@@ -404,13 +417,20 @@ def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: flo
                 yield compute_entry(*job)
                 bar.update()
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=single_blas_thread) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(compute_entry, *job) for job in jobs]
         try:
             with QuietBar(total=len(jobs), unit="file", desc=f"features ({workers} workers)",
                           disable=not progress) as bar:
                 for future in as_completed(futures):
-                    yield future.result()
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        raise DeepSpeakerError("a worker process of the cache build died (killed, or out of memory?); "
+                                               "the files done so far are kept: run 'deep-speaker cache update' to "
+                                               "finish") from None
+                    yield result
                     bar.update()
         finally:  # interrupted: do not start the files still queued
             for future in futures:
