@@ -246,3 +246,29 @@ def test_a_killed_worker_is_one_line_and_update_finishes(libri_mini, tmp_path):
     assert summary.total_utterances == len(files) and not summary.failed
     cache = FeatureCache(cache_dir)
     assert all(cache.load(s, u).shape[0] > 0 for s, u in cache.utterances())
+
+
+def test_same_named_speaker_folders_are_not_merged(libri_mini, tmp_path):
+    flac = sorted((libri_mini / "test-other").rglob("*.flac"))[:2]
+    for parent, src in zip(("studio_a", "studio_b"), flac):
+        (tmp_path / "audio" / parent / "anna").mkdir(parents=True)
+        shutil.copy(src, tmp_path / "audio" / parent / "anna" / src.name)
+    with pytest.raises(DeepSpeakerError, match="two folders give speaker 'anna'"):
+        build_cache(tmp_path / "audio", tmp_path / "cache", layout="folders", progress=False)
+
+
+def test_a_folder_without_audio_is_an_error_not_an_empty_cache(tmp_path):
+    (tmp_path / "audio" / "spk").mkdir(parents=True)
+    (tmp_path / "audio" / "spk" / "notes.txt").write_text("no speech here")
+    with pytest.raises(DeepSpeakerError, match="no audio files"):
+        build_cache(tmp_path / "audio", tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache" / "manifest.json").exists()
+
+
+def test_mp3_speech_is_cached(libri_mini, tmp_path):
+    src = sorted((libri_mini / "test-other").rglob("*.flac"))[0]
+    signal, rate = sf.read(src)
+    (tmp_path / "audio" / "spk").mkdir(parents=True)
+    sf.write(tmp_path / "audio" / "spk" / "a.mp3", signal, rate, format="MP3")
+    summary = build_cache(tmp_path / "audio", tmp_path / "cache", layout="folders", progress=False)
+    assert summary.cached == 1 and not summary.failed

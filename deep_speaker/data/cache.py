@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write, write_json
 from ..errors import DeepSpeakerError, Failure, InputError
 from ..settings import settings_difference
-from .audio import MIN_SPEECH_SECONDS, check_trim
+from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, check_trim
 from .corpus import Utterance, is_plain_id, scan_corpus
 from .features import FEATURE_SETTINGS, NUM_FILTERS, extract_features
 
@@ -453,6 +453,8 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     settings = cache_settings(trim)
     check_not_overlapping(audio_dir, cache_dir)
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
+    if not utterances and not rejected:
+        raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
     utterances = [u for u in utterances if in_shard(u, shard)]
     with build_lock(cache_dir, shard):  # two builds of one manifest would interleave their writes
         if shard is None and not update:

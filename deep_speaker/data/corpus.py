@@ -115,7 +115,8 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
     """The utterances of ``audio_dir`` (sorted by ids), the rejected paths and the layout used.
 
     VCTK recordings with several microphones keep ``mic`` (mic2 is used only where mic1 is missing,
-    or the other way round). Raises :class:`DeepSpeakerError` when two files give the same ids.
+    or the other way round). Raises :class:`DeepSpeakerError` when two files give the same ids or two
+    folders the same speaker.
     """
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
@@ -129,6 +130,7 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
         _vctk_root(audio_dir)
     parse = PARSERS[layout]
     chosen: dict[tuple[str, str], tuple[Optional[str], str]] = {}
+    speaker_dirs: dict[str, tuple[Path, str]] = {}  # speaker -> (its folder, the first file found there)
     for path in files:
         parsed = parse(Path(path).relative_to(audio_dir).parts)
         if isinstance(parsed, str):
@@ -138,6 +140,12 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
         if not (is_plain_id(speaker) and is_plain_id(utterance)):
             rejected.append(Failure(path, f"speaker/utterance id {speaker!r}/{utterance!r} is not a plain name"))
             continue
+        # The speaker id is a folder name: two folders of that name are two people the ids would merge.
+        folder = next(a for a in Path(path).parents if a.name == speaker)
+        first_folder, first_file = speaker_dirs.setdefault(speaker, (folder, path))
+        if first_folder != folder:
+            raise DeepSpeakerError(f"two folders give speaker {speaker!r}: {first_file} and {path}; rename one "
+                                   f"folder, or point at one of their parents")
         key = (speaker, utterance)
         if key in chosen:
             other_mic, other = chosen[key]
