@@ -181,6 +181,10 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "other.h5").write_bytes(b"not hdf5")
     with pytest.raises(DeepSpeakerError, match="unreadable"):
         load_model(tmp_path / "other.h5")
+    inputs = keras.Input((8,))
+    keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs)).save(tmp_path / "mlp.keras")
+    with pytest.raises(DeepSpeakerError, match="not a ResCNN"):
+        load_model(tmp_path / "mlp.keras")
 
 
 def test_mixed_bfloat16_agrees_with_float32(reference_checkpoint, reference):

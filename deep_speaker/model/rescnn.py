@@ -32,6 +32,7 @@ STAGE_FILTERS = (64, 128, 256, 512)
 EMBEDDING_SIZE = 512
 WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
+RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
 PRECISIONS = ("float32", "mixed_bfloat16")  # mixed_float16 would need loss scaling and is slow on CPU
 
 
@@ -279,6 +280,10 @@ def load_model(path: str | Path, precision: str | None = None) -> keras.Model:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except (ValueError, OSError, TypeError) as e:
             raise DeepSpeakerError(f"{path}: cannot load Keras model ({str(e).splitlines()[0]})") from None
+        missing = [name for name in RESCNN_LAYERS if _find_layer(model, name) is None]
+        if not isinstance(model, keras.Model) or missing:
+            raise DeepSpeakerError(f"{path}: a Keras model, but not a ResCNN (no {' or '.join(missing) or 'layers'}); "
+                                   f"pass a deep-speaker checkpoint")
         if any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
             # Saved before the ResCNN had its own (fused) BatchNormalization: the same weights in today's layers.
             model = _rebuilt(model, model_precision(model))
