@@ -17,7 +17,7 @@ from deep_speaker.cli import native_stderr_silenced, run_command
 
 with native_stderr_silenced():  # TensorFlow's C++ start-up lines
     from deep_speaker.cli.train import add_training_options, config_from_args, report
-    from deep_speaker.train.training import train
+    from deep_speaker.train import train
 
 
 def build_parser() -> argparse.ArgumentParser:

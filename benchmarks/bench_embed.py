@@ -24,8 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from deep_speaker.encoders.deepspeaker import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, Embedder, split_windows  # noqa: E402
 from deep_speaker.data.features import extract_features  # noqa: E402
+from deep_speaker.encoders.deepspeaker import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, Embedder, split_windows  # noqa: E402
 from deep_speaker.model.rescnn import load_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -4,7 +4,7 @@
     python benchmarks/train_quality.py --softmax-steps 20 --triplet-steps 10   # a smoke run
     python benchmarks/train_quality.py --precision mixed_bfloat16 --seed 1 --work quality-bf16-1
 
-Softmax pre-training then triplet training (the original's two phases, through deep_speaker.train.training) on the
+Softmax pre-training then triplet training (the original's two phases, through deep_speaker.train) on the
 251 train-clean-100 speakers (one utterance each: the last 20% of each is held out for validation), then the
 equal error rate over all 4950 pairs of the 100 test-other utterances (10 unseen speakers) of
 (a) the trained model, (b) the same network with random weights, (c) cosine of mean MFCCs.
@@ -27,12 +27,12 @@ from python_speech_features import mfcc  # noqa: E402
 
 from deep_speaker.data.audio import read_audio  # noqa: E402
 from deep_speaker.data.cache import FeatureCache, build_cache  # noqa: E402
+from deep_speaker.data.inputs import generate_training_inputs  # noqa: E402
 from deep_speaker.encoders.deepspeaker import Embedder  # noqa: E402
 from deep_speaker.metrics import equal_error_rate, pair_scores  # noqa: E402
-from deep_speaker.model.rescnn import build_rescnn, load_model  # noqa: E402
 from deep_speaker.model.checkpoints import best_checkpoint  # noqa: E402
-from deep_speaker.train.training import TrainConfig, train  # noqa: E402
-from deep_speaker.data.inputs import generate_training_inputs  # noqa: E402
+from deep_speaker.model.rescnn import build_rescnn, load_model  # noqa: E402
+from deep_speaker.train import TrainConfig, train  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
 

@@ -4,21 +4,24 @@ generated-speech metrics of degraded copies. ``deep-speaker run`` and ``scripts/
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from .atomic import write_json
 from .data.cache import FeatureCache, build_cache
-from .encoders.deepspeaker import Embedder
-from .errors import DeepSpeakerError
-from .model.checkpoints import best_checkpoint
-from .train.training import TrainConfig, train
 from .data.inputs import generate_training_inputs
+from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
+from .errors import DeepSpeakerError
 from .eval.verification import embed_cache, labelled_report, write_plots
+from .model.checkpoints import best_checkpoint
+from .model.rescnn import PRECISIONS
+from .train import TrainConfig, train
+
+log = logging.getLogger(__name__)
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
@@ -29,30 +32,34 @@ DEGRADATIONS: tuple[tuple[str, float], ...] = (("noise", 30.0), ("noise", 10.0),
 
 @dataclass
 class JobConfig:
-    """Sizes of the main job; the defaults finish in minutes on 2 CPU cores."""
+    """Sizes of the main job; the defaults finish in minutes on 2 CPU cores.
 
-    data_dir: Path = BUNDLED_DATA
-    output_dir: Path = Path("deep-speaker-run")
-    width: float = 0.25
-    softmax_steps: int = 300
-    triplet_steps: int = 200
+    Fields with a help text in their metadata are the options of ``deep-speaker run`` (``deep_speaker.cli.options``).
+    """
+
+    data_dir: Path = field(default=BUNDLED_DATA, metadata={"option": "data", "help": "speech folder"})
+    output_dir: Path = field(default=Path("deep-speaker-run"), metadata={
+        "flags": ("-o",), "help": "where caches, checkpoints, JSON and PNGs go"})
+    width: float = field(default=0.25, metadata={"help": "ResCNN width factor"})
+    softmax_steps: int = field(default=300, metadata={"help": "steps of softmax pre-training"})
+    triplet_steps: int = field(default=200, metadata={"help": "steps of triplet training"})
     triplet_learning_rate: float = 1e-3
-    batch_size: int = 48
+    batch_size: int = field(default=48, metadata={"help": "training batch size"})
     save_every: int = 50
-    seed: int = 0
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    seed: int = field(default=0, metadata={"help": "random seed of training and of the degraded copies"})
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
+        "help": "processes for the cache build", "default_help": "all cores"})
     degradations: tuple[tuple[str, float], ...] = DEGRADATIONS
     compare_subsets: int = 100
-    precision: str = "float32"
-    verbose: int = 2
+    precision: str = field(default="float32", metadata={"choices": PRECISIONS, "help": "Keras dtype policy"})
+    verbose: int = 2  # Keras fit verbosity
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
 
 
-def _step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
-    return time.perf_counter()
+def _step(title: str) -> None:
+    log.info("\n== %s", title)
 
 
 def build_caches(cfg: JobConfig) -> tuple[FeatureCache, FeatureCache]:
@@ -64,7 +71,7 @@ def build_caches(cfg: JobConfig) -> tuple[FeatureCache, FeatureCache]:
             raise DeepSpeakerError(f"{audio}: missing; the main job needs {cfg.data_dir} with {TRAIN_SUBSET}/ "
                                    f"(training speakers) and {TEST_SUBSET}/ (held-out speakers)")
         summary = build_cache(audio, cfg.output_dir / "cache" / subset, workers=cfg.workers, update=True)
-        print("\n".join(summary.lines()))
+        log.info("\n".join(summary.lines()))
         caches.append(FeatureCache(cfg.output_dir / "cache" / subset))
     return caches[0], caches[1]
 
@@ -85,34 +92,34 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
     return found
 
 
-def evaluate_unseen(embedder: Embedder, test_cache: FeatureCache, out_dir: Path) -> tuple[dict, list[str]]:
+def evaluate_unseen(encoder: Encoder, test_cache: FeatureCache, out_dir: Path) -> tuple[dict, list[str]]:
     """Verification report (SAP/SAN, EER, minDCF, F) over all pairs of the held-out speakers, and its PNGs."""
-    labelled = embed_cache(embedder, test_cache)
+    labelled = embed_cache(encoder, test_cache)
     report, scores, labels = labelled_report(labelled)
     pngs = write_plots(out_dir, scores, labels, report["eer"], labelled)
     return report, pngs
 
 
-def compare_degraded(embedder: Embedder, cfg: JobConfig, out_dir: Path) -> tuple[dict[str, dict], list[str]]:
+def compare_degraded(encoder: Encoder, cfg: JobConfig, out_dir: Path) -> tuple[dict[str, dict], list[str]]:
     """``compare`` of the held-out speech against each degraded copy: the reports keyed ``kind@level``, the PNGs."""
     from .eval.degrade import degrade_folder
     from .eval.generated import compare, compute_stats
     from .eval.plots import plot_report
 
     real_dir = cfg.data_dir / TEST_SUBSET
-    real = compute_stats(real_dir, embedder)
+    real = compute_stats(real_dir, encoder)
     reports, pngs = {}, []
     for kind, level in cfg.degradations:
         name = f"{kind}@{level:g}"
         copy_dir = cfg.output_dir / "degraded" / name
         if not copy_dir.is_dir():
             degrade_folder(real_dir, copy_dir, kind, level, seed=cfg.seed)
-        generated = compute_stats(copy_dir, embedder)
+        generated = compute_stats(copy_dir, encoder)
         reports[name] = compare(real, generated, seed=cfg.seed, num_subsets=cfg.compare_subsets)
-        write_atomic(out_dir / f"compare_{name}.json", json.dumps(reports[name], indent=2).encode())
+        write_json(out_dir / f"compare_{name}.json", reports[name])
         pngs += [str(p) for p in plot_report(reports[name], out_dir / f"compare_{name}")]
-        print(f"  {name:18s} FD {reports[name]['fd']['full']:.4f}  KD {reports[name]['kd']['kd']:.5f}  "
-              f"SECS {reports[name]['speaker_similarity']['secs']:.3f}", flush=True)
+        log.info("  %-18s FD %.4f  KD %.5f  SECS %.3f", name, reports[name]["fd"]["full"], reports[name]["kd"]["kd"],
+                 reports[name]["speaker_similarity"]["secs"])
     return reports, pngs
 
 
@@ -138,27 +145,27 @@ def run_main_job(cfg: JobConfig) -> dict[str, Any]:
     _step(f"2-3/5 softmax pre-training ({cfg.softmax_steps} steps), then triplet training "
           f"({cfg.triplet_steps} steps), width {cfg.width:g}")
     checkpoint = train_phases(cfg, train_cache)
-    embedder = Embedder(checkpoint)
+    encoder = get_encoder(DEFAULT_ENCODER, model=checkpoint)
     _step(f"4/5 speaker verification on {len(test_cache.speakers)} speakers never seen in training")
-    verification, pngs = evaluate_unseen(embedder, test_cache, report_dir)
-    print(f"  SAP {verification['sap']:.3f}  SAN {verification['san']:.3f} (mean cosine similarity, same / "
-          f"different speaker)  EER {100 * verification['eer']:.2f} %  over {verification['n_target']} + "
-          f"{verification['n_nontarget']} trials")
+    verification, pngs = evaluate_unseen(encoder, test_cache, report_dir)
+    log.info("  SAP %.3f  SAN %.3f (mean cosine similarity, same / different speaker)  EER %.2f %%  over %d + %d "
+             "trials", verification["sap"], verification["san"], 100 * verification["eer"], verification["n_target"],
+             verification["n_nontarget"])
     reports = {}
     if cfg.degradations:
         _step("5/5 generated-speech metrics: held-out speech against degraded copies")
-        reports, compare_pngs = compare_degraded(embedder, cfg, report_dir)
+        reports, compare_pngs = compare_degraded(encoder, cfg, report_dir)
         pngs += compare_pngs
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "checkpoint": str(checkpoint),
-        "model_identity": embedder.model_identity,
+        "model_identity": encoder.identity,
         "verification": verification,
         "degradations": degradation_summary(reports),
         "pngs": pngs,
         "wall_seconds": time.perf_counter() - started,
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
+    write_json(out / "summary.json", summary)
     return summary
 
 

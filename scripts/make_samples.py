@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import soundfile as sf
-from pathlib import Path
 
 TRAIN_PER_SEX = 40
 MIN_TRAIN_SECONDS = 4.0

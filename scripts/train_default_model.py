@@ -8,10 +8,12 @@ speakers, and writes deep_speaker/default_model/{MODEL_NAME, model_card.json}.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from deep_speaker.atomic import json_text, save_model, write_json
+from deep_speaker.cli import configure_logging
+from deep_speaker.model.checkpoints import read_state, run_dir
 from deep_speaker.model.rescnn import load_model, model_identity, to_embedding_model
 from deep_speaker.pipeline import JobConfig, run_main_job
 
@@ -23,12 +25,11 @@ CONFIG = JobConfig(output_dir=REPO / "runs" / "default-model", width=0.25, softm
 
 
 def main() -> int:
+    """Train, then write the model and its card."""
+    configure_logging()  # the job's progress lines, as `deep-speaker run` shows them
     summary = run_main_job(CONFIG)
     model = to_embedding_model(load_model(summary["checkpoint"]))
-    MODEL_DIR.mkdir(exist_ok=True)
-    tmp = MODEL_DIR / f".{MODEL_NAME}.tmp.keras"
-    model.save(tmp)
-    tmp.replace(MODEL_DIR / MODEL_NAME)
+    save_model(model, MODEL_DIR / MODEL_NAME)
     v = summary["verification"]
     card = {
         "model": MODEL_NAME,
@@ -39,15 +40,14 @@ def main() -> int:
         "min_dcf_0.01": v["min_dcf"]["p_target=0.01"]["min_dcf"],
         # best.keras of the triplet phase; step 0 is its softmax starting point, kept when no triplet step
         # improved the validation EER.
-        "triplet_best_step": json.loads((CONFIG.output_dir / "checkpoints" / "triplet" / "state.json")
-                                        .read_text())["best_step"],
+        "triplet_best_step": read_state(run_dir(CONFIG.output_dir / "checkpoints", "triplet"))["best_step"],
         "width": CONFIG.width, "softmax_steps": CONFIG.softmax_steps, "triplet_steps": CONFIG.triplet_steps,
         "batch_size": CONFIG.batch_size, "seed": CONFIG.seed,
         "model_identity": model_identity(model),
         "rebuild": "python scripts/train_default_model.py",
     }
-    (MODEL_DIR / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(json.dumps(card, indent=2))
+    write_json(MODEL_DIR / "model_card.json", card)
+    print(json_text(card), end="")
     return 0
 
 

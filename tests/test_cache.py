@@ -17,8 +17,8 @@ import soundfile as sf
 from python_speech_features import fbank
 
 from deep_speaker.data.cache import FeatureCache, build_cache
-from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.data.inputs import generate_training_inputs, load_training_inputs
+from deep_speaker.errors import DeepSpeakerError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,7 +289,8 @@ def deep_speaker_cache(*args: str) -> tuple[int, str]:
     import contextlib
     import io
 
-    from deep_speaker.cli import cache as cache_command, run_command
+    from deep_speaker.cli import cache as cache_command
+    from deep_speaker.cli import run_command
 
     parser = argparse.ArgumentParser(prog="deep-speaker")
     cache_command.register(parser.add_subparsers())
@@ -310,7 +311,7 @@ def test_cache_commands_build_update_info_inputs(libri_mini, tmp_path):
     rc, out = deep_speaker_cache("build", str(audio), str(cache_dir), "--yes", "--workers", "2", "--no_progress")
     assert rc == 0 and f"{len(files)} files cached" in out  # wiped and rebuilt, no 3 s wait with --yes
     rc, out = deep_speaker_cache("update", str(audio), str(cache_dir), "--no_progress")
-    assert rc == 0 and f"0 files cached" in out and f"{len(files)} skipped" in out
+    assert rc == 0 and "0 files cached" in out and f"{len(files)} skipped" in out
     rc, info = deep_speaker_cache("info", str(cache_dir))
     cache = FeatureCache(cache_dir)
     assert rc == 0 and "speakers:   2" in info and f"utterances: {len(files)}" in info

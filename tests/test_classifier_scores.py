@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from deep_speaker.data.audio import read_audio
 from deep_speaker.cli import main
+from deep_speaker.data.audio import read_audio
+from deep_speaker.data.features import fbank_features
 from deep_speaker.encoders.deepspeaker import SpeakerClassifier
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.data.features import fbank_features
 from deep_speaker.metrics import inception_score
 from deep_speaker.model.rescnn import build_rescnn
 

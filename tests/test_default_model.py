@@ -32,7 +32,7 @@ def test_no_model_means_the_packaged_one_and_reproduces_its_card(card, tmp_path,
     monkeypatch.chdir(tmp_path)  # no ./checkpoints here: the packaged model is the default
     embedder = Embedder()
     assert card["model"] in capfd.readouterr().err
-    assert embedder.model_identity == card["model_identity"]
+    assert embedder.identity == card["model_identity"]
 
     files = sorted(HELD_OUT.rglob("*.flac"))
     speakers = np.array([f.parent.parent.name for f in files])

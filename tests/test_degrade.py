@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deep_speaker.eval.degrade import degrade_folder, degrade_signal
 from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.eval.degrade import degrade_folder, degrade_signal
 
 SPEAKER = "test-other/3005"
 

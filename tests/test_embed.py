@@ -7,9 +7,10 @@ import pytest
 import soundfile as sf
 
 from deep_speaker.data.audio import load_audio
-from deep_speaker.encoders.deepspeaker import Embedder, save_embeddings
-from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.data.features import extract_features
+from deep_speaker.encoders.deepspeaker import Embedder
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.eval.export import save_embeddings
 from deep_speaker.model.rescnn import load_model
 
 
@@ -82,6 +83,9 @@ def test_embed_signal_equals_embed_files(model, files):
     embedder = Embedder(model)
     np.testing.assert_allclose(embedder.embed_signal(load_audio(files[0]), 16000),
                                embedder.embed_files(files[:1])[0], atol=1e-5)
+    # The batched entry point: one row per signal, as the files give them.
+    np.testing.assert_allclose(embedder.embed_signals([load_audio(f) for f in files[:3]], 16000),
+                               embedder.embed_files(files[:3]), atol=1e-5)
     # Another rate is resampled first: 8 kHz speech still gives a unit vector close to the original.
     low = embedder.embed_signal(load_audio(files[0], 8000), 8000)
     assert abs(np.linalg.norm(low) - 1) < 1e-5
@@ -122,6 +126,7 @@ def test_save_embeddings_formats(tmp_path):
     with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
         np.testing.assert_array_equal(data["embeddings"], emb)
         assert list(data["paths"]) == paths and str(data["model_identity"]) == "abc123"
+        assert str(data["encoder"]) == "deep-speaker"
         assert list(data["speakers"]) == ["s1", "s1", "s2"]
     save_embeddings(tmp_path / "e.npy", emb, paths, "abc123")
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy", allow_pickle=False), emb)

@@ -11,11 +11,18 @@ import pytest
 
 from deep_speaker import metrics
 from deep_speaker.cli import main
-from deep_speaker.eval.degrade import degrade_folder
-from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.data.audio import load_audio
-from deep_speaker.eval.generated import (check_compatible, compare, compute_stats, format_table, load_stats, make_stats,
-                                     save_stats)
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.eval.degrade import degrade_folder
+from deep_speaker.eval.generated import (
+    check_compatible,
+    compare,
+    compute_stats,
+    format_table,
+    load_stats,
+    make_stats,
+    save_stats,
+)
 
 REAL_SPEAKERS = ("1688", "2414", "3005", "533")
 GEN_SPEAKERS = REAL_SPEAKERS[:2]  # the other two are the "other conditioning" of cFD/cKD
@@ -95,10 +102,21 @@ def test_stats_round_trip(real, tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.sigma, real.sigma)
     assert back.labels.tolist() == real.labels.tolist() and back.paths.tolist() == real.paths.tolist()
     assert back.model_identity == real.model_identity and back.feature_settings == real.feature_settings
+    assert back.encoder == real.encoder == "deep-speaker"
     # mu/sigma are the sample mean and the ddof-1 covariance of the stored embeddings.
     emb = real.embeddings.astype(np.float64)
     np.testing.assert_allclose(back.mu, emb.mean(axis=0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(back.sigma, np.cov(emb, rowvar=False, ddof=1), rtol=0, atol=1e-12)
+
+
+def test_stats_file_written_before_encoders_reads_as_deep_speaker(real, tmp_path: Path) -> None:
+    save_stats(tmp_path / "new.npz", real)
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as data:
+        old = {k: data[k] for k in data.files if k != "encoder"}  # the keys a file had before the Encoder interface
+    np.savez(tmp_path / "old.npz", **old)
+    back = load_stats(tmp_path / "old.npz")
+    assert back.encoder == "deep-speaker"
+    check_compatible(real, back)  # still compares with statistics made now
 
 
 def test_different_models_or_settings_are_refused(work: Path, real, tmp_path: Path) -> None:

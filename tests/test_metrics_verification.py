@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.data.features import extract_features
-from deep_speaker.metrics import (best_f_measure, cosine_scores, equal_error_rate, equal_error_rate_threshold, min_dcf,
-                                  pair_scores, roc, sap_san, verification_report)
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.metrics import (
+    best_f_measure,
+    cosine_scores,
+    equal_error_rate,
+    equal_error_rate_threshold,
+    min_dcf,
+    pair_scores,
+    roc,
+    sap_san,
+    verification_report,
+)
 
 
 @pytest.fixture(scope="session")

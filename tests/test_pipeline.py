@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "librispeech"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,3 +69,18 @@ def test_main_job_end_to_end(tmp_path: Path) -> None:
     for name in rows:
         report = json.loads((out / "report" / f"compare_{name}.json").read_text())
         assert report["fd"]["full"] == pytest.approx(rows[name]["fd"])
+
+
+def test_run_options_default_to_the_job_config() -> None:
+    from deep_speaker.cli import build_parser
+    from deep_speaker.cli.options import config_values
+    from deep_speaker.pipeline import JobConfig
+
+    parser = build_parser(["run"])
+    assert JobConfig(**config_values(parser.parse_args(["run"]), JobConfig)) == JobConfig()
+    args = parser.parse_args(["run", "--data", "d", "-o", "o", "--width", "0.5", "--softmax-steps", "3",
+                              "--triplet-steps", "4", "--batch-size", "6", "--seed", "1", "--precision",
+                              "mixed_bfloat16", "--workers", "2"])
+    assert JobConfig(**config_values(args, JobConfig)) == JobConfig(
+        data_dir=Path("d"), output_dir=Path("o"), width=0.5, softmax_steps=3, triplet_steps=4, batch_size=6, seed=1,
+        precision="mixed_bfloat16", workers=2)

@@ -17,13 +17,12 @@ import keras
 import numpy as np
 import pytest
 
-from deep_speaker.train import batching
 from deep_speaker.data.cache import FeatureCache, build_cache
-from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.model.rescnn import load_model, to_embedding_model
-from deep_speaker.model.checkpoints import latest_checkpoint, read_state
-from deep_speaker.train.training import TrainConfig, Trainer, train
 from deep_speaker.data.inputs import generate_training_inputs
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.model.checkpoints import latest_checkpoint, read_state
+from deep_speaker.model.rescnn import load_model, to_embedding_model
+from deep_speaker.train import TrainConfig, Trainer, batching, train
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, CROP = 0.0625, 64  # tiny network, 0.64 s crops: CPU-sized runs
@@ -167,7 +166,7 @@ def test_killed_run_resumes_its_step_count_and_optimizer(data, tmp_path):
     assert 4 <= killed_at < 12, "the run must be killed mid-way"
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
-    resumed_from = int(second.stdout.split("resuming at step ")[1].split()[0])
+    resumed_from = int(second.stderr.split("resuming at step ")[1].split()[0])  # a log line, on stderr
     assert killed_at <= resumed_from < 12  # continued from the last save, not from 0
     assert read_state(out / "softmax")["step"] == 12
     # The optimizer state came back too: its iteration counter totals the steps of both processes.
@@ -198,7 +197,7 @@ def test_mirrored_strategy_on_two_cpu_devices(backend, data, tmp_path):
     env_extra, setup = TWO_DEVICES[backend]
     script = setup + textwrap.dedent(f"""
         import keras
-        from deep_speaker.train.training import TrainConfig, Trainer
+        from deep_speaker.train import TrainConfig, Trainer
         trainer = Trainer(TrainConfig("triplet", {str(tmp_path)!r}, data={str(data)!r}, steps=4, save_every=2,
                                       refresh_every=2, pool_speakers=8, strategy="mirrored", width={WIDTH},
                                       crop_frames={CROP}, batch_size=24, verbose=0))
@@ -240,6 +239,9 @@ def one_line_error(config: TrainConfig, match: str) -> None:
 
 def test_empty_and_one_speaker_caches(libri_mini, tmp_path):
     (tmp_path / "empty").mkdir()
+    with pytest.raises(DeepSpeakerError, match="no audio files"):  # no audio at all is an error already
+        build_cache(tmp_path / "empty", tmp_path / "empty_cache", progress=False)
+    (tmp_path / "empty" / "loose.wav").write_bytes(b"")  # rejected (no speaker folder): a cache of 0 utterances
     build_cache(tmp_path / "empty", tmp_path / "empty_cache", progress=False)
     one_line_error(TrainConfig("triplet", tmp_path / "o1", cache_dir=tmp_path / "empty_cache", **SMALL), "at least 2")
     link_speakers(libri_mini, tmp_path / "one", "test-other", 1, 3)
@@ -306,3 +308,81 @@ def test_random_crop_batches_come_from_the_training_part_of_their_speaker(data):
         windows = [np.lib.stride_tricks.sliding_window_view(cache.load(speaker, utt)[lo:hi], (CROP, 64))[:, 0]
                    for utt, lo, hi in train_segments[speaker]]
         assert any((w == crop).all(axis=(1, 2)).any() for w in windows)
+
+
+# ----- configuration and the options derived from it -----
+
+
+def train_cli_module():
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "train_cli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parsed_config(argv: list[str]) -> TrainConfig:
+    """The TrainConfig `deep-speaker train PHASE ...` would run."""
+    from deep_speaker.cli import build_parser
+    from deep_speaker.cli.train import config_from_args
+
+    args = build_parser(["train"]).parse_args(argv)
+    return config_from_args(args, args.phase)
+
+
+@pytest.mark.parametrize("phase, steps, rate", [("softmax", 10000, 1e-3), ("triplet", 10000, 1e-2), ("probe", 2000, 1e-3)])
+def test_phase_defaults_are_the_same_from_both_command_lines_and_python(phase, steps, rate):
+    flags = {"softmax": ["--loss_on_softmax"], "triplet": ["--loss_on_embeddings", "--normalize_embeddings"],
+             "probe": ["--loss_on_softmax", "--freeze_embedding_weights", "--normalize_embeddings"]}[phase]
+    cli = train_cli_module()
+    args = cli.build_parser().parse_args([*flags, "--data_filename", "cache/full_inputs.pkl"])
+    from_train_cli = cli.config_from_args(args, cli.phase_of(args))
+    from_deep_speaker = parsed_config(["train", phase, "--data-filename", "cache/full_inputs.pkl"])
+    from_python = TrainConfig(phase, data=Path("cache/full_inputs.pkl"))
+    assert from_train_cli == from_deep_speaker == from_python
+    assert from_python.steps == steps and from_python.learning_rate == rate
+    assert from_python.output_dir == Path("cache/checkpoints") and from_python.batch_size == 96
+    assert from_python.verbose == 2 and not args.verbose  # --fit_verbose is not the CLI's --verbose
+
+
+def test_every_option_takes_dashes_and_underscores():
+    argv = ["--data_filename", "d.npz", "--cache_dir", "c", "--output_dir", "o", "--init_model", "i.keras",
+            "--steps", "7", "--batch_size", "12", "--learning_rate", "0.5", "--width", "0.5", "--crop_frames", "40",
+            "--seed", "3", "--save_every", "2", "--precision", "mixed_bfloat16", "--strategy", "mirrored",
+            "--holdout", "0.3", "--random_crops", "--refresh_every", "5", "--pool_speakers", "9",
+            "--fit_verbose", "0"]
+    dashes = [a.replace("_", "-") if a.startswith("--") else a for a in argv]
+    underscored = parsed_config(["train", "triplet", *argv])
+    assert underscored == parsed_config(["train", "triplet", *dashes])
+    assert underscored == TrainConfig("triplet", Path("o"), data=Path("d.npz"), cache_dir=Path("c"),
+                                      init_model=Path("i.keras"), steps=7, batch_size=12, learning_rate=0.5,
+                                      width=0.5, crop_frames=40, seed=3, save_every=2, precision="mixed_bfloat16",
+                                      strategy="mirrored", holdout=0.3, random_crops=True, refresh_every=5,
+                                      pool_speakers=9, verbose=0)
+
+
+def test_train_help_shows_each_phase_default(capsys):
+    from deep_speaker.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "probe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size N, --batch_size N" in text and "--steps N, --steps N" not in text
+    assert "up to N); default: 2000" in text and "default: checkpoints/ beside the data" in text
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(DeepSpeakerError, match="unknown phase 'pretrain'; choose one of softmax, triplet, probe"):
+        TrainConfig("pretrain")
+    with pytest.raises(DeepSpeakerError, match="unknown strategy"):
+        TrainConfig("softmax", strategy="tpu")
+    with pytest.raises(DeepSpeakerError, match="must be positive"):
+        TrainConfig("softmax", steps=0)
+
+
+def test_state_logs_are_strict_json():
+    from deep_speaker.atomic import json_text
+    from deep_speaker.train.callbacks import finite_logs
+
+    logs = finite_logs({"loss": np.float32(0.5), "val_eer": float("nan"), "lr": np.inf, "array": np.zeros(2)})
+    assert logs == {"loss": 0.5, "val_eer": None, "lr": None}
+    assert json.loads(json_text(logs)) == logs

@@ -11,14 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deep_speaker.encoders import deepspeaker as embed
+from deep_speaker.cli import configure_logging, main
 from deep_speaker.data.cache import FeatureCache, build_cache
-from deep_speaker.cli import main
+from deep_speaker.encoders import deepspeaker as embed
 from deep_speaker.encoders.deepspeaker import Embedder
 from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.eval.verification import (
+    embed_cache,
+    embed_folder,
+    labelled_report,
+    read_trials,
+    score_trials,
+    speaker_pair_similarity,
+)
 from deep_speaker.model.rescnn import load_model
-from deep_speaker.eval.verification import (embed_cache, embed_folder, labelled_report, read_trials, score_trials,
-                                       speaker_pair_similarity)
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = ("1688", "1998", "2033")
@@ -147,9 +153,10 @@ def test_evaluate_verification_writes_json_and_pngs(corpus, cache_dir, checkpoin
     assert code == 0
     out = capsys.readouterr().out
     assert "EER" in out and "minDCF (p_target=0.01)" in out and "SAP" in out
-    report = json.loads(report_path.read_text())
+    report = json.loads(report_path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
     assert report["n_target"] == 9 and report["n_nontarget"] == 27 and 0 <= report["eer"] <= 1
     assert {"sap", "san", "min_dcf", "best_f", "model_identity", "failures"} <= set(report)
+    assert report["encoder"] == "deep-speaker" and report["model_identity"] == Embedder(checkpoint).identity
     for name in ("det.png", "similarity_matrix.png", "projection_pca.png"):
         assert (plots_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate-verification", "--cache", str(cache_dir), "--model", checkpoint]) == 0
@@ -189,6 +196,20 @@ def test_original_unseen_speakers_and_get_embeddings(corpus, cache_dir, checkpoi
         assert set(data["speakers"].tolist()) == {"2033"}
 
 
+def test_unseen_speakers_of_a_folder_walk_it_once(corpus, checkpoint, capsys, monkeypatch, embedder, shared_model):
+    from deep_speaker.eval import verification
+
+    walks = []
+    walk = verification.list_utterances
+    monkeypatch.setattr(verification, "list_utterances", lambda *a, **k: walks.append(a) or walk(*a, **k))
+    assert run_original_cli(["--unseen_speakers", "1688,1998", "--audio_dir", str(corpus), "--model", checkpoint]) == 0
+    assert len(walks) == 1  # the speakers are checked on the same walk that lists the files to embed
+    out = capsys.readouterr().out
+    e = embedder.embed_files(sorted((corpus / "1688").rglob("*.flac"))).astype(np.float64)
+    sap = np.mean([plain_cosine(e[i], e[j]) for i in range(PER_SPEAKER) for j in range(i + 1, PER_SPEAKER)])
+    assert f"SAP (mean cosine similarity, same speaker 1688) = {sap:.4f}" in out
+
+
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no checkpoints/triplet here
     monkeypatch.setattr(embed, "PACKAGED_MODEL_DIR", tmp_path / "default_model")
@@ -205,6 +226,7 @@ def test_default_model_is_announced_once(tmp_path, monkeypatch, capsys, checkpoi
                                                           "eer": 0.123}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(embed, "PACKAGED_MODEL_DIR", packaged)
+    configure_logging()  # the notices are log records; the CLI shows INFO and above on stderr
     assert embed.default_model_path() == packaged / "demo.keras"
     assert embed.default_model_path() == packaged / "demo.keras"
     err = capsys.readouterr().err

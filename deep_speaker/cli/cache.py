@@ -13,6 +13,7 @@ from ..data.cache import DEFAULT_TRIM, FeatureCache, build_cache, parse_shard, w
 from ..data.corpus import LAYOUTS, MIC_CHOICES
 from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
 from . import EXIT_OK, EXIT_PARTIAL
+from .options import finite_float
 
 WIPE_COUNTDOWN_S = 3
 
@@ -87,7 +88,7 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trim", choices=TRIM_MODES, default=DEFAULT_TRIM,
                         help="silence trim: percentile = the original (default, what the released model saw), "
                              "vad = energy voice-activity trim, none")
-    parser.add_argument("--min_seconds", type=float, default=MIN_SPEECH_SECONDS,
+    parser.add_argument("--min_seconds", type=finite_float, default=MIN_SPEECH_SECONDS,
                         help=f"skip (and report) files shorter than this after trimming (default {MIN_SPEECH_SECONDS})")
     parser.add_argument("--mic", choices=MIC_CHOICES, default="mic1",
                         help="VCTK 0.92 microphone to keep (the other is used only where it is missing)")
@@ -140,6 +141,6 @@ def register(subparsers) -> None:
                                                        "a .pkl name writes the .npz beside it)")
     inputs.add_argument("--crop_frames", type=int, default=DEFAULT_CROP_FRAMES,
                         help=f"frames per crop (default {DEFAULT_CROP_FRAMES} = 1.6 s)")
-    inputs.add_argument("--holdout", type=float, default=0.2, help="fraction held out per speaker (default 0.2)")
+    inputs.add_argument("--holdout", type=finite_float, default=0.2, help="fraction held out per speaker (default 0.2)")
     inputs.add_argument("--seed", type=int, default=0, help="random seed of the crop positions and the split")
     inputs.set_defaults(func=lambda a: run_inputs(a.cache_dir, a.output, a.crop_frames, a.holdout, a.seed))

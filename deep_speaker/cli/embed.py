@@ -5,43 +5,58 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Iterable
+from typing import Any, Iterable
 
+from ..data.audio import AUDIO_EXTENSIONS
 from ..data.corpus import find_audio_files
-from ..encoders.deepspeaker import (DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, EXPORT_SUFFIXES, EmbedFailure,
-                     Embedder, save_embeddings)
+from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders, get_encoder
+from ..encoders.deepspeaker import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from ..errors import Failure
+from ..eval.export import EXPORT_SUFFIXES, save_embeddings
 from ..model.rescnn import PRECISIONS
 from . import EXIT_OK, EXIT_PARTIAL
+from .options import finite_float
+
+# The Deep Speaker options: (argparse dest, Embedder keyword). Given ones are passed to the encoder's factory;
+# unset ones (None) are left out, so the Embedder's own defaults apply and other encoders are not handed them.
+DEEP_SPEAKER_OPTIONS = (("window", "window_seconds"), ("hop", "hop_seconds"), ("batch_size", "batch_size"),
+                        ("precision", "precision"))
 
 
 def add_embedder_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --window, --hop, --batch-size, --precision: how embeddings are computed."""
+    """--encoder, --model, and Deep Speaker's --window, --hop, --batch-size, --precision: how embeddings are made."""
     group = parser.add_argument_group("embedding")
+    # No argparse choices: encoders registered later (plug-ins) count, and an unknown name is a one-line error.
+    group.add_argument("--encoder", metavar="NAME", default=DEFAULT_ENCODER,
+                       help=f"speaker encoder: {', '.join(available_encoders())} (default {DEFAULT_ENCODER})")
     group.add_argument("--model", metavar="PATH", default=None,
-                       help="model: .keras, original .h5, or a training run folder (default: the newest triplet "
-                            "checkpoint under checkpoints/, else the packaged demo model)")
-    group.add_argument("--window", type=float, default=DEFAULT_WINDOW_SECONDS, metavar="SECONDS",
-                       help=f"window of long utterances, averaged (default {DEFAULT_WINDOW_SECONDS:g} s, the "
-                            f"training crop)")
-    group.add_argument("--hop", type=float, default=DEFAULT_HOP_SECONDS, metavar="SECONDS",
-                       help=f"step between windows (default {DEFAULT_HOP_SECONDS:g} s)")
-    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                       help=f"windows per forward pass (default {DEFAULT_BATCH_SIZE})")
-    group.add_argument("--precision", choices=PRECISIONS, default="float32",
-                       help="compute precision (mixed_bfloat16 is faster on recent CPUs/GPUs)")
+                       help="the encoder's model; for deep-speaker: .keras, original .h5, or a training run folder "
+                            "(default: the newest triplet checkpoint under checkpoints/, else the packaged demo model)")
+    group.add_argument("--window", type=finite_float, default=None, metavar="SECONDS",
+                       help=f"deep-speaker: window of long utterances, averaged (default {DEFAULT_WINDOW_SECONDS:g} "
+                            f"s, the training crop)")
+    group.add_argument("--hop", type=finite_float, default=None, metavar="SECONDS",
+                       help=f"deep-speaker: step between windows (default {DEFAULT_HOP_SECONDS:g} s)")
+    group.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help=f"deep-speaker: windows per forward pass (default {DEFAULT_BATCH_SIZE})")
+    group.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="deep-speaker: compute precision (default float32; mixed_bfloat16 is faster on recent "
+                            "CPUs/GPUs)")
 
 
-def embedder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None,
-                       kind: type[Embedder] = Embedder) -> Embedder:
-    """The Embedder (or ``kind``) the options describe (``model`` overrides --model; the original's queries have
-    only --model)."""
-    return kind(model or getattr(args, "model", None), window_seconds=getattr(args, "window", DEFAULT_WINDOW_SECONDS),
-                    hop_seconds=getattr(args, "hop", DEFAULT_HOP_SECONDS),
-                    batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
-                    precision=getattr(args, "precision", "float32"))
+def deep_speaker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Deep Speaker options given on the command line, as Embedder keywords."""
+    return {key: getattr(args, dest) for dest, key in DEEP_SPEAKER_OPTIONS if getattr(args, dest, None) is not None}
 
 
-def report_failures(failures: Iterable[EmbedFailure]) -> int:
+def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> Encoder:
+    """The encoder the options describe (``model`` overrides --model; the original's queries have only --model)."""
+    model = model or getattr(args, "model", None)
+    options = {**deep_speaker_options(args), **({} if model is None else {"model": model})}
+    return get_encoder(getattr(args, "encoder", DEFAULT_ENCODER), **options)
+
+
+def report_failures(failures: Iterable[Failure]) -> int:
     """Print each failure as 'path: reason' on stderr; their number."""
     count = 0
     for failure in failures:
@@ -50,46 +65,47 @@ def report_failures(failures: Iterable[EmbedFailure]) -> int:
     return count
 
 
-def expand_inputs(items: list[str]) -> tuple[list[str], list[EmbedFailure]]:
-    """Audio files of the arguments: files as given, folders searched for .wav/.flac; folders without audio fail."""
+def expand_inputs(items: list[str]) -> tuple[list[str], list[Failure]]:
+    """Audio files of the arguments: files as given, folders searched for audio files; folders without audio fail."""
     paths: list[str] = []
-    failures: list[EmbedFailure] = []
+    failures: list[Failure] = []
     for item in items:
         if os.path.isdir(item):
             found, rejected = find_audio_files(item)
             paths += found
-            failures += [EmbedFailure(r.path, r.reason) for r in rejected]
+            failures += rejected
             if not found:
-                failures.append(EmbedFailure(item, "folder holds no .wav or .flac file"))
+                failures.append(Failure(item, f"folder holds no audio file ({', '.join(AUDIO_EXTENSIONS)})"))
         else:
-            paths.append(item)  # a missing or bad file is reported by the Embedder with its reason
+            paths.append(item)  # a missing or bad file is reported by the encoder with its reason
     return paths, failures
 
 
 def run(args: argparse.Namespace) -> int:
     """Embed the inputs, write the output file, report the files that failed."""
     paths, failures = expand_inputs(args.inputs)
-    embedder = embedder_from_args(args)
-    result = embedder.embed_files_with_failures(paths)
+    encoder = encoder_from_args(args)
+    result = encoder.embed_files_with_failures(paths)
     failed = report_failures(failures + result.failures)
     if not result.paths:
         print(f"no file could be embedded; nothing written to {args.output}", file=sys.stderr)
         return EXIT_PARTIAL
-    out = save_embeddings(args.output, result.embeddings, result.paths, embedder.model_identity)
+    out = save_embeddings(args.output, result.embeddings, result.paths, encoder.identity, encoder=encoder.name)
     print(f"wrote {len(result.paths)} embeddings ({result.embeddings.shape[1]}-d, L2-normalised) to {out} "
-          f"(model {embedder.model_identity}){f'; {failed} file(s) skipped' if failed else ''}")
+          f"(model {encoder.identity}){f'; {failed} file(s) skipped' if failed else ''}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "embed", help="speaker embeddings of audio files",
-        description="Speaker embeddings (512-d, L2-normalised) of audio files or folders of them. A long utterance "
-                    "is the normalised mean of overlapping windows; a short one is zero-padded to the window. "
+        description="Speaker embeddings (deep-speaker: 512-d, L2-normalised) of audio files or folders of them. A "
+                    "long utterance is the normalised mean of overlapping windows; a short one is zero-padded to "
+                    "the window. "
                     "Files that cannot be read are reported and skipped (exit code 1).")
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, or folders searched for them")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help=f"output file by suffix: {', '.join(EXPORT_SUFFIXES)} (.npz holds embeddings, paths "
-                             f"and model_identity)")
+                        help=f"output file by suffix: {', '.join(EXPORT_SUFFIXES)} (.npz holds embeddings, paths, "
+                             f"model_identity, encoder)")
     add_embedder_options(parser)
     parser.set_defaults(func=run)

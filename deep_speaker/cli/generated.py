@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_atomic
+from ..atomic import write_json
 from ..data.corpus import LAYOUTS
-from ..eval.degrade import KINDS
 from ..errors import DeepSpeakerError
+from ..eval.degrade import KINDS
 from . import EXIT_OK, EXIT_PARTIAL
-from .embed import add_embedder_options, embedder_from_args
+from .embed import add_embedder_options, deep_speaker_options, encoder_from_args
+from .options import finite_float
 
 SIDE_HELP = "a folder of audio files (speakers from its layout) or a statistics .npz written by 'stats'"
 
@@ -29,9 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = subparsers.add_parser(
         "stats", help="embed a folder and save its statistics file (.npz)",
         description="Embed every audio file of DIR (speaker labels from the folder layout: LibriSpeech, VCTK or "
-                    "<speaker>/<file>) and save mu, sigma, the embeddings, labels, paths, the model identity "
-                    "and the feature settings to a .npz that 'compare' accepts in place of the folder.")
-    stats.add_argument("dir", metavar="DIR", help="folder of audio files (.wav, .flac)")
+                    "<speaker>/<file>) and save mu, sigma, the embeddings, labels, paths, the encoder, its model "
+                    "identity and its settings to a .npz that 'compare' accepts in place of the folder.")
+    stats.add_argument("dir", metavar="DIR", help="folder of audio files")
     stats.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="statistics file to write")
     add_layout_option(stats)
     add_embedder_options(stats)
@@ -43,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "error bars, conditional cFD/cKD, FD∞, speaker similarity (SECS), SAP/SAN, NDB, optional "
                     "classifier scores and paired MR-STFT; each beside a real-data baseline (two disjoint "
                     "per-speaker halves of the real set). Prints a table; writes JSON and PNGs on request.",
-        epilog="Both sides must come from the same model and feature settings; statistics files record them.")
+        epilog="Both sides must come from the same encoder, model and settings; statistics files record them.")
     cmp.add_argument("real", metavar="REAL", help=SIDE_HELP)
     cmp.add_argument("generated", metavar="GENERATED", help=SIDE_HELP)
     cmp.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report as JSON")
@@ -76,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deg.add_argument("src", metavar="SRC", help="folder of real speech")
     deg.add_argument("dst", metavar="DST", help="output folder (same layout and names)")
     deg.add_argument("--kind", required=True, choices=KINDS, help="degradation")
-    deg.add_argument("--level", type=float, default=None,
+    deg.add_argument("--level", type=finite_float, default=None,
                      help="SNR dB (noise), cut-off Hz (lowpass), iterations (griffinlim) or mel bands (melvocoder)")
     deg.add_argument("--seed", type=int, default=0, help="seed of the noise / initial phases (default 0)")
     deg.set_defaults(func=run_degrade)
@@ -85,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_stats(args: argparse.Namespace) -> int:
     from ..eval.generated import compute_stats, save_stats
 
-    stats = compute_stats(args.dir, embedder_from_args(args), args.layout)
+    stats = compute_stats(args.dir, encoder_from_args(args), args.layout)
     save_stats(args.output, stats)
     for failure in stats.failures:
         print(f"skipped {failure}", file=sys.stderr)
@@ -104,34 +103,33 @@ def _load_probs(path: str | None) -> np.ndarray | None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..eval.generated import compare, format_table, load_side
+    from ..eval.generated import classifier_probabilities, compare, format_table, load_side
     from ..eval.plots import plot_report
 
-    embedder = None
+    encoder = None
 
-    def get_embedder():  # loading a model is slow: only when a side is a folder
-        nonlocal embedder
-        embedder = embedder or embedder_from_args(args)
-        return embedder
+    def get_encoder():  # loading a model is slow: only when a side is a folder
+        nonlocal encoder
+        encoder = encoder or encoder_from_args(args)
+        return encoder
 
-    real = load_side(args.real, get_embedder, args.layout)
-    generated = load_side(args.generated, get_embedder, args.layout)
+    real = load_side(args.real, get_encoder, args.layout)
+    generated = load_side(args.generated, get_encoder, args.layout)
     both_folders = os.path.isdir(args.real) and os.path.isdir(args.generated)
     gen_probs, ref_probs = _load_probs(args.probs), _load_probs(args.ref_probs)
     if args.classifier:
         from ..encoders.deepspeaker import SpeakerClassifier
 
-        classifier = embedder_from_args(args, args.classifier, kind=SpeakerClassifier)
-        # Files that gave no embedding are already reported through the statistics' failures.
-        gen_probs = classifier.embed_files_with_failures(generated.paths.tolist()).embeddings
-        ref_probs = classifier.embed_files_with_failures(real.paths.tolist()).embeddings
+        # The classifier is a ResCNN with a softmax head, whatever --encoder is: it windows as deep-speaker does.
+        classifier = SpeakerClassifier(args.classifier, **deep_speaker_options(args))
+        gen_probs, ref_probs = classifier_probabilities(classifier, real, generated)
     report = compare(real, generated, seed=args.seed, num_splits=args.num_splits, subset_size=args.subset_size,
                      num_subsets=args.num_subsets, ndb_bins=args.ndb_bins, fd_inf_points=args.fd_inf_points,
                      gen_probs=gen_probs, ref_probs=ref_probs,
                      paired_folders=(args.real, args.generated) if both_folders else None)
     print(format_table(report))
     if args.output:
-        _write_json(Path(args.output), report)
+        write_json(args.output, report)
         print(f"report: {args.output}")
     if args.plots:
         for png in plot_report(report, args.plots):
@@ -140,11 +138,6 @@ def run_compare(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"skipped {failure}", file=sys.stderr)
     return EXIT_PARTIAL if failures else EXIT_OK
-
-
-def _write_json(path: Path, report: dict) -> None:
-    """Strict JSON (NaN refused), written to a temporary file and renamed."""
-    write_atomic(path, json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False).encode())
 
 
 def run_degrade(args: argparse.Namespace) -> int:

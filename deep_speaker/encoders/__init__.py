@@ -1,1 +1,53 @@
-"""Speaker encoders: audio in, embeddings out, behind one interface that every downstream workflow depends on."""
+"""Speaker encoders: audio in, embeddings out, behind one interface (:class:`Encoder`) and a registry of names.
+
+``get_encoder("deep-speaker", model=PATH)`` is the Deep Speaker ResCNN (:class:`deepspeaker.Embedder`); other
+encoders plug in with ``register_encoder(name, factory)``. Factories are called only when asked for, so listing
+the encoders (or importing this package) loads no model framework.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from ..errors import DeepSpeakerError
+from ..settings import check_choice
+from .base import DEFAULT_WORKERS, FILES_PER_CHUNK, EmbedResult, Encoder
+
+DEFAULT_ENCODER = "deep-speaker"
+
+__all__ = ["DEFAULT_ENCODER", "DEFAULT_WORKERS", "FILES_PER_CHUNK", "EmbedResult", "Encoder", "available_encoders",
+           "get_encoder", "register_encoder"]
+
+
+def _deep_speaker(**options: Any) -> Encoder:
+    """The Deep Speaker Embedder (``model``, ``window_seconds``, ``hop_seconds``, ``precision``, ...)."""
+    from .deepspeaker import Embedder  # Keras loads here, only when this encoder is asked for
+
+    return Embedder(**options)
+
+
+_FACTORIES: dict[str, Callable[..., Encoder]] = {DEFAULT_ENCODER: _deep_speaker}
+
+
+def register_encoder(name: str, factory: Callable[..., Encoder], replace: bool = False) -> None:
+    """Make ``get_encoder(name, **options)`` return ``factory(**options)``; a taken name needs ``replace=True``."""
+    if name in _FACTORIES and not replace:
+        raise ValueError(f"an encoder named {name!r} is already registered")
+    _FACTORIES[name] = factory
+
+
+def available_encoders() -> list[str]:
+    """The registered encoder names, in registration order (the default first)."""
+    return list(_FACTORIES)
+
+
+def get_encoder(name: str = DEFAULT_ENCODER, **options: Any) -> Encoder:
+    """The encoder registered as ``name`` built with ``options``; a one-line DeepSpeakerError for an unknown name
+    or an option the encoder does not take."""
+    factory = _FACTORIES[check_choice(name, available_encoders(), "encoder")]
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise DeepSpeakerError(f"encoder {name!r} does not take the options given ({exc})") from None
+    return factory(**options)

@@ -14,63 +14,39 @@ all files share one shape and form full predict batches.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import logging
 import os
-import sys
 import weakref
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
-from ..atomic import atomic_write
-from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, apply_trim, check_trim, read_audio, resample
+from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, apply_trim, check_trim, resample
+from ..data.features import FEATURE_SETTINGS, HOP_LENGTH, NUM_FILTERS, fbank_features
 from ..errors import DeepSpeakerError
-from ..data.features import HOP_LENGTH, NUM_FILTERS, fbank_features
 from ..metrics import normalize_rows
 from ..model.checkpoints import latest_checkpoint
-from ..model.rescnn import (load_model, model_identity, num_speakers_of, to_embedding_model,
-                    with_precision)
+from ..model.rescnn import load_model, model_identity, num_speakers_of, to_embedding_model, with_precision
+from . import DEFAULT_ENCODER
+from .base import DEFAULT_WORKERS, Encoder
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
 DEFAULT_WINDOW_SECONDS = 1.6
 DEFAULT_HOP_SECONDS = 0.8
 DEFAULT_PAD_SECONDS = 1.6
 DEFAULT_BATCH_SIZE = 32  # windows per predict call; larger gains nothing on CPU and costs memory
-FILES_PER_CHUNK = 256  # files read ahead (in threads) while the model embeds the previous chunk
 # Where 'deep-speaker train' writes its runs when it has no data folder; the newest triplet checkpoint is the
 # default model (the original queries also look in CACHE/checkpoints, where training on a cache writes them).
 DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
 PACKAGED_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 
+logger = logging.getLogger(__name__)
 _announced: set[str] = set()
 _FORWARD: "weakref.WeakKeyDictionary[keras.Model, Callable[[np.ndarray], np.ndarray]]" = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class EmbedFailure:
-    """A file that gave no embedding, and why (one line)."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-@dataclass
-class EmbedResult:
-    """Embeddings of the files that worked, in input order, and the failures of the others."""
-
-    embeddings: np.ndarray  # float32 [n_ok, 512]
-    paths: list[str]  # the files of the rows of ``embeddings``
-    failures: list[EmbedFailure]
 
 
 def _frames(seconds: float) -> int:
@@ -122,11 +98,11 @@ def packaged_model() -> Path | None:
     return found[0] if found else None
 
 
-def _announce(message: str) -> None:
-    """Say once per process (stderr) which default model is used."""
+def _announce(message: str, level: int = logging.INFO) -> None:
+    """Log once per process which default model is used."""
     if message not in _announced:
         _announced.add(message)
-        print(message, file=sys.stderr)
+        logger.log(level, message)
 
 
 def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_CHECKPOINT_ROOT,)) -> Path:
@@ -138,8 +114,9 @@ def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_
         return newest
     packaged = packaged_model()
     if packaged is not None:
+        # A warning, so that Python users without logging set up see it too: results of a demo model mislead.
         _announce(f"deep-speaker: using the packaged default model {packaged}, a small demo model "
-                  f"({_card_summary(_model_card())}); pass --model for real use")
+                  f"({_card_summary(_model_card())}); pass --model for real use", logging.WARNING)
         return packaged
     searched = ", ".join(str(Path(root) / "triplet") for root in checkpoint_roots)
     raise DeepSpeakerError(f"no model given, no triplet checkpoint in {searched} and no packaged default model in "
@@ -172,8 +149,12 @@ def forward_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return _FORWARD[model]
 
 
-class Embedder:
-    """Speaker embeddings of files, signals or features with one ResCNN, batched across files."""
+class Embedder(Encoder):
+    """The Deep Speaker encoder: speaker embeddings of files, signals or features with one ResCNN, batched
+    across files (windows of equal length share forward passes)."""
+
+    name = DEFAULT_ENCODER
+    sample_rate = SAMPLE_RATE
 
     def __init__(self, model: keras.Model | str | os.PathLike | None = None,
                  window_seconds: float = DEFAULT_WINDOW_SECONDS, hop_seconds: float = DEFAULT_HOP_SECONDS,
@@ -194,7 +175,7 @@ class Embedder:
         self.batch_size = batch_size
         self.trim = trim
         self.min_audio_seconds = min_audio_seconds
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.workers = workers or DEFAULT_WORKERS
         self._identity: str | None = None
         self._forward = forward_function(self.model)
 
@@ -207,15 +188,22 @@ class Embedder:
         return normalize_rows(sums)
 
     @property
-    def output_size(self) -> int:
+    def embedding_size(self) -> int:
+        """The width of the network's output (512 for the ResCNN, the number of speakers for a classifier)."""
         return int(self.model.output_shape[-1])
 
     @property
-    def model_identity(self) -> str:
-        """Hash of the embedding weights and feature settings (``model.model_identity``)."""
+    def identity(self) -> str:
+        """Hash of the embedding weights and feature settings (``model.rescnn.model_identity``)."""
         if self._identity is None:
             self._identity = model_identity(self.model)
         return self._identity
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the weights that changes an embedding: the features, the windowing and the trim."""
+        return {**FEATURE_SETTINGS, "trim": self.trim, "window_frames": self.window, "hop_frames": self.hop,
+                "min_frames": self.min_frames, "min_audio_seconds": self.min_audio_seconds}
 
     def _predict(self, windows: list[np.ndarray]) -> np.ndarray:
         """Embeddings [n, 512] of equal-length windows, ``batch_size`` per forward pass."""
@@ -227,7 +215,7 @@ class Embedder:
 
     def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings [n, 512] of several utterances' features [T_i, 64]; windows of equal length share batches."""
-        sums = np.zeros((len(features), self.output_size), dtype=np.float64)
+        sums = np.zeros((len(features), self.embedding_size), dtype=np.float64)
         counts = np.zeros((len(features), 1), dtype=np.float64)
         buckets: dict[int, tuple[list[int], list[np.ndarray]]] = defaultdict(lambda: ([], []))
         for i, feats in enumerate(features):
@@ -247,7 +235,11 @@ class Embedder:
         """Embedding [512] of one utterance's features [T, 64]."""
         return self.embed_features_batch([features])[0]
 
-    def features_of_signal(self, signal: np.ndarray, sample_rate: int = SAMPLE_RATE, where: str = "signal") -> np.ndarray:
+    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """The Encoder's batch entry point: :meth:`embed_features_batch`."""
+        return self.embed_features_batch(inputs)
+
+    def prepare_signal(self, signal: np.ndarray, sample_rate: int = SAMPLE_RATE, where: str = "signal") -> np.ndarray:
         """Features of a mono signal, resampled and trimmed as files are; AudioError when too little speech is left."""
         x = resample(np.asarray(signal, dtype=np.float32), sample_rate, SAMPLE_RATE)
         x = apply_trim(x, self.trim, SAMPLE_RATE)
@@ -255,82 +247,6 @@ class Embedder:
             raise AudioError(where, f"too short ({x.size / SAMPLE_RATE:.2f} s of audio after trim, "
                                     f"need {self.min_audio_seconds:g} s)")
         return fbank_features(x)
-
-    def embed_signal(self, signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """Embedding [512] of a mono signal (any rate; trimmed like files)."""
-        return self.embed_features(self.features_of_signal(signal, sample_rate))
-
-    def _read(self, path: str) -> np.ndarray | EmbedFailure:
-        """Features of a file, or its failure (never raises for bad audio)."""
-        try:
-            signal = read_audio(path, trim=False)
-            return self.features_of_signal(signal, SAMPLE_RATE, path)
-        except AudioError as e:
-            return EmbedFailure(str(path), e.reason)
-
-    def _chunks(self, paths: list[str]) -> Iterator[tuple[list[str], list[np.ndarray | EmbedFailure]]]:
-        """Chunks of paths with their features, the next chunk read in threads while the caller embeds this one."""
-        chunks = [paths[i:i + FILES_PER_CHUNK] for i in range(0, len(paths), FILES_PER_CHUNK)]
-        with ThreadPoolExecutor(self.workers) as pool:
-            pending = pool.map(self._read, chunks[0]) if chunks else iter(())
-            for k, chunk in enumerate(chunks):
-                results = list(pending)
-                if k + 1 < len(chunks):
-                    pending = pool.map(self._read, chunks[k + 1])
-                yield chunk, results
-
-    def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
-        """Embed every readable file; missing, corrupt, silent or too-short ones are returned as failures."""
-        paths = [str(p) for p in paths]
-        rows, done, failures = [], [], []
-        for chunk, results in self._chunks(paths):
-            good = [(p, r) for p, r in zip(chunk, results) if not isinstance(r, EmbedFailure)]
-            failures += [r for r in results if isinstance(r, EmbedFailure)]
-            if good:
-                rows.append(self.embed_features_batch([r for _, r in good]))
-                done += [p for p, _ in good]
-        embeddings = np.concatenate(rows) if rows else np.zeros((0, self.output_size), np.float32)
-        return EmbedResult(embeddings, done, failures)
-
-    def embed_files(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
-        """Embeddings [n, 512] of the files, in order; DeepSpeakerError naming every file that failed."""
-        result = self.embed_files_with_failures(paths)
-        if result.failures:
-            listed = "; ".join(map(str, result.failures[:5]))
-            more = f" (and {len(result.failures) - 5} more)" if len(result.failures) > 5 else ""
-            raise DeepSpeakerError(f"{len(result.failures)} file(s) could not be embedded: {listed}{more}")
-        return result.embeddings
-
-
-EXPORT_SUFFIXES = (".npz", ".npy", ".csv")
-
-
-def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], model_id: str,
-                    speakers: Sequence[str] | None = None) -> Path:
-    """Write embeddings by suffix: .npz (embeddings, paths, model_identity[, speakers]), .npy (the array), .csv."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in EXPORT_SUFFIXES:
-        raise DeepSpeakerError(f"{path}: unknown output format; use one of {', '.join(EXPORT_SUFFIXES)}")
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    with atomic_write(path) as out:
-        if suffix == ".npy":
-            np.save(out, embeddings, allow_pickle=False)
-        elif suffix == ".npz":
-            # Unicode arrays (dtype <U), never object arrays: the file loads with allow_pickle=False.
-            extra = {} if speakers is None else {"speakers": np.asarray(list(speakers), dtype=str)}
-            np.savez(out, embeddings=embeddings, paths=np.asarray(list(sources), dtype=str),
-                     model_identity=np.asarray(model_id), **extra)
-        else:
-            f = io.TextIOWrapper(out, encoding="utf8", newline="", write_through=True)
-            writer = csv.writer(f)
-            label = [] if speakers is None else ["speaker"]
-            writer.writerow(["path", *label, *(f"e{i}" for i in range(embeddings.shape[1]))])
-            for i, row in enumerate(embeddings):
-                writer.writerow([sources[i], *([] if speakers is None else [speakers[i]]),
-                                 *(f"{v:.8g}" for v in row)])
-            f.detach()  # the bytes are written through; atomic_write closes and renames the file
-    return path
 
 
 class SpeakerClassifier(Embedder):

@@ -20,12 +20,15 @@ import numpy as np
 from .. import metrics
 from ..atomic import atomic_write
 from ..data.corpus import find_audio_files, list_utterances
-from ..errors import DeepSpeakerError
-from ..data.features import FEATURE_SETTINGS
+from ..encoders import DEFAULT_ENCODER, Encoder
+from ..errors import DeepSpeakerError, Failure
 from ..metrics.distances import split_per_label
+from ..settings import settings_difference
 
 STATS_FORMAT = 1
 STATS_KEYS = ("mu", "sigma", "embeddings", "labels", "paths", "model_identity", "feature_settings")
+# Written since the Encoder interface; a file without it was made by the only encoder there was.
+ENCODER_KEY = "encoder"
 
 
 @dataclass
@@ -35,27 +38,22 @@ class Stats:
     embeddings: np.ndarray  # [n, d] float32, L2-normalised
     labels: np.ndarray  # [n] unicode speaker labels ("" when the layout gives none)
     paths: np.ndarray  # [n] unicode source paths
-    model_identity: str
-    feature_settings: dict
+    model_identity: str  # the encoder's identity (the name the files have always used)
+    feature_settings: dict  # the encoder's settings
     mu: np.ndarray  # [d] float64
     sigma: np.ndarray  # [d, d] float64, unbiased
     source: str = ""  # the folder or file it came from, for messages
-    failures: list = field(default_factory=list)  # files that gave no embedding (path: reason)
+    failures: list[Failure] = field(default_factory=list)  # files that gave no embedding (not saved in the .npz)
+    encoder: str = DEFAULT_ENCODER  # the registry name of the encoder
 
     @property
     def speakers(self) -> list[str]:
         return sorted(set(self.labels.tolist()) - {""})
 
 
-def embedder_settings(embedder: Any) -> dict:
-    """Everything besides the weights that changes an embedding: the features and the Embedder's windowing/trim."""
-    return {**FEATURE_SETTINGS, "trim": embedder.trim, "window_frames": embedder.window,
-            "hop_frames": embedder.hop, "min_frames": embedder.min_frames,
-            "min_audio_seconds": embedder.min_audio_seconds}
-
-
 def make_stats(embeddings: np.ndarray, labels: Sequence[str], paths: Sequence[str], model_identity: str,
-               feature_settings: dict, source: str = "", failures: list | None = None) -> Stats:
+               feature_settings: dict, source: str = "", failures: Sequence[Failure] | None = None,
+               encoder: str = DEFAULT_ENCODER) -> Stats:
     """Stats from embeddings (mean and unbiased covariance by ``metrics.gaussian_stats``)."""
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] < 2:
@@ -63,10 +61,10 @@ def make_stats(embeddings: np.ndarray, labels: Sequence[str], paths: Sequence[st
                                f"{emb.shape[0] if emb.ndim == 2 else 0}")
     mu, sigma = metrics.gaussian_stats(emb)
     return Stats(emb, np.asarray(labels, dtype=str), np.asarray(paths, dtype=str), model_identity,
-                 dict(feature_settings), mu, sigma, source, list(failures or []))
+                 dict(feature_settings), mu, sigma, source, list(failures or []), encoder)
 
 
-def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], embedder: Any,
+def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encoder: Encoder,
                   layout: str = "auto") -> Stats:
     """Embed a folder (speaker labels from its layout) or a list of files (unlabelled) into :class:`Stats`."""
     if isinstance(source, (str, os.PathLike)):
@@ -85,11 +83,10 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], embed
         labels = [""] * len(paths)
     if not paths:
         raise DeepSpeakerError(f"{name}: no audio files")
-    result = embedder.embed_files_with_failures(paths)
+    result = encoder.embed_files_with_failures(paths)
     label_of = dict(zip(paths, labels))
-    return make_stats(result.embeddings, [label_of[p] for p in result.paths], result.paths,
-                      embedder.model_identity, embedder_settings(embedder), name,
-                      [str(f) for f in result.failures])
+    return make_stats(result.embeddings, [label_of[p] for p in result.paths], result.paths, encoder.identity,
+                      encoder.settings, name, result.failures, encoder.name)
 
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
@@ -97,7 +94,7 @@ def save_stats(path: str | os.PathLike, stats: Stats) -> None:
     with atomic_write(path) as f:
         np.savez(f, format_version=np.int64(STATS_FORMAT), mu=stats.mu, sigma=stats.sigma,
                  embeddings=stats.embeddings, labels=stats.labels.astype(str), paths=stats.paths.astype(str),
-                 model_identity=np.str_(stats.model_identity),
+                 model_identity=np.str_(stats.model_identity), encoder=np.str_(stats.encoder),
                  feature_settings=np.str_(json.dumps(stats.feature_settings, sort_keys=True)))
 
 
@@ -109,6 +106,7 @@ def load_stats(path: str | os.PathLike) -> Stats:
             if missing:
                 raise DeepSpeakerError(f"{path}: not a deep-speaker statistics file (missing {', '.join(missing)})")
             arrays = {k: data[k] for k in STATS_KEYS}
+            encoder = str(data[ENCODER_KEY]) if ENCODER_KEY in data.files else DEFAULT_ENCODER
     except (OSError, ValueError) as exc:
         raise DeepSpeakerError(f"{path}: cannot read statistics file ({exc})") from exc
     n, d = arrays["embeddings"].shape
@@ -116,29 +114,31 @@ def load_stats(path: str | os.PathLike) -> Stats:
             or arrays["paths"].shape != (n,):
         raise DeepSpeakerError(f"{path}: statistics file arrays have inconsistent shapes")
     return Stats(arrays["embeddings"], arrays["labels"], arrays["paths"], str(arrays["model_identity"]),
-                 json.loads(str(arrays["feature_settings"])), arrays["mu"], arrays["sigma"], str(path))
+                 json.loads(str(arrays["feature_settings"])), arrays["mu"], arrays["sigma"], str(path), [], encoder)
 
 
-def load_side(source: str | os.PathLike, embedder: Any | Callable[[], Any], layout: str = "auto") -> Stats:
-    """A folder (embedded now) or a statistics ``.npz``; ``embedder`` may be a factory, called only for folders."""
+def load_side(source: str | os.PathLike, encoder: Encoder | Callable[[], Encoder], layout: str = "auto") -> Stats:
+    """A folder (embedded now) or a statistics ``.npz``; ``encoder`` may be a factory, called only for folders."""
     path = Path(source)
     if path.is_dir():
-        return compute_stats(path, embedder() if callable(embedder) else embedder, layout)
+        return compute_stats(path, encoder() if callable(encoder) else encoder, layout)
     if path.is_file():
         return load_stats(path)
     raise DeepSpeakerError(f"{path}: no such folder or statistics file")
 
 
 def check_compatible(a: Stats, b: Stats) -> None:
-    """Refuse to compare statistics made by different models or feature settings."""
+    """Refuse to compare statistics made by different encoders, models or feature settings (one-line errors)."""
+    if a.encoder != b.encoder:
+        raise DeepSpeakerError(f"{a.source} and {b.source} were made by different encoders ({a.encoder} vs "
+                               f"{b.encoder}); recompute one with the other's encoder")
     if a.model_identity != b.model_identity:
         raise DeepSpeakerError(f"{a.source} and {b.source} were made by different models (identity "
                                f"{a.model_identity} vs {b.model_identity}); recompute one with the other's model")
-    if a.feature_settings != b.feature_settings:
-        diff = sorted(k for k in a.feature_settings.keys() | b.feature_settings.keys()
-                      if a.feature_settings.get(k) != b.feature_settings.get(k))
+    diff = settings_difference(a.feature_settings, b.feature_settings)
+    if diff:
         raise DeepSpeakerError(f"{a.source} and {b.source} were made with different feature settings "
-                               f"({', '.join(diff)}); recompute one with the other's settings")
+                               f"({diff}); recompute one with the other's settings")
     if a.embeddings.shape[1] != b.embeddings.shape[1]:
         raise DeepSpeakerError(f"{a.source} and {b.source} differ in embedding size")
 
@@ -201,6 +201,13 @@ def _mr_stft(messages: list[str], real_dir: str, gen_dir: str) -> dict | None:
             "resolutions": [list(r) for r in metrics.PWG_RESOLUTIONS]}
 
 
+def classifier_probabilities(classifier: Encoder, real: Stats, generated: Stats) -> tuple[np.ndarray, np.ndarray]:
+    """p(y|x) rows of the generated and of the real set's files from a classifier (e.g. ``SpeakerClassifier``)."""
+    # Files that gave no embedding are already reported through the statistics' failures.
+    return (classifier.embed_files_with_failures(generated.paths.tolist()).embeddings,
+            classifier.embed_files_with_failures(real.paths.tolist()).embeddings)
+
+
 def _classifier(messages: list[str], gen_probs: np.ndarray, ref_probs: np.ndarray | None) -> dict:
     """IS, mIS (and AM with reference probabilities) from p(y|x) rows."""
     out: dict[str, Any] = {}
@@ -234,7 +241,8 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
     a, b = x[half_a], x[half_b]
     report: dict[str, Any] = {
         "settings": {"seed": seed, "num_splits": num_splits, "subset_size": subset_size, "num_subsets": num_subsets,
-                     "ndb_bins": ndb_bins, "fd_inf_points": fd_inf_points, "model_identity": real.model_identity,
+                     "ndb_bins": ndb_bins, "fd_inf_points": fd_inf_points, "encoder": real.encoder,
+                     "model_identity": real.model_identity,
                      "feature_settings": real.feature_settings},
         "real": _describe(real),
         "generated": _describe(generated),
@@ -272,7 +280,7 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
 
 def _describe(stats: Stats) -> dict:
     return {"source": stats.source, "n": int(stats.embeddings.shape[0]), "speakers": len(stats.speakers),
-            "dimension": int(stats.embeddings.shape[1]), "failures": list(stats.failures)}
+            "dimension": int(stats.embeddings.shape[1]), "failures": [f.to_dict() for f in stats.failures]}
 
 
 def to_json_safe(value: Any, messages: list[str], where: str = "") -> Any:
@@ -357,8 +365,9 @@ def format_table(report: dict) -> str:
     real, gen = report["real"], report["generated"]
     lines = [f"generated: {gen['source']} ({gen['n']} utterances, {gen['speakers']} speakers)",
              f"real:      {real['source']} ({real['n']} utterances, {real['speakers']} speakers)",
-             f"model {s['model_identity']}, seed {s['seed']}; baseline = two disjoint per-speaker halves of the real "
-             f"set ({report['baseline_halves']['n_a']} + {report['baseline_halves']['n_b']})",
+             f"encoder {s['encoder']}, model {s['model_identity']}, seed {s['seed']}; baseline = two disjoint "
+             f"per-speaker halves of the real set ({report['baseline_halves']['n_a']} + "
+             f"{report['baseline_halves']['n_b']})",
              "",
              f"{'metric':<{width}}{'generated vs real':<{col}}real half vs half",
              "-" * (width + col + 20)]

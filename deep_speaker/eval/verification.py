@@ -1,4 +1,5 @@
-"""Speaker verification over sets: labelled embeddings from a folder or cache, VoxCeleb trial lists, reports, plots."""
+"""Speaker verification over sets: labelled embeddings from a folder or cache, VoxCeleb trial lists, reports, tables,
+plots. Any :class:`~deep_speaker.encoders.Encoder` gives the embeddings; only a feature cache needs Deep Speaker's."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import plots
 from ..data.cache import FeatureCache
-from ..data.corpus import list_utterances
-from ..encoders.deepspeaker import FILES_PER_CHUNK, EmbedFailure, Embedder
-from ..errors import DeepSpeakerError
+from ..data.corpus import Utterance, list_utterances
+from ..encoders import FILES_PER_CHUNK, Encoder
+from ..errors import DeepSpeakerError, Failure
 from ..metrics import cosine_scores, pair_scores, roc, sap_san, verification_report
-from ..model.rescnn import EMBEDDING_SIZE
+from . import plots
 
 # Pictures of more utterances than this would be unreadable (and t-SNE slow): whole speakers are kept up to it.
 MAX_PLOTTED = 1000
@@ -25,10 +25,10 @@ MAX_PLOTTED = 1000
 class Labelled:
     """Embeddings with their speaker and source (file path or cache id), and the inputs that failed."""
 
-    embeddings: np.ndarray  # float32 [n, 512]
+    embeddings: np.ndarray  # float32 [n, d]
     speakers: list[str]
     sources: list[str]
-    failures: list[EmbedFailure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
 
 
 @dataclass
@@ -48,22 +48,41 @@ def check_speakers(requested: Sequence[str], known: Sequence[str], where: str) -
         raise DeepSpeakerError(f"unknown speaker {', '.join(missing)} in {where}; known speakers: {shown or 'none'}")
 
 
-def embed_folder(embedder: Embedder, audio_dir: str | os.PathLike, layout: str = "auto",
-                 speakers: Sequence[str] | None = None) -> Labelled:
-    """Embeddings of the utterances of a labelled folder (of ``speakers`` when given; an unknown one lists the known)."""
+def folder_utterances(audio_dir: str | os.PathLike, layout: str = "auto",
+                      speakers: Sequence[str] | None = None) -> list[Utterance]:
+    """The utterances of a labelled folder, one walk (of ``speakers`` when given; an unknown one lists the known)."""
     utterances = list_utterances(audio_dir, layout)
     if not utterances:
         raise DeepSpeakerError(f"{audio_dir}: no audio files in a speaker layout found")
     if speakers is not None:
         check_speakers(speakers, sorted({u.speaker for u in utterances}), str(audio_dir))
         utterances = [u for u in utterances if u.speaker in speakers]
+    return utterances
+
+
+def embed_utterances(encoder: Encoder, utterances: Sequence[Utterance]) -> Labelled:
+    """Embeddings of the utterances, labelled with their speakers; the files that failed."""
     speaker_of = {u.path: u.speaker for u in utterances}
-    result = embedder.embed_files_with_failures([u.path for u in utterances])
+    result = encoder.embed_files_with_failures([u.path for u in utterances])
     return Labelled(result.embeddings, [speaker_of[p] for p in result.paths], result.paths, result.failures)
 
 
-def embed_cache(embedder: Embedder, cache: FeatureCache, speakers: Sequence[str] | None = None) -> Labelled:
-    """Embeddings of the cached utterances (of ``speakers`` when given; an unknown one lists the known ones)."""
+def embed_folder(encoder: Encoder, audio_dir: str | os.PathLike, layout: str = "auto",
+                 speakers: Sequence[str] | None = None) -> Labelled:
+    """Embeddings of the utterances of a labelled folder (:func:`folder_utterances`, :func:`embed_utterances`)."""
+    return embed_utterances(encoder, folder_utterances(audio_dir, layout, speakers))
+
+
+def embed_cache(encoder: Encoder, cache: FeatureCache, speakers: Sequence[str] | None = None) -> Labelled:
+    """Embeddings of the cached utterances (of ``speakers`` when given; an unknown one lists the known ones).
+
+    The cache holds Deep Speaker's filterbank features, so the encoder must embed features
+    (``embed_features_batch``); another one gets a one-line error.
+    """
+    embed_features_batch = getattr(encoder, "embed_features_batch", None)
+    if embed_features_batch is None:
+        raise DeepSpeakerError(f"encoder {encoder.name!r} cannot embed a feature cache (it holds Deep Speaker's "
+                               f"filterbank features): embed the audio folder instead, or use --encoder deep-speaker")
     if speakers is not None:
         check_speakers(speakers, cache.speakers, f"the cache {cache.path}")
         ids = [u for s in speakers for u in cache.utterances(s)]
@@ -72,8 +91,8 @@ def embed_cache(embedder: Embedder, cache: FeatureCache, speakers: Sequence[str]
     rows = []
     # Chunks keep memory bounded: the arrays are memory-mapped and read only while their chunk is embedded.
     for i in range(0, len(ids), FILES_PER_CHUNK):
-        rows.append(embedder.embed_features_batch([cache.load(s, u) for s, u in ids[i:i + FILES_PER_CHUNK]]))
-    embeddings = np.concatenate(rows) if rows else np.zeros((0, EMBEDDING_SIZE), np.float32)
+        rows.append(embed_features_batch([cache.load(s, u) for s, u in ids[i:i + FILES_PER_CHUNK]]))
+    embeddings = np.concatenate(rows) if rows else np.zeros((0, encoder.embedding_size), np.float32)
     return Labelled(embeddings, [s for s, _ in ids], [f"{s}/{u}" for s, u in ids])
 
 
@@ -99,10 +118,10 @@ def read_trials(path: str | os.PathLike, root: str | os.PathLike | None = None) 
     return Trials(np.asarray(labels, dtype=np.int8), first, second)
 
 
-def score_trials(embedder: Embedder, trials: Trials) -> tuple[np.ndarray, np.ndarray, list[EmbedFailure]]:
+def score_trials(encoder: Encoder, trials: Trials) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
     """Cosine scores and labels of the trials whose two files embed (each file once); the failures."""
     unique = sorted(set(trials.first) | set(trials.second))
-    result = embedder.embed_files_with_failures(unique)
+    result = encoder.embed_files_with_failures(unique)
     row = {p: i for i, p in enumerate(result.paths)}
     keep = np.asarray([a in row and b in row for a, b in zip(trials.first, trials.second)], dtype=bool)
     a = [row[p] for p, k in zip(trials.first, keep) if k]
@@ -120,6 +139,64 @@ def labelled_report(labelled: Labelled) -> tuple[dict[str, Any], np.ndarray, np.
     report["n_utterances"] = len(labelled.speakers)
     report["n_speakers"] = len(set(labelled.speakers))
     return report, scores, labels
+
+
+@dataclass
+class Evaluation:
+    """A verification report (JSON-ready) with the trial scores and labels it was computed from."""
+
+    report: dict[str, Any]
+    scores: np.ndarray
+    labels: np.ndarray
+    labelled: Labelled | None  # the labelled set, None for a trial list
+    failures: list[Failure]
+
+
+def verification_source(audio_dir: str | os.PathLike | None = None, trials: str | os.PathLike | None = None,
+                        root: str | os.PathLike | None = None,
+                        cache: str | os.PathLike | None = None) -> dict[str, str]:
+    """What to evaluate, as the report records it; exactly one of a labelled folder, a trial list, a cache."""
+    if sum(bool(x) for x in (audio_dir, trials, cache)) != 1:
+        raise DeepSpeakerError("give exactly one of: a labelled folder DIR, --trials FILE (with --root), --cache DIR")
+    if trials:
+        return {"trials": str(trials), "root": str(root or Path(trials).parent)}
+    return {"audio_dir": str(audio_dir)} if audio_dir else {"cache": str(cache)}
+
+
+def evaluate(encoder: Encoder, source: dict[str, str]) -> Evaluation:
+    """The verification report of a :func:`verification_source`: all pairs of a labelled set, or the trial list,
+    with the source, the encoder, its identity and the failed inputs."""
+    labelled: Labelled | None = None
+    if "trials" in source:
+        scores, labels, failures = score_trials(encoder, read_trials(source["trials"], source["root"]))
+        report = verification_report(scores, labels)
+    else:
+        labelled = (embed_folder(encoder, source["audio_dir"]) if "audio_dir" in source
+                    else embed_cache(encoder, FeatureCache(source["cache"])))
+        failures = labelled.failures
+        report, scores, labels = labelled_report(labelled)
+    report = {**report, "source": source, "encoder": encoder.name, "model_identity": encoder.identity,
+              "failures": [f.to_dict() for f in failures]}
+    return Evaluation(report, scores, labels, labelled, failures)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as an aligned text table: trials, SAP/SAN (or mean scores), EER, minDCF, best F-measure."""
+    best = report["best_f"]
+    rows = [("trials", f"{report['n_trials']} ({report['n_target']} target, {report['n_nontarget']} non-target)")]
+    if "sap" in report:
+        rows += [("SAP", f"{report['sap']:.4f}  (mean cosine similarity, same speaker)"),
+                 ("SAN", f"{report['san']:.4f}  (mean cosine similarity, different speakers)")]
+    else:
+        rows += [("mean target score", f"{report['mean_target_score']:.4f}"),
+                 ("mean non-target score", f"{report['mean_nontarget_score']:.4f}")]
+    rows.append(("EER", f"{100 * report['eer']:.2f} %  at threshold {report['eer_threshold']:.4f}"))
+    for name, value in report["min_dcf"].items():
+        rows.append((f"minDCF ({name})", f"{value['min_dcf']:.4f}  at threshold {value['threshold']:.4f}"))
+    rows.append(("best F-measure", f"{best['f_measure']:.4f}  at threshold {best['threshold']:.4f} "
+                                   f"(TPR {best['tpr']:.4f}, accuracy {best['accuracy']:.4f})"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def plotted_subset(labelled: Labelled, limit: int = MAX_PLOTTED) -> np.ndarray:

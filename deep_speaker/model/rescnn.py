@@ -22,9 +22,9 @@ import h5py
 import keras
 import numpy as np
 
+from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
-from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from .checkpoints import BEST, LAST, model_in_run
 from .layers import BatchNormalization, ClippedReLU, L2Normalize, TemporalAverage
 

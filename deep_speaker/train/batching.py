@@ -16,9 +16,9 @@ from typing import Callable
 import keras
 import numpy as np
 
+from ..data.inputs import Segment, split_speaker
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
-from ..data.inputs import Segment, split_speaker
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 

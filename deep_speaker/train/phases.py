@@ -8,126 +8,36 @@ Started again with the same command, a run resumes from `last.keras` (step, opti
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import json
+import logging
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from . import batching
-from ..atomic import save_model, write_json
+from ..atomic import save_model
 from ..data.cache import FeatureCache
-from ..errors import DeepSpeakerError
-from ..settings import settings_difference
 from ..data.features import FEATURE_SETTINGS
-from ..model.checkpoints import STATE, best_checkpoint, latest_checkpoint, read_state
-from ..model.losses import triplet_loss
-from ..metrics import equal_error_rate, pair_scores
-from ..model.rescnn import EMBEDDING_SIZE, HEAD_NAME, build_rescnn, load_model, model_identity, model_width, to_embedding_model
 from ..data.inputs import load_training_inputs
+from ..errors import DeepSpeakerError
+from ..model.checkpoints import BEST, STATE, best_checkpoint, latest_checkpoint, read_state
+from ..model.losses import triplet_loss
+from ..model.rescnn import (
+    EMBEDDING_SIZE,
+    HEAD_NAME,
+    build_rescnn,
+    load_model,
+    model_identity,
+    model_width,
+    to_embedding_model,
+)
+from ..settings import settings_difference
+from . import batching
+from .callbacks import PoolRefresh, TripletValidation, finite_logs, optimizer_step, run_callbacks
+from .config import OPTIMIZERS, TrainConfig
+from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 
-PHASES = ("softmax", "triplet", "probe")
-STRATEGIES = ("none", "mirrored", "multiworker")
-# Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
-# and the validation metric that picks best.keras.
-OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
-MONITORS = {"softmax": ("val_accuracy", "max"), "triplet": ("val_eer", "min"), "probe": ("val_accuracy", "max")}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the defaults are the original's where it had one."""
-
-    phase: str
-    output_dir: Path
-    data: Path | None = None  # training inputs (.npz, or the original full_inputs.pkl name)
-    cache_dir: Path | None = None  # triplet phase: the feature cache (default: the folder of `data`)
-    init_model: Path | None = None  # starting weights (default: best softmax for triplet, best triplet for probe)
-    steps: int = 1000
-    batch_size: int = 96
-    learning_rate: float | None = None
-    width: float = 1.0
-    crop_frames: int = 160
-    seed: int = 0
-    save_every: int = 100
-    precision: str = "float32"
-    strategy: str = "none"
-    holdout: float = 0.2  # triplet, random-crop softmax: held-out share of each speaker's audio (validation)
-    random_crops: bool = False  # softmax: fresh random crops of the cache each step instead of the fixed inputs
-    refresh_every: int = 100  # triplet pool: steps between two new rounds (the original: 100 batches)
-    pool_speakers: int = 640
-    pool_rounds: int = 4
-    max_validation: int = 1000  # crops embedded for the triplet validation EER
-    verbose: int = 2
-
-    def __post_init__(self):
-        self.output_dir = Path(self.output_dir)
-        if self.phase not in PHASES:
-            raise DeepSpeakerError(f"unknown phase {self.phase!r}; choose one of {', '.join(PHASES)}")
-        if self.strategy not in STRATEGIES:
-            raise DeepSpeakerError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.steps < 1 or self.save_every < 1 or self.batch_size < 1 or self.crop_frames < 1:
-            raise DeepSpeakerError("steps, save_every, batch_size and crop_frames must be positive")
-        if self.learning_rate is None:
-            self.learning_rate = OPTIMIZERS[self.phase][1]
-
-    @property
-    def run_dir(self) -> Path:
-        return self.output_dir / self.phase
-
-
-def optimizer_step(model: keras.Model) -> int:
-    """The optimizer's update count (also for a tf.distribute MirroredVariable, which int() refuses)."""
-    return int(np.asarray(model.optimizer.iterations))
-
-
-MULTIWORKER_UNAVAILABLE = (
-    "--strategy multiworker is not available: Keras 3's fit does not run under TensorFlow's "
-    "MultiWorkerMirroredStrategy (keras-team/keras#20585), and under a multi-process Keras distribution on JAX "
-    "model.predict cannot return outputs that span processes, which the hard-negative pool and the validation "
-    "need; use --strategy mirrored for the devices of one machine")
-
-
-def _make_strategy(name: str):
-    """The framework's own multi-device mechanism for a --strategy name (None for 'none').
-
-    TensorFlow: tf.distribute.MirroredStrategy. JAX: a Keras distribution (keras.distribution.DataParallel) over
-    all devices.
-    """
-    if name == "none":
-        return None
-    if name == "multiworker":
-        raise DeepSpeakerError(MULTIWORKER_UNAVAILABLE)
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
-    if backend != "tensorflow":
-        raise DeepSpeakerError(f"--strategy {name} needs the TensorFlow or JAX backend (KERAS_BACKEND={backend})")
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    # Without GPUs, mirror over the logical CPU devices (one unless configured), e.g. for testing.
-    return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
-
-
-def _devices(strategy) -> int:
-    """How many devices a strategy or Keras distribution trains on."""
-    if strategy is None:
-        return 1
-    if isinstance(strategy, keras.distribution.DataParallel):
-        return int(strategy.device_mesh.devices.size)
-    return strategy.num_replicas_in_sync
-
-
-def _loss_shards(strategy) -> int:
-    """In how many parts of a batch the loss is computed separately: one per tf.distribute replica, while a
-    Keras distribution (JAX) computes it over the whole batch."""
-    return 1 if strategy is None or isinstance(strategy, keras.distribution.DataParallel) else _devices(strategy)
+log = logging.getLogger(__name__)
 
 
 def _check_features(settings: dict, where: str) -> None:
@@ -148,135 +58,17 @@ def _checked_width(model: keras.Model, path: Path, width: float) -> keras.Model:
     return model
 
 
-class StopAtStep(keras.callbacks.Callback):
-    """Stop when the optimizer has made `steps` updates (the last epoch may be shorter than save_every)."""
-
-    def __init__(self, steps: int):
-        super().__init__()
-        self.steps = steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        if optimizer_step(self.model) >= self.steps:
-            self.model.stop_training = True
-
-
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose wait/best/cooldown counters survive a restart (kept in state.json)."""
-
-    def __init__(self, restored: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.restored = restored or {}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        for key in ("best", "wait", "cooldown_counter"):
-            if self.restored.get(key) is not None:  # None: no best yet (strict JSON has no infinity)
-                setattr(self, key, self.restored[key])
-
-    def counters(self) -> dict:
-        best = float(self.best)
-        return {"best": best if math.isfinite(best) else None, "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter)}
-
-
-def finite_logs(logs: dict) -> dict:
-    """The scalar entries of Keras logs as floats, a non-finite one as None (state.json is strict JSON)."""
-    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in logs.items() if np.isscalar(v)}
-
-
-class RunCheckpoint(keras.callbacks.Callback):
-    """At each epoch end: best.keras when the monitored metric improved, then last.keras and state.json."""
-
-    def __init__(self, run_dir: Path, state: dict, monitor: str, mode: str, plateau: ResumableReduceLROnPlateau,
-                 identity_model: keras.Model | None = None):
-        super().__init__()
-        self.run_dir, self.state, self.monitor, self.mode, self.plateau = run_dir, state, monitor, mode, plateau
-        self.identity_model = identity_model  # the embedding model whose identity the state records
-
-    def _improved(self, value: float | None) -> bool:
-        best = self.state.get("best_value")
-        if value is None or not np.isfinite(value):
-            return False
-        return best is None or (value > best if self.mode == "max" else value < best)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        step = optimizer_step(self.model)
-        value = logs.get(self.monitor)
-        improved = self._improved(value)
-        if improved:
-            save_model(self.model, self.run_dir / "best.keras")
-        self.state.update(
-            step=step,
-            epoch=epoch + 1,
-            learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            plateau=self.plateau.counters(),
-            last_logs=finite_logs(logs),
-            model_identity=model_identity(self.identity_model or self.model),
-        )
-        if improved:
-            self.state.update(best_value=float(value), best_step=step)
-        save_model(self.model, self.run_dir / "last.keras")
-        write_json(self.run_dir / STATE, self.state, indent=1)
-
-
-def validation_triplets(speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices [anchors; positives; negatives]: each crop with a same-speaker partner, a random other speaker's crop."""
-    anchors, positives, negatives = [], [], []
-    for i, speaker in enumerate(speakers):
-        same = np.flatnonzero((speakers == speaker) & (np.arange(len(speakers)) != i))
-        if len(same):
-            anchors.append(i)
-            positives.append(rng.choice(same))
-            negatives.append(rng.choice(np.flatnonzero(speakers != speaker)))
-    return np.asarray(anchors + positives + negatives, dtype=np.int64)
-
-
-class TripletValidation(keras.callbacks.Callback):
-    """Adds val_eer (all pairs of held-out crops) and val_loss (random held-out triplets) to a triplet run's logs."""
-
-    def __init__(self, x: np.ndarray, speakers: np.ndarray, batch_size: int, seed: int):
-        super().__init__()
-        self.x, self.speakers, self.batch_size = x, speakers, batch_size
-        self.triplets = validation_triplets(speakers, np.random.default_rng([seed, 2]))
-
-    def on_epoch_end(self, epoch, logs=None):
-        embeddings = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
-        if logs is None:
-            return
-        logs["val_eer"] = equal_error_rate(*pair_scores(embeddings, self.speakers))
-        if len(self.triplets):
-            logs["val_loss"] = float(keras.ops.convert_to_numpy(triplet_loss(None, embeddings[self.triplets])))
-
-
-class PoolRefresh(keras.callbacks.Callback):
-    """Every `every` steps, add a round of crops embedded by the current model to the triplet pool."""
-
-    def __init__(self, pool: batching.TripletPool, every: int, batch_size: int):
-        super().__init__()
-        self.pool, self.every, self.batch_size = pool, every, batch_size
-
-    def embed(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict(x, batch_size=self.batch_size, verbose=0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if optimizer_step(self.model) % self.every == 0:
-            self.pool.add_round(self.embed)
-
-
 class Trainer:
     """One phase of training: prepares data and model (fresh, from a previous phase, or resumed), then fits."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
         self.run_dir = config.run_dir
-        self.strategy = _make_strategy(config.strategy)
-        self.devices = _devices(self.strategy)
-        self.loss_shards = _loss_shards(self.strategy)  # triplet batches: each shard is [anchors; positives; negatives]
+        self.strategy = make_strategy(config.strategy)
+        self.devices = device_count(self.strategy)
+        self.loss_shards = loss_shards(self.strategy)  # triplet batches: each shard is [anchors; positives; negatives]
         self.resume_state: dict | None = None
         self.model: keras.Model | None = None
-
-    def scope(self):
-        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
 
     # ----- data -----
 
@@ -306,7 +98,7 @@ class Trainer:
         if path is None:
             return None
         state = read_state(self.run_dir)
-        _check_features(state.get("feature_settings", {}), str(self.run_dir / "state.json"))
+        _check_features(state.get("feature_settings", {}), str(self.run_dir / STATE))
         if self.config.phase != "probe" and not math.isclose(state["width"], self.config.width, rel_tol=1e-6):
             raise DeepSpeakerError(f"{self.run_dir}: a run of width {state['width']:g} is there; this run uses "
                                    f"width {self.config.width:g} (another --output_dir or the same --width)")
@@ -335,19 +127,6 @@ class Trainer:
 
     # ----- fit -----
 
-    def _callbacks(self, state: dict, identity_model: keras.Model | None = None) -> list:
-        c = self.config
-        monitor, mode = MONITORS[c.phase]
-        plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,
-                                             patience=10, min_lr=c.learning_rate / 10)  # the original: 1e-3 -> 1e-4
-        callbacks = [StopAtStep(c.steps), plateau,
-                     RunCheckpoint(self.run_dir, state, monitor, mode, plateau, identity_model),
-                     keras.callbacks.CSVLogger(str(self.run_dir / "log.csv"), append=True)]
-        # TensorBoard logs need the tensorboard package (not a dependency): written when it is installed.
-        if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None:
-            callbacks.append(keras.callbacks.TensorBoard(str(self.run_dir / "tensorboard"), write_graph=False))
-        return callbacks
-
     def _state(self, model: keras.Model, **extra) -> dict:
         c = self.config
         state = dict(self.resume_state or {})
@@ -364,10 +143,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         start = optimizer_step(model)
         if start >= c.steps:
-            print(f"{self.run_dir}: already at step {start} of {c.steps}; nothing to do")
+            log.info("%s: already at step %d of %d; nothing to do", self.run_dir, start, c.steps)
             return dict(state.get("last_logs", {}))
         if start:
-            print(f"{self.run_dir}: resuming at step {start}")
+            log.info("%s: resuming at step %d", self.run_dir, start)
         history = model.fit(
             data(start),
             validation_data=validation,
@@ -376,7 +155,7 @@ class Trainer:
             initial_epoch=start // c.save_every,
             shuffle=False,  # batches are already a seeded function of the step
             verbose=c.verbose,
-            callbacks=[*extra_callbacks, *self._callbacks(state, identity_model)],
+            callbacks=[*extra_callbacks, *run_callbacks(c, state, identity_model)],
         )
         return {k: float(v[-1]) for k, v in history.history.items()}
 
@@ -385,10 +164,10 @@ class Trainer:
         keras.utils.set_random_seed(self.config.seed)
         # The whole phase in the strategy's scope: models are built in it and a Keras distribution (JAX) shards
         # the batches of fit and predict only while it is the current one.
-        with self.scope():
+        with strategy_scope(self.strategy):
             logs = {"softmax": self._train_softmax, "triplet": self._train_triplet, "probe": self._train_probe}[
                 self.config.phase]()
-        state = read_state(self.run_dir) if (self.run_dir / "state.json").is_file() else {}
+        state = read_state(self.run_dir) if (self.run_dir / STATE).is_file() else {}
         return {**logs, "best_value": state.get("best_value"), "step": state.get("step")}
 
     def _train_softmax(self) -> dict:
@@ -453,7 +232,7 @@ class Trainer:
             self._compile(model, triplet_loss, None)
             started_from = str(source) if source else None
             if source:
-                print(f"triplet training starts from {source}")
+                log.info("triplet training starts from %s", source)
         state = self._state(model, started_from=started_from)
         start = optimizer_step(model)
         pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
@@ -476,10 +255,10 @@ class Trainer:
         logs: dict = {}
         validation.set_model(model)
         validation.on_epoch_end(-1, logs)
-        print(f"starting point: val_eer {logs['val_eer']:.4f}")
+        log.info("starting point: val_eer %.4f", logs["val_eer"])
         state.update(best_value=logs["val_eer"], best_step=0, start_logs=finite_logs(logs))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_model(model, self.run_dir / "best.keras")
+        save_model(model, self.run_dir / BEST)
 
     def _train_probe(self) -> dict:
         c = self.config

@@ -1,0 +1,80 @@
+"""Command-line options derived from a config dataclass, so that each default is written once (on the field).
+
+A field becomes an option when its metadata has a ``help`` text. Other metadata keys: ``option`` (the option's
+name when it is not the field's), ``flags`` (more option strings, e.g. ``-o``), ``metavar``, ``choices``, and
+``default_help`` (the default in words, where it is not one value: a default factory, or one per phase).
+The type comes from the annotation (``Path | None`` gives ``Path``); a ``bool`` field is a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Mapping
+
+
+def _option_fields(config: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(config) if "help" in f.metadata]
+
+
+def _dest(f: dataclasses.Field) -> str:
+    # The option's own name: a field such as `verbose` (Keras fit verbosity) must not take the CLI's --verbose.
+    return f.metadata.get("option", f.name)
+
+
+def _value_type(annotation: Any) -> Any:
+    """The type an option converts its text to: the annotation without its ``| None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is a number (``nan``, ``inf`` are refused as a usage error)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """The field's default, or None where a factory (computed when the config is made) stands for it."""
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def add_config_options(parser: argparse.ArgumentParser, config: type, *,
+                       underscores: bool = False, defaults: Mapping[str, Any] | None = None) -> None:
+    """One option per field of the dataclass ``config`` with a help text: ``--batch-size`` for ``batch_size``
+    (and ``--batch_size`` too with ``underscores``); ``defaults`` replaces field defaults, by field name."""
+    hints = typing.get_type_hints(config)
+    defaults = defaults or {}
+    for f in _option_fields(config):
+        meta, name = f.metadata, _dest(f)
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if underscores and "_" in name else [])
+        flags += list(meta.get("flags", ()))
+        default = defaults.get(f.name, _default(f))
+        kwargs: dict[str, Any] = {"dest": name, "default": default}
+        help_text = meta["help"].replace("%", "%%")
+        value_type = _value_type(hints[f.name])
+        if value_type is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = finite_float if value_type is float else value_type
+            for key in ("metavar", "choices"):
+                if key in meta:
+                    kwargs[key] = meta[key]
+            if f.name in defaults or default is not None:
+                help_text += "; default: %(default)s"
+            elif "default_help" in meta:
+                help_text += f"; default: {meta['default_help']}".replace("%", "%%")
+        parser.add_argument(*flags, help=help_text, **kwargs)
+
+
+def config_values(args: argparse.Namespace, config: type) -> dict[str, Any]:
+    """The values of the options :func:`add_config_options` made, by field name; unset ones (None) left out so
+    that the config's own default applies."""
+    values = {f.name: getattr(args, _dest(f)) for f in _option_fields(config)}
+    return {name: value for name, value in values.items() if value is not None}

@@ -1,0 +1,45 @@
+"""Embedding files for other tools: ``.npz`` (embeddings, paths, identity, encoder[, speakers]), ``.npy``, ``.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..encoders import DEFAULT_ENCODER
+from ..errors import DeepSpeakerError
+
+EXPORT_SUFFIXES = (".npz", ".npy", ".csv")
+
+
+def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], model_id: str,
+                    speakers: Sequence[str] | None = None, encoder: str = DEFAULT_ENCODER) -> Path:
+    """Write embeddings by suffix: .npz (embeddings, paths, model_identity, encoder[, speakers]), .npy, .csv."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise DeepSpeakerError(f"{path}: unknown output format; use one of {', '.join(EXPORT_SUFFIXES)}")
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    with atomic_write(path) as out:
+        if suffix == ".npy":
+            np.save(out, embeddings, allow_pickle=False)
+        elif suffix == ".npz":
+            # Unicode arrays (dtype <U), never object arrays: the file loads with allow_pickle=False.
+            extra = {} if speakers is None else {"speakers": np.asarray(list(speakers), dtype=str)}
+            np.savez(out, embeddings=embeddings, paths=np.asarray(list(sources), dtype=str),
+                     model_identity=np.asarray(model_id), encoder=np.asarray(encoder), **extra)
+        else:
+            f = io.TextIOWrapper(out, encoding="utf8", newline="", write_through=True)
+            writer = csv.writer(f)
+            label = [] if speakers is None else ["speaker"]
+            writer.writerow(["path", *label, *(f"e{i}" for i in range(embeddings.shape[1]))])
+            for i, row in enumerate(embeddings):
+                writer.writerow([sources[i], *([] if speakers is None else [speakers[i]]),
+                                 *(f"{v:.8g}" for v in row)])
+            f.detach()  # the bytes are written through; atomic_write closes and renames the file
+    return path

@@ -1,0 +1,112 @@
+"""What a training run depends on: :class:`TrainConfig`, and per phase its optimizer, monitor and default length.
+
+Each field's help text lives in its metadata, so the command lines (``deep-speaker train PHASE``, ``train_cli.py``)
+derive their options from this one place (``deep_speaker.cli.options``): every default is written once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeepSpeakerError
+from ..model.checkpoints import run_dir
+from ..model.rescnn import PRECISIONS
+from ..settings import check_choice
+
+PHASES = ("softmax", "triplet", "probe")
+STRATEGIES = ("none", "mirrored", "multiworker")
+# Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
+# and the validation metric that picks best.keras.
+OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
+MONITORS = {"softmax": ("val_accuracy", "max"), "triplet": ("val_eer", "min"), "probe": ("val_accuracy", "max")}
+# The probe trains a single softmax layer on fixed embeddings: far fewer steps suffice.
+DEFAULT_STEPS = {"softmax": 10000, "triplet": 10000, "probe": 2000}
+
+
+def phase_defaults(phase: str) -> dict[str, Any]:
+    """The defaults that depend on the phase, by field name (a field left at None takes them)."""
+    return {"steps": DEFAULT_STEPS[phase], "learning_rate": OPTIMIZERS[phase][1]}
+
+
+def _by_phase(name: str) -> str:
+    """A phase-dependent default in words, for help texts: ``softmax 10000, triplet 10000, probe 2000``."""
+    return ", ".join(f"{phase} {phase_defaults(phase)[name]:g}" for phase in PHASES)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the defaults are the original's where it had one."""
+
+    phase: str
+    output_dir: Path | None = field(default=None, metadata={
+        "metavar": "DIR", "default_help": "checkpoints/ beside the data",
+        "help": "runs go to DIR/<phase>/ (last.keras, best.keras, state.json, log.csv, tensorboard/)"})
+    data: Path | None = field(default=None, metadata={
+        "option": "data_filename", "metavar": "PATH",
+        "help": "training inputs: the .npz of 'cli.py --generate_training_inputs' (the original full_inputs.pkl "
+                "name reads the .npz beside it; no pickle is ever opened)"})
+    cache_dir: Path | None = field(default=None, metadata={
+        "metavar": "DIR", "default_help": "the folder of --data_filename", "help": "triplet phase: the feature cache"})
+    init_model: Path | None = field(default=None, metadata={
+        "metavar": "PATH", "help": "starting weights (.keras, original .h5 or run folder)",
+        "default_help": "the best softmax checkpoint for triplet, the best triplet (else softmax) checkpoint for probe"})
+    steps: int | None = field(default=None, metadata={
+        "metavar": "N", "default_help": _by_phase("steps"),
+        "help": "total optimizer steps of the phase (a resumed run continues up to N)"})
+    batch_size: int = field(default=96, metadata={"metavar": "N", "help": "batch size (triplet: a multiple of 3)"})
+    learning_rate: float | None = field(default=None, metadata={
+        "metavar": "LR", "default_help": _by_phase("learning_rate"),
+        "help": "initial learning rate (Adam for softmax and probe, SGD for triplet, as the original)"})
+    width: float = field(default=1.0, metadata={
+        "metavar": "W", "help": "filters x W in every stage (e.g. 0.25 for CPU runs; 1 is the paper's size)"})
+    crop_frames: int = field(default=160, metadata={"metavar": "T", "help": "frames per training crop (160: 1.6 s)"})
+    seed: int = field(default=0, metadata={"help": "random seed of initialisation, batches and crops"})
+    save_every: int = field(default=100, metadata={
+        "metavar": "N", "help": "steps between validations and checkpoints (a kill loses at most N steps)"})
+    precision: str = field(default="float32", metadata={
+        "choices": PRECISIONS, "help": "Keras dtype policy; mixed_bfloat16 keeps losses and the L2 normalisation "
+                                       "in float32"})
+    strategy: str = field(default="none", metadata={
+        "choices": STRATEGIES, "help": "mirrored: data parallel over all GPUs, else the logical CPUs (tf.distribute "
+                                       "on TensorFlow, keras.distribution on JAX); multiworker: not available with "
+                                       "Keras 3 (its error says why)"})
+    holdout: float = field(default=0.2, metadata={
+        "help": "triplet phase: share of each speaker's audio held out for the validation EER"})
+    random_crops: bool = field(default=False, metadata={
+        "help": "softmax phase: fresh random crops of the cache's training audio at every step (validation on its "
+                "held-out part) instead of the fixed crops of --data_filename"})
+    refresh_every: int = field(default=100, metadata={  # the original: 100 batches
+        "metavar": "K", "help": "triplet phase: steps between two refreshes of the hard-negative pool"})
+    pool_speakers: int = field(default=640, metadata={
+        "metavar": "N", "help": "triplet phase: speakers (2 crops each) per pool round"})
+    pool_rounds: int = 4  # rounds of speakers the triplet pool keeps
+    max_validation: int = 1000  # crops embedded for the triplet validation EER
+    verbose: int = field(default=2, metadata={
+        "option": "fit_verbose", "choices": (0, 1, 2), "help": "Keras fit verbosity (2: one line per save)"})
+
+    def __post_init__(self) -> None:
+        check_choice(self.phase, PHASES, "phase")
+        check_choice(self.strategy, STRATEGIES, "strategy")
+        check_choice(self.precision, PRECISIONS, "precision")
+        for name, value in phase_defaults(self.phase).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.output_dir is None:
+            beside = Path(self.data).parent if self.data is not None else self.cache_dir
+            self.output_dir = Path(beside) / "checkpoints" if beside is not None else Path("checkpoints")
+        self.output_dir = Path(self.output_dir)
+        if self.steps < 1 or self.save_every < 1 or self.batch_size < 1 or self.crop_frames < 1:
+            raise DeepSpeakerError("steps, save_every, batch_size and crop_frames must be positive")
+        # NaN compares false with everything: unchecked, a NaN rate trains to NaN weights and saves them.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise DeepSpeakerError(f"learning rate must be a positive number, got {self.learning_rate}")
+        if not (math.isfinite(self.width) and self.width > 0) or not 0 <= self.holdout < 1:
+            raise DeepSpeakerError(f"need a positive width and 0 <= holdout < 1 (got {self.width}, {self.holdout})")
+
+    @property
+    def run_dir(self) -> Path:
+        """``OUT/<phase>``, where this run's checkpoints, state and log go."""
+        return run_dir(self.output_dir, self.phase)
