@@ -12,8 +12,9 @@ import errno
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Mapping
 
 
 def _process_umask() -> int:
@@ -69,14 +70,22 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> P
     return Path(path)
 
 
-def save_model(model: Any, path: str | os.PathLike) -> Path:
-    """``model.save`` (a Keras model, ``.keras``) to a temporary name beside ``path``, then renamed onto it."""
+def save_model(model: Any, path: str | os.PathLike, extra: Mapping[str, bytes] | None = None) -> Path:
+    """``model.save`` (a Keras model, ``.keras``) to a temporary name beside ``path``, then renamed onto it.
+
+    ``extra`` entries are added to the ``.keras`` zip before the rename, so they and the model are one file
+    (Keras ignores entries it does not know).
+    """
     path = _writable_target(path)
     # Keras picks the format by suffix and insists on .keras, so the temporary name keeps it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
     os.close(fd)
     try:
         model.save(tmp)
+        if extra:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                for name, data in extra.items():
+                    archive.writestr(name, data)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:

@@ -113,7 +113,11 @@ def compare_degraded(encoder: Encoder, cfg: JobConfig, out_dir: Path) -> tuple[d
         name = f"{kind}@{level:g}"
         copy_dir = cfg.output_dir / "degraded" / name
         if not copy_dir.is_dir():
-            degrade_folder(real_dir, copy_dir, kind, level, seed=cfg.seed)
+            # Written beside and renamed whole: a folder under the final name is complete (a kill mid-way
+            # leaves only the .partial one, which the next run writes again).
+            partial = copy_dir.with_name(f"{name}.partial")
+            degrade_folder(real_dir, partial, kind, level, seed=cfg.seed)
+            partial.rename(copy_dir)
         generated = compute_stats(copy_dir, encoder)
         reports[name] = compare(real, generated, seed=cfg.seed, num_subsets=cfg.compare_subsets)
         write_json(out_dir / f"compare_{name}.json", reports[name])

@@ -272,3 +272,36 @@ def test_mp3_speech_is_cached(libri_mini, tmp_path):
     sf.write(tmp_path / "audio" / "spk" / "a.mp3", signal, rate, format="MP3")
     summary = build_cache(tmp_path / "audio", tmp_path / "cache", layout="folders", progress=False)
     assert summary.cached == 1 and not summary.failed
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KB tmpfs (this needs root, as the sandbox and CI have): a disk that really fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); "
+                    "test_policies covers a full disk with an injected OSError")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_mid_build_is_one_line_and_loses_nothing(libri_mini, tmp_path, small_disk):
+    audio, cache_dir = tmp_path / "audio", small_disk / "cache"
+    files = small_corpus(libri_mini, audio, speakers=3, utts=3)
+    build = [sys.executable, "-m", "deep_speaker", "cache", "build", str(audio), str(cache_dir), "--no_progress"]
+    proc = subprocess.run(build, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    assert "No space left on device" in proc.stderr
+    # Nothing half-written: no temporary is left, and whatever a manifest lists is whole.
+    assert not list(cache_dir.rglob("*.tmp"))
+    if (cache_dir / "manifest.json").is_file():
+        cache = FeatureCache(cache_dir)
+        assert all(cache.load(s, u).shape[1] == 64 for s, u in cache.utterances())
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    update = subprocess.run([*build[:4], "update", *build[5:]], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert update.returncode == 0, update.stderr
+    cache = FeatureCache(cache_dir)
+    assert len(cache) == len(files) and not cache.failures

@@ -229,3 +229,33 @@ def test_toy_embed_command_and_feature_cache(work, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate-verification", "--cache", str(tmp_path / "cache"), "--encoder", TOY]) == 2
     assert "cannot embed a feature cache" in capsys.readouterr().err
+
+
+def test_files_the_layout_rejects_are_reported_not_dropped(tmp_path, all_speakers, capsys):
+    """stats and evaluate-verification on a folder name every file they cannot use and exit 1, as the cache does."""
+    folder = link_speakers(tmp_path / "real", all_speakers[:2])
+    loose = folder / "loose.flac"  # outside any speaker folder
+    loose.symlink_to(sorted(HELD_OUT.rglob("*.flac"))[0])
+    assert main(["stats", str(folder), "-o", str(tmp_path / "s.npz"), "--encoder", TOY]) == 1
+    assert f"{loose}: not inside a speaker folder" in capsys.readouterr().err
+    assert main(["evaluate-verification", str(folder), "--encoder", TOY, "-o", str(tmp_path / "r.json")]) == 1
+    assert f"{loose}: not inside a speaker folder" in capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [f["path"] for f in report["failures"]] == [str(loose)]
+    assert report["n_utterances"] == 20  # the speakers' files all counted
+
+
+def test_a_binary_trial_list_and_nan_statistics_are_one_line_errors(tmp_path, all_speakers, capsys):
+    trials = tmp_path / "trials.txt"
+    trials.write_bytes(bytes(range(256)) * 4)
+    assert main(["evaluate-verification", "--trials", str(trials), "--root", str(HELD_OUT), "--encoder", TOY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("not a text trial list (binary content)") and len(err.splitlines()) == 1
+    folder = link_speakers(tmp_path / "real", all_speakers[:2])
+    assert main(["stats", str(folder), "-o", str(tmp_path / "s.npz"), "--encoder", TOY]) == 0
+    with np.load(tmp_path / "s.npz") as data:
+        arrays = dict(data)
+    arrays["mu"][0] = np.nan
+    np.savez(tmp_path / "nan.npz", **arrays)
+    assert main(["compare", str(tmp_path / "s.npz"), str(tmp_path / "nan.npz")]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err

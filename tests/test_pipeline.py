@@ -84,3 +84,35 @@ def test_run_options_default_to_the_job_config() -> None:
     assert JobConfig(**config_values(args, JobConfig)) == JobConfig(
         data_dir=Path("d"), output_dir=Path("o"), width=0.5, softmax_steps=3, triplet_steps=4, batch_size=6, seed=1,
         precision="mixed_bfloat16", workers=2)
+
+
+def test_a_degraded_copy_killed_mid_write_is_written_again(tmp_path: Path, monkeypatch) -> None:
+    """'Skip if present' only for a complete copy: the job writes each copy beside its final name first."""
+    from deep_speaker import pipeline
+    from deep_speaker.data.corpus import find_audio_files
+    from deep_speaker.eval import degrade
+    from test_encoders import MeanFbank  # the toy encoder of the interface tests: no model to load
+
+    data = small_corpus(tmp_path / "data", train_speakers=0, test_speakers=2)
+    cfg = pipeline.JobConfig(data_dir=data, output_dir=tmp_path / "run", degradations=(("noise", 10.0),),
+                             compare_subsets=2)
+    files = sorted(Path(p).relative_to(data / "test-other") for p in find_audio_files(data / "test-other")[0])
+    assert len(files) == 20
+    real_write = degrade.sf.write
+    written: list[int] = []
+
+    def dies_after_three(*args, **kwargs):
+        if len(written) == 3:
+            raise KeyboardInterrupt("killed mid-write")
+        written.append(1)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(degrade.sf, "write", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.compare_degraded(MeanFbank(), cfg, tmp_path / "report")
+    copy_dir = cfg.output_dir / "degraded" / "noise@10"
+    assert not copy_dir.exists()  # only the .partial folder is left, never a half copy under the final name
+    monkeypatch.setattr(degrade.sf, "write", real_write)
+    reports, _ = pipeline.compare_degraded(MeanFbank(), cfg, tmp_path / "report")
+    assert sorted(p.relative_to(copy_dir) for p in copy_dir.rglob("*.flac")) == files
+    assert reports["noise@10"]["generated"]["n"] == len(files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.data.inputs import generate_training_inputs
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.model.checkpoints import latest_checkpoint, read_state
+from deep_speaker.model.checkpoints import embedded_state, latest_checkpoint, read_state, resume_state
 from deep_speaker.model.rescnn import load_model, to_embedding_model
 from deep_speaker.train import TrainConfig, Trainer, batching, train
 
@@ -386,3 +387,51 @@ def test_state_logs_are_strict_json():
     logs = finite_logs({"loss": np.float32(0.5), "val_eer": float("nan"), "lr": np.inf, "array": np.zeros(2)})
     assert logs == {"loss": 0.5, "val_eer": None, "lr": None}
     assert json.loads(json_text(logs)) == logs
+
+
+# ----- training state that tells the truth -----
+
+
+def weights_of(path: Path) -> list[np.ndarray]:
+    return [np.asarray(w) for w in keras.saving.load_model(path, safe_mode=True).get_weights()]
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
+    common = dict(data=data, save_every=2, learning_rate=3e-3, **SMALL)
+    train(TrainConfig("softmax", tmp_path / "straight", steps=6, **common))
+    train(TrainConfig("softmax", tmp_path / "resumed", steps=2, **common))  # stopped after its first save
+    train(TrainConfig("softmax", tmp_path / "resumed", steps=6, **common))  # then continued in a new Trainer
+    straight = weights_of(tmp_path / "straight" / "softmax" / "last.keras")
+    resumed = weights_of(tmp_path / "resumed" / "softmax" / "last.keras")
+    # Same batches, same dropout masks (seed states restored), same optimizer state.
+    for a, b in zip(straight, resumed):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)  # measured: bitwise equal on this CPU
+
+
+def test_a_stale_state_copy_is_repaired_from_the_checkpoint(softmax_run, data, tmp_path):
+    _, out = softmax_run
+    run = tmp_path / "softmax"
+    shutil.copytree(out / "softmax", run)
+    state = read_state(run)
+    assert embedded_state(run / "last.keras") == state  # the checkpoint carries its own state
+    behind = {**state, "step": state["step"] - 6, "epoch": state["epoch"] - 1, "plateau": {"wait": 99}}
+    (run / "state.json").write_text(json.dumps(behind))  # killed after last.keras, before state.json
+    assert resume_state(run) == state and read_state(run) == state
+    trainer = Trainer(TrainConfig("softmax", tmp_path, data=data, steps=state["step"] + 6, save_every=6,
+                                  learning_rate=3e-3, **SMALL))
+    trainer.train()
+    assert read_state(run)["step"] == state["step"] + 6
+
+
+def test_a_best_model_without_a_checkpoint_is_never_overwritten(softmax_run, data, tmp_path):
+    _, out = softmax_run
+    run = tmp_path / "softmax"
+    run.mkdir()
+    shutil.copy(out / "softmax" / "best.keras", run / "best.keras")  # what a disk full during a save leaves
+    (run / ".last.x1y2.tmp.keras").write_bytes(b"half a model")
+    before = (run / "best.keras").read_bytes()
+    with pytest.raises(DeepSpeakerError, match="no last.keras to resume from") as info:
+        Trainer(TrainConfig("softmax", tmp_path, data=data, steps=6, **SMALL)).train()
+    assert "\n" not in str(info.value)
+    assert (run / "best.keras").read_bytes() == before
+    assert not (run / ".last.x1y2.tmp.keras").exists()  # a killed save's temporary is cleaned up

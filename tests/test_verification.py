@@ -200,8 +200,8 @@ def test_unseen_speakers_of_a_folder_walk_it_once(corpus, checkpoint, capsys, mo
     from deep_speaker.eval import verification
 
     walks = []
-    walk = verification.list_utterances
-    monkeypatch.setattr(verification, "list_utterances", lambda *a, **k: walks.append(a) or walk(*a, **k))
+    walk = verification.scan_corpus
+    monkeypatch.setattr(verification, "scan_corpus", lambda *a, **k: walks.append(a) or walk(*a, **k))
     assert run_original_cli(["--unseen_speakers", "1688,1998", "--audio_dir", str(corpus), "--model", checkpoint]) == 0
     assert len(walks) == 1  # the speakers are checked on the same walk that lists the files to embed
     out = capsys.readouterr().out

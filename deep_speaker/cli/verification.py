@@ -80,9 +80,9 @@ def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Lab
         return embed_cache(encoder, cache, speakers), encoder
     if not getattr(args, "audio_dir", None):
         raise DeepSpeakerError("give --cache_output_dir (a cache built with --update_cache) or --audio_dir")
-    utterances = folder_utterances(args.audio_dir, speakers=speakers)
+    utterances, rejected = folder_utterances(args.audio_dir, speakers=speakers)
     encoder = encoder_from_args(args)
-    return embed_utterances(encoder, utterances), encoder
+    return embed_utterances(encoder, utterances, rejected), encoder
 
 
 def unseen_speakers(args: argparse.Namespace) -> int:

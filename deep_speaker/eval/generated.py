@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import metrics
 from ..atomic import atomic_write
-from ..data.corpus import find_audio_files, list_utterances
+from ..data.corpus import find_audio_files, scan_corpus
 from ..encoders import DEFAULT_ENCODER, Encoder
 from ..errors import DeepSpeakerError, Failure
 from ..metrics.distances import split_per_label
@@ -71,22 +71,22 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encod
         folder = Path(source)
         if not folder.is_dir():
             raise DeepSpeakerError(f"{folder}: not a folder of audio files")
-        utterances = list_utterances(folder, layout)
-        if utterances:
+        utterances, rejected, _ = scan_corpus(folder, layout)
+        if utterances:  # files the layout rejects are reported as failures, as the cache build does
             paths, labels = [u.path for u in utterances], [u.speaker for u in utterances]
         else:  # a flat folder of generated files: usable for the unconditional metrics
-            paths = find_audio_files(folder)[0]
+            paths, rejected = find_audio_files(folder)
             labels = [""] * len(paths)
         name = str(folder)
     else:
-        paths, name = [str(p) for p in source], "the file list"
+        paths, name, rejected = [str(p) for p in source], "the file list", []
         labels = [""] * len(paths)
     if not paths:
         raise DeepSpeakerError(f"{name}: no audio files")
     result = encoder.embed_files_with_failures(paths)
     label_of = dict(zip(paths, labels))
     return make_stats(result.embeddings, [label_of[p] for p in result.paths], result.paths, encoder.identity,
-                      encoder.settings, name, result.failures, encoder.name)
+                      encoder.settings, name, sorted(rejected) + result.failures, encoder.name)
 
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
@@ -113,6 +113,8 @@ def load_stats(path: str | os.PathLike) -> Stats:
     if arrays["mu"].shape != (d,) or arrays["sigma"].shape != (d, d) or arrays["labels"].shape != (n,) \
             or arrays["paths"].shape != (n,):
         raise DeepSpeakerError(f"{path}: statistics file arrays have inconsistent shapes")
+    if not all(np.all(np.isfinite(arrays[k])) for k in ("mu", "sigma", "embeddings")):
+        raise DeepSpeakerError(f"{path}: statistics file holds NaN or infinite values; recompute it")
     return Stats(arrays["embeddings"], arrays["labels"], arrays["paths"], str(arrays["model_identity"]),
                  json.loads(str(arrays["feature_settings"])), arrays["mu"], arrays["sigma"], str(path), [], encoder)
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.cache import FeatureCache
-from ..data.corpus import Utterance, list_utterances
+from ..data.corpus import Utterance, scan_corpus
 from ..encoders import FILES_PER_CHUNK, Encoder
 from ..errors import DeepSpeakerError, Failure
 from ..metrics import cosine_scores, pair_scores, roc, sap_san, verification_report
@@ -48,29 +48,31 @@ def check_speakers(requested: Sequence[str], known: Sequence[str], where: str) -
         raise DeepSpeakerError(f"unknown speaker {', '.join(missing)} in {where}; known speakers: {shown or 'none'}")
 
 
-def folder_utterances(audio_dir: str | os.PathLike, layout: str = "auto",
-                      speakers: Sequence[str] | None = None) -> list[Utterance]:
-    """The utterances of a labelled folder, one walk (of ``speakers`` when given; an unknown one lists the known)."""
-    utterances = list_utterances(audio_dir, layout)
+def folder_utterances(audio_dir: str | os.PathLike, layout: str = "auto", speakers: Sequence[str] | None = None
+                      ) -> tuple[list[Utterance], list[Failure]]:
+    """The utterances of a labelled folder, one walk (of ``speakers`` when given; an unknown one lists the known),
+    and the files its layout rejects (when all speakers are asked for: they are reported, not dropped)."""
+    utterances, rejected, _ = scan_corpus(audio_dir, layout)
     if not utterances:
         raise DeepSpeakerError(f"{audio_dir}: no audio files in a speaker layout found")
     if speakers is not None:
         check_speakers(speakers, sorted({u.speaker for u in utterances}), str(audio_dir))
-        utterances = [u for u in utterances if u.speaker in speakers]
-    return utterances
+        return [u for u in utterances if u.speaker in speakers], []
+    return utterances, rejected
 
 
-def embed_utterances(encoder: Encoder, utterances: Sequence[Utterance]) -> Labelled:
-    """Embeddings of the utterances, labelled with their speakers; the files that failed."""
+def embed_utterances(encoder: Encoder, utterances: Sequence[Utterance], failures: Sequence[Failure] = ()) -> Labelled:
+    """Embeddings of the utterances, labelled with their speakers; ``failures`` and the files that failed."""
     speaker_of = {u.path: u.speaker for u in utterances}
     result = encoder.embed_files_with_failures([u.path for u in utterances])
-    return Labelled(result.embeddings, [speaker_of[p] for p in result.paths], result.paths, result.failures)
+    return Labelled(result.embeddings, [speaker_of[p] for p in result.paths], result.paths,
+                    [*failures, *result.failures])
 
 
 def embed_folder(encoder: Encoder, audio_dir: str | os.PathLike, layout: str = "auto",
                  speakers: Sequence[str] | None = None) -> Labelled:
     """Embeddings of the utterances of a labelled folder (:func:`folder_utterances`, :func:`embed_utterances`)."""
-    return embed_utterances(encoder, folder_utterances(audio_dir, layout, speakers))
+    return embed_utterances(encoder, *folder_utterances(audio_dir, layout, speakers))
 
 
 def embed_cache(encoder: Encoder, cache: FeatureCache, speakers: Sequence[str] | None = None) -> Labelled:
@@ -101,9 +103,11 @@ def read_trials(path: str | os.PathLike, root: str | os.PathLike | None = None) 
     base = Path(root) if root is not None else Path(path).parent
     labels, first, second = [], [], []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf8").splitlines()
     except OSError as e:
         raise DeepSpeakerError(f"{path}: cannot read trial list ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DeepSpeakerError(f"{path}: not a text trial list (binary content)") from None
     for number, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):

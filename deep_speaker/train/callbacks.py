@@ -10,9 +10,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..atomic import save_model, write_json
 from ..metrics import equal_error_rate, pair_scores
-from ..model.checkpoints import BEST, LAST, LOG, STATE
+from ..model.checkpoints import LOG, save_checkpoint
 from ..model.losses import triplet_loss
 from ..model.rescnn import model_identity
 from . import batching
@@ -61,6 +60,26 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
                 "cooldown_counter": int(self.cooldown_counter)}
 
 
+def seed_states(model: keras.Model) -> dict[str, list[int]]:
+    """The state of the random-seed generator of each layer that has one (dropout masks), by layer name.
+
+    Keras' .keras files do not bring these back (a loaded model draws fresh seeds, and the variables' paths
+    change from one build to the next), so a resumed run would mask other units than an uninterrupted one;
+    the checkpoint's state carries them instead.
+    """
+    return {layer.name: np.asarray(keras.ops.convert_to_numpy(layer.seed_generator.state)).tolist()
+            for layer in model.layers if getattr(layer, "seed_generator", None) is not None}
+
+
+def restore_seed_states(model: keras.Model, states: dict[str, list[int]]) -> None:
+    """Set the seed generators of a model's layers to the states :func:`seed_states` recorded."""
+    for layer in model.layers:
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None and layer.name in states:
+            generator.state.assign(np.asarray(states[layer.name],
+                                              dtype=keras.backend.standardize_dtype(generator.state.dtype)))
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """At each epoch end: best.keras when the monitored metric improved, then last.keras and state.json."""
 
@@ -81,8 +100,6 @@ class RunCheckpoint(keras.callbacks.Callback):
         step = optimizer_step(self.model)
         value = logs.get(self.monitor)
         improved = self._improved(value)
-        if improved:
-            save_model(self.model, self.run_dir / BEST)
         self.state.update(
             step=step,
             epoch=epoch + 1,
@@ -90,11 +107,11 @@ class RunCheckpoint(keras.callbacks.Callback):
             plateau=self.plateau.counters(),
             last_logs=finite_logs(logs),
             model_identity=model_identity(self.identity_model or self.model),
+            seed_states=seed_states(self.model),
         )
         if improved:
             self.state.update(best_value=float(value), best_step=step)
-        save_model(self.model, self.run_dir / LAST)
-        write_json(self.run_dir / STATE, self.state, indent=1)
+        save_checkpoint(self.model, self.run_dir, self.state, best=improved)
 
 
 def validation_triplets(speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:

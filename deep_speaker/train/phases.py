@@ -15,12 +15,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..atomic import save_model
 from ..data.cache import FeatureCache
 from ..data.features import FEATURE_SETTINGS
 from ..data.inputs import load_training_inputs
 from ..errors import DeepSpeakerError
-from ..model.checkpoints import BEST, STATE, best_checkpoint, latest_checkpoint, read_state
+from ..model.checkpoints import (
+    LAST,
+    STATE,
+    best_checkpoint,
+    read_state,
+    remove_stale_temporaries,
+    resume_state,
+    save_checkpoint,
+)
 from ..model.losses import triplet_loss
 from ..model.rescnn import (
     EMBEDDING_SIZE,
@@ -33,7 +40,15 @@ from ..model.rescnn import (
 )
 from ..settings import settings_difference
 from . import batching
-from .callbacks import PoolRefresh, TripletValidation, finite_logs, optimizer_step, run_callbacks
+from .callbacks import (
+    PoolRefresh,
+    TripletValidation,
+    finite_logs,
+    optimizer_step,
+    restore_seed_states,
+    run_callbacks,
+    seed_states,
+)
 from .config import OPTIMIZERS, TrainConfig
 from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 
@@ -94,10 +109,10 @@ class Trainer:
 
     def _load_resumable(self) -> keras.Model | None:
         """The model of last.keras with its optimizer, after checking state.json against this run; None if fresh."""
-        path = latest_checkpoint(self.config.output_dir, self.config.phase)
-        if path is None:
+        state = resume_state(self.run_dir)
+        if state is None:
             return None
-        state = read_state(self.run_dir)
+        path = self.run_dir / LAST
         _check_features(state.get("feature_settings", {}), str(self.run_dir / STATE))
         if self.config.phase != "probe" and not math.isclose(state["width"], self.config.width, rel_tol=1e-6):
             raise DeepSpeakerError(f"{self.run_dir}: a run of width {state['width']:g} is there; this run uses "
@@ -106,9 +121,13 @@ class Trainer:
             raise DeepSpeakerError(f"{self.run_dir}: a run in {state['precision']} is there; this run uses "
                                    f"{self.config.precision} (--precision)")
         try:
-            model = keras.saving.load_model(path, custom_objects={"triplet_loss": triplet_loss})
+            model = keras.saving.load_model(path, custom_objects={"triplet_loss": triplet_loss}, safe_mode=True)
         except (ValueError, OSError, TypeError) as e:
             raise DeepSpeakerError(f"{path}: cannot resume ({str(e).splitlines()[0]})") from None
+        restore_seed_states(model, state.get("seed_states", {}))
+        if optimizer_step(model) != state.get("step"):  # possible only for checkpoints saved without their state
+            raise DeepSpeakerError(f"{self.run_dir}: {STATE} is of step {state.get('step')}, {LAST} of step "
+                                   f"{optimizer_step(model)} (a save that did not finish); move the folder away")
         self.resume_state = state
         return model
 
@@ -161,6 +180,7 @@ class Trainer:
 
     def train(self) -> dict:
         """Run the phase; returns the final logs (loss, accuracy or EER) plus best_value and step."""
+        remove_stale_temporaries(self.run_dir)
         keras.utils.set_random_seed(self.config.seed)
         # The whole phase in the strategy's scope: models are built in it and a Keras distribution (JAX) shards
         # the batches of fit and predict only while it is the current one.
@@ -256,9 +276,11 @@ class Trainer:
         validation.set_model(model)
         validation.on_epoch_end(-1, logs)
         log.info("starting point: val_eer %.4f", logs["val_eer"])
-        state.update(best_value=logs["val_eer"], best_step=0, start_logs=finite_logs(logs))
+        state.update(best_value=logs["val_eer"], best_step=0, start_logs=finite_logs(logs), step=0, epoch=0,
+                     seed_states=seed_states(model))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_model(model, self.run_dir / BEST)
+        # A checkpoint at step 0 too: killed before the first save, the run resumes instead of being refused.
+        save_checkpoint(model, self.run_dir, state, best=True)
 
     def _train_probe(self) -> dict:
         c = self.config
