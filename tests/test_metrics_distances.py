@@ -11,17 +11,9 @@ import scipy.linalg
 from deep_speaker.data.audio import read_audio
 from deep_speaker.data.features import fbank_features
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.metrics import (
-    SampleSizeWarning,
-    conditional_distances,
-    fd_infinity,
-    frechet_distance,
-    frechet_distance_splits,
-    gaussian_stats,
-    kernel_distance,
-    speaker_similarity,
-    speaker_similarity_ceiling,
-)
+from deep_speaker.metrics import (SampleSizeWarning, conditional_distances, fd_infinity, frechet_distance,
+                                  frechet_distance_splits, gaussian_stats, kernel_distance, speaker_similarity,
+                                  speaker_similarity_ceiling)
 from deep_speaker.metrics.distances import kernel_subsets
 
 SNRS = (30, 20, 10, 0)

@@ -1,33 +1,13 @@
 """Metrics (docs metrics.md): speaker verification, distances between embedding sets, classifier scores, MR-STFT."""
 
 from .classifier import am_score, inception_score, modified_inception_score, ndb
-from .distances import (
-                        SampleSizeWarning,
-                        conditional_distances,
-                        fd_infinity,
-                        frechet_distance,
-                        frechet_distance_splits,
-                        gaussian_stats,
-                        kernel_distance,
-                        mmd2_unbiased,
-                        speaker_similarity,
-                        speaker_similarity_ceiling,
-)
+from .distances import (SampleSizeWarning, conditional_distances, fd_infinity, frechet_distance,
+                        frechet_distance_splits, gaussian_stats, kernel_distance, mmd2_unbiased, speaker_similarity,
+                        speaker_similarity_ceiling)
 from .spectral import PWG_RESOLUTIONS, PairedFiles, mr_stft_distance, paired_files
-from .verification import (
-                        best_f_measure,
-                        cosine_scores,
-                        equal_error_rate,
-                        equal_error_rate_threshold,
-                        min_dcf,
-                        min_dcf_threshold,
-                        normalize_rows,
-                        operating_points,
-                        pair_scores,
-                        roc,
-                        sap_san,
-                        verification_report,
-)
+from .verification import (best_f_measure, cosine_scores, equal_error_rate, equal_error_rate_threshold, min_dcf,
+                           min_dcf_threshold, normalize_rows, operating_points, pair_scores, roc, sap_san,
+                           verification_report)
 
 __all__ = [
     "PWG_RESOLUTIONS", "PairedFiles", "am_score", "inception_score", "modified_inception_score", "mr_stft_distance",
