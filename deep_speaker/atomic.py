@@ -37,13 +37,13 @@ def _writable_target(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
-    """A binary file beside ``path`` (``.<name>.XXXX<suffix>``), renamed onto ``path`` only when the block succeeds."""
+def _temporary_beside(path: str | os.PathLike, suffix: str) -> Iterator[tuple[Path, int]]:
+    """A temporary file beside ``path`` (its path and open descriptor), renamed onto ``path`` with the umask's
+    mode when the block succeeds and deleted when it fails; errors name ``path``, not the temporary."""
     path = _writable_target(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
+        yield Path(tmp), fd
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -51,6 +51,13 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Bina
         if isinstance(exc, OSError) and exc.filename == tmp:  # name the file the user asked for, not our temporary
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """A binary file beside ``path`` (``.<name>.XXXX<suffix>``), renamed onto ``path`` only when the block succeeds."""
+    with _temporary_beside(path, suffix) as (_, fd), os.fdopen(fd, "wb") as f:
+        yield f
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -76,19 +83,12 @@ def save_model(model: Any, path: str | os.PathLike, extra: Mapping[str, bytes] |
     ``extra`` entries are added to the ``.keras`` zip before the rename, so they and the model are one file
     (Keras ignores entries it does not know).
     """
-    path = _writable_target(path)
     # Keras picks the format by suffix and insists on .keras, so the temporary name keeps it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temporary_beside(path, ".tmp.keras") as (tmp, fd):
+        os.close(fd)
         model.save(tmp)
         if extra:
             with zipfile.ZipFile(tmp, "a") as archive:
                 for name, data in extra.items():
                     archive.writestr(name, data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -94,9 +94,9 @@ def check_header(path: str | os.PathLike, sample_rate: int, frames: int) -> None
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file to mono float32 at ``sample_rate`` (channels averaged, soxr resampling), untrimmed."""
     try:
-        info = sf.info(path)
-        check_header(path, info.samplerate, info.frames)
-        data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as f:  # one open: the header is checked before anything is decoded
+            check_header(path, f.samplerate, f.frames)
+            data, file_sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except AudioError:
         raise
     except Exception as exc:  # soundfile raises several types for corrupt/unsupported files
