@@ -1,10 +1,11 @@
-"""Shared fixtures: the real speech of ../shared/data (as CI has it beside the clone)."""
+"""Shared fixtures: the real speech of ../shared/data (as CI has it beside the clone), real trial scores."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,3 +29,28 @@ def reference_checkpoint() -> Path:
     if not REFERENCE_CHECKPOINT.is_dir():
         pytest.fail(f"reference checkpoint missing: {REFERENCE_CHECKPOINT}")
     return REFERENCE_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def mfcc_vectors(libri_mini):
+    """Per-utterance mean and std of the fbank features of test-other (10 speakers x 10): 128-d real vectors."""
+    from deep_speaker.data.features import extract_features
+
+    paths = sorted((libri_mini / "test-other").rglob("*.flac"))
+    vectors = []
+    for path in paths:
+        feats = extract_features(path).astype(np.float64)
+        vectors.append(np.concatenate([feats.mean(axis=0), feats.std(axis=0)]))
+    return np.array(vectors), np.array([p.parent.parent.name for p in paths])
+
+
+@pytest.fixture(scope="session")
+def real_trials(mfcc_vectors):
+    """Cosine scores and labels of all pairs, computed here by a plain double loop (the reference)."""
+    x, spk = mfcc_vectors
+    scores, labels = [], []
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            scores.append(np.dot(x[i], x[j]) / (np.linalg.norm(x[i]) * np.linalg.norm(x[j])))
+            labels.append(int(spk[i] == spk[j]))
+    return np.array(scores), np.array(labels)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from deep_speaker.data.features import extract_features
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.metrics import (
     best_f_measure,
@@ -19,29 +18,6 @@ from deep_speaker.metrics import (
     sap_san,
     verification_report,
 )
-
-
-@pytest.fixture(scope="session")
-def mfcc_vectors(libri_mini):
-    """Per-utterance mean and std of the fbank features of test-other (10 speakers x 10): 128-d real vectors."""
-    paths = sorted((libri_mini / "test-other").rglob("*.flac"))
-    vectors = []
-    for path in paths:
-        feats = extract_features(path).astype(np.float64)
-        vectors.append(np.concatenate([feats.mean(axis=0), feats.std(axis=0)]))
-    return np.array(vectors), np.array([p.parent.parent.name for p in paths])
-
-
-@pytest.fixture(scope="session")
-def real_trials(mfcc_vectors):
-    """Cosine scores and labels of all pairs, computed here by a plain double loop (the reference)."""
-    x, spk = mfcc_vectors
-    scores, labels = [], []
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            scores.append(np.dot(x[i], x[j]) / (np.linalg.norm(x[i]) * np.linalg.norm(x[j])))
-            labels.append(int(spk[i] == spk[j]))
-    return np.array(scores), np.array(labels)
 
 
 def sklearn_eer(scores, labels):

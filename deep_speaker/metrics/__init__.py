@@ -1,6 +1,9 @@
-"""Metrics (docs metrics.md): speaker verification, distances between embedding sets, classifier scores, MR-STFT."""
+"""Metrics (docs metrics.md): speaker verification (with calibration, score normalisation, bootstrap intervals), distances between embedding sets, classifier scores, MR-STFT."""
 
+from .bootstrap import Interval, paired_difference, verification_intervals
+from .calibration import Calibration, act_dcf, bayes_threshold, cllr, fit_calibration, min_cllr
 from .classifier import am_score, inception_score, modified_inception_score, ndb
+from .score_norm import SCORE_NORMS, cohort_stats, snorm_trials
 from .distances import (SampleSizeWarning, conditional_distances, fd_infinity, frechet_distance,
                         frechet_distance_splits, gaussian_stats, kernel_distance, mmd2_unbiased, speaker_similarity,
                         speaker_similarity_ceiling)
@@ -10,6 +13,8 @@ from .verification import (best_f_measure, cosine_scores, equal_error_rate, equa
                            verification_report)
 
 __all__ = [
+    "SCORE_NORMS", "Calibration", "Interval", "act_dcf", "bayes_threshold", "cllr", "cohort_stats", "fit_calibration",
+    "min_cllr", "paired_difference", "snorm_trials", "verification_intervals",
     "PWG_RESOLUTIONS", "PairedFiles", "am_score", "inception_score", "modified_inception_score", "mr_stft_distance",
     "ndb", "paired_files",
     "SampleSizeWarning", "best_f_measure", "conditional_distances", "cosine_scores", "equal_error_rate",

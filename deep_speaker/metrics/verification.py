@@ -21,7 +21,7 @@ class OperatingPoints(NamedTuple):
     thresholds: np.ndarray  # float64 [k]
     true_accepts: np.ndarray  # targets with score > θ
     false_accepts: np.ndarray  # non-targets with score > θ
-    n_target: int
+    n_target: int  # a count, or a weight sum (float) for weighted trials (the bootstrap)
     n_nontarget: int
 
 
@@ -102,21 +102,43 @@ def _check_trials(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return s, lab
 
 
-def operating_points(scores: Any, labels: Any) -> OperatingPoints:
-    """Accept counts at every distinct score threshold from one sort: ``#{score > θ}`` per class by cumulative sums."""
+class SortedTrials(NamedTuple):
+    """Trials sorted by score once, so operating points under many trial weightings (bootstrap) cost O(n) each."""
+
+    order: np.ndarray  # argsort of the scores (stable)
+    labels: np.ndarray  # bool, in sorted order
+    thresholds: np.ndarray  # float64 [k]: one below the smallest score, then each distinct score
+    ends: np.ndarray  # the last sorted index of each run of equal scores
+
+
+def sort_trials(scores: Any, labels: Any) -> SortedTrials:
+    """The trials checked and sorted by score, with the runs of equal scores (a threshold cannot split ties)."""
     s, lab = _check_trials(scores, labels)
     order = np.argsort(s, kind="stable")
-    s_sorted, lab_sorted = s[order], lab[order]
-    # The last index of each run of equal scores: ties move together, as a threshold cannot split them.
+    s_sorted = s[order]
     ends = np.flatnonzero(np.append(s_sorted[1:] != s_sorted[:-1], True))
-    targets_at_or_below = np.cumsum(lab_sorted, dtype=np.int64)[ends]
-    all_at_or_below = ends + 1
-    n_target = int(targets_at_or_below[-1])
-    n_nontarget = s.size - n_target
     thresholds = np.concatenate(([np.nextafter(s_sorted[0], -np.inf)], s_sorted[ends]))
+    return SortedTrials(order, lab[order], thresholds, ends)
+
+
+def weighted_points(trials: SortedTrials, weights: np.ndarray | None = None) -> OperatingPoints:
+    """Accept counts (or weight sums) ``Σ w · [score > θ]`` per class at every threshold, by cumulative sums."""
+    w = np.ones(trials.labels.size, dtype=np.int64) if weights is None else np.asarray(weights)[trials.order]
+    targets_at_or_below = np.cumsum(np.where(trials.labels, w, 0))[trials.ends]
+    all_at_or_below = np.cumsum(w)[trials.ends]
+    n_target, n_all = targets_at_or_below[-1], all_at_or_below[-1]
+    n_nontarget = n_all - n_target
+    if n_target <= 0 or n_nontarget <= 0:
+        raise DeepSpeakerError("verification metrics need both target and non-target trials with positive weight")
     true_accepts = n_target - np.concatenate(([0], targets_at_or_below))
     false_accepts = n_nontarget - np.concatenate(([0], all_at_or_below - targets_at_or_below))
-    return OperatingPoints(thresholds, true_accepts, false_accepts, n_target, n_nontarget)
+    return OperatingPoints(trials.thresholds, true_accepts, false_accepts, n_target, n_nontarget)
+
+
+def operating_points(scores: Any, labels: Any) -> OperatingPoints:
+    """Accept counts at every distinct score threshold from one sort: ``#{score > θ}`` per class by cumulative sums."""
+    points = weighted_points(sort_trials(scores, labels))
+    return points._replace(n_target=int(points.n_target), n_nontarget=int(points.n_nontarget))
 
 
 def _points(scores: Any, labels: Any | None) -> OperatingPoints:
