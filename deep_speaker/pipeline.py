@@ -16,7 +16,7 @@ from .data.cache import FeatureCache, build_cache
 from .data.inputs import generate_training_inputs
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from .errors import DeepSpeakerError
-from .eval.verification import embed_cache, labelled_report, write_plots
+from .eval.verification import ci_text, evaluate, write_plots
 from .model.checkpoints import best_checkpoint
 from .model.rescnn import PRECISIONS
 from .train import TrainConfig, train
@@ -94,10 +94,9 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
 
 def evaluate_unseen(encoder: Encoder, test_cache: FeatureCache, out_dir: Path) -> tuple[dict, list[str]]:
     """Verification report (SAP/SAN, EER, minDCF, F) over all pairs of the held-out speakers, and its PNGs."""
-    labelled = embed_cache(encoder, test_cache)
-    report, scores, labels = labelled_report(labelled)
-    pngs = write_plots(out_dir, scores, labels, report["eer"], labelled)
-    return report, pngs
+    result = evaluate(encoder, {"cache": str(test_cache.path)})
+    pngs = write_plots(out_dir, result.scores, result.labels, result.report["eer"], result.labelled)
+    return result.report, pngs
 
 
 def compare_degraded(encoder: Encoder, cfg: JobConfig, out_dir: Path) -> tuple[dict[str, dict], list[str]]:
@@ -178,7 +177,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     v = summary["verification"]
     lines = [f"Done in {summary['wall_seconds'] / 60:.1f} min. Model: {summary['checkpoint']}",
              f"Unseen speakers: SAP {v['sap']:.3f} vs SAN {v['san']:.3f} (cosine similarity), "
-             f"EER {100 * v['eer']:.2f} %, minDCF(0.01) {v['min_dcf']['p_target=0.01']['min_dcf']:.3f}"]
+             f"EER {100 * v['eer']:.2f} %{ci_text(v, 'eer', 100)}, "
+             f"minDCF(0.01) {v['min_dcf']['p_target=0.01']['min_dcf']:.3f}{ci_text(v, 'min_dcf_0.01')}"]
     rows = summary["degradations"]
     if rows:
         lines += [f"Held-out speech vs degraded copies (real-halves baseline: FD {rows[0]['baseline_fd']:.4f}, "

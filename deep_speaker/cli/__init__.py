@@ -27,10 +27,10 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
 # Subcommand modules, in the order ``--help`` lists them, and the module of each command: only the module of the
 # command being run is imported, so that e.g. ``cache info`` does not wait for TensorFlow to load.
-COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "generated")
+COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "trials", "generated", "export_model")
 MODULE_OF = {"run": "run", "cache": "cache", "train": "train", "embed": "embed", "verify": "verification",
-             "evaluate-verification": "verification", "stats": "generated", "compare": "generated",
-             "degrade": "generated"}
+             "evaluate-verification": "verification", "calibrate": "verification", "make-trials": "trials",
+             "stats": "generated", "compare": "generated", "degrade": "generated", "export-model": "export_model"}
 
 
 @contextlib.contextmanager

@@ -40,6 +40,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a probability strictly between 0 and 1 (a prior)."""
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not strictly between 0 and 1")
+    return value
+
+
 def _default(f: dataclasses.Field) -> Any:
     """The field's default, or None where a factory (computed when the config is made) stands for it."""
     return None if f.default is dataclasses.MISSING else f.default

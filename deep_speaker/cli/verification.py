@@ -5,28 +5,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import write_json
+import sys
+
+import numpy as np
+
+from ..atomic import atomic_write, write_json
 from ..data.cache import FeatureCache
 from ..encoders import Encoder
 from ..encoders.deepspeaker import DEFAULT_CHECKPOINT_ROOT, default_model_path
 from ..errors import DeepSpeakerError
 from ..eval.export import save_embeddings
+from ..eval.scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, beside_model, comparison_part,
+                            find_calibration, read_calibration, save_calibration)
 from ..eval.verification import (
+    Evaluation,
     Labelled,
+    calibrate,
     check_speakers,
     embed_cache,
     embed_utterances,
     evaluate,
     folder_utterances,
     format_table,
+    load_cohort,
     speaker_pair_similarity,
     verification_source,
     write_plots,
 )
-from ..metrics import cosine_scores
+from ..metrics import SCORE_NORMS, bayes_threshold
+from ..metrics.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
+from ..metrics.score_norm import DEFAULT_TOP_K
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_embedder_options, encoder_from_args, report_failures
-from .options import finite_float
+from .options import finite_float, probability
 
 # Cosine similarity midway between unrelated (0) and identical (1) voices; calibrate a model's own threshold
 # with evaluate-verification (its EER threshold).
@@ -35,34 +46,169 @@ SIMILARITY_NOTE = ("cosine similarity: 1 = same direction, 0 = unrelated; the or
                    "1 - similarity (a distance). A good model has SAP well above SAN.")
 
 
+def add_scoring_options(parser: argparse.ArgumentParser, calibration: bool = True) -> None:
+    """--score-norm, --cohort, --top-k (and --calibration): how scores are normalised and turned into LLRs."""
+    group = parser.add_argument_group("scoring")
+    group.add_argument("--score-norm", choices=SCORE_NORMS, default="none",
+                       help="normalise cosine scores against a cohort: S-norm or adaptive S-norm (default none)")
+    group.add_argument("--cohort", metavar="PATH",
+                       help="the cohort: a labelled folder or feature cache (one mean embedding per speaker), or an "
+                            ".npz from 'deep-speaker embed' made with the same model; never the evaluated speakers")
+    group.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
+                       help=f"asnorm: cohort scores kept per side (default {DEFAULT_TOP_K})")
+    if calibration:
+        group.add_argument("--calibration", metavar="FILE",
+                           help="score-to-LLR calibration from 'deep-speaker calibrate' (default: MODEL.calibration."
+                                "json beside --model, or the packaged model's card; 'none' for raw scores only)")
+
+
+def score_norm_from_args(args: argparse.Namespace, encoder: Encoder) -> ScoreNorm:
+    """The normalisation the options ask for, its cohort embedded with ``encoder``."""
+    if args.score_norm == "none":
+        if args.cohort:
+            raise DeepSpeakerError("--cohort is used by --score-norm snorm or asnorm; give one of them")
+        return NO_NORM
+    if not args.cohort:
+        raise DeepSpeakerError(f"--score-norm {args.score_norm} needs --cohort (a folder of other speakers, a "
+                               f"feature cache, or an embedding .npz)")
+    return load_cohort(encoder, args.cohort, args.score_norm, args.top_k)
+
+
+def calibration_from_args(args: argparse.Namespace, encoder: Encoder,
+                          score_norm: ScoreNorm) -> CalibrationRecord | None:
+    """--calibration FILE (checked against the model and normalisation), or the one found beside the model."""
+    if args.calibration == "none":
+        return None
+    if args.calibration:
+        record = read_calibration(args.calibration)
+        record.check_applies(encoder.name, encoder.identity, score_norm)
+        return record
+    record, note = find_calibration(encoder.name, encoder.identity, getattr(args, "model", None), score_norm)
+    if record is None and note.startswith("calibration not used"):
+        print(note, file=sys.stderr)  # one was found beside the model but does not fit these scores: say so
+    return record
+
+
 def verify(args: argparse.Namespace) -> int:
-    """Score two files and decide 'same speaker' when the cosine similarity exceeds the threshold."""
+    """Score two files; with a calibration print the LLR, P(same) at the prior and the Bayes decision, else (or
+    with --threshold) decide 'same speaker' when the score exceeds the threshold."""
     encoder = encoder_from_args(args)
+    score_norm = score_norm_from_args(args, encoder)
+    calibration = calibration_from_args(args, encoder, score_norm) if args.threshold is None else None
     result = encoder.embed_files_with_failures([args.first, args.second])
     if result.failures:
         report_failures(result.failures)
         return EXIT_PARTIAL
-    score = float(cosine_scores(result.embeddings[0], result.embeddings[1]))
-    same = score > args.threshold
-    print(f"score (cosine similarity) = {score:.4f}")
+    score = float(score_norm.scores(result.embeddings, np.array([0]), np.array([1]))[0])
+    kind = "cosine similarity" if score_norm.method == "none" else f"{score_norm.method} of the cosine similarity"
+    print(f"score ({kind}) = {score:.4f}")
+    if calibration is not None:
+        llr = float(calibration.calibration.llr(score))
+        posterior = float(calibration.calibration.posterior(score, args.prior))
+        same = llr > bayes_threshold(args.prior)
+        print(f"log-likelihood ratio = {llr:.3f} (natural log; > 0 favours the same speaker)")
+        print(f"P(same speaker) = {posterior:.3f} at prior P(same) = {args.prior:g}")
+        print(f"decision: {'SAME speaker' if same else 'DIFFERENT speakers'} (Bayes decision at that prior, "
+              f"equal error costs)")
+        return EXIT_OK
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    same = score > threshold
     print(f"decision: {'SAME speaker' if same else 'DIFFERENT speakers'} "
-          f"(score {'>' if same else '<='} threshold {args.threshold:g})")
+          f"(score {'>' if same else '<='} threshold {threshold:g})")
+    if args.threshold is None:
+        print("(no calibration for this model: 'deep-speaker calibrate' fits one, then verify prints an LLR and "
+              "P(same))")
     return EXIT_OK
 
 
+def sidecar(report: str | Path) -> Path:
+    """The trial scores beside a report: ``REPORT.trials.npz`` (what ``--compare`` pairs two systems on)."""
+    report = Path(report)
+    return report.with_name(report.stem + ".trials.npz")
+
+
+def read_sidecar(report: str | Path) -> dict[str, np.ndarray]:
+    path = sidecar(report)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in ("scores", "labels", "keys")}
+    except (OSError, KeyError, ValueError) as e:
+        raise DeepSpeakerError(f"{path}: cannot read the trial scores of {report} ({e}); --compare needs a report "
+                               f"written by evaluate-verification -o, with its .trials.npz beside it") from None
+
+
+def compare_with(result: Evaluation, other_report: str, replicates: int, seed: int) -> dict:
+    """The paired comparison of this evaluation with another report's scores of the same trials."""
+    other = read_sidecar(other_report)
+    keys = result.trial_keys()
+    index = {k: i for i, k in enumerate(other["keys"].tolist())}
+    missing = sum(k not in index for k in keys.tolist())
+    if missing or len(index) != keys.size:
+        raise DeepSpeakerError(f"{other_report} was scored on other trials ({missing} of these {keys.size} "
+                               f"missing there, {len(index)} there): a paired comparison needs the same trials")
+    rows = np.asarray([index[k] for k in keys.tolist()])
+    if not np.array_equal(other["labels"][rows], result.labels):
+        raise DeepSpeakerError(f"{other_report} labels the same trials differently")
+    return comparison_part(result.scores, other["scores"][rows], result.labels, *result.trial_speakers(),
+                           other=str(other_report), replicates=replicates, seed=seed)
+
+
+def format_comparison(c: dict) -> str:
+    lines = [f"this system minus {c['other']} (paired speaker bootstrap, {c['replicates']} resamples, 95 %):"]
+    for name, v in c.items():
+        if isinstance(v, dict):
+            scale, unit = (100, " %") if name == "eer" else (1, "")
+            lines.append(f"  {name:<14s} {scale * v['value']:+.4f}{unit}  [{scale * v['low']:+.4f}, "
+                         f"{scale * v['high']:+.4f}]{'  (interval excludes 0)' if v['low'] > 0 or v['high'] < 0 else ''}")
+    return "\n".join(lines)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """All-pairs or trial-list verification report: table on stdout, JSON and PNGs on request."""
+    """All-pairs or trial-list verification report: table on stdout, JSON (+ trial scores) and PNGs on request."""
     source = verification_source(args.audio_dir, args.trials, args.root, args.cache)  # before the model loads
-    result = evaluate(encoder_from_args(args), source)
+    if args.compare and not sidecar(args.compare).is_file():
+        raise DeepSpeakerError(f"--compare {args.compare}: no trial scores beside it ({sidecar(args.compare)})")
+    encoder = encoder_from_args(args)
+    score_norm = score_norm_from_args(args, encoder)
+    calibration = calibration_from_args(args, encoder, score_norm)
+    result = evaluate(encoder, source, score_norm, calibration, args.bootstrap, args.seed)
+    if args.compare:
+        result.report["comparison"] = compare_with(result, args.compare, args.bootstrap or DEFAULT_REPLICATES,
+                                                   args.seed)
     failed = report_failures(result.failures)
     print(format_table(result.report))
+    if args.compare:
+        print(format_comparison(result.report["comparison"]))
     if args.output:
+        first, second = result.trial_speakers()
+        with atomic_write(sidecar(args.output)) as out:
+            np.savez(out, scores=result.scores, labels=result.labels, keys=result.trial_keys(),
+                     first_speakers=np.asarray(first, dtype=str), second_speakers=np.asarray(second, dtype=str))
         write_json(args.output, result.report)
-        print(f"report written to {args.output}")
+        print(f"report written to {args.output} (trial scores: {sidecar(args.output)})")
     if args.plots:
         for path in write_plots(args.plots, result.scores, result.labels, result.report["eer"], result.labelled,
                                 args.projection):
             print(f"picture written to {path}")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Fit a score-to-LLR calibration on a labelled folder's pairs or a trial list; write it beside the model."""
+    source = verification_source(args.audio_dir, args.trials, args.root, args.cache, args.segments)
+    if args.output is None and not args.model:
+        raise DeepSpeakerError("give -o FILE: the calibration of the packaged model cannot be written beside it")
+    out = Path(args.output) if args.output else beside_model(args.model)
+    encoder = encoder_from_args(args)
+    score_norm = score_norm_from_args(args, encoder)
+    record, failures = calibrate(encoder, source, score_norm, args.prior)
+    failed = report_failures(failures)
+    save_calibration(out, record)
+    c, fit = record.calibration, record.fitted_on
+    print(f"llr = {c.scale:.4f} * score {c.offset:+.4f}   (fitted at prior {c.prior:g} on {fit['n_target']} target "
+          f"and {fit['n_nontarget']} non-target trials)")
+    print(f"on those trials: Cllr {fit['cllr']:.4f} bits, minCllr {fit['min_cllr']:.4f} bits")
+    print(f"calibration written to {out}; verify and evaluate-verification use it for model {record.model_identity}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -119,10 +265,14 @@ def register(subparsers) -> None:
                               description="Cosine similarity of two files' embeddings and the decision at a threshold.")
     p.add_argument("first", metavar="A.wav")
     p.add_argument("second", metavar="B.wav")
-    p.add_argument("--threshold", type=finite_float, default=DEFAULT_THRESHOLD,
-                   help=f"'same speaker' when the score exceeds it (default {DEFAULT_THRESHOLD:g}; use the EER "
-                        f"threshold evaluate-verification reports for your model)")
+    p.add_argument("--threshold", type=finite_float, default=None,
+                   help=f"decide on the raw score instead of the calibrated LLR: 'same speaker' when the score "
+                        f"exceeds it (without a calibration the default is {DEFAULT_THRESHOLD:g})")
+    p.add_argument("--prior", type=probability, default=DEFAULT_PRIOR,
+                   help=f"prior probability of 'same speaker' for P(same) and the Bayes decision (default "
+                        f"{DEFAULT_PRIOR:g})")
     add_embedder_options(p)
+    add_scoring_options(p)
     p.set_defaults(func=verify)
 
     p = subparsers.add_parser(
@@ -138,5 +288,30 @@ def register(subparsers) -> None:
     p.add_argument("--plots", metavar="DIR", help="write det.png (and, for labelled sets, similarity_matrix.png "
                                                   "and projection_*.png) here")
     p.add_argument("--projection", choices=("tsne", "pca"), default="tsne", help="2-D projection (default tsne)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
+                   help=f"speaker-bootstrap resamples for the 95 %% intervals of EER and minDCF (default "
+                        f"{DEFAULT_REPLICATES}; 0: none)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
+    p.add_argument("--compare", metavar="OTHER.json",
+                   help="a report of another system on the same trials (written with -o): the paired difference")
     add_embedder_options(p)
+    add_scoring_options(p)
     p.set_defaults(func=run_evaluate)
+
+    p = subparsers.add_parser(
+        "calibrate", help="fit a score-to-LLR calibration (for verify and evaluate-verification)",
+        description="Linear calibration llr = a * score + b fitted by prior-weighted logistic regression on all "
+                    "pairs of a labelled folder or cache, or on a trial list; written beside the model "
+                    "(MODEL.calibration.json) or to -o. Fit it on other speakers than those you evaluate on.")
+    p.add_argument("audio_dir", nargs="?", metavar="DIR", help="labelled folder (VCTK, LibriSpeech, speaker_id/)")
+    p.add_argument("--trials", metavar="FILE", help="VoxCeleb-format trial list")
+    p.add_argument("--root", metavar="DIR", help="folder the trial paths are relative to (default: the list's)")
+    p.add_argument("--cache", metavar="DIR", help="feature cache (deep-speaker cache build)")
+    p.add_argument("--segments", type=int, default=0, metavar="N",
+                   help="cut each file of DIR into N parts (same-speaker trials from one utterance per speaker)")
+    p.add_argument("--prior", type=probability, default=DEFAULT_PRIOR,
+                   help=f"target prior the fit weights the classes by (default {DEFAULT_PRIOR:g})")
+    p.add_argument("-o", "--output", metavar="FILE.json", help="where to write it (default: beside --model)")
+    add_embedder_options(p)
+    add_scoring_options(p, calibration=False)
+    p.set_defaults(func=run_calibrate)

@@ -1,12 +1,14 @@
 """Speaker encoders: audio in, embeddings out, behind one interface (:class:`Encoder`) and a registry of names.
 
-``get_encoder("deep-speaker", model=PATH)`` is the Deep Speaker ResCNN (:class:`deepspeaker.Embedder`); other
-encoders plug in with ``register_encoder(name, factory)``. Factories are called only when asked for, so listing
-the encoders (or importing this package) loads no model framework.
+``get_encoder("deep-speaker", model=PATH)`` is the Deep Speaker ResCNN (:class:`deepspeaker.Embedder`); the
+pretrained encoders of the field (``resemblyzer``, ``wespeaker``, ``wavlm-sv``) are optional extras; other
+encoders plug in with ``register_encoder(name, factory)``. A module is imported only when its encoder is asked
+for, so listing the encoders (or importing this package) loads no model framework.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any, Callable
 
@@ -20,14 +22,25 @@ __all__ = ["DEFAULT_ENCODER", "DEFAULT_WORKERS", "FILES_PER_CHUNK", "EmbedResult
            "get_encoder", "register_encoder"]
 
 
-def _deep_speaker(**options: Any) -> Encoder:
-    """The Deep Speaker Embedder (``model``, ``window_seconds``, ``hop_seconds``, ``precision``, ...)."""
-    from .deepspeaker import Embedder  # Keras loads here, only when this encoder is asked for
+class _Lazy:
+    """A factory that imports ``module`` (of this package) and calls its ``cls`` only when the encoder is asked for."""
 
-    return Embedder(**options)
+    def __init__(self, module: str, cls: str) -> None:
+        self.module, self.cls = module, cls
+
+    def target(self) -> Callable[..., Encoder]:
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.cls)
+
+    def __call__(self, **options: Any) -> Encoder:
+        return self.target()(**options)
 
 
-_FACTORIES: dict[str, Callable[..., Encoder]] = {DEFAULT_ENCODER: _deep_speaker}
+_FACTORIES: dict[str, Callable[..., Encoder]] = {
+    DEFAULT_ENCODER: _Lazy("deepspeaker", "Embedder"),  # Keras loads only when this encoder is asked for
+    "resemblyzer": _Lazy("resemblyzer", "ResemblyzerEncoder"),
+    "wespeaker": _Lazy("wespeaker", "WeSpeakerEncoder"),
+    "wavlm-sv": _Lazy("wavlm", "WavLMEncoder"),
+}
 
 
 def register_encoder(name: str, factory: Callable[..., Encoder], replace: bool = False) -> None:
@@ -47,7 +60,7 @@ def get_encoder(name: str = DEFAULT_ENCODER, **options: Any) -> Encoder:
     or an option the encoder does not take."""
     factory = _FACTORIES[check_choice(name, available_encoders(), "encoder")]
     try:
-        inspect.signature(factory).bind(**options)
+        inspect.signature(factory.target() if isinstance(factory, _Lazy) else factory).bind(**options)
     except TypeError as exc:
         raise DeepSpeakerError(f"encoder {name!r} does not take the options given ({exc})") from None
     return factory(**options)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import DeepSpeakerError
-from .verification import normalize_rows
+from .verification import normalize_rows, trial_scores
 
 SCORE_NORMS = ("none", "snorm", "asnorm")
 DEFAULT_TOP_K = 300  # WeSpeaker's and the AS-norm literature's usual cohort size for VoxCeleb
@@ -72,6 +72,5 @@ def snorm_trials(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, 
     if method not in ("snorm", "asnorm"):
         raise DeepSpeakerError(f"unknown score normalisation {method!r}; choose snorm or asnorm")
     stats = cohort_stats(embeddings, cohort, top_k if method == "asnorm" else None)
-    e = normalize_rows(embeddings)
-    raw = np.einsum("ij,ij->i", e[first], e[second])
+    raw = trial_scores(embeddings, first, second)
     return normalize_scores(raw, stats.take(first), stats.take(second))
