@@ -1,6 +1,6 @@
 """Embedding speed: ``Embedder.embed_files`` (float32, mixed_bfloat16) vs the original's one ``predict`` per file.
 
-    python benchmarks/bench_embed.py [AUDIO_DIR] [--model H5] [--repeats N]
+    python benchmarks/bench_embed.py [AUDIO_DIR] [--model H5] [--repeats N] [--embedding-cache]
     (defaults: ../shared/data/librispeech-mini/test-other, 100 files; the width-1 reference checkpoint)
 
 The original embeds a file with ``model.predict(features[None, ..., None])`` on its full features, one
@@ -10,12 +10,19 @@ warmed up once (graph tracing excluded) and timed ``--repeats`` times in the sam
 reported. Real-time factor = processing time / audio duration (lower is faster). Target: >= 3x.
 The Embedder's default 50 % window overlap sends about twice the frames through the model that the
 original does; the no-overlap rows show the speed-up at about equal work.
+
+``--embedding-cache`` times the embedding cache instead: ``Embedder.embed_files`` of the files without it, filling
+an empty cache, and again from the filled cache; then ``deep-speaker embed AUDIO_DIR`` as a new process each time
+(start-up and model loading included), the same three ways. Cached rows must equal uncached ones exactly.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +55,34 @@ def timed(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def bench_cache(paths: list[str], audio_dir: str, model_path: str, repeats: int) -> None:
+    """Seconds of embed_files and of a ``deep-speaker embed`` process: uncached, cold cache, warm cache."""
+    embedder = Embedder(load_model(model_path))
+    embedder.embed_files(paths[:2])  # warm-up: graph tracing excluded
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = embedder.embed_files(paths)
+        uncached = timed(lambda: embedder.embed_files(paths), repeats)
+        embedder.embedding_cache = Path(tmp) / "in-process"
+        cold = timed(lambda: embedder.embed_files(paths), 1)
+        cached = embedder.embed_files(paths)
+        warm = timed(lambda: embedder.embed_files(paths), repeats)
+        print(f"cached rows equal uncached ones exactly: {np.array_equal(cached, plain)}")
+        cli = {}
+        for name, cache in (("uncached", None), ("cold cache", "cli"), ("warm cache", "cli")):
+            command = [sys.executable, "-m", "deep_speaker", "embed", audio_dir, "-o", str(Path(tmp) / f"{name}.npz"),
+                       "--model", model_path] + ([] if cache is None else ["--embedding-cache", str(Path(tmp) / cache)])
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            cli[name] = time.perf_counter() - start
+        with np.load(Path(tmp) / "uncached.npz") as a, np.load(Path(tmp) / "warm cache.npz") as b:
+            print(f"'embed' output from the warm cache equals the uncached one: "
+                  f"{np.array_equal(a['embeddings'], b['embeddings'])}")
+    print(f"{'':<34} {'uncached':>9} {'cold cache':>11} {'warm cache':>11} {'speed-up':>9}")
+    print(f"{'Embedder.embed_files (s)':<34} {uncached:9.2f} {cold:11.2f} {warm:11.3f} {uncached / warm:8.0f}x")
+    print(f"{'deep-speaker embed process (s)':<34} {cli['uncached']:9.2f} {cli['cold cache']:11.2f} "
+          f"{cli['warm cache']:11.2f} {cli['uncached'] / cli['warm cache']:8.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("audio_dir", nargs="?", default=str(DEFAULT_AUDIO))
@@ -55,11 +90,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--hops", default=f"{DEFAULT_HOP_SECONDS:g},{DEFAULT_WINDOW_SECONDS:g}",
                         help="window hops to time, seconds (default: the Embedder's 50 %% overlap, and no overlap)")
+    parser.add_argument("--embedding-cache", action="store_true",
+                        help="time the embedding cache (a temporary folder) instead: uncached, cold and warm")
     args = parser.parse_args()
 
     paths = sorted(str(p) for p in Path(args.audio_dir).rglob("*.flac")) + sorted(
         str(p) for p in Path(args.audio_dir).rglob("*.wav"))
     audio_seconds = sum(sf.info(p).duration for p in paths)
+    if args.embedding_cache:
+        print(f"{len(paths)} files, {audio_seconds / 60:.1f} min of audio, model {args.model}, "
+              f"{os.cpu_count()} CPU cores")
+        return bench_cache(paths, args.audio_dir, args.model, args.repeats)
     model = load_model(args.model)
     print(f"{len(paths)} files, {audio_seconds / 60:.1f} min of audio, model {args.model}, "
           f"{os.cpu_count()} CPU cores")

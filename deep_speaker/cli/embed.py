@@ -11,6 +11,7 @@ from ..data.audio import AUDIO_EXTENSIONS
 from ..data.corpus import find_audio_files
 from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders, get_encoder
 from ..encoders.deepspeaker import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from ..encoders.embedding_cache import EMBEDDING_CACHE_ENV
 from ..errors import Failure
 from ..eval.export import EXPORT_SUFFIXES, save_embeddings
 from ..model.rescnn import PRECISIONS
@@ -24,7 +25,8 @@ DEEP_SPEAKER_OPTIONS = (("window", "window_seconds"), ("hop", "hop_seconds"), ("
 
 
 def add_embedder_options(parser: argparse.ArgumentParser) -> None:
-    """--encoder, --model, and Deep Speaker's --window, --hop, --batch-size, --precision: how embeddings are made."""
+    """--encoder, --model, --embedding-cache, and Deep Speaker's --window, --hop, --batch-size, --precision: how
+    embeddings are made."""
     group = parser.add_argument_group("embedding")
     # No argparse choices: encoders registered later (plug-ins) count, and an unknown name is a one-line error.
     group.add_argument("--encoder", metavar="NAME", default=DEFAULT_ENCODER,
@@ -32,6 +34,10 @@ def add_embedder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="PATH", default=None,
                        help="the encoder's model; for deep-speaker: .keras, original .h5, or a training run folder "
                             "(default: the newest triplet checkpoint under checkpoints/, else the packaged demo model)")
+    group.add_argument("--embedding-cache", metavar="DIR", default=os.environ.get(EMBEDDING_CACHE_ENV) or None,
+                       help="keep embeddings in DIR (one SQLite file per encoder, model and settings) by each file's "
+                            "content hash, so files embedded before are not decoded or embedded again (default: "
+                            f"${EMBEDDING_CACHE_ENV} if set, else off; '' turns it off)")
     group.add_argument("--window", type=finite_float, default=None, metavar="SECONDS",
                        help=f"deep-speaker: window of long utterances, averaged (default {DEFAULT_WINDOW_SECONDS:g} "
                             f"s, the training crop)")
@@ -53,7 +59,9 @@ def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None 
     """The encoder the options describe (``model`` overrides --model; the original's queries have only --model)."""
     model = model or getattr(args, "model", None)
     options = {**deep_speaker_options(args), **({} if model is None else {"model": model})}
-    return get_encoder(getattr(args, "encoder", DEFAULT_ENCODER), **options)
+    encoder = get_encoder(getattr(args, "encoder", DEFAULT_ENCODER), **options)
+    encoder.embedding_cache = getattr(args, "embedding_cache", None) or None
+    return encoder
 
 
 def report_failures(failures: Iterable[Failure]) -> int:

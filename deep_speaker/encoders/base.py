@@ -10,16 +10,18 @@ the main job) depends on this interface only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..data.audio import AudioError, read_audio
 from ..errors import DeepSpeakerError, Failure, failures_message
+from .embedding_cache import EmbeddingCache
 
 FILES_PER_CHUNK = 256  # files read ahead (in threads) while the model embeds the previous chunk
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # reading threads: decoding is mostly in C, four keep a CPU model fed
@@ -39,6 +41,9 @@ class Encoder(ABC):
     embedding of files (:meth:`embed_files_with_failures`) and signals (:meth:`embed_signals`)."""
 
     workers: int = DEFAULT_WORKERS
+    # A folder: embeddings of files are kept there per (file content, encoder) and not computed again
+    # (:mod:`.embedding_cache`); None: off. The CLI sets it from --embedding-cache.
+    embedding_cache: str | os.PathLike | None = None
 
     @property
     @abstractmethod
@@ -84,27 +89,37 @@ class Encoder(ABC):
         except AudioError as e:
             return e.failure
 
-    def _chunks(self, paths: list[str]) -> Iterator[tuple[list[str], list[Any]]]:
-        """Chunks of paths with their inputs, the next chunk read in threads while the caller embeds this one."""
+    def _chunks(self, paths: list[str], read: Callable[[str], Any]) -> Iterator[tuple[list[str], list[Any]]]:
+        """Chunks of paths with ``read`` of each, the next chunk read in threads while the caller embeds this one."""
         chunks = [paths[i:i + FILES_PER_CHUNK] for i in range(0, len(paths), FILES_PER_CHUNK)]
         with ThreadPoolExecutor(self.workers) as pool:
-            pending = pool.map(self._read_or_failure, chunks[0]) if chunks else iter(())
+            pending = pool.map(read, chunks[0]) if chunks else iter(())
             for k, chunk in enumerate(chunks):
                 results = list(pending)
                 if k + 1 < len(chunks):
-                    pending = pool.map(self._read_or_failure, chunks[k + 1])
+                    pending = pool.map(read, chunks[k + 1])
                 yield chunk, results
 
     def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
-        """Embed every readable file; missing, corrupt, silent or too-short ones are returned as failures."""
+        """Embed every readable file; missing, corrupt, silent or too-short ones are returned as failures.
+
+        With :attr:`embedding_cache` set, a file whose bytes this encoder embedded before is not decoded again:
+        its stored row is returned (equal to the row computed then), and new rows are stored.
+        """
         paths = [str(p) for p in paths]
         rows, done, failures = [], [], []
-        for chunk, results in self._chunks(paths):
-            good = [(p, r) for p, r in zip(chunk, results) if not isinstance(r, Failure)]
-            failures += [r for r in results if isinstance(r, Failure)]
-            if good:
-                rows.append(self.embed_prepared([r for _, r in good]))
-                done += [p for p, _ in good]
+        with contextlib.ExitStack() as stack:
+            cache = None if self.embedding_cache is None else stack.enter_context(
+                EmbeddingCache(self.embedding_cache, self))
+            read = self._read_or_failure if cache is None else lambda p: cache.lookup(p, self._read_or_failure)
+            for chunk, results in self._chunks(paths, read):
+                good = [(p, r) for p, r in zip(chunk, results) if not isinstance(r, Failure)]
+                failures += [r for r in results if isinstance(r, Failure)]
+                if good:
+                    inputs = [r for _, r in good]
+                    rows.append(self.embed_prepared(inputs) if cache is None else
+                                cache.complete(inputs, self.embed_prepared))
+                    done += [p for p, _ in good]
         embeddings = np.concatenate(rows) if rows else np.zeros((0, self.embedding_size), np.float32)
         return EmbedResult(embeddings, done, failures)
 
