@@ -5,18 +5,78 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..atomic import write_json
 from ..data.corpus import LAYOUTS
+from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders
 from ..errors import DeepSpeakerError
 from ..eval.degrade import KINDS
+from ..metrics.resample import DEFAULT_SET_REPLICATES
+from ..metrics.similarity import FAR_TARGET
+from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
-from .embed import add_embedder_options, deep_speaker_options, encoder_from_args
+from .embed import DEEP_SPEAKER_OPTIONS, add_embedder_options, deep_speaker_options, encoder_from_args
 from .options import finite_float
 
-SIDE_HELP = "a folder of audio files (speakers from its layout) or a statistics .npz written by 'stats'"
+PLACEHOLDER = "{encoder}"  # in a statistics file name: one file per encoder
+SIDE_HELP = (f"a folder of audio files (speakers from its layout) or a statistics .npz written by 'stats' (with "
+             f"several encoders: a name with {PLACEHOLDER}, e.g. real.{PLACEHOLDER}.npz)")
+ENCODERS_HELP = (f"speaker encoder(s), comma-separated for several spaces in one run: "
+                 f"{', '.join(available_encoders())} "
+                 f"(default {DEFAULT_ENCODER}). With several, --model and the deep-speaker options apply to "
+                 f"deep-speaker only; the others use their defaults")
+
+
+def add_encoders_options(parser: argparse.ArgumentParser) -> None:
+    """The embedding options, with --encoder taking a comma-separated list."""
+    add_embedder_options(parser)
+    for action in parser._actions:  # the shared --encoder option, documented for lists here
+        if action.dest == "encoder":
+            action.help, action.metavar = ENCODERS_HELP, "NAME[,NAME...]"
+
+
+def encoder_names(args: argparse.Namespace) -> list[str]:
+    """The names of --encoder a,b (one-line errors for an empty or repeated name)."""
+    names = [n.strip() for n in str(args.encoder).split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise DeepSpeakerError(f"--encoder {args.encoder}: give distinct names separated by commas")
+    return names
+
+
+def encoder_factories(args: argparse.Namespace) -> dict[str, Callable[[], Encoder]]:
+    """A factory per encoder named (models load only when a side is a folder): one encoder gets every option as
+    before; of several, deep-speaker gets --model and its options, the others their defaults."""
+    names = encoder_names(args)
+    if len(names) == 1:
+        return {names[0]: lambda: encoder_from_args(args)}
+    if args.model is not None and DEFAULT_ENCODER not in names:
+        raise DeepSpeakerError(f"--model applies to {DEFAULT_ENCODER} only, which is not among --encoder "
+                               f"{args.encoder}")
+    for name in names:  # an unknown name is an error now, even when no side needs embedding
+        check_choice(name, available_encoders(), "encoder")
+    deep_speaker_only = {"model": None, **{dest: None for dest, _ in DEEP_SPEAKER_OPTIONS}}
+
+    def factory(name: str) -> Callable[[], Encoder]:
+        own = argparse.Namespace(**{**vars(args), **({} if name == DEFAULT_ENCODER else deep_speaker_only),
+                                    "encoder": name})
+        return lambda: encoder_from_args(own)
+
+    return {name: factory(name) for name in names}
+
+
+def encoder_path(path: str, name: str, several: bool) -> str:
+    """``path`` for one encoder's file: its ``{encoder}`` replaced, or with several encoders and no placeholder,
+    the name inserted before the suffix (real.npz -> real.deep-speaker.npz)."""
+    if PLACEHOLDER in path:
+        return path.replace(PLACEHOLDER, name)
+    if not several:
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.{name}{p.suffix}"))
 
 
 def add_layout_option(parser: argparse.ArgumentParser) -> None:
@@ -31,22 +91,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "<speaker>/<file>) and save mu, sigma, the embeddings, labels, paths, the encoder, its model "
                     "identity and its settings to a .npz that 'compare' accepts in place of the folder.")
     stats.add_argument("dir", metavar="DIR", help="folder of audio files")
-    stats.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="statistics file to write")
+    stats.add_argument("-o", "--output", required=True, metavar="FILE.npz",
+                       help=f"statistics file to write; with several encoders one per encoder: {PLACEHOLDER} in the "
+                            f"name is replaced by each encoder's name, else the name goes before the suffix")
     add_layout_option(stats)
-    add_embedder_options(stats)
+    add_encoders_options(stats)
     stats.set_defaults(func=run_stats)
 
     cmp = subparsers.add_parser(
-        "compare", help="distances between generated and real speech (FD, KD, cFD/cKD, FD∞, SECS, ...)",
-        description="Compare generated speech with real speech in the speaker-embedding space: FD and KD with "
-                    "error bars, conditional cFD/cKD, FD∞, speaker similarity (SECS), SAP/SAN, NDB, optional "
-                    "classifier scores and paired MR-STFT; each beside a real-data baseline (two disjoint "
-                    "per-speaker halves of the real set). Prints a table; writes JSON and PNGs on request.",
-        epilog="Both sides must come from the same encoder, model and settings; statistics files record them.")
+        "compare", help="distances between generated and real speech (FD, KD, cFD/cKD, FD∞, SECS, acceptance, ...)",
+        description="Compare generated speech with real speech in one or several speaker-embedding spaces: FD and "
+                    "KD with error bars, conditional cFD/cKD, FD∞, speaker similarity (SECS, also rescaled between "
+                    "the real different- and same-speaker means), the share a verifier accepts as its speaker at "
+                    "the real EER and false-accept thresholds, SAP/SAN, NDB, optional classifier scores and paired "
+                    "MR-STFT; each beside its space's real-data baseline (two disjoint per-speaker halves of the "
+                    "real set, or the real trials), with 95 % bootstrap intervals (speakers, then utterances). "
+                    "Prints one table; writes JSON, CSV/Markdown/LaTeX tables, a per-file CSV and PNGs on request.",
+        epilog="Both sides of a space must come from the same encoder, model and settings; statistics files record "
+               "them.")
     cmp.add_argument("real", metavar="REAL", help=SIDE_HELP)
     cmp.add_argument("generated", metavar="GENERATED", help=SIDE_HELP)
     cmp.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report as JSON")
-    cmp.add_argument("--plots", metavar="DIR", help="write speaker_similarity.png and fd_infinity.png here")
+    cmp.add_argument("--table", action="append", default=[], metavar="FILE",
+                     help="also write the table to FILE as .csv, .md, .tex or .txt (by suffix; repeatable)")
+    cmp.add_argument("--per-utterance", metavar="FILE.csv",
+                     help="write every generated file's similarity to its speaker, acceptance and nearest real "
+                          "speaker (one row per file and encoder)")
+    cmp.add_argument("--worst", type=int, default=5, metavar="N",
+                     help="list the N generated files least similar to their speaker (default 5)")
+    cmp.add_argument("--plots", metavar="DIR",
+                     help="write speaker_similarity.png and fd_infinity.png here (with several encoders: DIR/NAME/)")
     cmp.add_argument("--seed", type=int, default=0, help="seed of every random split and subset (default 0)")
     cmp.add_argument("--num-splits", type=int, default=5, metavar="K", help="disjoint splits for FD (default 5)")
     cmp.add_argument("--subset-size", type=int, default=1000, metavar="M",
@@ -55,6 +129,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument("--ndb-bins", type=int, default=50, metavar="K", help="NDB k-means bins (default 50)")
     cmp.add_argument("--fd-inf-points", type=int, default=15, metavar="P",
                      help="subset sizes N in the FD∞ fit (default 15)")
+    cmp.add_argument("--far", type=finite_float, default=FAR_TARGET, metavar="RATE",
+                     help=f"false-accept rate of the second acceptance threshold, on real trials (default "
+                          f"{FAR_TARGET:g})")
+    cmp.add_argument("--bootstrap", type=int, default=DEFAULT_SET_REPLICATES, metavar="N",
+                     help=f"resamples for the 95 %% intervals of SECS, acceptance, FD, KD and EER (default "
+                          f"{DEFAULT_SET_REPLICATES}; 0: none; seeded by --seed)")
     cmp.add_argument("--probs", metavar="GEN.npy",
                      help="p(y|x) rows [n, classes] of the generated set from any classifier: adds IS and mIS")
     cmp.add_argument("--ref-probs", metavar="REAL.npy", help="p(y|x) rows of real speech: adds the AM score")
@@ -62,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="a checkpoint with a softmax head (e.g. OUT/softmax/best.keras): its p(y|x) of both sets "
                           "(mean over windows) give IS, mIS and AM, as --probs/--ref-probs would")
     add_layout_option(cmp)
-    add_embedder_options(cmp)
+    add_encoders_options(cmp)
     cmp.set_defaults(func=run_compare)
 
     deg = subparsers.add_parser(
@@ -81,16 +161,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deg.set_defaults(func=run_degrade)
 
 
+def _reported(failures: list) -> list:
+    """Each failure once (several encoders fail on the same file), in order, printed as 'skipped path: reason'."""
+    unique = list(dict.fromkeys(failures))
+    for failure in unique:
+        print(f"skipped {failure}", file=sys.stderr)
+    return unique
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from ..eval.generated import compute_stats, save_stats
 
-    stats = compute_stats(args.dir, encoder_from_args(args), args.layout)
-    save_stats(args.output, stats)
-    for failure in stats.failures:
-        print(f"skipped {failure}", file=sys.stderr)
-    print(f"{args.output}: {len(stats.paths)} utterances, {len(stats.speakers)} speakers, "
-          f"model {stats.model_identity}")
-    return EXIT_PARTIAL if stats.failures else EXIT_OK
+    factories = encoder_factories(args)
+    failures = []
+    for name, make in factories.items():
+        stats = compute_stats(args.dir, make(), args.layout)
+        out = encoder_path(args.output, name, len(factories) > 1)
+        save_stats(out, stats)
+        failures += stats.failures
+        print(f"{out}: {len(stats.paths)} utterances, {len(stats.speakers)} speakers, encoder {name}, "
+              f"model {stats.model_identity}")
+    return EXIT_PARTIAL if _reported(failures) else EXIT_OK
 
 
 def _load_probs(path: str | None) -> np.ndarray | None:
@@ -102,19 +193,61 @@ def _load_probs(path: str | None) -> np.ndarray | None:
         raise DeepSpeakerError(f"{path}: cannot read a probability array ({exc})") from exc
 
 
+def _once(make: Callable[[], Encoder]) -> Callable[[], Encoder]:
+    """``make`` called at most once: loading a model is slow, and only a folder side needs it."""
+    made: list[Encoder] = []
+
+    def get() -> Encoder:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and output names before anything is embedded (one-line errors)."""
+    from ..eval.tables import table_format
+
+    if not 0.0 < args.far < 1.0:
+        raise DeepSpeakerError(f"--far must lie in (0, 1), got {args.far:g}")
+    if args.bootstrap and args.bootstrap < 100:
+        raise DeepSpeakerError(f"--bootstrap needs at least 100 resamples for a 95 % interval (or 0), got "
+                               f"{args.bootstrap}")
+    if args.worst < 0:
+        raise DeepSpeakerError(f"--worst must be 0 or more, got {args.worst}")
+    for path in args.table + ([args.per_utterance] if args.per_utterance else []):
+        table_format(path)
+
+
+def load_spaces(args: argparse.Namespace) -> dict:
+    """``{encoder: (real, generated)}`` for every encoder named; with several, a statistics file must be that
+    encoder's (a name with {encoder} gives each its own)."""
+    from ..eval.generated import load_side
+
+    factories = encoder_factories(args)
+    several = len(factories) > 1
+    spaces = {}
+    for name, make in factories.items():
+        get = _once(make)
+        sides = [load_side(encoder_path(src, name, False), get, args.layout) for src in (args.real, args.generated)]
+        for side in sides:
+            if several and side.encoder != name:
+                raise DeepSpeakerError(f"{side.source} holds statistics of encoder {side.encoder}, not {name}; with "
+                                       f"several encoders give folders or names with {PLACEHOLDER}")
+        spaces[name] = tuple(sides)
+    return spaces
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    from ..eval.generated import classifier_probabilities, compare, format_table, load_side
+    from ..eval.generated import (UTTERANCE_COLUMNS, classifier_probabilities, compare, compare_spaces, format_table,
+                                  report_table, utterance_results)
     from ..eval.plots import plot_report
+    from ..eval.tables import write_table
 
-    encoder = None
-
-    def get_encoder():  # loading a model is slow: only when a side is a folder
-        nonlocal encoder
-        encoder = encoder or encoder_from_args(args)
-        return encoder
-
-    real = load_side(args.real, get_encoder, args.layout)
-    generated = load_side(args.generated, get_encoder, args.layout)
+    _check_options(args)
+    spaces = load_spaces(args)
+    real, generated = next(iter(spaces.values()))
     both_folders = os.path.isdir(args.real) and os.path.isdir(args.generated)
     gen_probs, ref_probs = _load_probs(args.probs), _load_probs(args.ref_probs)
     if args.classifier:
@@ -123,20 +256,27 @@ def run_compare(args: argparse.Namespace) -> int:
         # The classifier is a ResCNN with a softmax head, whatever --encoder is: it windows as deep-speaker does.
         classifier = SpeakerClassifier(args.classifier, **deep_speaker_options(args))
         gen_probs, ref_probs = classifier_probabilities(classifier, real, generated)
-    report = compare(real, generated, seed=args.seed, num_splits=args.num_splits, subset_size=args.subset_size,
-                     num_subsets=args.num_subsets, ndb_bins=args.ndb_bins, fd_inf_points=args.fd_inf_points,
-                     gen_probs=gen_probs, ref_probs=ref_probs,
-                     paired_folders=(args.real, args.generated) if both_folders else None)
+    options = dict(seed=args.seed, num_splits=args.num_splits, subset_size=args.subset_size,
+                   num_subsets=args.num_subsets, ndb_bins=args.ndb_bins, fd_inf_points=args.fd_inf_points,
+                   far=args.far, bootstrap=args.bootstrap, worst=args.worst, gen_probs=gen_probs, ref_probs=ref_probs,
+                   paired_folders=(args.real, args.generated) if both_folders else None)
+    several = len(spaces) > 1
+    report = compare_spaces(spaces, **options) if several else compare(real, generated, **options)
     print(format_table(report))
     if args.output:
         write_json(args.output, report)
         print(f"report: {args.output}")
+    for path in args.table:
+        print(f"table: {write_table(path, *report_table(report))}")
+    if args.per_utterance:
+        rows = [[name] + [int(v) if isinstance(v, bool) else v for v in (row[c] for c in UTTERANCE_COLUMNS)]
+                for name, (r, g) in spaces.items() for row in utterance_results(r, g, args.far)]
+        print(f"per-utterance results: {write_table(args.per_utterance, ['encoder', *UTTERANCE_COLUMNS], rows)}")
     if args.plots:
-        for png in plot_report(report, args.plots):
-            print(f"plot: {png}")
-    failures = real.failures + generated.failures
-    for failure in failures:
-        print(f"skipped {failure}", file=sys.stderr)
+        for name, space_report in (report["spaces"].items() if several else [(None, report)]):
+            for png in plot_report(space_report, Path(args.plots) / name if name else args.plots):
+                print(f"plot: {png}")
+    failures = _reported([f for r, g in spaces.values() for f in r.failures + g.failures])
     return EXIT_PARTIAL if failures else EXIT_OK
 
 

@@ -1,8 +1,9 @@
 """Evaluating generated speech: statistics files, and the comparison report of a generated set against real speech.
 
 Every number comes from :mod:`deep_speaker.metrics` (definitions in metrics.md); this module picks the sets,
-adds the real-data baseline (two disjoint per-speaker halves of the real set), collects each metric's
-messages instead of failing, and guarantees a report of finite real numbers only.
+adds the real-data baseline (two disjoint per-speaker halves of the real set, or the real trials for acceptance
+and EER), collects each metric's messages instead of failing, and guarantees a report of finite real numbers
+only. Several embedding spaces compare in one report (:func:`compare_spaces`), each beside its own baseline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from ..data.corpus import find_audio_files, scan_corpus
 from ..encoders import DEFAULT_ENCODER, Encoder
 from ..errors import DeepSpeakerError, Failure
 from ..metrics.distances import split_per_label
+from ..metrics.similarity import FAR_TARGET
+from .tables import text_table
 from ..settings import settings_difference
 
 STATS_FORMAT = 1
@@ -219,6 +222,14 @@ def _classifier(messages: list[str], gen_probs: np.ndarray, ref_probs: np.ndarra
     out["am"] = (_attempt(messages, "AM", metrics.am_score, ref_probs, gen_probs) if ref_probs is not None else None)
     if ref_probs is None:
         messages.append("AM: not computed: needs reference probabilities of real speech")
+    elif out["am"] is not None and math.isinf(out["am"]):
+        # The true value is +inf; any finite figure would only reflect a logarithm floor. JSON has no infinity.
+        classes = metrics.am_unbounded_classes(ref_probs, gen_probs)
+        out["am"] = None
+        out["am_unbounded"] = (f"+inf: the generated set never predicts {classes.size} class(es) the real set "
+                               f"predicts (p_gen(y) = 0 < p_ref(y) for class {', '.join(map(str, classes[:5]))}"
+                               f"{', ...' if classes.size > 5 else ''}), so KL(p_ref || p_gen) is infinite")
+        messages.append(f"AM: unbounded, {out['am_unbounded']}")
     return out
 
 
@@ -227,13 +238,86 @@ def _ndb(messages: list[str], what: str, ref: np.ndarray, gen: np.ndarray, bins:
     return None if value is None else {k: value[k] for k in ("ndb", "ndb_over_k", "bins", "alpha", "seed")}
 
 
+def _conditional_all(messages: list[str], x: np.ndarray, real_labels: np.ndarray, y: np.ndarray,
+                     gen_labels: np.ndarray, num_subsets: int, subset_size: int, seed: int) -> dict | None:
+    """cFD/cKD in the DeepSpeechDistances form: the generated set against *all* real utterances of its speakers."""
+    same = np.isin(real_labels, np.setdiff1d(gen_labels, [""]))
+    if same.sum() < 2:
+        messages.append("cFD/cKD (all real): not computed: fewer than 2 real utterances of the generated speakers")
+        return None
+    ref = x[same]
+    fd = _attempt(messages, "cFD (all real)", lambda: metrics.frechet_distance(*metrics.gaussian_stats(y),
+                                                                                *metrics.gaussian_stats(ref)))
+    kd = _kd(messages, "cKD (all real)", y, ref, num_subsets, subset_size, seed) or {}
+    return {"cfd": fd, "ckd": kd.get("kd"), "ckd_std": kd.get("kd_std"), "n_real_same": int(same.sum())}
+
+
+UTTERANCE_COLUMNS = ("path", "speaker", "similarity", "accepted_eer", "accepted_far", "nearest_speaker",
+                     "nearest_similarity")
+
+
+def _utterance_rows(generated: Stats, per: dict) -> list[dict]:
+    """One dict per generated file (columns :data:`UTTERANCE_COLUMNS`); None where its speaker has no real speech."""
+    rows = []
+    for i, path in enumerate(generated.paths.tolist()):
+        known = bool(per["known"][i])
+        rows.append({"path": path, "speaker": str(generated.labels[i]),
+                     "similarity": float(per["similarity"][i]) if known else None,
+                     "accepted_eer": bool(per["accepted_eer"][i]) if known else None,
+                     "accepted_far": bool(per["accepted_far"][i]) if known else None,
+                     "nearest_speaker": str(per["nearest_speaker"][i]),
+                     "nearest_similarity": float(per["nearest_similarity"][i])})
+    return rows
+
+
+def utterance_results(real: Stats, generated: Stats, far: float = FAR_TARGET) -> list[dict]:
+    """Every generated file: its similarity to its speaker's real centroid, its acceptance at the real EER and
+    false-accept thresholds, and its nearest real speaker (``metrics.comparable_similarity``)."""
+    check_compatible(real, generated)
+    sim = metrics.comparable_similarity(generated.embeddings, generated.labels, real.embeddings, real.labels, far)
+    return _utterance_rows(generated, sim["per_utterance"])
+
+
+def worst_utterances(rows: Sequence[dict], n: int) -> list[dict]:
+    """The ``n`` files least similar to their speaker (of those whose speaker has real speech)."""
+    return sorted((r for r in rows if r["similarity"] is not None), key=lambda r: r["similarity"])[:max(n, 0)]
+
+
+INTERVAL_METHOD = "percentile, two-level bootstrap: speakers with replacement, then utterances within each"
+
+
+def _intervals(messages: list[str], real: Stats, generated: Stats, far: float, num_subsets: int, subset_size: int,
+               seed: int, replicates: int) -> dict:
+    settings = {"replicates": replicates, "seed": seed, "level": 0.95, "method": INTERVAL_METHOD}
+    try:
+        found = metrics.set_intervals(real.embeddings, real.labels, generated.embeddings, generated.labels, far,
+                                      num_subsets, subset_size, seed, replicates)
+    except DeepSpeakerError as exc:
+        messages.append(f"intervals: not computed: {exc}")
+        return {**settings, "skipped": str(exc)}
+    return {**settings, "values": {k: iv.to_dict() for k, iv in found.items()}}
+
+
+def _shared(messages: list[str], gen_probs: np.ndarray | None, ref_probs: np.ndarray | None,
+            paired_folders: tuple[str, str] | None) -> dict:
+    """The numbers no embedding space changes: classifier scores and the paired MR-STFT distance."""
+    out: dict[str, Any] = {}
+    if gen_probs is not None:
+        out["classifier"] = _classifier(messages, gen_probs, ref_probs)
+    if paired_folders is not None:
+        out["mr_stft"] = _mr_stft(messages, *paired_folders)
+    return out
+
+
 def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5, subset_size: int = 1000,
             num_subsets: int = 100, ndb_bins: int = 50, fd_inf_points: int = 15, gen_probs: np.ndarray | None = None,
-            ref_probs: np.ndarray | None = None, paired_folders: tuple[str, str] | None = None) -> dict:
+            ref_probs: np.ndarray | None = None, paired_folders: tuple[str, str] | None = None,
+            far: float = FAR_TARGET, bootstrap: int = 0, worst: int = 5) -> dict:
     """The comparison report (JSON-ready): every distance for generated vs real and for the real-halves baseline.
 
     ``paired_folders`` = (real_dir, generated_dir) adds the paired MR-STFT distance; ``gen_probs`` (and
-    ``ref_probs``) [n, K] softmax rows add IS, mIS (and AM).
+    ``ref_probs``) [n, K] softmax rows add IS, mIS (and AM). Acceptance is at the real EER threshold and at the
+    ``far`` false-accept threshold; ``bootstrap`` replicates (0: none) give 95 % intervals; ``worst`` files are listed.
     """
     check_compatible(real, generated)
     msgs: list[str] = []
@@ -241,10 +325,13 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
     # The baseline halves are split per speaker, the same split (same seed) as the SECS ceiling's.
     half_a, half_b = split_per_label(real.labels, np.random.default_rng(seed))
     a, b = x[half_a], x[half_b]
+    similarity = _attempt(msgs, "acceptance/rescaled SECS", metrics.comparable_similarity, y, generated.labels, x,
+                          real.labels, far)
+    rows = _utterance_rows(generated, similarity.pop("per_utterance")) if similarity else []
     report: dict[str, Any] = {
         "settings": {"seed": seed, "num_splits": num_splits, "subset_size": subset_size, "num_subsets": num_subsets,
-                     "ndb_bins": ndb_bins, "fd_inf_points": fd_inf_points, "encoder": real.encoder,
-                     "model_identity": real.model_identity,
+                     "ndb_bins": ndb_bins, "fd_inf_points": fd_inf_points, "far_target": far, "bootstrap": bootstrap,
+                     "encoder": real.encoder, "model_identity": real.model_identity,
                      "feature_settings": real.feature_settings},
         "real": _describe(real),
         "generated": _describe(generated),
@@ -255,8 +342,11 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
         "fd_inf": _attempt(msgs, "FD∞", metrics.fd_infinity, x, y, fd_inf_points, seed=seed),
         "conditional": _attempt(msgs, "cFD/cKD", metrics.conditional_distances, x, real.labels, y,
                                 generated.labels, num_subsets, subset_size, seed),
+        "conditional_all": _conditional_all(msgs, x, real.labels, y, generated.labels, num_subsets, subset_size, seed),
         "speaker_similarity": _attempt(msgs, "SECS", metrics.speaker_similarity, y, generated.labels, x,
                                        real.labels),
+        "similarity": similarity,
+        "worst": worst_utterances(rows, worst),
         "sap_san": _sap_san(msgs, "SAP/SAN generated", generated),
         "ndb": _ndb(msgs, "NDB", x, y, ndb_bins, seed),
         "baseline": {
@@ -271,13 +361,26 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
             "ndb": _ndb(msgs, "baseline NDB", a, b, ndb_bins, seed),
         },
     }
-    if gen_probs is not None:
-        report["classifier"] = _classifier(msgs, gen_probs, ref_probs)
-    if paired_folders is not None:
-        report["mr_stft"] = _mr_stft(msgs, *paired_folders)
+    if bootstrap:
+        report["intervals"] = _intervals(msgs, real, generated, far, num_subsets, subset_size, seed, bootstrap)
+    report.update(_shared(msgs, gen_probs, ref_probs, paired_folders))
     safe = to_json_safe(report, msgs)
     safe["messages"] = list(msgs)
     return safe
+
+
+def compare_spaces(spaces: Mapping[str, tuple[Stats, Stats]], *, gen_probs: np.ndarray | None = None,
+                   ref_probs: np.ndarray | None = None, paired_folders: tuple[str, str] | None = None,
+                   **options: Any) -> dict:
+    """One report of several embedding spaces, ``spaces[encoder] = (real, generated)``: each a :func:`compare`
+    report beside its own real baseline (``options`` as there); classifier scores and MR-STFT, which no space
+    changes, once."""
+    msgs: list[str] = []
+    report: dict[str, Any] = {"encoders": list(spaces),
+                              "spaces": {name: compare(real, gen, **options) for name, (real, gen) in spaces.items()}}
+    report.update(to_json_safe(_shared(msgs, gen_probs, ref_probs, paired_folders), msgs))
+    report["messages"] = msgs
+    return report
 
 
 def _describe(stats: Stats) -> dict:
@@ -305,11 +408,21 @@ def to_json_safe(value: Any, messages: list[str], where: str = "") -> Any:
     return str(value)
 
 
-def _fmt(value: Any, std: Any = None) -> str:
+def _interval_text(interval: dict | None, scale: float = 1.0, digits: str = ".3g") -> str:
+    return "" if interval is None else f" [{scale * interval['low']:{digits}}, {scale * interval['high']:{digits}}]"
+
+
+def _fmt(value: Any, std: Any = None, interval: dict | None = None) -> str:
+    """``value ± std [low, high]`` (4 significant digits), "n/a" for a missing value."""
     if value is None:
         return "n/a"
-    text = f"{value:.4g}"
-    return text if std is None else f"{text} ± {std:.2g}"
+    text = f"{value:.4g}" + ("" if std is None else f" ± {std:.2g}")
+    return text + _interval_text(interval)
+
+
+def _pct(value: Any, interval: dict | None = None) -> str:
+    """A share as ``12.3 % [low, high]``."""
+    return "n/a" if value is None else f"{100 * value:.1f} %" + _interval_text(interval, 100.0, ".1f")
 
 
 def _get(report: dict, *keys: str) -> Any:
@@ -321,60 +434,141 @@ def _get(report: dict, *keys: str) -> Any:
     return report
 
 
-def format_table(report: dict) -> str:
-    """The report as a table for people: generated vs real, beside the real-halves baseline, then messages."""
+def _space_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """``(key, label, generated cell, baseline cell)`` of one space's report, in table order."""
     s, base, cond = report["settings"], report["baseline"], report.get("conditional") or {}
     fd_split = _get(report, "fd", "splits") or {}
     kd = report.get("kd") or {}
     fit = report.get("fd_inf") or {}
-    rows = [
-        (f"FD, mean ± std over {s['num_splits']} splits (of {fd_split.get('split_size', '?')})",
+    dsd = report.get("conditional_all") or {}
+    g, r = _get(report, "similarity", "generated") or {}, _get(report, "similarity", "real") or {}
+
+    def iv(key: str) -> dict | None:
+        return _get(report, "intervals", "values", key)
+
+    return [
+        ("fd_splits", f"FD, mean ± std over {s['num_splits']} splits (of {fd_split.get('split_size', '?')})",
          _fmt(fd_split.get("fd"), fd_split.get("fd_std")),
          _fmt(_get(base, "fd", "splits", "fd"), _get(base, "fd", "splits", "fd_std"))),
-        ("FD, full sets", _fmt(_get(report, "fd", "full")), _fmt(_get(base, "fd", "full"))),
-        (f"FD∞, fit of FD(N) = FD∞ + c/N, N = {min(fit.get('ns', [0]))}..{max(fit.get('ns', [0]))}",
+        ("fd", "FD, full sets", _fmt(_get(report, "fd", "full"), interval=iv("fd")), _fmt(_get(base, "fd", "full"))),
+        ("fd_inf", f"FD∞, fit of FD(N) = FD∞ + c/N, N = {min(fit.get('ns', [0]))}..{max(fit.get('ns', [0]))}",
          _fmt(fit.get("fd_inf")), _fmt(_get(base, "fd_inf", "fd_inf"))),
-        (f"KD, {kd.get('num_subsets', s['num_subsets'])} subsets of {kd.get('subset_size', s['subset_size'])}",
-         _fmt(kd.get("kd"), kd.get("kd_std")), _fmt(_get(base, "kd", "kd"), _get(base, "kd", "kd_std"))),
-        ("cFD, vs real of the same speakers", _fmt(_get(cond, "generated", "cfd")),
+        ("kd", f"KD, {kd.get('num_subsets', s['num_subsets'])} subsets of {kd.get('subset_size', s['subset_size'])}",
+         _fmt(kd.get("kd"), kd.get("kd_std"), iv("kd")), _fmt(_get(base, "kd", "kd"), _get(base, "kd", "kd_std"))),
+        ("cfd", "cFD, vs a per-speaker half of real of the same speakers", _fmt(_get(cond, "generated", "cfd")),
          _fmt(_get(cond, "real_baseline", "cfd"))),
-        ("FD, vs real of other speakers", _fmt(_get(cond, "generated", "fd")),
+        ("fd_other", "FD, vs real of other speakers", _fmt(_get(cond, "generated", "fd")),
          _fmt(_get(cond, "real_baseline", "fd"))),
-        ("cKD, vs real of the same speakers", _fmt(_get(cond, "generated", "ckd"), _get(cond, "generated", "ckd_std")),
+        ("ckd", "cKD, vs a per-speaker half of real of the same speakers",
+         _fmt(_get(cond, "generated", "ckd"), _get(cond, "generated", "ckd_std")),
          _fmt(_get(cond, "real_baseline", "ckd"), _get(cond, "real_baseline", "ckd_std"))),
-        ("KD, vs real of other speakers", _fmt(_get(cond, "generated", "kd"), _get(cond, "generated", "kd_std")),
+        ("kd_other", "KD, vs real of other speakers",
+         _fmt(_get(cond, "generated", "kd"), _get(cond, "generated", "kd_std")),
          _fmt(_get(cond, "real_baseline", "kd"), _get(cond, "real_baseline", "kd_std"))),
-        ("SECS, cosine to the speaker's real centroid",
-         _fmt(_get(report, "speaker_similarity", "secs"), _get(report, "speaker_similarity", "secs_std")),
+        ("cfd_all", "cFD, vs all real of the same speakers (DeepSpeechDistances)", _fmt(dsd.get("cfd")), ""),
+        ("ckd_all", "cKD, vs all real of the same speakers (DeepSpeechDistances)",
+         _fmt(dsd.get("ckd"), dsd.get("ckd_std")), ""),
+        ("secs", "SECS, cosine to the speaker's real centroid",
+         _fmt(_get(report, "speaker_similarity", "secs"), _get(report, "speaker_similarity", "secs_std"), iv("secs")),
          _fmt(_get(base, "speaker_similarity", "secs"), _get(base, "speaker_similarity", "secs_std"))),
-        ("SAP, same-speaker cosine (within the set)", _fmt(_get(report, "sap_san", "sap")),
+        ("secs_rescaled", "SECS rescaled: 0 = real different-, 1 = same-speaker mean",
+         _fmt(g.get("secs_rescaled"), interval=iv("secs_rescaled")), "1" if g.get("secs_rescaled") is not None else ""),
+        ("accept_eer", "accepted as its speaker at the real EER threshold",
+         _pct(g.get("accept_eer"), iv("accept_eer")), _pct(r.get("accept_eer"), iv("real_accept_eer"))),
+        ("accept_far", f"accepted at the real {100 * s.get('far_target', FAR_TARGET):g} % false-accept threshold",
+         _pct(g.get("accept_far"), iv("accept_far")), _pct(r.get("accept_far"), iv("real_accept_far"))),
+        ("eer", "EER, verified against the real speakers' centroids", _pct(g.get("eer"), iv("eer")),
+         _pct(r.get("eer"), iv("real_eer"))),
+        ("identified", "nearest real speaker is its own", _pct(g.get("identified")), ""),
+        ("sap", "SAP, same-speaker cosine (within the set)", _fmt(_get(report, "sap_san", "sap")),
          _fmt(_get(base, "sap_san", "sap"))),
-        ("SAN, different-speaker cosine", _fmt(_get(report, "sap_san", "san")), _fmt(_get(base, "sap_san", "san"))),
-        (f"NDB/K, {s['ndb_bins']} k-means bins on real",
+        ("san", "SAN, different-speaker cosine", _fmt(_get(report, "sap_san", "san")),
+         _fmt(_get(base, "sap_san", "san"))),
+        ("ndb", f"NDB/K, {s['ndb_bins']} k-means bins on real",
          _fmt(_get(report, "ndb", "ndb_over_k")), _fmt(_get(base, "ndb", "ndb_over_k"))),
     ]
+
+
+def _shared_rows(report: dict) -> list[tuple[str, str]]:
+    """``(label, value)`` of the classifier scores and MR-STFT: numbers of the audio, not of a space."""
+    rows = []
     if "classifier" in report:
         c = report["classifier"]
-        rows += [("IS (class score)", _fmt(c.get("is"), c.get("is_std")), ""), ("mIS", _fmt(c.get("mis")), ""),
-                 ("AM score", _fmt(c.get("am")), "")]
+        rows += [("IS (class score)", _fmt(c.get("is"), c.get("is_std"))), ("mIS", _fmt(c.get("mis"))),
+                 ("AM score", "inf" if c.get("am_unbounded") else _fmt(c.get("am")))]
     if report.get("mr_stft"):
         m = report["mr_stft"]
         rows += [(f"MR-STFT spectral convergence ({m['pairs']} pairs)",
-                  _fmt(m["spectral_convergence"], m["spectral_convergence_std"]), ""),
-                 ("MR-STFT log-magnitude distance", _fmt(m["log_magnitude"], m["log_magnitude_std"]), "")]
-    width = max(len(r[0]) for r in rows) + 2
-    col = max(len(r[1]) for r in rows) + 2
-    real, gen = report["real"], report["generated"]
+                  _fmt(m["spectral_convergence"], m["spectral_convergence_std"])),
+                 ("MR-STFT log-magnitude distance", _fmt(m["log_magnitude"], m["log_magnitude_std"]))]
+    return rows
+
+
+def _spaces(report: dict) -> list[tuple[str, dict]]:
+    """``(encoder, report)`` of each space: one for a :func:`compare` report, several for :func:`compare_spaces`."""
+    if "spaces" in report:
+        return [(name, report["spaces"][name]) for name in report["encoders"]]
+    return [(report["settings"]["encoder"], report)]
+
+
+def report_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The table of a :func:`compare` or :func:`compare_spaces` report as ``(header, rows)`` (for ``tables``):
+    one generated and one baseline column per space, then the numbers shared by all spaces."""
+    spaces = _spaces(report)
+    if "spaces" in report:
+        header = ["metric"] + [f"{name}: {col}" for name, _ in spaces for col in ("generated vs real", "real baseline")]
+    else:
+        header = ["metric", "generated vs real", "real half vs half"]
+    cells = [{key: (gen, base) for key, _, gen, base in _space_rows(sp)} for _, sp in spaces]
+    rows = [[label] + [c for space in cells for c in space.get(key, ("n/a", "n/a"))]
+            for key, label, _, _ in _space_rows(spaces[0][1])]
+    rows += [[label, value] + [""] * (len(header) - 2) for label, value in _shared_rows(report)]
+    return header, rows
+
+
+def _space_lines(name: str, report: dict, several: bool) -> list[str]:
+    """What was compared in one space: the sets, the encoder, the baseline and the verifier's thresholds."""
+    s, real, gen = report["settings"], report["real"], report["generated"]
+    th = _get(report, "similarity", "thresholds")
+    verifier = (f"; verifier thresholds on real trials: EER {th['eer']:.4g}, {100 * th['far_target']:g} % false "
+                f"accepts {th['far']:.4g}" if th else "")
     lines = [f"generated: {gen['source']} ({gen['n']} utterances, {gen['speakers']} speakers)",
              f"real:      {real['source']} ({real['n']} utterances, {real['speakers']} speakers)",
              f"encoder {s['encoder']}, model {s['model_identity']}, seed {s['seed']}; baseline = two disjoint "
              f"per-speaker halves of the real set ({report['baseline_halves']['n_a']} + "
-             f"{report['baseline_halves']['n_b']})",
-             "",
-             f"{'metric':<{width}}{'generated vs real':<{col}}real half vs half",
-             "-" * (width + col + 20)]
-    lines += [f"{name:<{width}}{value:<{col}}{floor}".rstrip() for name, value, floor in rows]
-    lines.append("similarities: cosine similarity, higher is closer; distances: lower is closer")
-    if report.get("messages"):
-        lines += ["", "notes:"] + [f"  - {m}" for m in report["messages"]]
+             f"{report['baseline_halves']['n_b']}){verifier}"]
+    return [f"[{name}] {line}" for line in lines] if several else lines
+
+
+def _worst_lines(name: str, report: dict, several: bool) -> list[str]:
+    if not report.get("worst"):
+        return []
+    lines = [f"{f'[{name}] ' if several else ''}least similar generated files (cosine to their speaker's real "
+             f"centroid; nearest real speaker):"]
+    lines += [f"  {w['similarity']:.4f}  {w['path']}  (speaker {w['speaker']}; nearest {w['nearest_speaker']}, "
+              f"{w['nearest_similarity']:.4f})" for w in report["worst"]]
+    return lines
+
+
+def format_table(report: dict) -> str:
+    """The report as a table for people: generated vs real beside each space's real baseline, then the least
+    similar files and the messages. Takes a :func:`compare` or a :func:`compare_spaces` report."""
+    spaces = _spaces(report)
+    several = "spaces" in report
+    lines = [line for name, sp in spaces for line in _space_lines(name, sp, several)] + [""]
+    lines.append(text_table(*report_table(report)))
+    lines.append("similarities: cosine similarity, higher is closer; distances: lower is closer; acceptance and "
+                 "EER baselines: the real trials that set the thresholds")
+    for name, sp in spaces:
+        iv = sp.get("intervals")
+        if iv:
+            lines.append(f"{f'[{name}] ' if several else ''}" + (
+                f"[low, high]: 95 % bootstrap interval, {iv['replicates']} resamples of the speakers, then of each "
+                f"speaker's utterances (seed {iv['seed']})" if "values" in iv else f"no intervals: {iv['skipped']}"))
+    for name, sp in spaces:
+        lines += _worst_lines(name, sp, several)
+    notes = [f"{f'[{name}] ' if several else ''}{m}" for name, sp in spaces for m in sp.get("messages", [])]
+    notes += report.get("messages", []) if several else []
+    if notes:
+        lines += ["", "notes:"] + [f"  - {m}" for m in notes]
     return "\n".join(lines)

@@ -22,3 +22,15 @@ __all__ = [
     "kernel_distance", "min_dcf", "min_dcf_threshold", "mmd2_unbiased", "normalize_rows", "operating_points", "pair_scores", "roc",
     "sap_san", "speaker_similarity", "speaker_similarity_ceiling", "verification_report",
 ]
+
+# Generated-speech metrics comparable across embedding spaces, their two-level bootstrap, the unbounded AM score.
+from .classifier import am_unbounded_classes  # noqa: E402
+from .resample import (DEFAULT_SET_REPLICATES, bootstrap_sets, frechet_distance_sets, set_intervals,  # noqa: E402
+                       set_statistics, two_level_indices)
+from .similarity import FAR_TARGET, comparable_similarity, far_threshold, real_trials, speaker_centroids  # noqa: E402
+
+__all__ += [
+    "DEFAULT_SET_REPLICATES", "FAR_TARGET", "am_unbounded_classes", "bootstrap_sets", "comparable_similarity",
+    "far_threshold", "frechet_distance_sets", "real_trials", "set_intervals", "set_statistics", "speaker_centroids",
+    "two_level_indices",
+]

@@ -1,7 +1,8 @@
 """Classifier scores of generated speech (docs metrics.md): IS, modified IS, AM score, NDB.
 
-``probs`` are [n, K] rows of ``p(y|x)`` (softmax outputs). Logarithms of probabilities floor them at the
-smallest normal float64 (2.2e-308) so a zero probability gives a large finite KL, never NaN (0·log 0 = 0).
+``probs`` are [n, K] rows of ``p(y|x)`` (softmax outputs). In IS and mIS logarithms of probabilities floor them
+at the smallest normal float64 (2.2e-308) so a zero probability gives a large finite KL, never NaN (0·log 0 = 0).
+The AM score's KL is exact instead: it is +inf when the generated set never predicts a class the reference uses.
 """
 
 from __future__ import annotations
@@ -60,13 +61,24 @@ def modified_inception_score(probs: Any) -> float:
     return float(np.exp(((n - 1) * self_terms - cross) / (n * (n - 1))))
 
 
+def am_unbounded_classes(ref_probs: Any, gen_probs: Any) -> np.ndarray:
+    """The classes the reference predicts (``p_ref(y) > 0``) and the generated set never does (``p_gen(y) = 0``)."""
+    ref, gen = _as_probs(ref_probs, "ref_probs"), _as_probs(gen_probs, "gen_probs")
+    if ref.shape[1] != gen.shape[1]:
+        raise DeepSpeakerError(f"ref_probs and gen_probs differ in classes: {ref.shape[1]} and {gen.shape[1]}")
+    return np.flatnonzero((ref.mean(axis=0) > 0) & (gen.mean(axis=0) == 0))
+
+
 def am_score(ref_probs: Any, gen_probs: Any) -> float:
-    """AM score: ``KL(p_ref(y) || p_gen(y)) + E_x[H(p_gen(y|x))]``, p_ref / p_gen the mean predictions."""
+    """AM score: ``KL(p_ref(y) || p_gen(y)) + E_x[H(p_gen(y|x))]``, p_ref / p_gen the mean predictions.
+
+    ``+inf`` (the true value, not a floor-dependent finite one) when :func:`am_unbounded_classes` is not empty.
+    """
     ref, gen = _as_probs(ref_probs, "ref_probs"), _as_probs(gen_probs, "gen_probs")
     if ref.shape[1] != gen.shape[1]:
         raise DeepSpeakerError(f"ref_probs and gen_probs differ in classes: {ref.shape[1]} and {gen.shape[1]}")
     p_ref, p_gen = ref.mean(axis=0), gen.mean(axis=0)
-    kl = float(np.sum(p_ref * (_log(p_ref) - _log(p_gen))))
+    kl = float(rel_entr(p_ref, p_gen).sum())  # x log(x/y): 0 where x = 0, +inf where x > 0 = y
     entropy = float(-np.einsum("ik,ik->", gen, _log(gen)) / gen.shape[0])
     return kl + entropy
 
