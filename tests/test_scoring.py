@@ -4,6 +4,7 @@ checked against the metric functions fed with embeddings recomputed by hand and 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -138,7 +139,13 @@ def test_verify_prints_the_llr_and_the_bayes_decision(calibration_file, capsys):
 
 def test_paired_comparison_of_two_reports(tmp_path, capsys):
     raw, normed = tmp_path / "raw.json", tmp_path / "snorm.json"
-    assert main(["evaluate-verification", str(TEST_OTHER), "-o", str(raw), "--bootstrap", "200", *TOY_ARGS]) == 0
+    assert main(["evaluate-verification", str(TEST_OTHER), "-o", str(raw), "--bootstrap", "200", "--table",
+                 str(tmp_path / "t.csv"), "--table", str(tmp_path / "t.tex"), *TOY_ARGS]) == 0
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = {name: value for name, value in csv.reader(f)}
+    report = json.loads(raw.read_text())
+    assert rows["metric"] == "value" and rows["EER"].startswith(f"{100 * report['eer']:.2f} % [95 % CI")
+    assert "\\begin{tabular}" in (tmp_path / "t.tex").read_text()
     assert main(["evaluate-verification", str(TEST_OTHER), "-o", str(normed), "--score-norm", "snorm", "--cohort",
                  str(TRAIN), "--bootstrap", "200", "--compare", str(raw), *TOY_ARGS]) == 0
     capsys.readouterr()

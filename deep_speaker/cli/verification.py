@@ -17,6 +17,7 @@ from ..errors import DeepSpeakerError
 from ..eval.export import save_embeddings
 from ..eval.scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, beside_model, comparison_part,
                             find_calibration, read_calibration, save_calibration)
+from ..eval.tables import table_format, write_table
 from ..eval.verification import (
     Evaluation,
     Labelled,
@@ -28,6 +29,7 @@ from ..eval.verification import (
     folder_utterances,
     format_table,
     load_cohort,
+    table_rows,
     speaker_pair_similarity,
     verification_source,
     write_plots,
@@ -166,6 +168,8 @@ def format_comparison(c: dict) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     """All-pairs or trial-list verification report: table on stdout, JSON (+ trial scores) and PNGs on request."""
     source = verification_source(args.audio_dir, args.trials, args.root, args.cache)  # before the model loads
+    for path in args.table:
+        table_format(path)  # an unknown suffix is a usage error before anything is embedded
     if args.compare and not sidecar(args.compare).is_file():
         raise DeepSpeakerError(f"--compare {args.compare}: no trial scores beside it ({sidecar(args.compare)})")
     encoder = encoder_from_args(args)
@@ -179,6 +183,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_table(result.report))
     if args.compare:
         print(format_comparison(result.report["comparison"]))
+    for path in args.table:
+        print(f"table written to {write_table(path, ['metric', 'value'], table_rows(result.report))}")
     if args.output:
         first, second = result.trial_speakers()
         with atomic_write(sidecar(args.output)) as out:
@@ -292,6 +298,8 @@ def register(subparsers) -> None:
                    help=f"speaker-bootstrap resamples for the 95 %% intervals of EER and minDCF (default "
                         f"{DEFAULT_REPLICATES}; 0: none)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
+    p.add_argument("--table", action="append", default=[], metavar="FILE",
+                   help="also write the table to FILE as .csv, .md, .tex or .txt (by suffix; repeatable)")
     p.add_argument("--compare", metavar="OTHER.json",
                    help="a report of another system on the same trials (written with -o): the paired difference")
     add_embedder_options(p)

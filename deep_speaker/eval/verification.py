@@ -316,8 +316,8 @@ def calibration_line(report: dict[str, Any]) -> str:
     return f"{cal['file'] or 'given'} ({fitted}); {note}"
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """The report as an aligned text table: trials, SAP/SAN (or mean scores), EER and minDCF with their intervals,
+def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report as (metric, value) rows: trials, SAP/SAN (or mean scores), EER and minDCF with their intervals,
     minCllr, the calibrated Cllr/actDCF, best F-measure, the score normalisation and calibration used."""
     best = report["best_f"]
     rows = [("trials", f"{report['n_trials']} ({report['n_target']} target, {report['n_nontarget']} non-target)")]
@@ -354,6 +354,12 @@ def format_table(report: dict[str, Any]) -> str:
         iv = report["intervals"]
         rows.append(("intervals", f"none: {iv['skipped']}" if "skipped" in iv else f"95 % speaker bootstrap: {iv['replicates']} resamples of {iv['n_speakers']} "
                                   f"speakers, seed {iv['seed']}"))
+    return rows
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as an aligned text table (:func:`table_rows`)."""
+    rows = table_rows(report)
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
