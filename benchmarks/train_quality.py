@@ -3,11 +3,17 @@
     python benchmarks/train_quality.py                       # about 5 minutes on 2 CPU cores
     python benchmarks/train_quality.py --softmax-steps 20 --triplet-steps 10   # a smoke run
     python benchmarks/train_quality.py --precision mixed_bfloat16 --seed 1 --work quality-bf16-1
+    python benchmarks/train_quality.py --augment --aam --seed 1 --work quality-aug-aam-1
 
 Softmax pre-training then triplet training (the original's two phases, through deep_speaker.train) on the
 251 train-clean-100 speakers (one utterance each: the last 20% of each is held out for validation), then the
 equal error rate over all 4950 pairs of the 100 test-other utterances (10 unseen speakers) of
-(a) the trained model, (b) the same network with random weights, (c) cosine of mean MFCCs.
+(a) the trained model, (b) the same network with random weights, (c) cosine of mean MFCCs; EER and minDCF
+(p_target 0.01). --augment trains on an augmented cache (`cache build --augment noise,reverb,speed --copies 2`:
+babble/coloured noise, simulated rooms, 0.9/1.1 speed as new speakers) with SpecAugment on every crop; --aam
+pre-trains with the AAM-softmax head (m 0.2, s 32) instead of the softmax.
+Out of domain: the same trials on copies of the test-other audio never used in training: telephone band (8 kHz
+and back), reverberant (a simulated room, RT60 0.6 s), noisy (white noise at 10 dB SNR), and all three at once.
 Results are printed and written to WORK/quality.json.
 """
 
@@ -25,11 +31,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from python_speech_features import mfcc  # noqa: E402
 
-from deep_speaker.data.audio import read_audio  # noqa: E402
-from deep_speaker.data.cache import FeatureCache, build_cache  # noqa: E402
-from deep_speaker.data.inputs import generate_training_inputs  # noqa: E402
+from deep_speaker.data import augment  # noqa: E402
+from deep_speaker.data.audio import SAMPLE_RATE, read_audio, resample  # noqa: E402
+from deep_speaker.data.cache import FeatureCache, augment_cache, build_cache  # noqa: E402
+from deep_speaker.data.features import fbank_features  # noqa: E402
 from deep_speaker.encoders.deepspeaker import Embedder  # noqa: E402
-from deep_speaker.metrics import equal_error_rate, pair_scores  # noqa: E402
+from deep_speaker.metrics import equal_error_rate, min_dcf, pair_scores  # noqa: E402
 from deep_speaker.model.checkpoints import best_checkpoint  # noqa: E402
 from deep_speaker.model.rescnn import build_rescnn, load_model  # noqa: E402
 from deep_speaker.train import TrainConfig, train  # noqa: E402
@@ -63,9 +70,38 @@ def eer_of(embeddings: np.ndarray, speakers: list[str]) -> float:
     return equal_error_rate(*pair_scores(embeddings, speakers))
 
 
-def mean_mfcc(path: str) -> np.ndarray:
-    """Mean over frames of 13 MFCCs (python_speech_features defaults) of the trimmed 16 kHz signal."""
-    return mfcc(read_audio(path), samplerate=16000).mean(axis=0)
+def scores_of(embeddings: np.ndarray, speakers: list[str]) -> dict:
+    """EER and minDCF (p_target 0.01) over all unordered pairs, cosine scores."""
+    scores, labels = pair_scores(embeddings, speakers)
+    return {"eer": equal_error_rate(scores, labels), "min_dcf": min_dcf(scores, labels, 0.01)}
+
+
+def mean_mfcc(signal: np.ndarray) -> np.ndarray:
+    """Mean over frames of 13 MFCCs (python_speech_features defaults) of a trimmed 16 kHz signal."""
+    return mfcc(signal, samplerate=16000).mean(axis=0)
+
+
+def out_of_domain(signal: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A copy of the signal in another channel: telephone (8 kHz and back), reverb, noise, or all three."""
+    if kind in ("telephone", "all"):
+        signal = resample(resample(signal, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(signal)]
+    if kind in ("reverb", "all"):
+        signal = augment.reverberate(signal, augment.room_rir(0.6, rng))
+    if kind in ("noise", "all"):
+        signal = augment.add_noise(signal, augment.colored_noise(len(signal), 0, rng), 10.0)
+    return signal
+
+
+OUT_OF_DOMAIN = ("clean", "telephone", "reverb", "noise", "all")
+
+
+def augmented(train_audio: Path, cache_dir: Path, copies: int, seed: int) -> FeatureCache:
+    """The training cache with `copies` augmented copies of each utterance (noise, reverb, speed), made once."""
+    cache = cached(train_audio, cache_dir)
+    wanted = {"kinds": list(augment.AUDIO_AUGMENTATIONS), "copies": copies, "seed": seed}
+    if cache.manifest.get("augment") != wanted:
+        augment_cache(cache_dir, ",".join(augment.AUDIO_AUGMENTATIONS), copies, seed, progress=False)
+    return FeatureCache(cache_dir)
 
 
 def main() -> None:
@@ -80,20 +116,27 @@ def main() -> None:
     parser.add_argument("--triplet-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
+    parser.add_argument("--augment", action="store_true", help="augmented training cache + SpecAugment")
+    parser.add_argument("--copies", type=int, default=2, help="augmented copies per training utterance")
+    parser.add_argument("--aam", action="store_true", help="AAM-softmax pre-training (margin 0.2, scale 32)")
     args = parser.parse_args()
     started = time.perf_counter()
 
     # 160-frame crops from the first 80% of each utterance: 1.6 s / 0.8 = 200 frames, plus margin.
     train_audio = long_enough_speakers(args.data / "train-clean-100", args.work, min_frames=250)
-    train_cache = cached(train_audio, args.work / "train_cache")
+    if args.augment:  # the copies are seeded by the run's seed too: another seed, other copies
+        train_cache = augmented(train_audio, args.work / "train_cache_augmented", args.copies, args.seed)
+    else:
+        train_cache = cached(train_audio, args.work / "train_cache")
+    prepared_s = time.perf_counter() - started
     test_cache = cached(args.data / "test-other", args.work / "test_cache")
-    inputs = generate_training_inputs(train_cache, args.work / "train_cache" / "full_inputs.npz", seed=args.seed)
     runs = args.work / "runs"
-    common = dict(output_dir=runs, data=inputs, width=args.width, seed=args.seed, save_every=50,
-                  precision=args.precision)
+    common = dict(output_dir=runs, cache_dir=train_cache.path, width=args.width, seed=args.seed, save_every=50,
+                  precision=args.precision, spec_augment=args.augment)
     # Fresh random crops at every step: the fixed crops of the inputs (about 5 per speaker) are memorised within
     # a few hundred steps (validation accuracy stalled near 20% while training accuracy passed 90%).
-    softmax = train(TrainConfig("softmax", steps=args.softmax_steps, batch_size=64, random_crops=True, **common))
+    softmax = train(TrainConfig("softmax", steps=args.softmax_steps, batch_size=64, random_crops=True,
+                                softmax_head="aam" if args.aam else "softmax", **common))
     after_softmax = time.perf_counter() - started
     triplet = train(TrainConfig("triplet", steps=args.triplet_steps, batch_size=96, learning_rate=args.triplet_lr,
                                 **common))
@@ -102,16 +145,31 @@ def main() -> None:
     test = test_cache.utterances()
     speakers = [s for s, _ in test]
     features = [np.asarray(test_cache.load(s, u)) for s, u in test]
+    signals = [read_audio(test_cache.entry(s, u)["source"]) for s, u in test]
     keras.utils.set_random_seed(args.seed)
+    trained = Embedder(load_model(best_checkpoint(runs, "triplet")))
+    domains = {}
+    for kind in OUT_OF_DOMAIN:  # the same copies for every run: a fixed seed per kind, not the run's
+        rng = np.random.default_rng([2024, OUT_OF_DOMAIN.index(kind)])
+        copies = signals if kind == "clean" else [out_of_domain(x, kind, rng) for x in signals]
+        domains[kind] = {
+            "trained": scores_of(trained.embed_features_batch([fbank_features(x) for x in copies]), speakers),
+            "mean_mfcc": scores_of(np.stack([mean_mfcc(x) for x in copies]), speakers)}
     results = {
         "pairs": len(test) * (len(test) - 1) // 2,
         "speakers_unseen": len(set(speakers)),
-        "eer_trained": eer_of(Embedder(load_model(best_checkpoint(runs, "triplet"))).embed_features_batch(features),
-                              speakers),
+        "augment": args.augment,
+        "aam": args.aam,
+        "training_speakers": len(train_cache.speakers),
+        "training_entries": len(train_cache),
+        "eer_trained": eer_of(trained.embed_features_batch(features), speakers),
+        "min_dcf_trained": scores_of(trained.embed_features_batch(features), speakers)["min_dcf"],
         "eer_softmax_only": eer_of(Embedder(load_model(best_checkpoint(runs, "softmax"))).embed_features_batch(
             features), speakers),
         "eer_random_weights": eer_of(Embedder(build_rescnn(args.width)).embed_features_batch(features), speakers),
-        "eer_mean_mfcc": eer_of(np.stack([mean_mfcc(test_cache.entry(s, u)["source"]) for s, u in test]), speakers),
+        "eer_mean_mfcc": eer_of(np.stack([mean_mfcc(x) for x in signals]), speakers),
+        "out_of_domain": domains,
+        "prepare_seconds": round(prepared_s, 1),
         "softmax": softmax,
         "triplet": triplet,
         "width": args.width,
@@ -129,6 +187,10 @@ def main() -> None:
                        ("eer_random_weights", "(b) same network, random weights"),
                        ("eer_mean_mfcc", "(c) mean-MFCC cosine")):
         print(f"{label:42s} EER {100 * results[key]:.2f}%")
+    print(f"{'(a) minDCF (p_target 0.01)':42s} {results['min_dcf_trained']:.3f}")
+    for kind, values in domains.items():
+        print(f"  {kind:10s} trained EER {100 * values['trained']['eer']:5.2f}% minDCF "
+              f"{values['trained']['min_dcf']:.3f} | mean-MFCC EER {100 * values['mean_mfcc']['eer']:5.2f}%")
     print(f"training {trained_s / 60:.1f} min, total {results['total_seconds'] / 60:.1f} min "
           f"(load average {results['load_average'][0]:.1f} on {os.cpu_count()} cores)")
 

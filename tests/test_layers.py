@@ -174,3 +174,82 @@ def test_clipped_relu_gradient_on_jax(activations):
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("MAXDIFF")[1].split() == ["0.0", "0.0", "0.0", "2"]
+
+
+# ----- AAM-softmax (ArcFace): the cosine head and the margin, against numpy -----
+
+
+def _aam_reference(cos: np.ndarray, labels: np.ndarray, m: float, s: float) -> np.ndarray:
+    """Plain loop: s cos(θ_y + m) at the target if θ_y + m <= π, else s (cos θ_y - 1 + cos m); s cos θ elsewhere."""
+    logits = s * cos.astype(np.float64)
+    for i, y in enumerate(labels):
+        theta = np.arccos(np.clip(cos[i, y], -1.0, 1.0))
+        logits[i, y] = s * (np.cos(theta + m) if theta + m <= np.pi else cos[i, y] - 1.0 + np.cos(m))
+    return logits
+
+
+def _real_vectors(activations, n: int = 12, d: int = 64) -> np.ndarray:
+    return activations.reshape(len(activations), -1)[:n, :d].astype(np.float32)
+
+
+def test_cosine_head_is_the_cosine_to_each_class_weight(activations):
+    from deep_speaker.model.layers import CosineHead
+
+    x = _real_vectors(activations)
+    head = CosineHead(7)
+    head.build(x.shape)
+    w = head.get_weights()[0].astype(np.float64)
+    expected = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    np.testing.assert_allclose(head(x).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("m, s", [(0.2, 32.0), (0.5, 10.0)])
+def test_aam_logits_and_loss_match_numpy_including_the_fallback_beyond_pi(activations, m, s):
+    from scipy.special import logsumexp
+
+    from deep_speaker.model.losses import AAMSoftmaxLoss, aam_logits
+
+    rng = np.random.default_rng(5)
+    x = _real_vectors(activations)
+    w = rng.standard_normal((x.shape[1], 6))
+    cos = ((x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True)))
+    # Targets beyond π - m (the fallback), exactly at it (both branches meet at -s), near 0 and at 1.
+    cos[:4, 0] = [-0.999, np.cos(np.pi - m) - 1e-4, -1.0, 1.0]
+    cos = cos.astype(np.float32)
+    labels = np.array([0, 0, 0, 0] + rng.integers(0, 6, len(x) - 4).tolist())
+    expected = _aam_reference(cos, labels, m, s)
+    assert (np.arccos(np.clip(cos[labels == 0, 0], -1, 1)) + m > np.pi).sum() >= 2  # the fallback is exercised
+    logits = keras.ops.convert_to_numpy(aam_logits(labels, cos, m, s))
+    np.testing.assert_allclose(logits, expected, atol=2e-3 * s)  # float32 arccos/cos round near |cos| = 1
+    assert logits[1, 0] == pytest.approx(-s, abs=0.05)
+    loss = float(AAMSoftmaxLoss(m, s)(labels, cos))
+    reference = np.mean(logsumexp(expected, axis=1) - expected[np.arange(len(labels)), labels])
+    assert loss == pytest.approx(reference, rel=1e-4)
+    # m = 0 is the plain softmax of s cos θ: the margin is the only difference.
+    plain = np.mean(logsumexp(s * cos.astype(np.float64), axis=1) - s * cos[np.arange(len(labels)), labels])
+    assert float(AAMSoftmaxLoss(0.0, s)(labels, cos)) == pytest.approx(plain, rel=1e-4)
+
+
+def test_aam_model_loads_in_safe_mode_and_its_embedding_model_is_the_network_without_the_head(tmp_path, libri_mini):
+    from deep_speaker.model.layers import CosineHead
+    from deep_speaker.model.losses import AAMSoftmaxLoss
+    from deep_speaker.model.rescnn import head_of, load_model, num_speakers_of, to_embedding_model
+
+    paths = sorted((libri_mini / "test-other").rglob("*.flac"))[:4]
+    x = np.stack([extract_features(p)[:96] for p in paths])[..., None]
+    keras.utils.set_random_seed(1)
+    model = build_rescnn(width=0.0625, num_speakers=5, head="aam")
+    model.compile(optimizer="adam", loss=AAMSoftmaxLoss(0.3, 20.0), metrics=["accuracy"])
+    model.fit(x, np.arange(4), epochs=1, verbose=0)
+    model.save(tmp_path / "aam.keras")
+    loaded = keras.saving.load_model(tmp_path / "aam.keras", safe_mode=True)
+    assert isinstance(loaded.get_layer("softmax-layer"), CosineHead) and head_of(loaded) == "aam"
+    assert loaded.loss.margin == 0.3 and loaded.loss.scale == 20.0 and num_speakers_of(loaded) == 5
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    embedder = to_embedding_model(load_model(tmp_path / "aam.keras"))
+    assert [layer.name for layer in embedder.layers] == [layer.name for layer in build_rescnn(width=0.0625).layers]
+    # The embedding is the L2-normalised `affine` output of the trained network (dropout is off in inference).
+    affine = keras.Model(model.input, model.get_layer("affine").output).predict(x, verbose=0)
+    np.testing.assert_allclose(embedder.predict(x, verbose=0),
+                               affine / np.linalg.norm(affine, axis=1, keepdims=True), atol=1e-5)
+    assert head_of(build_rescnn(width=0.0625, num_speakers=5)) == "softmax"

@@ -2,8 +2,8 @@
 
 Every command line of the README's code blocks runs, in order, in a scratch folder with the placeholders
 ($CACHE_DIR, a.wav, real_speech/, ...) pointing at bundled files. Lines that need the network or the
-environment set-up itself are listed in NOT_RUN with the test that covers them; training lines get a few
-steps at a tiny width appended (their defaults train for hours).
+environment set-up itself are listed in NOT_RUN with the test that covers them; training lines (train_cli.py,
+deep-speaker train) get a few steps at a tiny width appended (their defaults train for hours).
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def test_readme_examples_run_as_written(tmp_path: Path) -> None:
                     args += FAST_TRAINING
             elif args[0] == "deep-speaker":
                 args = [sys.executable, "-m", "deep_speaker", *args[1:]]
+                if args[3] == "train":
+                    args += FAST_TRAINING
         done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{command}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
         ran.append((command, done.stdout))

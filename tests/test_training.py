@@ -435,3 +435,39 @@ def test_a_best_model_without_a_checkpoint_is_never_overwritten(softmax_run, dat
     assert "\n" not in str(info.value)
     assert (run / "best.keras").read_bytes() == before
     assert not (run / ".last.x1y2.tmp.keras").exists()  # a killed save's temporary is cleaned up
+
+
+# ----- AAM-softmax and SpecAugment: options, determinism, resume -----
+
+
+def test_aam_and_spec_augment_runs_resume_to_an_uninterrupted_run_and_feed_the_triplet_phase(data, tmp_path):
+    from deep_speaker.model.layers import CosineHead
+
+    common = dict(data=data, save_every=2, learning_rate=3e-3, random_crops=True, softmax_head="aam", margin=0.3,
+                  scale=16.0, spec_augment=True, **SMALL)
+    train(TrainConfig("softmax", tmp_path / "straight", steps=6, **common))
+    train(TrainConfig("softmax", tmp_path / "resumed", steps=2, **common))
+    train(TrainConfig("softmax", tmp_path / "resumed", steps=6, **common))
+    for a, b in zip(weights_of(tmp_path / "straight" / "softmax" / "last.keras"),
+                    weights_of(tmp_path / "resumed" / "softmax" / "last.keras")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+    state = read_state(tmp_path / "straight" / "softmax")
+    assert state["softmax_head"] == "aam" and state["margin"] == 0.3 and state["spec_augment"] == [20, 8]
+    assert isinstance(load_model(tmp_path / "straight" / "softmax" / "last.keras").get_layer("softmax-layer"),
+                      CosineHead)
+    # Resuming with the other head is refused; the triplet phase starts from the AAM model's embedding network.
+    one_line_error(TrainConfig("softmax", tmp_path / "straight", steps=8, **{**common, "softmax_head": "softmax"}),
+                   "aam head")
+    train(TrainConfig("triplet", tmp_path / "straight", data=data, steps=2, save_every=2, refresh_every=2,
+                      pool_speakers=8, spec_augment=True, **SMALL))
+    assert read_state(tmp_path / "straight" / "triplet")["started_from"].endswith("softmax/best.keras")
+
+
+def test_augmentation_options_are_off_by_default_and_parsed():
+    default = parsed_config(["train", "softmax", "--data-filename", "d.npz"])
+    assert (default.softmax_head, default.spec_augment) == ("softmax", False)
+    parsed = parsed_config(["train", "softmax", "--data-filename", "d.npz", "--softmax-head", "aam", "--margin",
+                            "0.3", "--scale", "20", "--spec_augment"])
+    assert (parsed.softmax_head, parsed.margin, parsed.scale, parsed.spec_augment) == ("aam", 0.3, 20.0, True)
+    with pytest.raises(DeepSpeakerError, match="margin"):
+        TrainConfig("softmax", softmax_head="aam", margin=2.0)

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 from ..data.audio import MIN_SPEECH_SECONDS, TRIM_MODES
-from ..data.cache import DEFAULT_TRIM, FeatureCache, build_cache, parse_shard, wipe_plan
+from ..data.augment import AUDIO_AUGMENTATIONS, check_augmentations
+from ..data.cache import DEFAULT_TRIM, FeatureCache, augment_cache, build_cache, parse_shard, wipe_plan
 from ..data.corpus import LAYOUTS, MIC_CHOICES
 from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
+from ..errors import DeepSpeakerError
 from . import EXIT_OK, EXIT_PARTIAL
 from .options import finite_float
 
@@ -41,8 +43,14 @@ def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) ->
 
 def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: bool = False, layout: str = "auto",
               trim: str = DEFAULT_TRIM, min_seconds: float = MIN_SPEECH_SECONDS, shard: str | None = None,
-              mic: str = "mic1", progress: bool = True) -> int:
-    """Build or update a cache, print the summary; exit code 1 when some files failed."""
+              mic: str = "mic1", progress: bool = True, augment: str | None = None, copies: int = 1,
+              augment_seed: int = 0) -> int:
+    """Build or update a cache (then add augmented copies with ``augment``), print the summary; exit code 1 when
+    some files failed."""
+    if augment:
+        augment = ",".join(check_augmentations(augment))  # a typo is refused before the build, not after it
+    if augment and shard is not None:
+        raise DeepSpeakerError("--augment works on the whole cache: build the shards, update, then build --augment")
     if not update and shard is None:
         confirm_wipe(Path(cache_dir), yes)
     summary = build_cache(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
@@ -50,6 +58,9 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
                           progress=progress, mic=mic)
     for line in summary.lines():
         print(line)
+    if augment:
+        added = augment_cache(cache_dir, augment, copies, augment_seed, progress=progress)
+        print(f"augmented copies ({augment}, seed {augment_seed}): {added} entries added")
     return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
@@ -104,7 +115,8 @@ def dispatch_build(update: bool):
         return run_build(args.audio_dir, args.cache_dir, update, worker_count(args.workers, args.multi_threading),
                          yes=getattr(args, "yes", False), layout=args.layout, trim=args.trim,
                          min_seconds=args.min_seconds, shard=args.shard, mic=args.mic,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, augment=getattr(args, "augment", None),
+                         copies=getattr(args, "copies", 1), augment_seed=getattr(args, "augment_seed", 0))
     return run
 
 
@@ -123,6 +135,12 @@ def register(subparsers) -> None:
                            epilog="example: deep-speaker cache build ~/VCTK-Corpus ~/ds-cache --multi_threading")
     add_build_options(build)
     build.add_argument("--yes", action="store_true", help="wipe an existing cache without the 3 s warning")
+    build.add_argument("--augment", metavar="KINDS", default=None,
+                       help=f"then add augmented copies of every utterance, for training: a comma list of "
+                            f"{', '.join(AUDIO_AUGMENTATIONS)} (noise: babble of other speakers or coloured noise at "
+                            f"a random SNR; reverb: simulated room; speed: 0.9/1.1, new speaker ids SPK-speed90/110)")
+    build.add_argument("--copies", type=int, default=1, metavar="K", help="augmented copies per utterance (default 1)")
+    build.add_argument("--augment_seed", type=int, default=0, help="seed of the augmented copies (default 0)")
     build.set_defaults(func=dispatch_build(update=False))
     update = sub.add_parser("update", help="add only new or changed files, keep the rest",
                             description="Compute the features of the files of AUDIO_DIR that CACHE_DIR lacks "

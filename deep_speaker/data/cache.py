@@ -516,3 +516,54 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         summary.total_hours = sum(e["seconds"] for e in entries.values()) / 3600
         summary.wall_seconds = time.perf_counter() - started
         return summary
+
+
+def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, seed: int = 0,
+                  progress: bool = True, babble_speakers: int = 3) -> int:
+    """Add `copies` augmented copies of every original utterance of a built cache as extra entries; their number.
+
+    Copy k of speaker/utt is ``speaker/utt-aug<k>``, or ``speaker-speed<90|110>/utt-aug<k>`` when speed-perturbed
+    (a new pseudo-speaker); its entry names its source under ``augment`` with what was done (see
+    deep_speaker.data.augment.augment_signal). Each copy draws from a generator seeded by (seed, crc32 of the
+    ids, k), so the copies do not depend on order or on the other utterances' copies. Copies of an earlier run
+    are replaced. The babble comes from `babble_speakers` other speakers' original utterances of the cache.
+    """
+    from .audio import read_audio
+    from .augment import augment_signal, check_augmentations
+    from .features import fbank_features
+
+    kinds, cache_dir = check_augmentations(kinds), Path(cache_dir)
+    if copies < 1:
+        raise DeepSpeakerError(f"--copies must be at least 1, got {copies}")
+    with build_lock(cache_dir, None):
+        cache = FeatureCache(cache_dir)
+        entries = {key: e for key, e in cache._entries.items() if "augment" not in e}
+        base = {k: v for k, v in cache.manifest.items() if k not in ("entries", "failures", "augment")}
+        # The manifest drops the old copies before their arrays go: a kill in between leaves no entry without
+        # its array, and the new copies are listed only once they are all written.
+        write_manifest(cache_dir / MANIFEST, base, entries.values(), cache.failures)
+        for old in set(cache._entries) - set(entries):
+            (cache_dir / cache._entries[old]["array"]).unlink(missing_ok=True)
+        originals = sorted(entries)
+        trim = cache.settings["trim"]
+        for speaker, utt in QuietBar(originals, unit="file", desc="augmented copies", disable=not progress):
+            source = entries[(speaker, utt)]
+            signal = read_audio(source["source"], trim=trim)
+            for k in range(copies):
+                rng = np.random.default_rng([seed, zlib.crc32(f"{speaker}/{utt}".encode()), k])
+                pool = [key for key in originals if key[0] != speaker]
+                picks = rng.choice(len(pool), size=min(babble_speakers, len(pool)), replace=False) if pool else []
+                others = [read_audio(entries[pool[i]]["source"], trim=trim) for i in picks]
+                augmented, done = augment_signal(signal, kinds, others, rng)
+                new_speaker = f"{speaker}-speed{round(100 * done['speed'])}" if "speed" in done else speaker
+                key = (new_speaker, f"{utt}-aug{k}")
+                features = fbank_features(augmented)
+                save_array_atomic(cache_dir / array_relpath(*key), features)
+                entries[key] = {**source, "speaker": key[0], "utterance": key[1], "frames": int(features.shape[0]),
+                                "seconds": source["seconds"] / done.get("speed", 1.0),
+                                "array": array_relpath(*key),
+                                "augment": {"speaker": speaker, "utterance": utt, "copy": k, "seed": seed, **done}}
+        recipe = {"kinds": list(kinds), "copies": copies, "seed": seed}
+        write_manifest(cache_dir / MANIFEST, {**base, "augment": recipe},
+                       entries.values(), cache.failures)
+    return len(originals) * copies

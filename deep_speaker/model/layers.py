@@ -109,3 +109,33 @@ class L2Normalize(keras.layers.Layer):
 
     def get_config(self):
         return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class CosineHead(keras.layers.Layer):
+    """cos θ_j = <x / |x|, w_j / |w_j|> for each speaker j: the AAM-softmax (ArcFace) head, without its margin.
+
+    The margin needs the label, so it lives in the loss (deep_speaker.model.losses.AAMSoftmaxLoss); the argmax,
+    hence the accuracy, is the cosines'. Always float32, as the plain softmax head.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                      initializer="glorot_uniform")
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+        w = self.kernel * ops.rsqrt(ops.maximum(ops.sum(ops.square(self.kernel), axis=0, keepdims=True), 1e-12))
+        return ops.matmul(x, w)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

@@ -1,7 +1,10 @@
-"""The Deep Speaker triplet loss on cosine similarity."""
+"""The Deep Speaker triplet loss on cosine similarity, and the additive angular margin (AAM) softmax loss."""
 
 from __future__ import annotations
 
+import math
+
+import keras
 from keras import ops
 
 
@@ -20,3 +23,33 @@ def triplet_loss(y_true, y_pred, alpha: float = 0.1):
     cos_ap = ops.sum(anchors * positives, axis=-1)
     cos_an = ops.sum(anchors * negatives, axis=-1)
     return ops.mean(ops.maximum(cos_an - cos_ap + alpha, 0.0))
+
+
+def aam_logits(y_true, cosines, margin: float = 0.2, scale: float = 32.0):
+    """s cos(θ_y + m) for the target y, s cos θ_j for the others (ArcFace); where θ_y + m > π, s (cos θ_y - 1 +
+    cos m) instead: the non-easy-margin threshold of WeSpeaker's ArcMarginProduct, equal to s cos(θ_y + m) = -s
+    at θ_y = π - m and decreasing in θ_y beyond it, where cos(θ_y + m) would rise again."""
+    cosines = ops.cast(cosines, "float32")
+    target = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(cosines)[-1], dtype="float32")
+    cos_y = ops.sum(cosines * target, axis=-1, keepdims=True)
+    # clip: the gradient of sqrt at 0 (θ_y = 0 or π exactly) is infinite.
+    sin_y = ops.sqrt(ops.clip(1.0 - ops.square(cos_y), 1e-12, 1.0))
+    shifted = cos_y * math.cos(margin) - sin_y * math.sin(margin)
+    phi = ops.where(cos_y > math.cos(math.pi - margin), shifted, cos_y - 1.0 + math.cos(margin))
+    return scale * (cosines + target * (phi - cos_y))
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class AAMSoftmaxLoss(keras.losses.Loss):
+    """mean(-log softmax(aam_logits(y, cos θ, m, s))_y): the additive angular margin softmax loss."""
+
+    def __init__(self, margin: float = 0.2, scale: float = 32.0, name: str = "aam_softmax", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.margin, self.scale = float(margin), float(scale)
+
+    def call(self, y_true, y_pred):
+        logits = aam_logits(y_true, y_pred, self.margin, self.scale)
+        return keras.losses.sparse_categorical_crossentropy(ops.reshape(y_true, (-1,)), logits, from_logits=True)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "scale": self.scale}

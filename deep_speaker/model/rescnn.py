@@ -26,7 +26,7 @@ from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
 from .checkpoints import BEST, LAST, model_in_run
-from .layers import BatchNormalization, ClippedReLU, L2Normalize, TemporalAverage
+from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TemporalAverage
 
 STAGE_FILTERS = (64, 128, 256, 512)
 EMBEDDING_SIZE = 512
@@ -34,6 +34,7 @@ WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
 RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
 PRECISIONS = ("float32", "mixed_bfloat16")  # mixed_float16 would need loss scaling and is slow on CPU
+HEADS = ("softmax", "aam")  # softmax: the original Dense + softmax; aam: cosines for the AAM-softmax loss
 
 
 def _policy(precision: str) -> str:
@@ -51,8 +52,11 @@ def build_rescnn(
     num_speakers: int | None = None,
     dropout: float = 0.5,
     precision: str = "float32",
+    head: str = "softmax",
 ) -> keras.Model:
-    """The original ResCNN: input [batch, T, 64, 1] -> L2-normalised 512-d embedding, or softmax over speakers."""
+    """The original ResCNN: input [batch, T, 64, 1] -> L2-normalised 512-d embedding, or a head over speakers
+    (head "softmax": the original's softmax probabilities; "aam": cosines to each speaker, for AAMSoftmaxLoss)."""
+    check_choice(head, HEADS, "softmax head")
     if width <= 0:
         raise DeepSpeakerError(f"width must be positive, got {width}")
     if num_speakers is not None and num_speakers < 1:
@@ -105,6 +109,8 @@ def build_rescnn(
     x = keras.layers.Dense(EMBEDDING_SIZE, name="affine", dtype=policy)(x)
     if num_speakers is None:
         x = L2Normalize(name="ln")(x)
+    elif head == "aam":
+        x = CosineHead(num_speakers, name=HEAD_NAME)(x)
     else:
         # float32 head: a softmax over many speakers in bfloat16 would saturate the loss.
         x = keras.layers.Dense(num_speakers, activation="softmax", name=HEAD_NAME, dtype="float32")(x)
@@ -126,6 +132,11 @@ def num_speakers_of(model: keras.Model) -> int | None:
     """Units of the softmax head, or None for an embedding model."""
     head = _find_layer(model, HEAD_NAME)
     return None if head is None else head.units
+
+
+def head_of(model: keras.Model) -> str:
+    """The kind of head ("softmax" or "aam") of a model with one; "softmax" for an embedding model."""
+    return "aam" if isinstance(_find_layer(model, HEAD_NAME), CosineHead) else "softmax"
 
 
 def _find_layer(model: keras.Model, name: str):
@@ -151,7 +162,7 @@ def to_embedding_model(model: keras.Model) -> keras.Model:
 
 def _rebuilt(model: keras.Model, precision: str) -> keras.Model:
     """build_rescnn of the model's width and head in precision, with the model's weights (by layer name)."""
-    other = build_rescnn(model_width(model), num_speakers_of(model), precision=precision)
+    other = build_rescnn(model_width(model), num_speakers_of(model), precision=precision, head=head_of(model))
     _copy_weights_by_name(model, other)
     return other
 

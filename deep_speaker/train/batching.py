@@ -6,6 +6,11 @@ every K steps a new round replaces the oldest. Each batch takes anchors from the
 least similar same-speaker crop (positive) and the most similar other-speaker crop (negative).
 A speaker with a single utterance gets its two crops from that one utterance (two random, possibly
 overlapping, windows): the positive is then another part of the same recording.
+
+Augmented caches (``cache build --augment``): a copy of an utterance trains on the part of it that its source
+trains on (scaled to its length when speed-perturbed) and is never held out, so validation stays on the
+original held-out audio. With ``masks`` the batchers apply SpecAugment (deep_speaker.data.augment.spec_augment)
+to every crop, from a generator of their own seeded by the step, so the crops are those of an unmasked run.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from typing import Callable
 import keras
 import numpy as np
 
+from ..data.augment import spec_augment
 from ..data.inputs import Segment, split_speaker
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+Masks = tuple[int, int] | None  # SpecAugment's (max_frames, max_bins), None for none
+
+
+def masked(crops: np.ndarray, rng: np.random.Generator, masks: Masks) -> np.ndarray:
+    """The crops [N, T, 64, 1], each with SpecAugment's 2 time and 2 frequency masks when masks is given."""
+    return crops if masks is None else np.stack([spec_augment(c, rng, 2, *masks) for c in crops])
 
 
 def crop_or_pad(features: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,10 +99,27 @@ def speaker_segments(cache, holdout: float = 0.2, seed: int = 0
     if len(speakers) < 2:
         raise DeepSpeakerError(f"{cache.path}: training needs at least 2 speakers, the cache has {len(speakers)}")
     rng = np.random.default_rng(seed)
-    train, test = {}, {}
+    train, test, copies = {}, {}, []
     for speaker in speakers:
-        frames = {utt: cache.entry(speaker, utt)["frames"] for _, utt in cache.utterances(speaker)}
-        train[speaker], test[speaker] = split_speaker(frames, holdout, rng)
+        frames = {}
+        for _, utt in cache.utterances(speaker):
+            entry = cache.entry(speaker, utt)
+            if "augment" in entry:
+                copies.append((speaker, utt, entry))
+            else:
+                frames[utt] = entry["frames"]
+        # A speaker of copies only (speed-perturbed) draws nothing: the originals split as without copies.
+        train[speaker], test[speaker] = split_speaker(frames, holdout, rng) if frames else ([], [])
+    for speaker, utt, entry in copies:
+        source_speaker, source = entry["augment"]["speaker"], entry["augment"]["utterance"]
+        if source_speaker not in train:
+            raise DeepSpeakerError(f"{cache.path}: {speaker}/{utt} is a copy of {source_speaker}/{source}, "
+                                   f"which the cache lacks; rebuild it")
+        ratio = entry["frames"] / cache.entry(source_speaker, source)["frames"]
+        train[speaker] += [(utt, round(lo * ratio), min(entry["frames"], round(hi * ratio)))
+                           for u, lo, hi in train[source_speaker] if u == source]
+    for speaker in [s for s in train if not train[s]]:  # copies only of held-out utterances
+        del train[speaker], test[speaker]
     return train, test
 
 
@@ -124,6 +153,7 @@ class TripletPool:
         crops_per_speaker: int = 2,
         rounds: int = 4,
         seed: int | list[int] = 0,
+        masks: Masks = None,
     ):
         if crops_per_speaker < 2:
             raise DeepSpeakerError("crops_per_speaker must be at least 2 (anchor and positive)")
@@ -134,6 +164,7 @@ class TripletPool:
         self.speakers_per_round = min(speakers_per_round, len(by_speaker))
         self.crops_per_speaker = crops_per_speaker
         self.rng = np.random.default_rng(seed)
+        self.masks = masks
         self._rounds: deque = deque(maxlen=rounds)
         # (inputs, embeddings, speaker indices), replaced as one object: batches are cut in a data thread.
         self.snapshot: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -150,7 +181,7 @@ class TripletPool:
             for pick in picks:
                 crops.append(segment_crop(self.cache, speaker, segments[pick], self.crop_frames, self.rng))
                 labels.append(index)
-        return np.stack(crops), np.asarray(labels, np.int64)
+        return masked(np.stack(crops), self.rng, self.masks), np.asarray(labels, np.int64)
 
     def add_round(self, embed: EmbedFn) -> None:
         """Crop a new round of speakers, embed it with the current model, and drop the oldest round when full."""
@@ -192,11 +223,11 @@ class RandomCropBatches(keras.utils.PyDataset):
     """Softmax batches of fresh random crops of the cache's training segments (labels: sorted speaker index)."""
 
     def __init__(self, cache, segments: dict[str, list[Segment]], crop_frames: int, batch_size: int,
-                 num_batches: int, first_step: int = 0, seed: int = 0, **kwargs):
+                 num_batches: int, first_step: int = 0, seed: int = 0, masks: Masks = None, **kwargs):
         super().__init__(**kwargs)
         self.cache, self.segments, self.speakers = cache, segments, sorted(segments)
         self.crop_frames, self.batch_size, self.length = crop_frames, batch_size, num_batches
-        self.first_step, self.seed = first_step, seed
+        self.first_step, self.seed, self.masks = first_step, seed, masks
 
     def __len__(self) -> int:
         return self.length
@@ -209,19 +240,20 @@ class RandomCropBatches(keras.utils.PyDataset):
             speaker = self.speakers[label]
             segment = self.segments[speaker][rng.integers(len(self.segments[speaker]))]
             crops.append(segment_crop(self.cache, speaker, segment, self.crop_frames, rng))
-        return np.stack(crops), labels
+        return masked(np.stack(crops), np.random.default_rng([self.seed, self.first_step + index, 1]),
+                      self.masks), labels
 
 
 class SoftmaxBatches(keras.utils.PyDataset):
     """Shuffled (x, y) batches over a fixed number of steps: a new seeded permutation for each pass over the data."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, num_batches: int, first_step: int = 0,
-                 seed: int = 0, **kwargs):
+                 seed: int = 0, masks: Masks = None, **kwargs):
         super().__init__(**kwargs)
         if len(x) < batch_size:
             raise DeepSpeakerError(f"batch size {batch_size} is larger than the {len(x)} training crops")
         self.x, self.y, self.batch_size, self.length = x, y, batch_size, num_batches
-        self.first_step, self.seed = first_step, seed
+        self.first_step, self.seed, self.masks = first_step, seed, masks
         self.per_pass = len(x) // batch_size  # the remainder of each permutation is skipped, as the original did
         self._permutation: tuple[int, np.ndarray] | None = None
 
@@ -238,4 +270,5 @@ class SoftmaxBatches(keras.utils.PyDataset):
         # The batch is a function of the global step alone, so resuming continues the same data stream.
         data_pass, slot = divmod(self.first_step + index, self.per_pass)
         rows = np.sort(self._order(data_pass)[slot * self.batch_size : (slot + 1) * self.batch_size])
-        return self.x[rows], self.y[rows]
+        rng = np.random.default_rng([self.seed, self.first_step + index, 1])
+        return masked(self.x[rows], rng, self.masks), self.y[rows]

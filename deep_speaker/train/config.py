@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DeepSpeakerError
 from ..model.checkpoints import run_dir
-from ..model.rescnn import PRECISIONS
+from ..model.rescnn import HEADS, PRECISIONS
 from ..settings import check_choice
 
 PHASES = ("softmax", "triplet", "probe")
@@ -78,6 +78,16 @@ class TrainConfig:
     random_crops: bool = field(default=False, metadata={
         "help": "softmax phase: fresh random crops of the cache's training audio at every step (validation on its "
                 "held-out part) instead of the fixed crops of --data_filename"})
+    softmax_head: str = field(default="softmax", metadata={
+        "choices": HEADS, "help": "softmax phase: the original softmax, or aam: additive angular margin softmax "
+                                  "(ArcFace) on cosines to each speaker, with --margin and --scale"})
+    margin: float = field(default=0.2, metadata={"metavar": "M", "help": "aam head: angular margin m (radians)"})
+    scale: float = field(default=32.0, metadata={"metavar": "S", "help": "aam head: logit scale s"})
+    spec_augment: bool = field(default=False, metadata={
+        "help": "SpecAugment on every training crop (softmax batches, triplet pool): 2 time masks of up to "
+                "mask_frames frames and 2 frequency masks of up to mask_bins bands, set to 0; seeded by the step"})
+    mask_frames: int = 20
+    mask_bins: int = 8
     refresh_every: int = field(default=100, metadata={  # the original: 100 batches
         "metavar": "K", "help": "triplet phase: steps between two refreshes of the hard-negative pool"})
     pool_speakers: int = field(default=640, metadata={
@@ -91,6 +101,9 @@ class TrainConfig:
         check_choice(self.phase, PHASES, "phase")
         check_choice(self.strategy, STRATEGIES, "strategy")
         check_choice(self.precision, PRECISIONS, "precision")
+        check_choice(self.softmax_head, HEADS, "softmax head")
+        if not (0 <= self.margin < math.pi / 2 and math.isfinite(self.scale) and self.scale > 0):
+            raise DeepSpeakerError(f"need 0 <= margin < pi/2 and a positive scale (got {self.margin}, {self.scale})")
         for name, value in phase_defaults(self.phase).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -28,11 +28,12 @@ from ..model.checkpoints import (
     resume_state,
     save_checkpoint,
 )
-from ..model.losses import triplet_loss
+from ..model.losses import AAMSoftmaxLoss, triplet_loss
 from ..model.rescnn import (
     EMBEDDING_SIZE,
     HEAD_NAME,
     build_rescnn,
+    head_of,
     load_model,
     model_identity,
     model_width,
@@ -146,6 +147,10 @@ class Trainer:
 
     # ----- fit -----
 
+    def _masks(self) -> batching.Masks:
+        """SpecAugment's (max_frames, max_bins) when --spec-augment, else None."""
+        return (self.config.mask_frames, self.config.mask_bins) if self.config.spec_augment else None
+
     def _state(self, model: keras.Model, **extra) -> dict:
         c = self.config
         state = dict(self.resume_state or {})
@@ -204,10 +209,20 @@ class Trainer:
         if model is not None and model.output_shape[-1] != num_speakers:
             raise DeepSpeakerError(f"{self.run_dir}: its softmax has {model.output_shape[-1]} speakers, "
                                    f"the inputs {num_speakers}")
+        if model is not None and head_of(model) != c.softmax_head:
+            raise DeepSpeakerError(f"{self.run_dir}: a run with the {head_of(model)} head is there; this run uses "
+                                   f"{c.softmax_head} (--softmax-head)")
         if model is None:
-            model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision)
-            self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
-        state = self._state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops)
+            model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
+            loss = "sparse_categorical_crossentropy" if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin,
+                                                                                                         c.scale)
+            self._compile(model, loss, ["accuracy"])
+        # Recorded only when used, so that the original's runs keep the original's state.
+        extra = {"softmax_head": c.softmax_head, "margin": c.margin, "scale": c.scale} if c.softmax_head != "softmax" \
+            else {}
+        if c.spec_augment:
+            extra["spec_augment"] = list(self._masks())
+        state = self._state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops, **extra)
         if c.random_crops:
             validation = (x_val, y_val)
         else:
@@ -216,9 +231,9 @@ class Trainer:
         def data(start):
             if c.random_crops:
                 return batching.RandomCropBatches(cache, train_segments, c.crop_frames, c.batch_size,
-                                                  c.steps - start, first_step=start, seed=c.seed)
+                                                  c.steps - start, first_step=start, seed=c.seed, masks=self._masks())
             return batching.SoftmaxBatches(inputs["x_train"], inputs["y_train"], c.batch_size, c.steps - start,
-                                           first_step=start, seed=c.seed)
+                                           first_step=start, seed=c.seed, masks=self._masks())
 
         return self._fit(model, data, validation, state)
 
@@ -253,10 +268,11 @@ class Trainer:
             started_from = str(source) if source else None
             if source:
                 log.info("triplet training starts from %s", source)
-        state = self._state(model, started_from=started_from)
+        state = self._state(model, started_from=started_from,
+                            **({"spec_augment": list(self._masks())} if c.spec_augment else {}))
         start = optimizer_step(model)
         pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
-                                    seed=[c.seed, start])
+                                    seed=[c.seed, start], masks=self._masks())
         refresh = PoolRefresh(pool, c.refresh_every, c.batch_size)
         refresh.set_model(model)
         pool.fill(refresh.embed)

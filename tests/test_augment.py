@@ -1,0 +1,173 @@
+"""Training augmentation on real speech: signal functions against scipy/numpy measurements, the augmented cache
+build (seeded, copies split as their sources), SpecAugment masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from deep_speaker.data import augment
+from deep_speaker.data.audio import SAMPLE_RATE, read_audio
+from deep_speaker.data.cache import FeatureCache, augment_cache, build_cache
+from deep_speaker.errors import DeepSpeakerError
+
+
+@pytest.fixture(scope="module")
+def speech(libri_mini) -> list[np.ndarray]:
+    return [read_audio(p) for p in sorted((libri_mini / "test-other").rglob("*.flac"))[:4]]
+
+
+def snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
+    return 10 * np.log10(np.sum(clean.astype(np.float64) ** 2) / np.sum((noisy - clean).astype(np.float64) ** 2))
+
+
+@pytest.mark.parametrize("snr", [0.0, 7.5, 20.0])
+def test_noise_is_added_at_the_requested_snr(speech, snr):
+    rng = np.random.default_rng(0)
+    for noise in (augment.babble(speech[1:], len(speech[0]), rng), augment.colored_noise(1000, 1, rng)):
+        assert snr_db(speech[0], augment.add_noise(speech[0], noise, snr)) == pytest.approx(snr, abs=0.01)
+    with pytest.raises(DeepSpeakerError, match="silent"):
+        augment.add_noise(speech[0], np.zeros(10), snr)
+
+
+@pytest.mark.parametrize("exponent", [0, 1, 2])
+def test_colored_noise_has_a_one_over_f_power_spectrum(exponent):
+    noise = augment.colored_noise(2 ** 16, exponent, np.random.default_rng(1))
+    freqs, psd = scipy.signal.welch(noise, fs=SAMPLE_RATE, nperseg=4096)
+    band = (freqs > 100) & (freqs < 6000)
+    slope = np.polyfit(np.log10(freqs[band]), np.log10(psd[band]), 1)[0]
+    assert slope == pytest.approx(-exponent, abs=0.15)
+    assert np.mean(noise.astype(np.float64) ** 2) == pytest.approx(1.0, rel=1e-4)
+
+
+def schroeder_rt60(rir: np.ndarray) -> float:
+    """RT60 from the -5 to -25 dB part of the Schroeder backward-integrated energy decay, extrapolated to -60 dB."""
+    energy = np.cumsum((rir.astype(np.float64) ** 2)[::-1])[::-1]
+    decay = 10 * np.log10(energy / energy[0])
+    t = np.arange(len(rir)) / SAMPLE_RATE
+    fit = (decay <= -5) & (decay >= -25)
+    return -60 / np.polyfit(t[fit], decay[fit], 1)[0]
+
+
+@pytest.mark.parametrize("rt60", [0.3, 0.6])
+def test_impulse_responses_decay_at_their_rt60(rt60):
+    rng = np.random.default_rng(2)
+    assert schroeder_rt60(augment.exponential_rir(rt60, rng)) == pytest.approx(rt60, rel=0.1)
+    # The image-source room is measured the same way (reflection order capped: within 35%).
+    measured = np.median([schroeder_rt60(augment.room_rir(rt60, rng)) for _ in range(5)])
+    assert measured == pytest.approx(rt60, rel=0.35)
+
+
+def test_reverberation_is_the_convolution_from_the_direct_path_at_the_same_power(speech):
+    rir = augment.room_rir(0.4, np.random.default_rng(3))
+    x = speech[0][:8000]
+    wet = augment.reverberate(x, rir)
+    start = int(np.argmax(np.abs(rir)))
+    direct = np.convolve(x.astype(np.float64), rir[start:].astype(np.float64))[: len(x)]
+    np.testing.assert_allclose(wet, direct * np.sqrt(np.sum(x ** 2.0) / np.sum(direct ** 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_moves_a_tone_and_the_length_by_the_factor(factor):
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    out = augment.speed_perturb(tone, factor)
+    assert len(out) == pytest.approx(SAMPLE_RATE / factor, abs=2)
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out)), n=2 ** 18))
+    assert np.argmax(spectrum) * SAMPLE_RATE / 2 ** 18 == pytest.approx(440 * factor, abs=1.0)
+
+
+def test_spec_augment_zeroes_bounded_bands_and_keeps_the_rest(libri_mini):
+    from deep_speaker.data.features import extract_features
+
+    features = extract_features(sorted((libri_mini / "test-other").rglob("*.flac"))[0])[:160, :, None]
+    out = augment.spec_augment(features, np.random.default_rng(4), masks=2, max_frames=20, max_bins=8)
+    assert out.shape == features.shape
+    changed = out != features
+    masked_frames = np.flatnonzero(changed.all(axis=(1, 2)) | (out == 0).all(axis=(1, 2)))
+    masked_bins = np.flatnonzero((out == 0).all(axis=(0, 2)))
+    assert len(masked_frames) <= 40 and len(masked_bins) <= 16
+    # Every changed value is 0 and lies in a masked frame or band; everything else is untouched.
+    rows, cols, _ = np.nonzero(changed)
+    assert (out[changed] == 0).all() and all(r in masked_frames or c in masked_bins for r, c in zip(rows, cols))
+    np.testing.assert_array_equal(out, augment.spec_augment(features, np.random.default_rng(4)))
+    assert not np.array_equal(out, augment.spec_augment(features, np.random.default_rng(5)))
+
+
+def test_unknown_augmentation_is_a_one_line_error():
+    assert augment.check_augmentations("speed, noise") == ("noise", "speed")
+    with pytest.raises(DeepSpeakerError, match="unknown augmentation echo; choose from noise, reverb, speed"):
+        augment.check_augmentations("noise,echo")
+
+
+# ----- the augmented cache build -----
+
+
+@pytest.fixture(scope="module")
+def audio(libri_mini, tmp_path_factory):
+    root = tmp_path_factory.mktemp("aug") / "audio"
+    for spk_dir in sorted((libri_mini / "test-other").iterdir())[:3]:
+        for src in sorted(spk_dir.rglob("*.flac"))[:2]:
+            link = root / src.relative_to(libri_mini / "test-other")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(src)
+    return root
+
+
+def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_path):
+    from deep_speaker.cli import main
+    from deep_speaker.train.batching import speaker_segments
+
+    for name in ("a", "b"):
+        assert main(["cache", "build", str(audio), str(tmp_path / name), "--yes", "--no_progress",
+                     "--augment", "noise,reverb,speed", "--copies", "3", "--augment_seed", "7"]) == 0
+    a, b = FeatureCache(tmp_path / "a"), FeatureCache(tmp_path / "b")
+    copies = [key for key in a.utterances() if "augment" in a.entry(*key)]
+    assert len(copies) == 6 * 3 and len(a) == 6 * 4
+    for key in copies:
+        np.testing.assert_array_equal(a.load(*key), b.load(*key))  # the same seed, the same copies
+        info = a.entry(*key)["augment"]
+        source = a.entry(info["speaker"], info["utterance"])
+        expected_speaker = info["speaker"] + (f"-speed{round(100 * info['speed'])}" if "speed" in info else "")
+        assert key == (expected_speaker, f"{info['utterance']}-aug{info['copy']}")
+        assert {"rt60", "snr_db"} & set(info)  # every copy has a channel effect
+        # Speed-perturbed copies are shorter or longer by the factor.
+        assert a.entry(*key)["frames"] == pytest.approx(source["frames"] / info.get("speed", 1.0), rel=0.03)
+        original = np.asarray(a.load(info["speaker"], info["utterance"]))
+        assert not np.array_equal(np.asarray(a.load(*key))[:50], original[:50])
+    assert any("speed" in a.entry(*k)["augment"] for k in copies) and any(
+        "speed" not in a.entry(*k)["augment"] for k in copies)
+    # The originals split exactly as in a cache without copies; copies train only on their source's train part.
+    plain_dir = tmp_path / "plain"
+    build_cache(audio, plain_dir, progress=False)
+    plain_train, plain_test = speaker_segments(FeatureCache(plain_dir), holdout=0.5, seed=0)
+    train, test = speaker_segments(a, holdout=0.5, seed=0)
+    assert test == plain_test | {s: [] for s in set(train) - set(plain_test)}
+    held_out = {(s, u) for s, segments in plain_test.items() for u, _, _ in segments}
+    for speaker, segments in train.items():
+        originals = [seg for seg in segments if "augment" not in a.entry(speaker, seg[0])]
+        assert originals == plain_train.get(speaker, [])
+        for utt, lo, hi in segments:
+            info = a.entry(speaker, utt).get("augment")
+            if info:
+                assert (info["speaker"], info["utterance"]) not in held_out  # no copy of validation audio
+                assert (lo, hi) == (0, a.entry(speaker, utt)["frames"])
+    # A second augmentation replaces the first copies (their arrays too).
+    augment_cache(tmp_path / "a", "noise", 1, seed=1, progress=False)
+    again = FeatureCache(tmp_path / "a")
+    assert len(again) == 12 and json.loads((tmp_path / "a" / "manifest.json").read_text())["augment"]["copies"] == 1
+    assert len(list((tmp_path / "a" / "features").rglob("*.npy"))) == 12
+
+
+def test_augmented_build_refuses_bad_options_in_one_line(audio, tmp_path, capsys):
+    from deep_speaker.cli import main
+
+    assert main(["cache", "build", str(audio), str(tmp_path / "c"), "--augment", "echo"]) == 2
+    assert not (tmp_path / "c").exists()  # refused before the build
+    assert main(["cache", "build", str(audio), str(tmp_path / "c"), "--augment", "noise", "--shard", "0/2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert any("unknown augmentation echo" in e for e in errors) and any("--augment works on the whole" in e
+                                                                           for e in errors)
