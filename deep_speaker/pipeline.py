@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_json
-from .data.cache import FeatureCache, build_cache
+from .data.augment import check_augmentations
+from .data.cache import FeatureCache, augment_cache, build_cache
 from .data.inputs import generate_training_inputs
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from .errors import DeepSpeakerError
 from .eval.verification import ci_text, evaluate, write_plots
 from .model.checkpoints import best_checkpoint
-from .model.rescnn import PRECISIONS
+from .model.rescnn import HEADS, PRECISIONS
 from .train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ class JobConfig:
     degradations: tuple[tuple[str, float], ...] = DEGRADATIONS
     compare_subsets: int = 100
     precision: str = field(default="float32", metadata={"choices": PRECISIONS, "help": "Keras dtype policy"})
+    # Beyond the original (off by default): augmented copies of the training cache, masks, margin softmax.
+    augment: str | None = field(default=None, metadata={
+        "metavar": "KINDS", "help": "augmented copies of the training speech: a comma list of noise, reverb, speed",
+        "default_help": "none"})
+    augment_copies: int = field(default=2, metadata={"metavar": "K", "help": "augmented copies per utterance"})
+    spec_augment: bool = field(default=False, metadata={"help": "SpecAugment masks on every training crop"})
+    softmax_head: str = field(default="softmax", metadata={
+        "choices": HEADS, "help": "pre-training head: the original softmax, or aam (additive angular margin)"})
     verbose: int = 2  # Keras fit verbosity
 
     def __post_init__(self) -> None:
@@ -72,18 +81,30 @@ def build_caches(cfg: JobConfig) -> tuple[FeatureCache, FeatureCache]:
                                    f"(training speakers) and {TEST_SUBSET}/ (held-out speakers)")
         summary = build_cache(audio, cfg.output_dir / "cache" / subset, workers=cfg.workers, update=True)
         log.info("\n".join(summary.lines()))
+        if subset == TRAIN_SUBSET and cfg.augment:
+            augmented(cfg, summary.cache_dir)
         caches.append(FeatureCache(cfg.output_dir / "cache" / subset))
     return caches[0], caches[1]
+
+
+def augmented(cfg: JobConfig, cache_dir: str | os.PathLike) -> None:
+    """The training cache's augmented copies of cfg's recipe, made unless the cache already has them."""
+    recipe = {"kinds": list(check_augmentations(cfg.augment)), "copies": cfg.augment_copies, "seed": cfg.seed}
+    if FeatureCache(cache_dir).manifest.get("augment") != recipe:
+        log.info("augmented copies (%s) of the training speech", ", ".join(recipe["kinds"]))
+        augment_cache(cache_dir, recipe["kinds"], cfg.augment_copies, cfg.seed)
 
 
 def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
     """Softmax pre-training then triplet training on the training speakers; the best triplet checkpoint."""
     inputs = generate_training_inputs(train_cache, seed=cfg.seed)
     common = dict(output_dir=cfg.output_dir / "checkpoints", width=cfg.width, batch_size=cfg.batch_size,
-                  save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose)
+                  save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose,
+                  spec_augment=cfg.spec_augment)
     # Fresh random crops each step: the few fixed crops of one utterance per speaker are memorised within
     # hundreds of steps. The original's triplet rate (SGD 0.01) undoes the softmax start on data this small.
-    train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True, **common))
+    train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True,
+                      softmax_head=cfg.softmax_head, **common))
     train(TrainConfig(phase="triplet", data=inputs, cache_dir=train_cache.path, steps=cfg.triplet_steps,
                       learning_rate=cfg.triplet_learning_rate, **common))
     found = best_checkpoint(cfg.output_dir / "checkpoints", "triplet")

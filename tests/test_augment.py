@@ -171,3 +171,19 @@ def test_augmented_build_refuses_bad_options_in_one_line(audio, tmp_path, capsys
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert any("unknown augmentation echo" in e for e in errors) and any("--augment works on the whole" in e
                                                                            for e in errors)
+
+
+def test_the_main_job_augments_its_training_cache_once(audio, tmp_path):
+    from deep_speaker.data.cache import build_cache
+    from deep_speaker.pipeline import JobConfig, augmented
+
+    build_cache(audio, tmp_path / "cache", progress=False)
+    cfg = JobConfig(augment="noise", augment_copies=1, seed=3)
+    augmented(cfg, tmp_path / "cache")
+    cache = FeatureCache(tmp_path / "cache")
+    copies = sorted((tmp_path / "cache" / "features").rglob("*-aug0.npy"))
+    assert len(cache) == 12 and len(copies) == 6
+    assert cache.manifest["augment"] == {"kinds": ["noise"], "copies": 1, "seed": 3}
+    before = [p.stat().st_mtime_ns for p in copies]
+    augmented(cfg, tmp_path / "cache")  # a re-run of the job keeps the copies it made
+    assert [p.stat().st_mtime_ns for p in copies] == before
