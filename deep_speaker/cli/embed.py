@@ -1,4 +1,5 @@
-"""``deep-speaker embed FILES_OR_DIRS -o out.npz``: speaker embeddings of audio files (.npz, .npy or .csv)."""
+"""``deep-speaker embed FILES_OR_DIRS -o out.npz``: speaker embeddings of audio files (.npz, .npy, .csv, or Kaldi
+.ark + .scp); ``--scheduler tcp://HOST:PORT`` embeds on a Dask cluster."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any, Iterable
 
 from ..data.audio import AUDIO_EXTENSIONS
 from ..data.corpus import find_audio_files
-from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders, get_encoder
+from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders
 from ..encoders.deepspeaker import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from ..encoders.distributed import DaskEncoder, EncoderSpec
 from ..encoders.embedding_cache import EMBEDDING_CACHE_ENV
 from ..errors import Failure
 from ..eval.export import EXPORT_SUFFIXES, save_embeddings
+from ..eval.kaldi import KALDI_SUFFIX, save_kaldi
 from ..model.rescnn import PRECISIONS
 from . import EXIT_OK, EXIT_PARTIAL
 from .options import finite_float
@@ -50,18 +53,33 @@ def add_embedder_options(parser: argparse.ArgumentParser) -> None:
                             "CPUs/GPUs)")
 
 
+def add_scheduler_option(parser: argparse.ArgumentParser) -> None:
+    """--scheduler: embed files on an existing Dask cluster instead of in this process."""
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                        help="embed the files on the Dask cluster of this scheduler (each worker loads the encoder "
+                             "once; workers must see the files and the model under the same paths); default: here, "
+                             "in one process")
+
+
 def deep_speaker_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Deep Speaker options given on the command line, as Embedder keywords."""
     return {key: getattr(args, dest) for dest, key in DEEP_SPEAKER_OPTIONS if getattr(args, dest, None) is not None}
 
 
-def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> Encoder:
-    """The encoder the options describe (``model`` overrides --model; the original's queries have only --model)."""
+def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = None) -> EncoderSpec:
+    """The description of the encoder the options give (``model`` overrides --model)."""
     model = model or getattr(args, "model", None)
     options = {**deep_speaker_options(args), **({} if model is None else {"model": model})}
-    encoder = get_encoder(getattr(args, "encoder", DEFAULT_ENCODER), **options)
-    encoder.embedding_cache = getattr(args, "embedding_cache", None) or None
-    return encoder
+    return EncoderSpec(getattr(args, "encoder", DEFAULT_ENCODER), options,
+                       getattr(args, "embedding_cache", None) or None)
+
+
+def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> Encoder:
+    """The encoder the options describe (``model`` overrides --model; the original's queries have only --model);
+    with --scheduler, one that embeds files on that Dask cluster."""
+    spec = encoder_spec(args, model)
+    scheduler = getattr(args, "scheduler", None)
+    return DaskEncoder(spec, scheduler) if scheduler else spec.build()
 
 
 def report_failures(failures: Iterable[Failure]) -> int:
@@ -98,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
     if not result.paths:
         print(f"no file could be embedded; nothing written to {args.output}", file=sys.stderr)
         return EXIT_PARTIAL
-    out = save_embeddings(args.output, result.embeddings, result.paths, encoder.identity, encoder=encoder.name)
+    if args.output.lower().endswith(KALDI_SUFFIX):
+        out, scp = save_kaldi(args.output, result.embeddings, result.paths)
+        out = f"{out} + {scp}"
+    else:
+        out = save_embeddings(args.output, result.embeddings, result.paths, encoder.identity, encoder=encoder.name)
     print(f"wrote {len(result.paths)} embeddings ({result.embeddings.shape[1]}-d, L2-normalised) to {out} "
           f"(model {encoder.identity}){f'; {failed} file(s) skipped' if failed else ''}")
     return EXIT_PARTIAL if failed else EXIT_OK
@@ -113,7 +135,9 @@ def register(subparsers) -> None:
                     "Files that cannot be read are reported and skipped (exit code 1).")
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files, or folders searched for them")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help=f"output file by suffix: {', '.join(EXPORT_SUFFIXES)} (.npz holds embeddings, paths, "
-                             f"model_identity, encoder)")
+                        help=f"output file by suffix: {', '.join(EXPORT_SUFFIXES + (KALDI_SUFFIX,))} (.npz holds "
+                             f"embeddings, paths, model_identity, encoder; .ark: a Kaldi archive of float vectors "
+                             f"keyed by utterance id, with its .scp beside it)")
     add_embedder_options(parser)
+    add_scheduler_option(parser)
     parser.set_defaults(func=run)

@@ -19,7 +19,8 @@ from ..metrics.resample import DEFAULT_SET_REPLICATES
 from ..metrics.similarity import FAR_TARGET
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
-from .embed import DEEP_SPEAKER_OPTIONS, add_embedder_options, deep_speaker_options, encoder_from_args
+from .embed import (DEEP_SPEAKER_OPTIONS, add_embedder_options, add_scheduler_option, deep_speaker_options,
+                    encoder_from_args)
 from .options import finite_float
 
 PLACEHOLDER = "{encoder}"  # in a statistics file name: one file per encoder
@@ -90,12 +91,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Embed every audio file of DIR (speaker labels from the folder layout: LibriSpeech, VCTK or "
                     "<speaker>/<file>) and save mu, sigma, the embeddings, labels, paths, the encoder, its model "
                     "identity and its settings to a .npz that 'compare' accepts in place of the folder.")
-    stats.add_argument("dir", metavar="DIR", help="folder of audio files")
+    stats.add_argument("dir", metavar="DIR", nargs="?", help="folder of audio files")
+    stats.add_argument("--merge", nargs="+", metavar="FILE.npz",
+                       help="instead of DIR: merge statistics files of disjoint sets (e.g. shards embedded on "
+                            "different machines) of one encoder, model and settings into -o; mu and sigma come from "
+                            "the files' summed moments (count, sum, sum of outer products)")
     stats.add_argument("-o", "--output", required=True, metavar="FILE.npz",
                        help=f"statistics file to write; with several encoders one per encoder: {PLACEHOLDER} in the "
                             f"name is replaced by each encoder's name, else the name goes before the suffix")
     add_layout_option(stats)
     add_encoders_options(stats)
+    add_scheduler_option(stats)
     stats.set_defaults(func=run_stats)
 
     cmp = subparsers.add_parser(
@@ -143,6 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "(mean over windows) give IS, mIS and AM, as --probs/--ref-probs would")
     add_layout_option(cmp)
     add_encoders_options(cmp)
+    add_scheduler_option(cmp)
     cmp.set_defaults(func=run_compare)
 
     deg = subparsers.add_parser(
@@ -170,8 +177,16 @@ def _reported(failures: list) -> list:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from ..eval.generated import compute_stats, save_stats
+    from ..eval.generated import compute_stats, merge_stats, save_stats
 
+    if (args.dir is None) == (args.merge is None):
+        raise DeepSpeakerError("stats: give a folder DIR or --merge FILE.npz ..., not both")
+    if args.merge:
+        merged = merge_stats(args.merge)
+        save_stats(args.output, merged)
+        print(f"{args.output}: {len(merged.paths)} utterances, {len(merged.speakers)} speakers merged from "
+              f"{len(args.merge)} files, encoder {merged.encoder}, model {merged.model_identity}")
+        return EXIT_OK
     factories = encoder_factories(args)
     failures = []
     for name, make in factories.items():

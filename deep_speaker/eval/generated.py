@@ -24,6 +24,7 @@ from ..data.corpus import find_audio_files, scan_corpus
 from ..encoders import DEFAULT_ENCODER, Encoder
 from ..errors import DeepSpeakerError, Failure
 from ..metrics.distances import split_per_label
+from ..metrics.moments import Moments, merge_moments, moments, moments_gaussian
 from ..metrics.similarity import FAR_TARGET
 from .tables import text_table
 from ..settings import settings_difference
@@ -32,6 +33,8 @@ STATS_FORMAT = 1
 STATS_KEYS = ("mu", "sigma", "embeddings", "labels", "paths", "model_identity", "feature_settings")
 # Written since the Encoder interface; a file without it was made by the only encoder there was.
 ENCODER_KEY = "encoder"
+# The mergeable sums (metrics.moments), written since statistics merge; older files get them from their embeddings.
+MOMENT_KEYS = ("count", "sum", "outer")
 
 
 @dataclass
@@ -52,6 +55,11 @@ class Stats:
     @property
     def speakers(self) -> list[str]:
         return sorted(set(self.labels.tolist()) - {""})
+
+    @property
+    def moments(self) -> Moments:
+        """Count, sum and sum of outer products of the embeddings (float64), mergeable across files."""
+        return moments(self.embeddings)
 
 
 def make_stats(embeddings: np.ndarray, labels: Sequence[str], paths: Sequence[str], model_identity: str,
@@ -94,11 +102,13 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encod
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
     """Write a statistics ``.npz`` (plain arrays and JSON strings, no objects), atomically."""
+    m = stats.moments
     with atomic_write(path) as f:
         np.savez(f, format_version=np.int64(STATS_FORMAT), mu=stats.mu, sigma=stats.sigma,
                  embeddings=stats.embeddings, labels=stats.labels.astype(str), paths=stats.paths.astype(str),
                  model_identity=np.str_(stats.model_identity), encoder=np.str_(stats.encoder),
-                 feature_settings=np.str_(json.dumps(stats.feature_settings, sort_keys=True)))
+                 feature_settings=np.str_(json.dumps(stats.feature_settings, sort_keys=True)),
+                 count=np.int64(m.count), sum=m.total, outer=m.outer)
 
 
 def load_stats(path: str | os.PathLike) -> Stats:
@@ -120,6 +130,43 @@ def load_stats(path: str | os.PathLike) -> Stats:
         raise DeepSpeakerError(f"{path}: statistics file holds NaN or infinite values; recompute it")
     return Stats(arrays["embeddings"], arrays["labels"], arrays["paths"], str(arrays["model_identity"]),
                  json.loads(str(arrays["feature_settings"])), arrays["mu"], arrays["sigma"], str(path), [], encoder)
+
+
+def load_moments(path: str | os.PathLike) -> Moments:
+    """The moments of a statistics file, reading only them (the embeddings stay on disk) when the file has them."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if all(k in data.files for k in MOMENT_KEYS):
+                m = Moments(int(data["count"]), data["sum"].astype(np.float64), data["outer"].astype(np.float64))
+                if m.total.ndim != 1 or m.outer.shape != (m.dim, m.dim) or m.count < 0:
+                    raise DeepSpeakerError(f"{path}: statistics file moments have inconsistent shapes")
+                return m
+    except (OSError, ValueError) as exc:
+        raise DeepSpeakerError(f"{path}: cannot read statistics file ({exc})") from exc
+    return load_stats(path).moments  # written before the moments were saved
+
+
+def merge_stats(paths: Sequence[str | os.PathLike]) -> Stats:
+    """One statistics set of several files of disjoint utterances (e.g. shards embedded on different machines):
+    embeddings, labels and paths concatenated in order; mu and sigma from the merged moments. The files must come
+    from the same encoder, model and settings, and no utterance may appear twice."""
+    if not paths:
+        raise DeepSpeakerError("no statistics files to merge")
+    parts = [load_stats(p) for p in paths]
+    for other in parts[1:]:
+        check_compatible(parts[0], other)
+    seen: dict[str, str] = {}
+    for part in parts:
+        for path in part.paths.tolist():
+            if path in seen:
+                raise DeepSpeakerError(f"{seen[path]} and {part.source} both hold {path}: merge disjoint sets only")
+            seen[path] = part.source
+    merged = merge_moments(load_moments(p) for p in paths)
+    mu, sigma = moments_gaussian(merged)
+    first = parts[0]
+    return Stats(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
+                 np.concatenate([p.paths for p in parts]), first.model_identity, first.feature_settings, mu, sigma,
+                 " + ".join(p.source for p in parts), [], first.encoder)
 
 
 def load_side(source: str | os.PathLike, encoder: Encoder | Callable[[], Encoder], layout: str = "auto") -> Stats:

@@ -18,6 +18,8 @@ from ..settings import check_choice
 
 PHASES = ("softmax", "triplet", "probe")
 STRATEGIES = ("none", "mirrored", "multiworker")
+# What feeds the softmax phase's random crops: today's Keras PyDataset batcher, or tf.data (train.pipeline).
+INPUT_PIPELINES = ("pydataset", "tfdata")
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -78,6 +80,10 @@ class TrainConfig:
     random_crops: bool = field(default=False, metadata={
         "help": "softmax phase: fresh random crops of the cache's training audio at every step (validation on its "
                 "held-out part) instead of the fixed crops of --data_filename"})
+    input_pipeline: str = field(default="pydataset", metadata={
+        "choices": INPUT_PIPELINES, "help": "softmax phase with --random-crops: pydataset (a Keras PyDataset cutting "
+                                            "a crop at a time) or tfdata (tf.data: crops cut in parallel from "
+                                            "arrays opened once, prefetched); the same batches either way"})
     softmax_head: str = field(default="softmax", metadata={
         "choices": HEADS, "help": "softmax phase: the original softmax, or aam: additive angular margin softmax "
                                   "(ArcFace) on cosines to each speaker, with --margin and --scale"})
@@ -102,6 +108,7 @@ class TrainConfig:
         check_choice(self.strategy, STRATEGIES, "strategy")
         check_choice(self.precision, PRECISIONS, "precision")
         check_choice(self.softmax_head, HEADS, "softmax head")
+        check_choice(self.input_pipeline, INPUT_PIPELINES, "input pipeline")
         if not (0 <= self.margin < math.pi / 2 and math.isfinite(self.scale) and self.scale > 0):
             raise DeepSpeakerError(f"need 0 <= margin < pi/2 and a positive scale (got {self.margin}, {self.scale})")
         for name, value in phase_defaults(self.phase).items():

@@ -51,6 +51,7 @@ from .callbacks import (
     seed_states,
 )
 from .config import OPTIMIZERS, TrainConfig
+from .pipeline import RandomCropSampler, tf_dataset
 from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,9 @@ class Trainer:
             validation = (inputs["x_test"], inputs["y_test"]) if len(inputs["x_test"]) else None
 
         def data(start):
+            if c.random_crops and c.input_pipeline == "tfdata":
+                sampler = RandomCropSampler(cache, train_segments, c.crop_frames, c.batch_size, c.seed, self._masks())
+                return tf_dataset(sampler, start, c.steps - start)
             if c.random_crops:
                 return batching.RandomCropBatches(cache, train_segments, c.crop_frames, c.batch_size,
                                                   c.steps - start, first_step=start, seed=c.seed, masks=self._masks())

@@ -1,0 +1,110 @@
+"""Input pipeline speed: random-crop softmax batches of today's RandomCropBatches beside the pipeline
+(deep_speaker.train.pipeline) on the same cache, per core, and what a 16-core GPU host would reach.
+
+    python benchmarks/bench_pipeline.py [--cache CACHE_DIR | --audio AUDIO_DIR] [--batch-size 96] [--batches 40]
+
+Without --cache, a cache of --audio (default librispeech-mini of ../shared/data, 351 utterances of 261
+speakers, else the bundled samples/librispeech) is built in a temporary folder. Measured, one thread each
+unless said: today's batcher (a crop at a time, each array opened per crop), the sampler (the same batches,
+arrays opened once and the draws taken from one raw block: checked equal here first), tf.data over the sampler
+(parallel map calls, AUTOTUNE, prefetch; all cores of this machine) and the sampler in worker processes (one
+per core, batches sent back through pipes, as Keras' PyDataset workers with use_multiprocessing do). Rounds
+are interleaved, so load from other processes affects all alike; the median round is reported. The 16-core
+figures are per-core rates times 16: the crops are cut in Python (tf.numpy_function holds the GIL), so a
+host's cores serve through processes, not threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from deep_speaker.data.cache import FeatureCache, build_cache  # noqa: E402
+from deep_speaker.train import batching  # noqa: E402
+from deep_speaker.train.pipeline import RandomCropSampler, tf_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRI_MINI = REPO.parent / "shared" / "data" / "librispeech-mini"
+AUDIO = LIBRI_MINI if LIBRI_MINI.is_dir() else REPO / "samples" / "librispeech"
+HOST_CORES = 16
+_SAMPLER: RandomCropSampler | None = None  # the worker processes' sampler (inherited by fork)
+
+
+def _batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+    return _SAMPLER.batch(step)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def rate(run, samples: int) -> float:
+    start = time.perf_counter()
+    run()
+    return samples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, help="a built feature cache (default: librispeech-mini, built now)")
+    parser.add_argument("--audio", type=Path, default=AUDIO, help=f"audio to build a cache of (default {AUDIO})")
+    parser.add_argument("--batch-size", type=int, default=96)
+    parser.add_argument("--crop-frames", type=int, default=160)
+    parser.add_argument("--batches", type=int, default=40, help="batches per round and pipeline")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.cache is None:
+            build_cache(args.audio, Path(tmp) / "cache", workers=cores(), progress=False)
+            args.cache = Path(tmp) / "cache"
+        cache = FeatureCache(args.cache)
+        segments = batching.speaker_segments(cache)[0]
+        b, n = args.batch_size, args.batches
+        today = batching.RandomCropBatches(cache, segments, args.crop_frames, b, 10**9)
+        sampler = RandomCropSampler(cache, segments, args.crop_frames, b)
+        for step in (0, 1, 12345):  # the same batches, or the figures compare different work
+            assert all(np.array_equal(u, v) for u, v in zip(today[step], sampler.batch(step)))
+        print(f"cache {args.cache}: {len(cache)} utterances, {len(segments)} training speakers; batches of {b} "
+              f"crops of {args.crop_frames} frames; {cores()} cores here")
+        for step in range(len(cache)):  # steady state: every array opened once, as after the first pass
+            sampler.batch(10**6 + step)
+        global _SAMPLER
+        _SAMPLER = sampler
+        pool = multiprocessing.get_context("fork").Pool(cores())
+        pool.map(_batch, range(cores()))  # started outside the timing
+        figures: dict[str, list[float]] = {"today": [], "sampler": [], "tfdata": [], "processes": []}
+        for r in range(args.rounds):
+            first = r * n
+            figures["today"].append(rate(lambda: [today[first + i] for i in range(n)], n * b))
+            figures["sampler"].append(rate(lambda: [sampler.batch(first + i) for i in range(n)], n * b))
+            data = tf_dataset(sampler, first, n)
+            figures["tfdata"].append(rate(lambda: sum(1 for _ in data.as_numpy_iterator()), n * b))
+            figures["processes"].append(rate(lambda: sum(1 for _ in pool.imap(_batch, range(first, first + n))),
+                                             n * b))
+        pool.close()
+        median = {k: statistics.median(v) for k, v in figures.items()}
+        base = median["today"]
+        per_core = median["processes"] / cores()
+        print(f"{'pipeline':<44} {'samples/s':>10} {'per core':>10} {'x today':>8}")
+        rows = [("today: RandomCropBatches, 1 thread", median["today"], 1),
+                ("sampler, 1 thread", median["sampler"], 1),
+                (f"tf.data over the sampler, AUTOTUNE ({cores()} cores)", median["tfdata"], cores()),
+                (f"sampler in {cores()} worker processes", median["processes"], cores())]
+        for name, value, used in rows:
+            print(f"{name:<44} {value:>10.0f} {value / used:>10.0f} {value / used / base:>8.1f}")
+        print(f"16-core host (per-core rate of the worker processes x {HOST_CORES}): {per_core * HOST_CORES:.0f} "
+              f"samples/s, {per_core * HOST_CORES / base:.0f}x today's per-thread rate "
+              f"(1 thread of the sampler x {HOST_CORES}: {median['sampler'] * HOST_CORES:.0f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The fast random-crop pipeline gives today's RandomCropBatches' batches, bit for bit, for the same seed and step
+(with and without SpecAugment masks), through the sampler, tf.data and the PyDataset, on a cache of real speech."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deep_speaker.data.cache import FeatureCache, build_cache
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.train import batching
+from deep_speaker.train.pipeline import RandomCropSampler, SamplerBatches, tf_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "librispeech"
+STEPS = [0, 1, 2, 17, 123456]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> FeatureCache:
+    """3 test-other speakers x 4 utterances and 3 train-clean-100 speakers of one utterance (split in time)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    for split, speakers, utts in (("test-other", 3, 4), ("train-clean-100", 3, 1)):
+        for speaker in sorted((SAMPLES / split).iterdir())[:speakers]:
+            for src in sorted(speaker.rglob("*.flac"))[:utts]:
+                link = root / "audio" / src.relative_to(SAMPLES / split)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(src)
+    build_cache(root / "audio", root / "cache", progress=False)
+    return FeatureCache(root / "cache")
+
+
+@pytest.fixture(scope="module")
+def segments(cache):
+    return batching.speaker_segments(cache, holdout=0.2, seed=0)[0]
+
+
+def reference(cache, segments, crop, batch, seed, masks, first, count):
+    """Today's batches: RandomCropBatches, a crop at a time."""
+    batches = batching.RandomCropBatches(cache, segments, crop, batch, count, first_step=first, seed=seed,
+                                         masks=masks)
+    return [batches[i] for i in range(count)]
+
+
+# 700 frames: longer than some utterances and the held-back tails, so zero-padded crops are compared too.
+@pytest.mark.parametrize("crop,masks", [(160, None), (700, None), (160, (10, 8))])
+def test_sampler_batches_equal_random_crop_batches(cache, segments, crop, masks):
+    sampler = RandomCropSampler(cache, segments, crop, batch_size=24, seed=5, masks=masks)
+    padded = 0
+    for step in STEPS:
+        (x_ref, y_ref), = reference(cache, segments, crop, 24, 5, masks, step, 1)
+        x, y = sampler.batch(step)
+        assert x.dtype == x_ref.dtype == np.float32 and x.shape == x_ref.shape == (24, crop, 64, 1)
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        padded += int((x_ref[:, -1] == 0).all(axis=(1, 2)).sum())
+    if masks is None:  # (a time mask may zero a crop's last frame too)
+        assert (padded > 0) == (crop == 700)
+
+
+def test_tf_data_and_pydataset_give_the_same_stream_from_any_step(cache, segments):
+    sampler = RandomCropSampler(cache, segments, 160, batch_size=12, seed=3, masks=(10, 8))
+    expected = reference(cache, segments, 160, 12, 3, (10, 8), 4, 6)
+    # A resumed run starts at its saved step: the stream from step 4 is that of an uninterrupted run.
+    streamed = list(tf_dataset(sampler, first_step=4, num_batches=6).as_numpy_iterator())
+    py = SamplerBatches(sampler, 6, first_step=4)
+    assert len(streamed) == len(py) == 6
+    for (x_ref, y_ref), (x, y), (x_py, y_py) in zip(expected, streamed, (py[i] for i in range(6))):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(x_py, x_ref)
+        np.testing.assert_array_equal(y_py, y_ref)
+
+
+def test_a_bounded_table_of_open_arrays_changes_nothing(cache, segments):
+    small = RandomCropSampler(cache, segments, 160, batch_size=16, seed=1, open_arrays=2)
+    (x_ref, _), = reference(cache, segments, 160, 16, 1, None, 9, 1)
+    np.testing.assert_array_equal(small.batch(9)[0], x_ref)
+    assert len(small._open) == 2
+
+
+def test_bad_sampler_settings_are_one_line_errors(cache, segments):
+    with pytest.raises(DeepSpeakerError, match="must be positive"):
+        RandomCropSampler(cache, segments, 160, batch_size=0)
+    with pytest.raises(DeepSpeakerError, match="at least one training segment"):
+        RandomCropSampler(cache, {**segments, "nobody": []}, 160, batch_size=4)
+
+
+def _weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    model = keras.saving.load_model(run / "softmax" / "last.keras", safe_mode=True)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_training_on_tf_data_equals_training_on_today_s_batcher(cache, tmp_path):
+    from deep_speaker.train import TrainConfig, train
+
+    # Resuming needs nothing more: a batch is a function of its step (tested above from step 4), and the runs'
+    # resume machinery is that of test_training.
+    common = dict(cache_dir=cache.path, random_crops=True, spec_augment=True, width=0.0625, crop_frames=64,
+                  batch_size=12, steps=1, save_every=1, learning_rate=3e-3, verbose=0)
+    train(TrainConfig("softmax", tmp_path / "today", **common))
+    train(TrainConfig("softmax", tmp_path / "tfdata", input_pipeline="tfdata", **common))
+    # The batches are bitwise those of today (above); TensorFlow's threaded float32 reductions may still round a
+    # weight differently by an ulp from one run to the next.
+    for a, b in zip(_weights(tmp_path / "today"), _weights(tmp_path / "tfdata")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(DeepSpeakerError, match="unknown input pipeline 'grain'"):
+        TrainConfig("softmax", tmp_path / "x", input_pipeline="grain", **common)
+
+
+def test_the_fast_draws_are_the_generator_s_own_over_many_steps(cache, segments):
+    # Speakers of one segment (no draw), short segments (no start drawn) and long ones, over 3,000 steps.
+    for crop in (160, 700):
+        sampler = RandomCropSampler(cache, segments, crop, batch_size=32, seed=11)
+        for step in range(1500):
+            fast, slow = sampler.plan(step), sampler.plan(step, fast=False)
+            assert fast[1] == slow[1] and np.array_equal(fast[0], slow[0])
+
+
+@pytest.mark.parametrize("first", [0, 1, 7])  # an odd count of earlier 32-bit draws leaves a half buffered
+def test_bounded_draws_equal_rng_integers_with_rejections(first):
+    from deep_speaker.train.pipeline import bounded_draws
+
+    # Bounds near 2^32 reject up to half of the values: the rejection loop is exercised, as are 1 and 2.
+    bounds = np.random.default_rng(0).choice([1, 2, 3, 161, 10**6, 3 * 2**30, 2**31 + 1, 2**32 - 1], size=400)
+    ours, theirs = np.random.default_rng([4, first]), np.random.default_rng([4, first])
+    ours.integers(0, 5, size=first), theirs.integers(0, 5, size=first)
+    draw = bounded_draws(ours, 1000)
+    assert [draw(int(b)) for b in bounds] == [int(theirs.integers(b)) for b in bounds]
