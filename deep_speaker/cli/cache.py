@@ -1,4 +1,5 @@
-"""``deep-speaker cache build|update|info|inputs``: turn a speech corpus into the feature cache training reads."""
+"""``deep-speaker cache build|update|convert|info|inputs``: turn a speech corpus into the feature cache (per-file, or
+a sharded store for large corpora) that training reads."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from ..data.augment import AUDIO_AUGMENTATIONS, check_augmentations
 from ..data.cache import DEFAULT_TRIM, FeatureCache, augment_cache, build_cache, parse_shard, wipe_plan
 from ..data.corpus import LAYOUTS, MIC_CHOICES
 from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
+from ..data.store import DEFAULT_SHARD_SIZE, FeatureStore, build_store, convert_cache, is_store
 from ..errors import DeepSpeakerError
+from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
 from .options import finite_float
 
 WIPE_COUNTDOWN_S = 3
+FORMATS = ("files", "sharded")
 
 
 def worker_count(workers: int | None, multi_threading: bool) -> int:
@@ -33,29 +37,49 @@ def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) ->
     if yes or not plan:
         return
     arrays = [p for p in plan if p.suffix == ".npy"]
-    others = ", ".join(p.name for p in plan if p.suffix != ".npy")
+    others = ", ".join(p.name for p in plan if p.suffix not in (".npy", ".arrow"))
     size = sum(p.stat().st_size for p in plan if p.exists()) / 1e6
-    print(f"Rebuilding the feature cache in {cache_dir} deletes {len(arrays)} feature arrays listed in its "
-          f"manifest and {others} ({size:.1f} MB), nothing else, in {seconds} s; Ctrl+C to stop "
-          f"(--yes skips this wait).", file=sys.stderr, flush=True)
+    what = (f"{len(arrays)} shards (frames and index) of its store listing" if is_store(cache_dir)
+            else f"{len(arrays)} feature arrays listed in its manifest")
+    print(f"Rebuilding the feature cache in {cache_dir} deletes {what} and {others} ({size:.1f} MB), nothing else, "
+          f"in {seconds} s; Ctrl+C to stop (--yes skips this wait).", file=sys.stderr, flush=True)
     time.sleep(seconds)
+
+
+def cache_format(cache_dir: str | os.PathLike, fmt: str | None) -> str:
+    """``--format`` when given, else the format of what the folder holds (a sharded store or not), else files."""
+    if fmt is not None:
+        return check_choice(fmt, FORMATS, "cache format")
+    return "sharded" if is_store(Path(cache_dir)) else "files"
 
 
 def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: bool = False, layout: str = "auto",
               trim: str = DEFAULT_TRIM, min_seconds: float = MIN_SPEECH_SECONDS, shard: str | None = None,
               mic: str = "mic1", progress: bool = True, augment: str | None = None, copies: int = 1,
-              augment_seed: int = 0) -> int:
-    """Build or update a cache (then add augmented copies with ``augment``), print the summary; exit code 1 when
-    some files failed."""
+              augment_seed: int = 0, fmt: str | None = None, float16: bool = False,
+              shard_size: int = DEFAULT_SHARD_SIZE, scheduler: str | None = None) -> int:
+    """Build or update a cache or a sharded store (then add augmented copies with ``augment``), print the summary;
+    exit code 1 when some files failed."""
+    fmt = cache_format(cache_dir, fmt)
+    if fmt == "files" and (float16 or scheduler):
+        raise DeepSpeakerError(f"{'--float16' if float16 else '--scheduler'} needs a sharded store (--format sharded)")
     if augment:
         augment = ",".join(check_augmentations(augment))  # a typo is refused before the build, not after it
     if augment and shard is not None:
         raise DeepSpeakerError("--augment works on the whole cache: build the shards, update, then build --augment")
+    if augment and fmt == "sharded":
+        raise DeepSpeakerError("--augment writes a per-file cache: build it with --augment, then 'deep-speaker cache "
+                               "convert CACHE STORE'")
     if not update and shard is None:
         confirm_wipe(Path(cache_dir), yes)
-    summary = build_cache(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
-                          min_seconds=min_seconds, shard=parse_shard(shard) if shard else None,
-                          progress=progress, mic=mic)
+    shard_part = parse_shard(shard) if shard else None
+    if fmt == "sharded":
+        summary = build_store(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
+                              min_seconds=min_seconds, shard=shard_part, progress=progress, mic=mic,
+                              dtype="float16" if float16 else None, shard_size=shard_size, scheduler=scheduler)
+    else:
+        summary = build_cache(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
+                              min_seconds=min_seconds, shard=shard_part, progress=progress, mic=mic)
     for line in summary.lines():
         print(line)
     if augment:
@@ -72,12 +96,24 @@ def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEF
     return EXIT_OK
 
 
+def run_convert(cache_dir: str, store_dir: str, float16: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+                yes: bool = False, progress: bool = True) -> int:
+    """Convert a cache into a sharded store, print the summary; exit code 1 when some arrays could not be kept."""
+    confirm_wipe(Path(store_dir), yes)
+    summary = convert_cache(cache_dir, store_dir, "float16" if float16 else "float32", shard_size, progress)
+    for line in summary.lines():
+        print(line)
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
 def info(args: argparse.Namespace) -> int:
     """Print what a cache holds."""
     cache = FeatureCache(args.cache_dir)
     settings = ", ".join(f"{k}={v}" for k, v in cache.settings.items())
     print(f"cache:      {cache.path} (built from {cache.manifest.get('audio_dir')}, "
           f"{cache.manifest.get('layout')} layout)")
+    if isinstance(cache, FeatureStore):
+        print(f"format:     sharded store, {len(cache.shards)} shards, {cache.dtype} frames")
     print(f"speakers:   {len(cache.speakers)}")
     print(f"utterances: {len(cache)}")
     print(f"audio:      {cache.hours:.2f} h")
@@ -91,7 +127,8 @@ def info(args: argparse.Namespace) -> int:
 def add_build_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by build and update."""
     parser.add_argument("audio_dir", help="folder of the corpus (VCTK, LibriSpeech or speaker_id/*.wav folders)")
-    parser.add_argument("cache_dir", help="folder of the cache (manifest.json + features/)")
+    parser.add_argument("cache_dir", help="folder of the cache (manifest.json + features/) or of the store "
+                                          "(store.json + shards/)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="processes to use (default 1)")
     parser.add_argument("--multi_threading", action="store_true", help="use every CPU core (like --workers $(nproc))")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto",
@@ -104,8 +141,20 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mic", choices=MIC_CHOICES, default="mic1",
                         help="VCTK 0.92 microphone to keep (the other is used only where it is missing)")
     parser.add_argument("--shard", metavar="I/N", default=None,
-                        help="compute only the I-th of N parts of the files (0-based) into a shard manifest; "
-                             "run the N parts anywhere on a shared folder, then 'update' merges them")
+                        help="compute only the I-th of N parts of the files (0-based) into a part manifest or "
+                             "listing: a batch scheduler's job array runs the N parts anywhere on a shared folder "
+                             "(e.g. --shard $SLURM_ARRAY_TASK_ID/N), then 'update' merges them")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="files = manifest.json + one .npy per utterance; sharded = shards of --shard_size "
+                             "utterances with an Arrow index each, for large corpora (docs/STORE.md). Default: "
+                             "what the folder holds, else files")
+    parser.add_argument("--float16", action="store_true", help="sharded store: keep the frames as float16 (half "
+                                                               "the size; the model reads them as float32)")
+    parser.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                        help=f"sharded store: utterances per shard (default {DEFAULT_SHARD_SIZE})")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                        help="sharded store: run one task per shard on this Dask cluster (its workers must see the "
+                             "folders); default: --workers local processes")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -116,7 +165,8 @@ def dispatch_build(update: bool):
                          yes=getattr(args, "yes", False), layout=args.layout, trim=args.trim,
                          min_seconds=args.min_seconds, shard=args.shard, mic=args.mic,
                          progress=not args.no_progress, augment=getattr(args, "augment", None),
-                         copies=getattr(args, "copies", 1), augment_seed=getattr(args, "augment_seed", 0))
+                         copies=getattr(args, "copies", 1), augment_seed=getattr(args, "augment_seed", 0),
+                         fmt=args.format, float16=args.float16, shard_size=args.shard_size, scheduler=args.scheduler)
     return run
 
 
@@ -148,6 +198,21 @@ def register(subparsers) -> None:
                                         "a build that was interrupted. Refuses a cache built with other settings.")
     add_build_options(update)
     update.set_defaults(func=dispatch_build(update=True))
+    convert = sub.add_parser("convert", help="copy a cache into a new sharded store (optionally float16)",
+                             description="Copy the features, index, settings and failures of CACHE_DIR (a per-file "
+                                         "cache or a store) into STORE_DIR, a sharded store (docs/STORE.md); "
+                                         "STORE_DIR is wiped first after a 3 s warning. The store then updates "
+                                         "from the same audio and reads like the cache everywhere.",
+                             epilog="example: deep-speaker cache convert ~/ds-cache ~/ds-store --float16")
+    convert.add_argument("cache_dir", help="folder of the cache to read")
+    convert.add_argument("store_dir", help="folder of the new store")
+    convert.add_argument("--float16", action="store_true", help="keep the frames as float16")
+    convert.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                         help=f"utterances per shard (default {DEFAULT_SHARD_SIZE})")
+    convert.add_argument("--yes", action="store_true", help="wipe an existing store without the 3 s warning")
+    convert.add_argument("--no_progress", action="store_true", help="no progress bar")
+    convert.set_defaults(func=lambda a: run_convert(a.cache_dir, a.store_dir, a.float16, a.shard_size, a.yes,
+                                                    not a.no_progress))
     show = sub.add_parser("info", help="print speakers, utterances, hours, failures and settings of a cache")
     show.add_argument("cache_dir", help="folder of the cache")
     show.set_defaults(func=info)

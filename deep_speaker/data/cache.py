@@ -138,6 +138,16 @@ def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: It
 class FeatureCache:
     """Read access to a built cache: ids, settings, failures and memory-mapped feature arrays."""
 
+    def __new__(cls, cache_dir: str | os.PathLike):
+        # One entry point for both formats: FeatureCache(path) of a sharded store opens it as a FeatureStore
+        # (a subclass with this interface), so every caller reads either format unchanged.
+        if cls is FeatureCache:
+            from .store import FeatureStore, is_store
+
+            if is_store(Path(cache_dir)):
+                return super().__new__(FeatureStore)
+        return super().__new__(cls)
+
     def __init__(self, cache_dir: str | os.PathLike):
         self.path = Path(cache_dir)
         manifest = read_manifests(self.path)
@@ -231,20 +241,34 @@ def array_relpath(speaker: str, utterance: str) -> str:
     return f"{FEATURES_DIR}/{speaker}/{utterance}.npy"
 
 
-def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Failure:
-    """Worker: compute and atomically save one utterance's features; the manifest entry or why it failed."""
+def compute_features(utt: Utterance, trim: str, min_seconds: float) -> tuple[np.ndarray, dict] | Failure:
+    """One utterance's features and its entry (ids, source, size, mtime_ns, frames, seconds), or why it failed.
+
+    The one home of the bad-input policy of every cache format (the per-file cache and the sharded store).
+    """
     try:
         st = os.stat(utt.path)  # before reading: a file changed meanwhile is redone by the next update
         features = extract_features(utt.path, trim=trim, min_seconds=min_seconds)
         seconds = sf.info(utt.path).duration
-        save_array_atomic(Path(array_path), features)
     except InputError as exc:
         return exc.failure
     except Exception as exc:  # one bad file must never stop a build: report it and go on
         return Failure(utt.path, f"{type(exc).__name__}: {exc}")
-    return {"speaker": utt.speaker, "utterance": utt.utterance, "source": utt.path, "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "frames": int(features.shape[0]), "seconds": seconds,
-            "array": array_relpath(utt.speaker, utt.utterance)}
+    return features, {"speaker": utt.speaker, "utterance": utt.utterance, "source": utt.path, "size": st.st_size,
+                      "mtime_ns": st.st_mtime_ns, "frames": int(features.shape[0]), "seconds": seconds}
+
+
+def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Failure:
+    """Worker: compute and atomically save one utterance's features; the manifest entry or why it failed."""
+    result = compute_features(utt, trim, min_seconds)
+    if isinstance(result, Failure):
+        return result
+    features, entry = result
+    try:
+        save_array_atomic(Path(array_path), features)
+    except Exception as exc:  # a full disk or a bad folder is this file's failure; the build goes on
+        return Failure(utt.path, f"{type(exc).__name__}: {exc}")
+    return {**entry, "array": array_relpath(utt.speaker, utt.utterance)}
 
 
 def is_current(entry: Optional[dict], utt: Utterance, st: os.stat_result, cache_dir: Path) -> bool:
@@ -321,6 +345,10 @@ def wipe_plan(cache_dir: Path) -> list[Path]:
     """
     if not cache_dir.is_dir():
         return []
+    from .store import is_store, store_wipe_plan
+
+    if is_store(cache_dir):
+        return store_wipe_plan(cache_dir)
     manifests = sorted(cache_dir.glob("manifest*.json"))
     if not manifests:
         if any(not is_lock(p) for p in cache_dir.iterdir()):
@@ -351,7 +379,8 @@ def is_training_inputs(path: Path) -> bool:
 
 
 def wipe_cache(cache_dir: Path) -> list[Path]:
-    """Delete what :func:`wipe_plan` lists (manifests last, so a kill midway leaves a cache update can finish)."""
+    """Delete what :func:`wipe_plan` lists (manifests or listings last, so a kill midway leaves a cache update can
+    finish), for either format."""
     plan = wipe_plan(cache_dir)
     for path in plan:
         path.unlink(missing_ok=True)
@@ -362,6 +391,11 @@ def wipe_cache(cache_dir: Path) -> list[Path]:
                 folder.rmdir()
         if not any(features.iterdir()):
             features.rmdir()
+    from .store import SHARDS_DIR
+
+    shards = cache_dir / SHARDS_DIR  # a sharded store's folder, once the wipe emptied it
+    if shards.is_dir() and not any(shards.iterdir()):
+        shards.rmdir()
     return plan
 
 

@@ -1,0 +1,648 @@
+"""The sharded feature store: the features of about 1,000 utterances per shard, for corpora of millions of files.
+
+A store folder holds (format in docs/STORE.md):
+
+- ``shards/<name>.npy``: the frames of the shard's utterances one after the other, ``[sum of T, 64]`` float32
+  (or float16), a plain ``.npy`` that ``np.load(mmap_mode="r")`` maps, so any utterance is one O(1) slice;
+- ``shards/<name>.arrow``: its index, an Arrow IPC file (Feather v2): one row per utterance with speaker,
+  utterance, offset and frames into the ``.npy``, seconds, source, size and mtime_ns (what an update compares)
+  and augment (JSON, null for an original); the schema metadata repeats the store's settings and dtype;
+- ``store.json``: the store's settings, dtype and failures and the list of its shards (one record per shard,
+  small), or ``store.shard-I-of-N.json`` for a part of a distributed build (``--shard I/N``), merged on read.
+
+A shard's ``.npy`` and then its ``.arrow`` are renamed into place whole, and a shard is read only once the
+listing names it, so a killed build loses no finished shard and nothing half-written is read; an update adopts
+the complete shards a killed build left unlisted. Files go into shards by blocks of the sorted list of the files
+to compute, so an update writes new shards only, for new or changed files; finished shards are never rewritten,
+and an utterance in several shards is read from the newest (the highest generation: one per build or update).
+
+Shard builds run in this process, in a local process pool (``workers``) or as one task per shard on a Dask
+cluster (``scheduler="tcp://host:port"``; the workers must see the store folder): a task that dies with its
+worker is run again by Dask on another, and rewrites the same shard under the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from threadpoolctl import threadpool_limits
+
+from ..atomic import atomic_write, write_json
+from ..errors import DeepSpeakerError, Failure
+from ..settings import check_choice, settings_difference
+from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS
+from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar, _pool_context, build_lock,
+                    cache_settings, check_not_overlapping, compute_features, in_shard, init_worker,
+                    is_training_inputs, read_manifests, save_array_atomic, wipe_cache)
+from .corpus import Utterance, scan_corpus
+from .features import NUM_FILTERS
+from .inputs import INPUTS_NAME
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "deep-speaker-feature-store"
+STORE_VERSION = 1
+LISTING = "store.json"
+SHARDS_DIR = "shards"
+DEFAULT_SHARD_SIZE = 1000
+DTYPES = ("float32", "float16")
+OPEN_SHARDS = 128  # memory maps kept open: each holds a file descriptor
+_SHARD_NAME = re.compile(r"g[0-9]{6}-[0-9a-f]{16}")
+_PLAIN_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # corpus.is_plain_id, as a pattern Arrow matches column-wise
+INDEX_SCHEMA = pa.schema([("speaker", pa.string()), ("utterance", pa.string()), ("offset", pa.int64()),
+                          ("frames", pa.int64()), ("seconds", pa.float64()), ("source", pa.string()),
+                          ("size", pa.int64()), ("mtime_ns", pa.int64()), ("augment", pa.string())])
+Item = tuple[np.ndarray, dict]  # an utterance's features and its entry (compute_features)
+
+
+def listing_name(shard: Optional[tuple[int, int]]) -> str:
+    """``store.json``, or ``store.shard-I-of-N.json`` for one part of a distributed build."""
+    return LISTING if shard is None else f"store.shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def is_store(path: Path) -> bool:
+    """Whether a folder holds a sharded store (a listing of ours)."""
+    return (path / LISTING).is_file() or any(path.glob("store.shard-*-of-*.json"))
+
+
+def shard_files(store_dir: Path, name: str) -> tuple[Path, Path]:
+    """The frames (.npy) and the index (.arrow) of a shard."""
+    return store_dir / SHARDS_DIR / f"{name}.npy", store_dir / SHARDS_DIR / f"{name}.arrow"
+
+
+def read_listings(store_dir: Path) -> Optional[dict]:
+    """The store's listing merged with any part listings (shards by name, ordered by generation); None if none."""
+    paths = sorted(store_dir.glob("store.shard-*-of-*.json"))
+    if (store_dir / LISTING).is_file():
+        paths.insert(0, store_dir / LISTING)
+    merged: Optional[dict] = None
+    for path in paths:
+        try:
+            listing = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeepSpeakerError(f"{path}: unreadable store listing ({exc})") from None
+        _check_listing(listing, path)
+        if merged is None:
+            merged = listing
+            continue
+        for key in ("settings", "dtype"):
+            if listing[key] != merged[key]:
+                raise DeepSpeakerError(f"{path}: part built with another {key} than {paths[0].name} "
+                                       f"({settings_difference({key: listing[key]}, {key: merged[key]})})")
+        merged["shards"] = list({s["name"]: s for s in merged["shards"] + listing["shards"]}.values())
+        merged["failures"] = list({f["path"]: f for f in merged["failures"] + listing["failures"]}.values())
+        merged["generation"] = max(merged["generation"], listing["generation"])
+    if merged is not None:
+        merged["shards"].sort(key=lambda s: (s["generation"], s["name"]))
+    return merged
+
+
+def read_listings_file(path: Path) -> list[dict]:
+    """The shard records of one listing file ([] when it does not exist)."""
+    if not path.is_file():
+        return []
+    try:
+        listing = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeepSpeakerError(f"{path}: unreadable store listing ({exc})") from None
+    _check_listing(listing, path)
+    return listing["shards"]
+
+
+def _check_listing(listing: object, path: Path) -> None:
+    """Refuse a listing that is not ours, or whose shard names could point outside ``shards/``."""
+    if not isinstance(listing, dict) or listing.get("format") != STORE_FORMAT \
+            or listing.get("format_version") != STORE_VERSION:
+        raise DeepSpeakerError(f"{path}: not a version-{STORE_VERSION} deep-speaker feature store; rebuild it")
+    try:
+        shards, failures = listing["shards"], listing["failures"]
+        ok = (isinstance(listing["settings"], dict) and listing["dtype"] in DTYPES
+              and isinstance(listing["generation"], int) and isinstance(shards, list) and isinstance(failures, list)
+              and all(isinstance(s, dict) and isinstance(s.get("name"), str) and _SHARD_NAME.fullmatch(s["name"])
+                      and isinstance(s.get("generation"), int) for s in shards)
+              and all(isinstance(f, dict) and {"path", "reason"} <= set(f) for f in failures))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise DeepSpeakerError(f"{path}: corrupt or tampered store listing (settings, dtype, generation, shards or "
+                               f"failures malformed)")
+
+
+def _read_index(store_dir: Path, name: str) -> pa.Table:
+    """A shard's index table (memory-mapped), checked against the schema."""
+    path = shard_files(store_dir, name)[1]
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise DeepSpeakerError(f"{path}: unreadable shard index ({str(exc).splitlines()[0]}); run "
+                               f"'deep-speaker cache update' to rebuild it") from None
+    if not table.schema.remove_metadata().equals(INDEX_SCHEMA):
+        raise DeepSpeakerError(f"{path}: not a deep-speaker shard index (columns {table.schema.names})")
+    return table
+
+
+def _index_meta(table: pa.Table) -> dict:
+    return json.loads((table.schema.metadata or {}).get(b"deep_speaker", b"{}"))
+
+
+def load_index(store_dir: Path, shards: Sequence[dict]) -> pa.Table:
+    """The entries of the listed shards, the newest of each (speaker, utterance), sorted by ids; plus a ``shard``
+    column (position in ``shards``)."""
+    tables = []
+    for number, record in enumerate(shards):
+        table = _read_index(store_dir, record["name"]).replace_schema_metadata(None)
+        tables.append(table.append_column("shard", pa.array(np.full(len(table), number, np.int32))))
+    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table().append_column(
+        "shard", pa.array([], pa.int32()))
+    # Newest first within equal ids (shards are listed by generation), then keep the first row of each id.
+    order = pc.sort_indices(table, sort_keys=[("speaker", "ascending"), ("utterance", "ascending"),
+                                              ("shard", "descending")])
+    table = table.take(order)
+    if len(table) > 1:
+        spk, utt = table["speaker"], table["utterance"]
+        same = pc.and_(pc.equal(spk.slice(1), spk.slice(0, len(table) - 1)),
+                       pc.equal(utt.slice(1), utt.slice(0, len(table) - 1)))
+        table = table.filter(pa.concat_arrays([pa.array([True]), pc.invert(same).combine_chunks()]))
+    return table.combine_chunks()
+
+
+class FeatureStore(FeatureCache):
+    """Read access to a sharded store with FeatureCache's interface; the index is held as columns (numpy and Arrow
+    arrays, no object per entry), and ``load`` is a slice of the shard's memory map."""
+
+    def __init__(self, store_dir: str | os.PathLike):
+        self.path = Path(store_dir)
+        listing = read_listings(self.path)
+        if listing is None:
+            raise DeepSpeakerError(f"{self.path}: no feature store here ({LISTING} missing); build one with "
+                                   f"'deep-speaker cache build AUDIO_DIR {self.path} --format sharded'")
+        table = load_index(self.path, listing["shards"])
+        self.manifest = {k: v for k, v in listing.items() if k not in ("shards", "failures")}
+        self._listing = listing
+        self._shard_names = [s["name"] for s in listing["shards"]]
+        # Rows are sorted by ids, so the dictionary is in sorted order and each speaker's rows are one range.
+        speakers = table["speaker"].combine_chunks().dictionary_encode()
+        codes = speakers.indices.to_numpy()
+        starts = np.flatnonzero(np.diff(codes, prepend=-1))
+        ends = np.append(starts[1:], len(codes)).astype(np.int64)
+        self._speakers = speakers.dictionary.to_pylist()
+        self._ranges = {s: (int(a), int(b)) for s, a, b in zip(self._speakers, starts, ends)}
+        for column in ("speaker", "utterance"):  # ids are plain ASCII names (corpus.is_plain_id): bytes hold them
+            if not pc.all(pc.fill_null(pc.match_substring_regex(table[column], _PLAIN_ID), False)).as_py():
+                raise DeepSpeakerError(f"{self.path}: a shard index holds a {column} id that is not a plain name; "
+                                       f"refusing a tampered store")
+        # The sorted utterance ids as one fixed-width bytes array, so a binary search finds a row (numpy's
+        # StringDType searchsorted is wrong in numpy 2.4): Arrow pads them with spaces, which sort below every
+        # character an id may hold, and numpy views that buffer without a Python object per id.
+        utterances = table["utterance"].combine_chunks()
+        self._width = max(1, pc.max(pc.utf8_length(utterances)).as_py() or 1)
+        padded = pc.utf8_rpad(utterances, width=self._width, padding=" ")
+        self._utterance = np.frombuffer(padded.buffers()[2], dtype=f"S{self._width}",
+                                        count=len(padded), offset=padded.offset * self._width) \
+            if len(padded) else np.zeros(0, dtype=f"S{self._width}")
+        self._columns = {name: table[name].to_numpy() for name in ("offset", "frames", "seconds", "size",
+                                                                   "mtime_ns", "shard")}
+        self._source, self._augment = table["source"].combine_chunks(), table["augment"].combine_chunks()
+        failures = listing["failures"]
+        if failures:  # a file that failed once and is in a shard now is no failure
+            cached = pc.is_in(pa.array([f["path"] for f in failures]), value_set=self._source).to_numpy(
+                zero_copy_only=False)
+            failures = [f for f, done in zip(failures, cached) if not done]
+        self._failures = failures
+        del table, speakers, utterances, padded
+        pa.default_memory_pool().release_unused()  # what sorting the index needed goes back to the system
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # load() is called from several threads by the input pipelines
+
+    @property
+    def settings(self) -> dict:
+        return self._listing["settings"]
+
+    @property
+    def dtype(self) -> str:
+        """``float32`` or ``float16``: what :meth:`load` returns (the models' inputs cast it to float32)."""
+        return self._listing["dtype"]
+
+    @property
+    def shards(self) -> list[str]:
+        """Names of the listed shards, oldest generation first."""
+        return list(self._shard_names)
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [Failure.from_dict(f) for f in self._failures]
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self._speakers)
+
+    @property
+    def hours(self) -> float:
+        return float(self._columns["seconds"].sum()) / 3600
+
+    def __len__(self) -> int:
+        return len(self._utterance)
+
+    def utterances(self, speaker: Optional[str] = None) -> list[tuple[str, str]]:
+        if speaker is None:
+            return [(s, u.decode().rstrip(" ")) for s in self._speakers
+                    for u in self._utterance[slice(*self._ranges[s])]]
+        lo, hi = self._ranges.get(speaker, (0, 0))
+        return [(speaker, u.decode().rstrip(" ")) for u in self._utterance[lo:hi]]
+
+    def _row(self, speaker: str, utterance: str) -> int:
+        lo, hi = self._ranges.get(speaker, (0, 0))
+        key = utterance.encode("utf8").ljust(self._width, b" ")
+        i = lo + int(np.searchsorted(self._utterance[lo:hi], key))
+        if i >= hi or self._utterance[i] != key:
+            raise DeepSpeakerError(f"{self.path}: no utterance {speaker}/{utterance} in the store")
+        return i
+
+    def entry(self, speaker: str, utterance: str) -> dict:
+        """The index row of an utterance (source, size, mtime_ns, frames, seconds, array = its shard, offset,
+        augment when it is an augmented copy)."""
+        i = self._row(speaker, utterance)
+        c = self._columns
+        entry = {"speaker": speaker, "utterance": utterance, "source": self._source[i].as_py(),
+                 "size": int(c["size"][i]), "mtime_ns": int(c["mtime_ns"][i]), "frames": int(c["frames"][i]),
+                 "seconds": float(c["seconds"][i]), "array": f"{SHARDS_DIR}/{self._shard_names[c['shard'][i]]}.npy",
+                 "offset": int(c["offset"][i])}
+        augment = self._augment[i].as_py()
+        if augment is not None:
+            entry["augment"] = json.loads(augment)
+        return entry
+
+    def _shard(self, number: int) -> np.ndarray:
+        with self._lock:
+            array = self._maps.get(number)
+            if array is not None:
+                self._maps.move_to_end(number)
+                return array
+        path = shard_files(self.path, self._shard_names[number])[0]
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DeepSpeakerError(f"{path}: unreadable shard ({str(exc).splitlines()[0]}); run 'deep-speaker "
+                                   f"cache update' to recompute it") from None
+        if array.dtype != np.dtype(self.dtype) or array.ndim != 2 or array.shape[1] != NUM_FILTERS:
+            raise DeepSpeakerError(f"{path}: not a [T, {NUM_FILTERS}] {self.dtype} shard ({array.dtype}, shape "
+                                   f"{array.shape})")
+        with self._lock:
+            self._maps[number] = array
+            while len(self._maps) > OPEN_SHARDS:  # slices handed out keep their map alive
+                self._maps.popitem(last=False)
+        return array
+
+    def load(self, speaker: str, utterance: str) -> np.ndarray:
+        """The features ``[T, 64]`` of an utterance (the store's dtype), a read-only slice of its shard's map."""
+        i = self._row(speaker, utterance)
+        array = self._shard(int(self._columns["shard"][i]))
+        offset, frames = int(self._columns["offset"][i]), int(self._columns["frames"][i])
+        if offset + frames > array.shape[0]:
+            raise DeepSpeakerError(f"{self.path}: shard {self._shard_names[self._columns['shard'][i]]} is shorter "
+                                   f"than its index says; run 'deep-speaker cache update'")
+        return array[offset:offset + frames]
+
+
+# ----- writing -----
+
+def shard_name(generation: int, entries: Sequence[dict], dtype: str) -> str:
+    """A shard's name: its generation and a digest of what it holds (ids, sources, sizes, times, dtype), so the
+    same work gives the same name wherever it runs, and a rerun of a task overwrites its own shard only."""
+    digest = hashlib.sha256(dtype.encode())
+    for e in entries:
+        digest.update(json.dumps([e["speaker"], e["utterance"], e["source"], e["size"], e["mtime_ns"]]).encode())
+    return f"g{generation:06d}-{digest.hexdigest()[:16]}"
+
+
+def as_dtype(item: Item | Failure, dtype: str) -> Item | Failure:
+    """Features cast to the store's dtype; a failure when float16 cannot hold them."""
+    if isinstance(item, Failure):
+        return item
+    features, entry = item
+    cast = features.astype(dtype, copy=False)
+    if dtype != "float32" and not np.isfinite(cast).all():
+        return Failure(entry["source"], f"features exceed the {dtype} range; use a float32 store")
+    return cast, entry
+
+
+def write_shard(store_dir: Path, name: str, items: Sequence[Item], dtype: str, settings: dict) -> dict:
+    """Write a shard (frames, then index, each renamed into place whole); its listing record."""
+    frames_path, index_path = shard_files(store_dir, name)
+    arrays = [features for features, _ in items]
+    frames = np.concatenate(arrays) if arrays else np.zeros((0, NUM_FILTERS), dtype)
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    entries = [e for _, e in items]
+    columns = {"speaker": [e["speaker"] for e in entries], "utterance": [e["utterance"] for e in entries],
+               "offset": np.cumsum(lengths) - lengths, "frames": lengths,
+               "seconds": [float(e["seconds"]) for e in entries], "source": [e["source"] for e in entries],
+               "size": [int(e["size"]) for e in entries], "mtime_ns": [int(e["mtime_ns"]) for e in entries],
+               "augment": [json.dumps(e["augment"], sort_keys=True) if "augment" in e else None for e in entries]}
+    meta = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": settings, "dtype": dtype,
+            "name": name}
+    table = pa.table(columns, schema=INDEX_SCHEMA.with_metadata({"deep_speaker": json.dumps(meta)}))
+    save_array_atomic(frames_path, frames.astype(dtype, copy=False))
+    with atomic_write(index_path) as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
+    return {"name": name, "generation": int(name[1:7]), "utterances": len(entries), "frames": int(lengths.sum()),
+            "seconds": float(sum(columns["seconds"]))}
+
+
+def build_shard(store_dir: str, name: str, utts: Sequence[Utterance], trim: str, min_seconds: float, dtype: str,
+                settings: dict) -> tuple[dict, list[dict]]:
+    """One shard task (in this process or on a Dask worker): compute its utterances and write it; its listing
+    record and the failures (as dicts)."""
+    with threadpool_limits(limits=1, user_api="blas"):  # the build is parallel by shards
+        results = [as_dtype(compute_features(u, trim, min_seconds), dtype) for u in utts]
+    items = [r for r in results if not isinstance(r, Failure)]
+    record = write_shard(Path(store_dir), name, items, dtype, settings) if items else None
+    return record, [r.to_dict() for r in results if isinstance(r, Failure)]
+
+
+def _compute_item(utt: Utterance, trim: str, min_seconds: float, dtype: str) -> Item | Failure:
+    return as_dtype(compute_features(utt, trim, min_seconds), dtype)
+
+
+ShardTask = tuple[str, list[Utterance]]
+
+
+def _run_inline(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: float, dtype: str,
+                settings: dict) -> Iterator[tuple[Optional[dict], list[dict]]]:
+    for name, utts in tasks:
+        yield build_shard(str(store_dir), name, utts, trim, min_seconds, dtype, settings)
+
+
+def _run_pool(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: float, dtype: str, settings: dict,
+              workers: int) -> Iterator[tuple[Optional[dict], list[dict]]]:
+    """The local process pool: the workers compute the utterances of a shard, this process writes it."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool:
+        for name, utts in tasks:
+            try:
+                results = list(pool.map(_compute_item, utts, *([x] * len(utts) for x in (trim, min_seconds, dtype)),
+                                        chunksize=max(1, len(utts) // (4 * workers))))
+            except BrokenProcessPool:
+                raise DeepSpeakerError("a worker process of the store build died (killed, or out of memory?); the "
+                                       "shards done so far are kept: run 'deep-speaker cache update' to "
+                                       "finish") from None
+            items = [r for r in results if not isinstance(r, Failure)]
+            record = write_shard(store_dir, name, items, dtype, settings) if items else None
+            yield record, [r.to_dict() for r in results if isinstance(r, Failure)]
+
+
+def _run_dask(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: float, dtype: str, settings: dict,
+              scheduler: str) -> Iterator[tuple[Optional[dict], list[dict]]]:
+    """One Dask task per shard on the cluster at ``scheduler``; a task whose worker died is rerun by Dask."""
+    from distributed import Client, as_completed
+    from distributed.scheduler import KilledWorker
+
+    try:
+        client = Client(scheduler, timeout="20s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise DeepSpeakerError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    with client:
+        futures = [client.submit(build_shard, str(store_dir.resolve()), name, utts, trim, min_seconds, dtype,
+                                 settings, key=f"deep-speaker-shard-{name}", pure=False) for name, utts in tasks]
+        try:
+            for future in as_completed(futures, loop=client.loop):
+                try:
+                    yield future.result()
+                except KilledWorker:
+                    raise DeepSpeakerError(f"Dask workers kept dying on shard task {future.key}; the shards done so "
+                                           f"far are kept: run 'deep-speaker cache update' to finish") from None
+        finally:
+            client.cancel(futures)
+
+
+def plan_shards(todo: Sequence[Utterance], generation: int, shard_size: int, dtype: str,
+                stats: dict[str, os.stat_result]) -> list[ShardTask]:
+    """The files to compute cut into blocks of ``shard_size`` in sorted order, each named by :func:`shard_name`."""
+    tasks = []
+    ordered = sorted(todo, key=lambda u: (u.speaker, u.utterance))  # a key: the dataclass order is slow at 10^5
+    for i in range(0, len(ordered), shard_size):
+        block = ordered[i:i + shard_size]
+        keys = [{"speaker": u.speaker, "utterance": u.utterance, "source": u.path, "size": stats[u.path].st_size,
+                 "mtime_ns": stats[u.path].st_mtime_ns} for u in block]
+        tasks.append((shard_name(generation, keys, dtype), block))
+    return tasks
+
+
+def store_wipe_plan(store_dir: Path) -> list[Path]:
+    """What a rebuild of a store deletes: its shard files (by our naming), temporaries, our training inputs, then
+    the listings; a listing that is not ours, or tampered, refuses the wipe."""
+    try:
+        read_listings(store_dir)
+    except DeepSpeakerError as exc:
+        raise DeepSpeakerError(f"refusing to wipe {store_dir}: {exc}") from None
+    shards = store_dir / SHARDS_DIR
+    files = []
+    if shards.is_dir():
+        files = [p for p in sorted(shards.iterdir()) if p.is_file() and (
+            (p.suffix in (".npy", ".arrow") and _SHARD_NAME.fullmatch(p.stem))
+            or (p.name.startswith(".g") and p.name.endswith(".tmp")))]
+    inputs = store_dir / INPUTS_NAME
+    if inputs.is_file() and is_training_inputs(inputs):
+        files.append(inputs)
+    return files + sorted(store_dir.glob("store.shard-*-of-*.json")) + [p for p in [store_dir / LISTING] if p.is_file()]
+
+
+def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dict, dtype: str) -> list[dict]:
+    """Complete shards a killed build left unlisted (index present, built with these settings): their records."""
+    found = []
+    for index in sorted((store_dir / SHARDS_DIR).glob("g*.arrow")):
+        name = index.stem
+        if name in listed or not _SHARD_NAME.fullmatch(name) or int(name[1:7]) > generation:
+            continue
+        with contextlib.suppress(DeepSpeakerError, ValueError):
+            table = _read_index(store_dir, name)
+            meta = _index_meta(table)
+            if meta.get("settings") == settings and meta.get("dtype") == dtype \
+                    and shard_files(store_dir, name)[0].is_file():
+                found.append({"name": name, "generation": int(name[1:7]), "utterances": len(table),
+                              "frames": int(pc.sum(table["frames"]).as_py() or 0),
+                              "seconds": float(pc.sum(table["seconds"]).as_py() or 0.0)})
+    return found
+
+
+def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layout: str = "auto",
+                workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
+                min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
+                progress: bool = True, mic: str = "mic1", dtype: Optional[str] = None,
+                shard_size: int = DEFAULT_SHARD_SIZE, scheduler: Optional[str] = None) -> BuildSummary:
+    """Compute the features of every utterance of ``audio_dir`` into the sharded store ``store_dir``.
+
+    As :func:`~.cache.build_cache` (``update``, ``shard``, bad files reported and skipped), writing shards of
+    ``shard_size`` utterances in ``dtype`` (default: the store's, else float32), with ``workers`` local processes
+    or on the Dask cluster at ``scheduler``. ``update=False`` wipes the folder first.
+    """
+    started = time.perf_counter()
+    if dtype is not None:
+        check_choice(dtype, DTYPES, "store dtype")
+    if shard_size < 1:
+        raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
+    audio_dir, store_dir = Path(audio_dir).resolve(), Path(store_dir)
+    settings = cache_settings(trim)
+    check_not_overlapping(audio_dir, store_dir)
+    utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
+    if not utterances and not rejected:
+        raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    utterances = [u for u in utterances if in_shard(u, shard)]
+    with build_lock(store_dir, shard):
+        if dtype is None and is_store(store_dir):  # a rebuild keeps the store's dtype unless told otherwise
+            dtype = (read_listings(store_dir) or {}).get("dtype")
+        if shard is None and not update:
+            wipe_cache(store_dir)
+        if (store_dir / MANIFEST).is_file() or read_manifests(store_dir) is not None:
+            raise DeepSpeakerError(f"{store_dir} holds a per-file feature cache; convert it with 'deep-speaker cache "
+                                   f"convert {store_dir} NEW_STORE' or choose another folder")
+        existing = read_listings(store_dir)
+        dtype = dtype or (existing["dtype"] if existing else "float32")
+        if existing is not None and (existing["settings"], existing["dtype"]) != (settings, dtype):
+            difference = settings_difference({**existing["settings"], "dtype": existing["dtype"]},
+                                             {**settings, "dtype": dtype})
+            raise DeepSpeakerError(f"{store_dir} was built with other settings ({difference}); rebuild it with "
+                                   f"'deep-speaker cache build' or use another folder")
+        generation = (existing["generation"] if existing else 0) + 1
+        listing_path = store_dir / listing_name(shard)
+        listed = list(existing["shards"]) if existing else []
+        present = [s for s in listed if all(p.is_file() for p in shard_files(store_dir, s["name"]))]
+        for lost in sorted({s["name"] for s in listed} - {s["name"] for s in present}):
+            log.warning("%s: shard %s is missing; its utterances are computed again", store_dir, lost)
+        # A full build or update lists every shard in store.json (consolidating the parts); a part (--shard)
+        # lists its own shards only, and reads the others' to skip what they hold.
+        if shard is None:
+            own = present
+        else:
+            mine = read_listings_file(listing_path)
+            own = [s for s in present if s["name"] in {m["name"] for m in mine}]
+        adopted = _adoptable(store_dir, {s["name"] for s in listed}, generation - 1, settings, dtype) \
+            if existing is not None else []
+        own += adopted
+        (store_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        if shard is None:
+            for tmp in (store_dir / SHARDS_DIR).glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        readable = sorted({s["name"]: s for s in present + adopted}.values(),
+                          key=lambda s: (s["generation"], s["name"]))
+        index = load_index(store_dir, readable)
+        from_adopted = np.isin(index["shard"].to_numpy(), [readable.index(s) for s in adopted])
+        known = dict(zip(zip(index["speaker"].to_pylist(), index["utterance"].to_pylist()),
+                         zip(index["source"].to_pylist(), index["size"].to_pylist(), index["mtime_ns"].to_pylist(),
+                             from_adopted.tolist())))
+        summary = BuildSummary(cache_dir=str(store_dir), layout=layout)
+        failures: list[Failure] = list(rejected)
+        todo, stats = [], {}
+        for utt in utterances:
+            try:
+                st = os.stat(utt.path)
+            except OSError as exc:
+                failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
+                continue
+            found = known.get((utt.speaker, utt.utterance))
+            if found is not None and found[:3] == (utt.path, st.st_size, st.st_mtime_ns):
+                if found[3]:
+                    summary.recovered += 1
+                else:
+                    summary.skipped += 1
+            else:
+                todo.append(utt)
+                stats[utt.path] = st
+        base = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": settings, "dtype": dtype,
+                "audio_dir": str(audio_dir), "layout": layout, "min_seconds": min_seconds, "generation": generation}
+        if existing is not None and "augment" in existing:
+            base["augment"] = existing["augment"]
+
+        def save() -> None:
+            write_json(listing_path, {**base, "shards": own, "failures": [f.to_dict() for f in sorted(failures)]},
+                       indent=1)
+
+        save()  # the new generation is recorded before any of its shards exists
+        tasks = plan_shards(todo, generation, shard_size, dtype, stats)
+        if scheduler:
+            results = _run_dask(tasks, store_dir, trim, min_seconds, dtype, settings, scheduler)
+        elif workers > 1 and len(todo) > 1:
+            results = _run_pool(tasks, store_dir, trim, min_seconds, dtype, settings, workers)
+        else:
+            results = _run_inline(tasks, store_dir, trim, min_seconds, dtype, settings)
+        with QuietBar(total=len(todo), unit="file", desc="features", disable=not progress or not todo) as bar:
+            for record, failed in results:
+                failures.extend(Failure.from_dict(f) for f in failed)
+                if record is not None:
+                    own.append(record)
+                    summary.cached += record["utterances"]
+                    summary.hours += record["seconds"] / 3600
+                save()  # the listing names a shard only once both of its files are in place
+                bar.update((record["utterances"] if record else 0) + len(failed))
+        if shard is None:
+            for path in store_dir.glob("store.shard-*-of-*.json"):
+                path.unlink()
+        if tasks or shard is not None:  # what the store holds now (a part: with the other parts' shards)
+            final = FeatureStore(store_dir)
+            summary.total_utterances, summary.total_hours = len(final), final.hours
+        else:  # nothing computed: the index read above is the store's
+            summary.total_utterances = len(index)
+            summary.total_hours = (pc.sum(index["seconds"]).as_py() or 0.0) / 3600
+        summary.failed = sorted(failures)
+        summary.wall_seconds = time.perf_counter() - started
+        return summary
+
+
+def convert_cache(cache_dir: str | os.PathLike, store_dir: str | os.PathLike, dtype: str = "float32",
+                  shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True) -> BuildSummary:
+    """Copy a built cache (per-file, or another store) into a new sharded store in ``dtype``; ``store_dir`` is
+    wiped first. Ids, sources, sizes, times, augmented copies, settings and failures carry over, so the store
+    updates from the same audio as the cache did."""
+    started = time.perf_counter()
+    check_choice(dtype, DTYPES, "store dtype")
+    if shard_size < 1:
+        raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
+    cache, store_dir = FeatureCache(cache_dir), Path(store_dir)
+    if store_dir.resolve() == cache.path.resolve():
+        raise DeepSpeakerError(f"{store_dir}: convert into another folder than the cache's")
+    summary = BuildSummary(cache_dir=str(store_dir), layout=str(cache.manifest.get("layout")))
+    with build_lock(store_dir, None):
+        wipe_cache(store_dir)
+        base = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": cache.settings, "dtype": dtype,
+                "generation": 1, **{k: cache.manifest[k] for k in ("audio_dir", "layout", "min_seconds", "augment")
+                                    if k in cache.manifest}}
+        failures = [f.to_dict() for f in cache.failures]
+        shards: list[dict] = []
+        keys = cache.utterances()
+        with QuietBar(total=len(keys), unit="file", desc="convert", disable=not progress or not keys) as bar:
+            for i in range(0, len(keys), shard_size):
+                items = []
+                for speaker, utt in keys[i:i + shard_size]:
+                    entry = cache.entry(speaker, utt)
+                    item = as_dtype((np.asarray(cache.load(speaker, utt)), entry), dtype)
+                    if isinstance(item, Failure):
+                        failures.append(item.to_dict())
+                    else:
+                        items.append(item)
+                if items:
+                    record = write_shard(store_dir, shard_name(1, [e for _, e in items], dtype), items, dtype,
+                                         cache.settings)
+                    shards.append(record)
+                    summary.cached += record["utterances"]
+                    summary.hours += record["seconds"] / 3600
+                bar.update(len(keys[i:i + shard_size]))
+        write_json(store_dir / LISTING, {**base, "shards": shards, "failures": failures}, indent=1)
+    summary.failed = sorted(Failure.from_dict(f) for f in failures)
+    summary.total_utterances, summary.total_hours = summary.cached, summary.hours
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
