@@ -91,9 +91,17 @@ def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Fail
     return files, rejected
 
 
+def relative_parts(audio_dir: str | os.PathLike, path: str) -> tuple[str, ...]:
+    """The parts of ``path`` below ``audio_dir`` (a file find_audio_files found there), by string operations:
+    pathlib's parsing would cost more than the rest of a no-op update of a large corpus."""
+    prefix = os.path.join(os.fspath(audio_dir), "")
+    rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, audio_dir)
+    return tuple(rel.split(os.sep))
+
+
 def detect_layout(audio_dir: str | os.PathLike, files: list[str]) -> str:
     """The layout most files fit: vctk, then librispeech, else folders."""
-    rel = [Path(f).relative_to(audio_dir).parts for f in files]
+    rel = [relative_parts(audio_dir, f) for f in files]
     for layout in ("vctk", "librispeech"):
         fits = sum(not isinstance(PARSERS[layout](parts), str) for parts in rel)
         if rel and fits * 2 > len(rel):
@@ -131,8 +139,9 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
     parse = PARSERS[layout]
     chosen: dict[tuple[str, str], tuple[Optional[str], str]] = {}
     speaker_dirs: dict[str, tuple[Path, str]] = {}  # speaker -> (its folder, the first file found there)
+    folders: dict[tuple[str, str], Path] = {}  # (a file's folder, speaker) -> the speaker's folder
     for path in files:
-        parsed = parse(Path(path).relative_to(audio_dir).parts)
+        parsed = parse(relative_parts(audio_dir, path))
         if isinstance(parsed, str):
             rejected.append(Failure(path, parsed))
             continue
@@ -141,7 +150,10 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
             rejected.append(Failure(path, f"speaker/utterance id {speaker!r}/{utterance!r} is not a plain name"))
             continue
         # The speaker id is a folder name: two folders of that name are two people the ids would merge.
-        folder = next(a for a in Path(path).parents if a.name == speaker)
+        parent = os.path.dirname(path)
+        folder = folders.get((parent, speaker))
+        if folder is None:
+            folder = folders[(parent, speaker)] = next(a for a in Path(path).parents if a.name == speaker)
         first_folder, first_file = speaker_dirs.setdefault(speaker, (folder, path))
         if first_folder != folder:
             raise DeepSpeakerError(f"two folders give speaker {speaker!r}: {first_file} and {path}; rename one "
@@ -155,7 +167,8 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
                 continue
             raise DeepSpeakerError(f"two files give speaker {speaker!r} utterance {utterance!r}: {other} and {path}")
         chosen[key] = (file_mic, path)
-    utterances = sorted(Utterance(spk, utt, path) for (spk, utt), (_, path) in chosen.items())
+    # Sorted by key: the dataclass order builds field tuples per comparison, slow for 10^5 files.
+    utterances = [Utterance(spk, utt, path) for (spk, utt), (_, path) in sorted(chosen.items())]
     return utterances, rejected, layout
 
 
