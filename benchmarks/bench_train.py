@@ -1,20 +1,32 @@
 """Training and inference speed of the ResCNN on CPU: ours in float32 and mixed_bfloat16 beside the original formulation.
 
     python benchmarks/bench_train.py --width 1.0 --steps 5
+    python benchmarks/bench_train.py --multiworker --width 0.25 --steps 30     (1 vs 2 local worker processes)
 
 Batch 96 of 160x64 crops (the original's triplet batch). The original formulation is a float32 Keras
 model built as the original builds it (Lambda clipped ReLUs, Lambda average and l2_normalize); it is
 only timed, never saved. All models are timed in the same process, in interleaved rounds, so that load
 from other processes on a shared machine affects them alike; the median step time is reported.
 Training FLOPs are taken as 3x the forward FLOPs (forward, input gradients, weight gradients).
+
+--multiworker instead times deep_speaker.train.multiworker (JAX backend, softmax phase, float32) on the crops of
+samples/librispeech: one worker process, then two on 127.0.0.1 sharing the same global batch of --batch; each
+reports the global samples/s of its steps after the first (compilation). Both runs use all CPUs of this machine,
+so the ratio shows the cost of the cross-process all-reduces and of two processes sharing them, not a speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -91,6 +103,38 @@ def median_time(fn, steps: int) -> list[float]:
     return times
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def multiworker_rates(width: float, batch: int, frames: int, steps: int, counts=(1, 2)) -> dict[int, float]:
+    """Global training samples/s of deep_speaker.train.multiworker with each number of local worker processes."""
+    from deep_speaker.data.cache import FeatureCache, build_cache
+    from deep_speaker.data.inputs import generate_training_inputs
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="bench_multiworker_") as scratch:
+        cache = Path(scratch) / "cache"
+        build_cache(REPO / "samples" / "librispeech", cache, progress=False)
+        data = generate_training_inputs(FeatureCache(cache), Path(scratch) / "inputs.npz", crop_frames=frames)
+        for count in counts:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            command = [sys.executable, "-m", "deep_speaker.train.multiworker", "--coordinator", f"127.0.0.1:{port}",
+                       "--workers", str(count), "--data_filename", str(data), "--steps", str(steps + 1),
+                       "--save_every", str(steps + 1), "--batch_size", str(batch), "--width", str(width),
+                       "--crop_frames", str(frames), "--output_dir", str(Path(scratch) / f"run{count}")]
+            workers = [subprocess.Popen([*command, "--worker", str(w)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for w in range(count)]
+            outputs = [w.communicate(timeout=3600) for w in workers]
+            for w, (out, err) in zip(workers, outputs):
+                if w.returncode != 0:
+                    raise SystemExit(f"bench_train: {count} worker(s) failed:\n{out}{err[-2000:]}")
+            rates[count] = float(re.search(r"([0-9.]+) samples/s", outputs[0][0]).group(1))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=1.0)
@@ -101,7 +145,16 @@ def main() -> None:
     # 2048: on this CPU (oneDNN brgemm avx512_core_bf16, no AMX) a 4096 bfloat16 matmul measured only ~1.1x float32.
     parser.add_argument("--matmul", type=int, default=2048, help="size of the peak-rate matmul")
     parser.add_argument("--jit", action="store_true", help="XLA-compile our models (Keras leaves XLA off on CPU)")
+    parser.add_argument("--multiworker", action="store_true",
+                        help="time multi-worker training instead: 1 vs 2 local worker processes (JAX)")
     args = parser.parse_args()
+    if args.multiworker:
+        rates = multiworker_rates(args.width, args.batch, args.frames, args.steps * args.rounds)
+        print(f"multi-worker softmax training (JAX CPU, float32), width {args.width:g}, global batch {args.batch} x "
+              f"{args.frames}x64, {args.steps * args.rounds} timed steps, {os.cpu_count()} CPUs")
+        print(f"1 worker: {rates[1]:.1f} samples/s; 2 workers on 127.0.0.1: {rates[2]:.1f} samples/s; "
+              f"ratio {rates[2] / rates[1]:.2f}")
+        return
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, args.frames, 64, 1)).astype(np.float32)

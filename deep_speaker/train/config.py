@@ -73,8 +73,8 @@ class TrainConfig:
                                        "in float32"})
     strategy: str = field(default="none", metadata={
         "choices": STRATEGIES, "help": "mirrored: data parallel over all GPUs, else the logical CPUs (tf.distribute "
-                                       "on TensorFlow, keras.distribution on JAX); multiworker: not available with "
-                                       "Keras 3 (its error says why)"})
+                                       "on TensorFlow, keras.distribution on JAX); multiworker: use python -m "
+                                       "deep_speaker.train.multiworker instead (its error says how)"})
     holdout: float = field(default=0.2, metadata={
         "help": "triplet phase: share of each speaker's audio held out for the validation EER"})
     random_crops: bool = field(default=False, metadata={
