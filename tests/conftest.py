@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -14,6 +16,26 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 LIBRI_MINI = SHARED_DATA / "librispeech-mini"
 REFERENCE_CHECKPOINT = SHARED_DATA / "reference-checkpoint"
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int = 2, **kwargs) -> Iterator:
+    """A Dask LocalCluster of worker processes on 127.0.0.1 (one thread each, no dashboards), closed on exit.
+
+    distributed sets OMP_NUM_THREADS=1 (and MKL/OpenBLAS threads, PYTHONHASHSEED) in this process's environment
+    for its workers and leaves them there: every later subprocess of the suite would then run single-threaded and
+    sum in another order. The environment is restored when the cluster closes.
+    """
+    from distributed import LocalCluster  # a missing package fails the tests (pinned in requirements.txt)
+
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
+                          dashboard_address=None, worker_dashboard_address=None, **kwargs) as cluster:
+            yield cluster
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

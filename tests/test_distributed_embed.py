@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import local_cluster
 
 from deep_speaker.cli import main
 from deep_speaker.encoders.deepspeaker import packaged_model
@@ -21,10 +22,7 @@ ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def cluster():
-    from distributed import LocalCluster  # a missing package fails the tests (pinned in requirements.txt)
-
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                      worker_dashboard_address=None, death_timeout=60) as local:
+    with local_cluster(death_timeout=60) as local:
         yield local.scheduler_address
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_curve
+from conftest import local_cluster
 from test_cache import libri_subset, reference_features, write_bad_inputs
 
 from deep_speaker.data.cache import FeatureCache, build_cache
@@ -188,15 +189,14 @@ def test_job_array_parts_merge_and_update_consolidates(libri_mini, reference, tm
 
 
 def test_dask_cluster_build_equals_one_process_and_survives_a_killed_worker(libri_mini, tmp_path):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     audio = tmp_path / "audio"
     libri_subset(libri_mini, audio, speakers=5, utts=8)
     reference = FeatureCache(build_cache(audio, tmp_path / "cache", progress=False).cache_dir)
     build_store(audio, tmp_path / "one", shard_size=4, progress=False)
     expected = shard_snapshot(tmp_path / "one")
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
+    with local_cluster() as cluster, Client(cluster) as client:
         proc = command("cache", "build", str(audio), str(tmp_path / "dask"), "--format", "sharded", "--shard_size",
                        "4", "--scheduler", cluster.scheduler_address, "--no_progress")
         assert "40 files cached" in proc.stdout
