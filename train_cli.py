@@ -16,8 +16,7 @@ import sys
 from deep_speaker.cli import native_stderr_silenced, run_command
 
 with native_stderr_silenced():  # TensorFlow's C++ start-up lines
-    from deep_speaker.cli.train import add_training_options, config_from_args, report
-    from deep_speaker.train import train
+    from deep_speaker.cli.train import add_training_options, run_phase
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,12 +51,8 @@ def main(argv=None) -> int:
         parser.error("please provide at least --loss_on_softmax or --loss_on_embeddings")
     if args.data_filename is None and args.cache_dir is None:
         parser.error("--data_filename is required")
-
-    def run(a):
-        report(phase, train(config_from_args(a, phase)))
-        return 0
-
-    return run_command(run, args)
+    args.phase = phase
+    return run_command(run_phase, args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ only timed, never saved. All models are timed in the same process, in interleave
 from other processes on a shared machine affects them alike; the median step time is reported.
 Training FLOPs are taken as 3x the forward FLOPs (forward, input gradients, weight gradients).
 
---multiworker instead times deep_speaker.train.multiworker (JAX backend, softmax phase, float32) on the crops of
-samples/librispeech: one worker process, then two on 127.0.0.1 sharing the same global batch of --batch; each
+--multiworker instead times `deep-speaker train softmax --strategy multiworker` (JAX backend, float32) on the
+crops of samples/librispeech: one worker process, then two on 127.0.0.1 sharing the same global batch of --batch; each
 reports the global samples/s of its steps after the first (compilation). Both runs use all CPUs of this machine,
 so the ratio shows the cost of the cross-process all-reduces and of two processes sharing them, not a speed-up.
 """
@@ -107,7 +107,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def multiworker_rates(width: float, batch: int, frames: int, steps: int, counts=(1, 2)) -> dict[int, float]:
-    """Global training samples/s of deep_speaker.train.multiworker with each number of local worker processes."""
+    """Global training samples/s of `deep-speaker train softmax --strategy multiworker`, per number of local
+    worker processes."""
     from deep_speaker.data.cache import FeatureCache, build_cache
     from deep_speaker.data.inputs import generate_training_inputs
 
@@ -121,8 +122,9 @@ def multiworker_rates(width: float, batch: int, frames: int, steps: int, counts=
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            command = [sys.executable, "-m", "deep_speaker.train.multiworker", "--coordinator", f"127.0.0.1:{port}",
-                       "--workers", str(count), "--data_filename", str(data), "--steps", str(steps + 1),
+            command = [sys.executable, "-m", "deep_speaker", "train", "softmax", "--strategy", "multiworker",
+                       "--coordinator", f"127.0.0.1:{port}", "--workers", str(count), "--fit_verbose", "0",
+                       "--data_filename", str(data), "--steps", str(steps + 1),
                        "--save_every", str(steps + 1), "--batch_size", str(batch), "--width", str(width),
                        "--crop_frames", str(frames), "--output_dir", str(Path(scratch) / f"run{count}")]
             workers = [subprocess.Popen([*command, "--worker", str(w)], cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.model.losses import triplet_loss
+from deep_speaker.model.losses import ShardedTripletLoss, triplet_loss
 from deep_speaker.model.rescnn import (
     build_rescnn,
     conv_flops,
@@ -216,6 +216,20 @@ def test_triplet_loss_matches_numpy():
     assert got == pytest.approx(numpy_triplet_loss(y), abs=1e-6)
     got = float(keras.ops.convert_to_numpy(triplet_loss(None, keras.ops.cast(y, "bfloat16"), alpha=0.5)))
     assert got == pytest.approx(numpy_triplet_loss(y, 0.5), abs=1e-2)
+
+
+def test_sharded_triplet_loss_is_the_mean_over_blocks():
+    # Multi-worker batches: one [anchors; positives; negatives] block per worker, side by side.
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((96, 16)).astype(np.float32)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    y[48:56] = y[64:72]  # the second block's positives are its negatives: loss alpha there
+    expected = np.mean([numpy_triplet_loss(block, 0.3) for block in np.split(y, 2)])
+    loss = ShardedTripletLoss(2, alpha=0.3)
+    assert float(keras.ops.convert_to_numpy(loss(np.zeros((96, 1)), y))) == pytest.approx(expected, abs=1e-6)
+    assert abs(float(keras.ops.convert_to_numpy(triplet_loss(None, y, 0.3))) - expected) > 1e-3  # the layout counts
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert (restored.shards, restored.alpha) == (2, 0.3)
 
 
 def test_width_and_flops():

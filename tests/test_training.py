@@ -215,14 +215,18 @@ def test_mirrored_strategy_on_two_cpu_devices(backend, data, tmp_path):
     assert load_model(tmp_path / "triplet" / "last.keras").get_layer("conv64-s").filters == round(64 * WIDTH)
 
 
-def test_multiworker_is_a_one_line_error(data, tmp_path):
-    # Keras 3's fit fails under tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585): refuse clearly.
-    run = subprocess.run([sys.executable, str(REPO / "train_cli.py"), "--loss_on_softmax", "--data_filename", str(data),
-                          "--output_dir", str(tmp_path), "--strategy", "multiworker"], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert run.returncode == 2
-    message = [line for line in run.stderr.splitlines() if "multiworker" in line]
-    assert len(message) == 1 and "keras-team/keras#20585" in message[0]
+def test_multiworker_needs_a_coordinator_and_jax(data, tmp_path):
+    # The original's command line with --strategy multiworker: one line, exit 2, nothing trained, whether the
+    # coordinator is missing or the backend is TensorFlow (Keras 3's fit fails under MultiWorkerMirroredStrategy,
+    # keras-team/keras#20585, so multi-worker training runs on JAX).
+    base = [sys.executable, str(REPO / "train_cli.py"), "--loss_on_softmax", "--data_filename", str(data),
+            "--output_dir", str(tmp_path), "--strategy", "multiworker"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    for extra, expected in (([], "--coordinator HOST:PORT"), (["--coordinator", "127.0.0.1:1"], "KERAS_BACKEND=jax")):
+        run = subprocess.run(base + extra, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 2, run.stderr[-2000:]
+        message = [line for line in run.stderr.splitlines() if "error:" in line]
+        assert len(message) == 1 and expected in message[0], run.stderr[-2000:]
     assert not (tmp_path / "softmax").exists()
 
 

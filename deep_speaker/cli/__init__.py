@@ -68,7 +68,9 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 
 def program_name() -> str:
-    return os.path.basename(sys.argv[0]) or "deep-speaker"
+    """The command's name for messages: the script's, or deep-speaker (also under python -m deep_speaker)."""
+    name = os.path.basename(sys.argv[0])
+    return "deep-speaker" if name in ("", "__main__.py", "-c") else name
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
+from ..errors import DeepSpeakerError
 from ..train import PHASES, TrainConfig, phase_defaults, train
+from . import EXIT_PARTIAL, EXIT_USAGE, program_name
 from .options import add_config_options, config_values
 
 PHASE_HELP = {
@@ -36,7 +40,28 @@ def report(phase: str, result: dict) -> None:
 
 def run_phase(args: argparse.Namespace) -> int:
     """Train the phase the command line names and print its final figures."""
-    report(args.phase, train(config_from_args(args, args.phase)))
+    config = config_from_args(args, args.phase)
+    if config.strategy == "multiworker":
+        return run_worker(config)
+    report(args.phase, train(config))
+    return 0
+
+
+def run_worker(config: TrainConfig) -> int:
+    """One worker of a multi-worker run. An error is one line, then exit 1 when the other workers were lost (the
+    same command resumes), 2 otherwise: through os._exit, since JAX's shutdown would wait for the lost workers
+    (then abort with a stack dump), and a half-initialised JAX runtime can hang the interpreter's exit."""
+    from ..train.multiworker import WorkerLost
+
+    try:
+        result = train(config)
+    except DeepSpeakerError as exc:
+        print(f"{program_name()}: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_PARTIAL if isinstance(exc, WorkerLost) else EXIT_USAGE)
+    report(config.phase, result)
+    rate = result.get("samples_per_s")
+    print(f"worker {config.worker}: step {result['step']} (from step {result['resumed_from']})"
+          + (f", {rate:.1f} samples/s" if rate else ""), flush=True)
     return 0
 
 

@@ -8,21 +8,38 @@ import keras
 from keras import ops
 
 
-def triplet_loss(y_true, y_pred, alpha: float = 0.1):
+def triplet_loss(y_true, y_pred, alpha: float = 0.1, shards: int = 1):
     """mean(max(cos(a, n) - cos(a, p) + alpha, 0)) over a batch of [anchors; positives; negatives] thirds.
 
     y_true is ignored (Keras passes one). y_pred holds unit-length embeddings, so a cosine is a dot
-    product; it is computed in float32 whatever the model's compute dtype. The batch size must be a
-    multiple of 3.
+    product; it is computed in float32 whatever the model's compute dtype. With shards > 1 the batch is
+    that many contiguous [anchors; positives; negatives] blocks of equal size (one per training worker, each
+    mined from its own pool), and the mean runs over all their triplets. The batch size must be a multiple
+    of 3 x shards.
     """
     del y_true
     embeddings = ops.cast(y_pred, "float32")
-    # [3, n, d]: a reshape works with a dynamic batch size on every backend, unlike slicing by n.
-    triplets = ops.reshape(embeddings, (3, -1, ops.shape(embeddings)[-1]))
-    anchors, positives, negatives = triplets[0], triplets[1], triplets[2]
+    # [shards, 3, n, d]: a reshape works with a dynamic batch size on every backend, unlike slicing by n.
+    triplets = ops.reshape(embeddings, (shards, 3, -1, ops.shape(embeddings)[-1]))
+    anchors, positives, negatives = triplets[:, 0], triplets[:, 1], triplets[:, 2]
     cos_ap = ops.sum(anchors * positives, axis=-1)
     cos_an = ops.sum(anchors * negatives, axis=-1)
     return ops.mean(ops.maximum(cos_an - cos_ap + alpha, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class ShardedTripletLoss(keras.losses.Loss):
+    """triplet_loss over `shards` contiguous [anchors; positives; negatives] blocks (multi-worker training)."""
+
+    def __init__(self, shards: int = 1, alpha: float = 0.1, name: str = "sharded_triplet", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.shards, self.alpha = int(shards), float(alpha)
+
+    def call(self, y_true, y_pred):
+        return triplet_loss(y_true, y_pred, self.alpha, self.shards)  # a scalar: Keras' batch mean keeps it
+
+    def get_config(self):
+        return {**super().get_config(), "shards": self.shards, "alpha": self.alpha}
 
 
 def aam_logits(y_true, cosines, margin: float = 0.2, scale: float = 32.0):

@@ -134,8 +134,12 @@ class TripletValidation(keras.callbacks.Callback):
         self.x, self.speakers, self.batch_size = x, speakers, batch_size
         self.triplets = validation_triplets(speakers, np.random.default_rng([seed, 2]))
 
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """Embeddings of crops under the current model."""
+        return self.model.predict(x, batch_size=self.batch_size, verbose=0)
+
     def on_epoch_end(self, epoch, logs=None):
-        embeddings = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
+        embeddings = self.embed(self.x)
         if logs is None:
             return
         logs["val_eer"] = equal_error_rate(*pair_scores(embeddings, self.speakers))

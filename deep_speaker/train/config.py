@@ -73,8 +73,17 @@ class TrainConfig:
                                        "in float32"})
     strategy: str = field(default="none", metadata={
         "choices": STRATEGIES, "help": "mirrored: data parallel over all GPUs, else the logical CPUs (tf.distribute "
-                                       "on TensorFlow, keras.distribution on JAX); multiworker: use python -m "
-                                       "deep_speaker.train.multiworker instead (its error says how)"})
+                                       "on TensorFlow, keras.distribution on JAX); multiworker: data parallel over "
+                                       "the devices of --workers processes (KERAS_BACKEND=jax; the same command on "
+                                       "every worker with its own --worker; softmax and triplet phases)"})
+    coordinator: str | None = field(default=None, metadata={
+        "metavar": "HOST:PORT", "help": "--strategy multiworker: worker 0's address (it listens there only)"})
+    workers: int = field(default=1, metadata={"metavar": "N", "help": "--strategy multiworker: how many workers"})
+    worker: int = field(default=0, metadata={
+        "metavar": "I", "help": "--strategy multiworker: this worker's index, 0 .. N-1"})
+    worker_timeout: float = field(default=120.0, metadata={
+        "metavar": "S", "help": "--strategy multiworker: seconds for all workers to join; a worker silent that "
+                                "long is taken as lost"})
     holdout: float = field(default=0.2, metadata={
         "help": "triplet phase: share of each speaker's audio held out for the validation EER"})
     random_crops: bool = field(default=False, metadata={
@@ -123,6 +132,9 @@ class TrainConfig:
         # NaN compares false with everything: unchecked, a NaN rate trains to NaN weights and saves them.
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise DeepSpeakerError(f"learning rate must be a positive number, got {self.learning_rate}")
+        if self.strategy == "multiworker" and self.coordinator is None:
+            raise DeepSpeakerError("--strategy multiworker needs --coordinator HOST:PORT (worker 0's address), "
+                                   "--workers N and --worker I")
         if not (math.isfinite(self.width) and self.width > 0) or not 0 <= self.holdout < 1:
             raise DeepSpeakerError(f"need a positive width and 0 <= holdout < 1 (got {self.width}, {self.holdout})")
 

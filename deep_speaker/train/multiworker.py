@@ -10,16 +10,22 @@ Only worker 0 writes checkpoints (save_checkpoint: atomic); a resumed run loads 
 A worker that loses the others mid-run stops with one line (exit 1) naming the step to resume from; one that
 cannot reach them within --timeout stops with one line (exit 2).
 
-Scope: the softmax phase (fixed inputs, or --random_crops). Not here yet: the triplet phase (per-worker pools)
-and validation during training (Keras' predict cannot return outputs spanning processes).
+The triplet phase: each worker mines hard negatives from its own pool (TripletPool seeded by the worker's index),
+embedded with a copy of the current weights on the worker's own devices (:class:`LocalCopy`: Keras' predict under
+a distribution that spans processes cannot return outputs), and feeds its own [anchors; positives; negatives]
+block of each global batch; the loss is the mean over all workers' triplets (ShardedTripletLoss). The validation
+EER is computed the same way, on worker 0's numbers for all (the learning-rate plateau must decide alike).
+Not here yet: validation during the softmax phase.
 
-    KERAS_BACKEND=jax python -m deep_speaker.train.multiworker --coordinator HOST:PORT --workers 2 --worker I \\
-        --data_filename inputs.npz --output_dir runs --steps 1000
+    KERAS_BACKEND=jax deep-speaker train softmax --strategy multiworker --coordinator HOST:PORT --workers 2 \\
+        --worker I --data-filename inputs.npz --output-dir runs --steps 1000
+    KERAS_BACKEND=jax deep-speaker train triplet --strategy multiworker ... --cache-dir CACHE --output-dir runs
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -36,10 +42,12 @@ import numpy as np
 from ..data.inputs import load_training_inputs
 from ..errors import DeepSpeakerError
 from ..model.checkpoints import LAST, remove_stale_temporaries, resume_state, save_checkpoint
+from ..model.losses import ShardedTripletLoss
 from ..model.rescnn import build_rescnn
 from . import batching
-from .callbacks import StopAtStep, optimizer_step, restore_seed_states, seed_states
+from .callbacks import PoolRefresh, StopAtStep, TripletValidation, optimizer_step, restore_seed_states, seed_states
 from .config import TrainConfig
+from .phases import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +98,7 @@ def connect(cluster: Cluster) -> keras.distribution.DataParallel:
     def give_up() -> None:
         # JAX's own timeout aborts the process from C++ (SIGABRT, a stack dump), which no Python code can catch:
         # this watchdog ends the worker first, with one line.
-        print(f"multiworker: error: {message}", file=sys.stderr, flush=True)
+        print(f"deep-speaker: error: {message}", file=sys.stderr, flush=True)
         os._exit(2)
 
     watchdog = threading.Timer(cluster.timeout, give_up)
@@ -172,27 +180,10 @@ class Throughput(keras.callbacks.Callback):
         return self.global_batch * (len(self.times) - 1) / (self.times[-1] - self.times[0])
 
 
-def train_softmax(config: TrainConfig, cluster: Cluster) -> dict:
-    """The softmax phase on all workers of a cluster (see the module doc); returns the last logs and the step."""
-    if config.phase != "softmax":
-        raise DeepSpeakerError(f"multi-worker training runs the softmax phase only, not {config.phase}")
-    connect(cluster)
-    import jax  # the JAX backend is there: connect checked it
+def agreed_resume_state(run_dir: Path) -> dict | None:
+    """The run's saved state (None when fresh), after checking every worker would resume from the same step."""
     from jax.experimental import multihost_utils
 
-    run_dir = config.run_dir
-    if cluster.worker == 0:
-        remove_stale_temporaries(run_dir)
-    keras.utils.set_random_seed(config.seed)  # the same initial weights and dropout seeds on every worker
-    if config.random_crops:
-        from .phases import Trainer
-
-        cache = Trainer(config)._cache()  # the phase's own checks of the cache (feature settings)
-        segments, _ = batching.speaker_segments(cache, config.holdout, config.seed)
-        speakers = sorted(segments)
-    else:
-        inputs = load_training_inputs(config.data, crop_frames=config.crop_frames)
-        speakers = list(inputs["speakers"])
     state = resume_state(run_dir)
     # Building or loading the model is collective (each variable's value is checked across processes): a worker
     # that does not see worker 0's checkpoint must stop before, not start afresh against the others' loading.
@@ -202,6 +193,99 @@ def train_softmax(config: TrainConfig, cluster: Cluster) -> dict:
         raise DeepSpeakerError(f"the workers would resume from different steps ({', '.join(map(str, starts))}): "
                                f"every worker must find worker 0's checkpoint at {run_dir / LAST} (a shared "
                                f"--output_dir, or a copy)")
+    return state
+
+
+@contextlib.contextmanager
+def peers_watched(cluster: Cluster, run_dir: Path, saved_step):
+    """Turn the error of a collective whose peer went away into WorkerLost, naming the step to resume from."""
+    import jax
+
+    try:
+        yield
+    except (jax.errors.JaxRuntimeError, ValueError) as exc:
+        if not lost_peer(exc):
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise WorkerLost(f"worker {cluster.worker} of {cluster.workers}: lost the other workers during training "
+                         f"({reason}); the last checkpoint in {run_dir} is step {saved_step()}: run the "
+                         f"same command on every worker to resume from it") from None
+
+
+@contextlib.contextmanager
+def this_worker_only():
+    """No Keras distribution inside: models built and run here live on this worker's own devices."""
+    saved = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(saved)
+
+
+class LocalCopy:
+    """An embedding model on this worker's own devices, given the training model's current weights before each
+    use: Keras' predict under a distribution that spans processes cannot return outputs."""
+
+    def __init__(self, width: float, precision: str, batch_size: int):
+        with this_worker_only():
+            self.model = build_rescnn(width, precision=precision)
+        self.batch_size = batch_size
+
+    def embed(self, trained: keras.Model, x: np.ndarray) -> np.ndarray:
+        """Embeddings of crops under trained's weights (replicated on every device, so each worker has them all)."""
+        with this_worker_only():
+            self.model.set_weights(trained.get_weights())
+            return self.model.predict(x, batch_size=self.batch_size, verbose=0)
+
+
+class LocalPoolRefresh(PoolRefresh):
+    """PoolRefresh embedding this worker's own pool with its local copy of the weights."""
+
+    def __init__(self, pool: batching.TripletPool, every: int, local: LocalCopy):
+        super().__init__(pool, every, local.batch_size)
+        self.local = local
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        return self.local.embed(self.model, x)
+
+
+class SharedValidation(TripletValidation):
+    """TripletValidation on the local copy, with worker 0's val_eer and val_loss given to every worker: all must
+    take the same learning-rate and best-checkpoint decisions, even where their float arithmetic differs."""
+
+    def __init__(self, x: np.ndarray, speakers: np.ndarray, seed: int, local: LocalCopy):
+        super().__init__(x, speakers, local.batch_size, seed)
+        self.local = local
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        return self.local.embed(self.model, x)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from jax.experimental import multihost_utils
+
+        super().on_epoch_end(epoch, logs)
+        if logs is not None:
+            keys = [k for k in ("val_eer", "val_loss") if k in logs]
+            values = multihost_utils.broadcast_one_to_all(np.asarray([logs[k] for k in keys], np.float64))
+            logs.update(zip(keys, map(float, np.asarray(values))))
+
+
+def train_softmax(config: TrainConfig, cluster: Cluster) -> dict:
+    """The softmax phase on all workers of a cluster (see the module doc); returns the last logs and the step."""
+    connect(cluster)
+    run_dir = config.run_dir
+    if cluster.worker == 0:
+        remove_stale_temporaries(run_dir)
+    keras.utils.set_random_seed(config.seed)  # the same initial weights and dropout seeds on every worker
+    if config.random_crops:
+        cache = Trainer(config)._cache()  # the phase's own checks of the cache (feature settings)
+        segments, _ = batching.speaker_segments(cache, config.holdout, config.seed)
+        speakers = sorted(segments)
+    else:
+        inputs = load_training_inputs(config.data, crop_frames=config.crop_frames)
+        speakers = list(inputs["speakers"])
+    state = agreed_resume_state(run_dir)
     if state is not None:
         model = keras.saving.load_model(run_dir / LAST, safe_mode=True)
         restore_seed_states(model, state.get("seed_states", {}))
@@ -225,58 +309,77 @@ def train_softmax(config: TrainConfig, cluster: Cluster) -> dict:
                                           first_step=start, seed=config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     throughput = Throughput(config.batch_size)
-    try:
+    with peers_watched(cluster, run_dir, lambda: state.get("step", start)):
         history = model.fit(LocalRows(batches, cluster), steps_per_epoch=config.save_every,
                             epochs=math.ceil(config.steps / config.save_every),
                             initial_epoch=start // config.save_every, shuffle=False, verbose=config.verbose,
                             callbacks=[StopAtStep(config.steps), WorkerZeroCheckpoint(run_dir, state, cluster.worker),
                                        throughput])
-    except (jax.errors.JaxRuntimeError, ValueError) as exc:
-        if not lost_peer(exc):
-            raise
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise WorkerLost(f"worker {cluster.worker} of {cluster.workers}: lost the other workers during training "
-                         f"({reason}); the last checkpoint in {run_dir} is step {state.get('step', start)}: run the "
-                         f"same command on every worker to resume from it") from None
     return {**{k: float(v[-1]) for k, v in history.history.items()}, "step": optimizer_step(model),
             "resumed_from": start, "samples_per_s": throughput.samples_per_s()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="worker 0's address")
-    parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--worker", type=int, required=True, help="this worker's index, 0 .. workers-1")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all workers")
-    parser.add_argument("--data_filename", type=Path)
-    parser.add_argument("--cache_dir", type=Path)
-    parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--random_crops", action="store_true")
-    for name, kind, default in (("steps", int, 1000), ("batch_size", int, 96), ("save_every", int, 100),
-                                ("width", float, 1.0), ("crop_frames", int, 160), ("seed", int, 0),
-                                ("learning_rate", float, None)):
-        parser.add_argument(f"--{name}", type=kind, default=default)
-    parser.add_argument("--precision", default="float32")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cluster = Cluster(args.coordinator, args.workers, args.worker, args.timeout)
-        config = TrainConfig("softmax", args.output_dir, data=args.data_filename, cache_dir=args.cache_dir,
-                             steps=args.steps, batch_size=args.batch_size, save_every=args.save_every,
-                             width=args.width, crop_frames=args.crop_frames, seed=args.seed,
-                             learning_rate=args.learning_rate, precision=args.precision,
-                             random_crops=args.random_crops, verbose=0)
-        logs = train_softmax(config, cluster)
-    except DeepSpeakerError as exc:
-        print(f"multiworker: error: {exc}", file=sys.stderr, flush=True)
-        # Not sys.exit: JAX's shutdown waits for the lost workers (then aborts with a stack dump), and a
-        # half-initialised JAX runtime can hang the interpreter's exit.
-        os._exit(1 if isinstance(exc, WorkerLost) else 2)
-    rate = logs.get("samples_per_s")
-    print(f"worker {cluster.worker}: step {logs['step']} (from step {logs['resumed_from']}), "
-          f"loss {logs.get('loss', float('nan')):.4f}" + (f", {rate:.1f} samples/s" if rate else ""), flush=True)
-    return 0
+def train_triplet(config: TrainConfig, cluster: Cluster) -> dict:
+    """The triplet phase on all workers of a cluster (see the module doc); returns the last logs and the step."""
+    c = config
+    share = c.batch_size // cluster.workers
+    if c.batch_size % cluster.workers or share % 3:
+        raise DeepSpeakerError(f"triplet batch size {c.batch_size}: each of the {cluster.workers} workers needs a "
+                               "multiple of 3 rows (anchors, positives, negatives)")
+    connect(cluster)
+    if cluster.worker == 0:
+        remove_stale_temporaries(c.run_dir)
+    keras.utils.set_random_seed(c.seed)
+    reader = Trainer(c)  # the single-process phase's own data, checks and resume, on the shared run folder
+    cache = reader._cache()
+    train_segments, held_out = batching.triplet_segments(cache, c.crop_frames, c.holdout, c.seed)
+    x_val, y_val = reader._held_out_crops(cache, held_out)
+    agreed_resume_state(c.run_dir)
+    model = reader._load_resumable()
+    started_from = None
+    if model is not None and reader.resume_state.get("workers") != cluster.workers:
+        raise DeepSpeakerError(f"{c.run_dir}: a run of {reader.resume_state.get('workers')} workers is there "
+                               f"(its loss averages their triplet blocks); resume it on as many, or use another "
+                               "--output_dir")
+    if model is None:
+        source_model, source = reader._initial_embedding("softmax")
+        model = build_rescnn(c.width, precision=c.precision)
+        if source_model is not None:
+            model.set_weights(source_model.get_weights())
+        reader._compile(model, ShardedTripletLoss(cluster.workers), None)
+        started_from = str(source) if source else None
+    state = reader._state(model, started_from=started_from, workers=cluster.workers,
+                          **({"spec_augment": list(reader._masks())} if c.spec_augment else {}))
+    start = optimizer_step(model)
+    # A pool per worker (its own speakers and crops), new on each resume as in single-process training.
+    pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
+                                seed=[c.seed, start, cluster.worker], masks=reader._masks())
+    local = LocalCopy(c.width, c.precision, c.batch_size)
+    refresh = LocalPoolRefresh(pool, c.refresh_every, local)
+    refresh.set_model(model)
+    pool.fill(refresh.embed)
+    validation = SharedValidation(x_val, y_val, c.seed, local)
+    throughput = Throughput(c.batch_size)
+    with tempfile.TemporaryDirectory(prefix="deep-speaker-worker-") as scratch:
+        # Saving is collective: workers other than 0 write the same checkpoints into a scratch folder.
+        writer = Trainer(c if cluster.worker == 0 else dataclasses.replace(c, output_dir=Path(scratch)))
+        writer.resume_state = reader.resume_state
+        with peers_watched(cluster, c.run_dir, lambda: state.get("step", start)):
+            if start == 0:
+                writer._starting_point_as_best(model, validation, state)
+            logs = writer._fit(model, lambda first: batching.TripletBatches(pool, share, c.steps - first,
+                                                                            first_step=first, seed=c.seed),
+                               None, state, extra_callbacks=(refresh, validation, throughput))
+    return {**logs, "step": optimizer_step(model), "resumed_from": start, "samples_per_s": throughput.samples_per_s()}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def train_worker(config: TrainConfig) -> dict:
+    """This worker's part of a --strategy multiworker run of the softmax or triplet phase (config.coordinator,
+    .workers, .worker); returns the last logs, the step, the step resumed from and the global samples/s."""
+    cluster = Cluster(config.coordinator, config.workers, config.worker, config.worker_timeout)
+    single = dataclasses.replace(config, strategy="none")  # what Trainer's checks and helpers see
+    phases = {"softmax": train_softmax, "triplet": train_triplet}
+    if config.phase not in phases:
+        raise DeepSpeakerError(f"multi-worker training runs the softmax and triplet phases, not {config.phase}: "
+                               "train the probe on one machine")
+    return phases[config.phase](single, cluster)

@@ -334,5 +334,9 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict:
-    """Run one training phase (see Trainer.train)."""
+    """Run one training phase (see Trainer.train); with --strategy multiworker, this worker's part of it."""
+    if config.strategy == "multiworker":
+        from .multiworker import train_worker  # it builds on Trainer
+
+        return train_worker(config)
     return Trainer(config).train()

@@ -12,11 +12,8 @@ from ..errors import DeepSpeakerError
 # Why `--strategy multiworker` is not a strategy of Trainer: Keras 3's fit does not run under TensorFlow's
 # MultiWorkerMirroredStrategy (keras-team/keras#20585), and under a multi-process Keras distribution on JAX
 # model.predict cannot return outputs that span processes, which the hard-negative pool and the validation
-# need. Multi-worker training has its own entry instead (deep_speaker.train.multiworker).
-MULTIWORKER_UNAVAILABLE = (
-    "--strategy multiworker is not a strategy of Keras fit (keras-team/keras#20585): run `KERAS_BACKEND=jax "
-    "python -m deep_speaker.train.multiworker --coordinator HOST:PORT --workers N --worker I ...` on every worker "
-    "instead (softmax phase; docs/TRAINING.md); --strategy mirrored trains on the devices of one machine")
+# need. train() hands such runs to deep_speaker.train.multiworker instead.
+MULTIWORKER_UNAVAILABLE = "--strategy multiworker runs through deep_speaker.train.multiworker (train()), not Trainer"
 
 
 def make_strategy(name: str) -> Any:
