@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
@@ -77,21 +77,38 @@ def in_shard(utt: Utterance, shard: Optional[tuple[int, int]]) -> bool:
     return shard is None or zlib.crc32(f"{utt.speaker}/{utt.utterance}".encode()) % shard[1] == shard[0]
 
 
+def read_json_document(path: Path, what: str, check: Callable[[object, Path], None]) -> dict:
+    """One JSON file of ours (a manifest, a listing), parsed and then checked by ``check(document, path)``."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeepSpeakerError(f"{path}: unreadable {what} ({exc})") from None
+    check(document, path)
+    return document
+
+
+def read_json_parts(folder: Path, main: str, parts: str, what: str,
+                    check: Callable[[object, Path], None]) -> list[tuple[Path, dict]]:
+    """The folder's main JSON file (first, when there) and its part files (glob ``parts``, sorted), each read
+    by read_json_document: the shape of a cache's manifests and of a store's listings."""
+    paths = sorted(folder.glob(parts))
+    if (folder / main).is_file():
+        paths.insert(0, folder / main)
+    return [(path, read_json_document(path, what, check)) for path in paths]
+
+
+def _check_manifest(manifest: object, path: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or manifest.get("format_version") != FORMAT_VERSION:
+        raise DeepSpeakerError(f"{path}: not a version-{FORMAT_VERSION} deep-speaker feature cache; rebuild it")
+    check_entries(manifest, path)
+
+
 def read_manifests(cache_dir: Path) -> Optional[dict]:
     """The cache's manifest merged with any shard manifests; None when there is none."""
-    paths = sorted(cache_dir.glob("manifest.shard-*.json"))
-    if (cache_dir / MANIFEST).is_file():
-        paths.insert(0, cache_dir / MANIFEST)
     merged: Optional[dict] = None
-    for path in paths:
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DeepSpeakerError(f"{path}: unreadable cache manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-                or manifest.get("format_version") != FORMAT_VERSION:
-            raise DeepSpeakerError(f"{path}: not a version-{FORMAT_VERSION} deep-speaker feature cache; rebuild it")
-        check_entries(manifest, path)
+    for path, manifest in read_json_parts(cache_dir, MANIFEST, "manifest.shard-*.json", "cache manifest",
+                                          _check_manifest):
         if merged is None:
             merged = manifest
             continue

@@ -48,7 +48,8 @@ from ..settings import check_choice, settings_difference
 from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS
 from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar, _pool_context, build_lock,
                     cache_settings, check_not_overlapping, compute_features, in_shard, init_worker,
-                    is_training_inputs, read_manifests, save_array_atomic, wipe_cache)
+                    is_training_inputs, read_json_document, read_json_parts, read_manifests, save_array_atomic,
+                    wipe_cache)
 from .corpus import Utterance, scan_corpus
 from .features import NUM_FILTERS
 from .inputs import INPUTS_NAME
@@ -87,22 +88,16 @@ def shard_files(store_dir: Path, name: str) -> tuple[Path, Path]:
 
 def read_listings(store_dir: Path) -> Optional[dict]:
     """The store's listing merged with any part listings (shards by name, ordered by generation); None if none."""
-    paths = sorted(store_dir.glob("store.shard-*-of-*.json"))
-    if (store_dir / LISTING).is_file():
-        paths.insert(0, store_dir / LISTING)
     merged: Optional[dict] = None
-    for path in paths:
-        try:
-            listing = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DeepSpeakerError(f"{path}: unreadable store listing ({exc})") from None
-        _check_listing(listing, path)
+    first = None
+    for path, listing in read_json_parts(store_dir, LISTING, "store.shard-*-of-*.json", "store listing",
+                                         _check_listing):
         if merged is None:
-            merged = listing
+            merged, first = listing, path
             continue
         for key in ("settings", "dtype"):
             if listing[key] != merged[key]:
-                raise DeepSpeakerError(f"{path}: part built with another {key} than {paths[0].name} "
+                raise DeepSpeakerError(f"{path}: part built with another {key} than {first.name} "
                                        f"({settings_difference({key: listing[key]}, {key: merged[key]})})")
         merged["shards"] = list({s["name"]: s for s in merged["shards"] + listing["shards"]}.values())
         merged["failures"] = list({f["path"]: f for f in merged["failures"] + listing["failures"]}.values())
@@ -114,14 +109,7 @@ def read_listings(store_dir: Path) -> Optional[dict]:
 
 def read_listings_file(path: Path) -> list[dict]:
     """The shard records of one listing file ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    try:
-        listing = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DeepSpeakerError(f"{path}: unreadable store listing ({exc})") from None
-    _check_listing(listing, path)
-    return listing["shards"]
+    return read_json_document(path, "store listing", _check_listing)["shards"] if path.is_file() else []
 
 
 def _check_listing(listing: object, path: Path) -> None:
