@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,10 @@ def test_unknown_layout_and_missing_folder(tmp_path):
         list_utterances(tmp_path, layout="timit")
     with pytest.raises(DeepSpeakerError, match="not found"):
         list_utterances(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["a.flac", "..flac", ".flac", "..a.flac", "a.b.flac", "x", "...", "a.", ".a.b"])
+def test_stem_is_splitext(name):
+    from deep_speaker.data.corpus import _stem
+
+    assert _stem(name) == os.path.splitext(name)[0]

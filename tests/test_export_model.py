@@ -176,7 +176,8 @@ def test_cli_exports_over_a_previous_savedmodel_and_leaves_no_temporaries(export
     register(parser.add_subparsers())
     args = parser.parse_args(["export-model", "--model", str(PACKAGED), "--format", "savedmodel", "-o", str(out)])
     assert run_command(args.func, args) == EXIT_OK
-    assert "f8ce049b18cd0ef5" in capsys.readouterr().out
+    card = json.loads((PACKAGED.parent / "model_card.json").read_text())
+    assert card["model_identity"] in capsys.readouterr().out
     assert not (out / "stale.txt").exists() and (out / "saved_model.pb").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary, no moved-aside old folder
     assert read_metadata(out) == read_metadata(exported["savedmodel"])

@@ -487,6 +487,9 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
     audio_dir, store_dir = Path(audio_dir).resolve(), Path(store_dir)
     settings = cache_settings(trim)
     check_not_overlapping(audio_dir, store_dir)
+    if layout == "auto" and update and is_store(store_dir):
+        # An update keeps the layout the store was built with (and skips detecting it: a pass over every file).
+        layout = (read_listings(store_dir) or {}).get("layout", "auto")
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
