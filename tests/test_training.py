@@ -340,7 +340,9 @@ def test_phase_defaults_are_the_same_from_both_command_lines_and_python(phase, s
              "probe": ["--loss_on_softmax", "--freeze_embedding_weights", "--normalize_embeddings"]}[phase]
     cli = train_cli_module()
     args = cli.build_parser().parse_args([*flags, "--data_filename", "cache/full_inputs.pkl"])
-    from_train_cli = cli.config_from_args(args, cli.phase_of(args))
+    from deep_speaker.cli.train import config_from_args  # what train_cli.py's run_phase makes of its arguments
+
+    from_train_cli = config_from_args(args, cli.phase_of(args))
     from_deep_speaker = parsed_config(["train", phase, "--data-filename", "cache/full_inputs.pkl"])
     from_python = TrainConfig(phase, data=Path("cache/full_inputs.pkl"))
     assert from_train_cli == from_deep_speaker == from_python
