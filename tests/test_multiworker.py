@@ -171,7 +171,13 @@ def test_triplet_phase_per_worker_pools_equal_one_process(data, tmp_path):
     options = {"phase": "triplet", "cache_dir": cache, "refresh_every": 1, "save_every": 2}
     for steps, resumed_from in ((2, 0), (4, 2)):
         workers = start_workers(port, out, data, **{**options, "steps": steps})
-        outputs = [w.communicate(timeout=600) for w in workers]
+        try:
+            outputs = [w.communicate(timeout=600) for w in workers]
+        finally:
+            for w in workers:  # on a timeout: stop what is left
+                if w.poll() is None:
+                    w.kill()
+                    w.communicate()
         for index, (w, (stdout, stderr)) in enumerate(zip(workers, outputs)):
             assert w.returncode == 0, stdout + stderr[-3000:]
             assert f"worker {index}: step {steps} (from step {resumed_from})" in stdout
