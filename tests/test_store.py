@@ -285,3 +285,36 @@ def test_a_tampered_or_damaged_store_is_one_line(libri_mini, tmp_path):
 def test_convert_refuses_its_own_folder_and_a_missing_cache(tmp_path):
     with pytest.raises(DeepSpeakerError, match="no feature cache"):
         convert_cache(tmp_path / "none", tmp_path / "out")
+
+
+def test_unchanged_matches_a_plain_loop_over_the_index():
+    """The Arrow join that decides what an update skips, against the per-entry comparison it replaces."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from deep_speaker.data.corpus import Utterance
+    from deep_speaker.data.store import unchanged
+
+    index = pa.table({"speaker": ["a", "a", "b", "b", "c"], "utterance": ["1", "2", "1", "2", "9"],
+                      "source": ["/x/a1", "/x/a2", "/x/b1", "/old/b2", "/x/c9"],
+                      "size": pa.array([10, 20, 30, 40, 50], pa.int64()),
+                      "mtime_ns": pa.array([1, 2, 3, 4, 5], pa.int64()),
+                      "shard": pa.array([0, 1, 1, 0, 1], pa.int32())})
+    utts = [Utterance("a", "1", "/x/a1"), Utterance("a", "2", "/x/a2"), Utterance("b", "1", "/x/b1"),
+            Utterance("b", "2", "/x/b2"), Utterance("d", "1", "/x/d1"), Utterance("a", "3", "/x/a3")]
+    stats = {"/x/a1": SimpleNamespace(st_size=10, st_mtime_ns=1),  # same
+             "/x/a2": SimpleNamespace(st_size=21, st_mtime_ns=2),  # size changed
+             "/x/b1": SimpleNamespace(st_size=30, st_mtime_ns=3),  # same, in the adopted shard
+             "/x/b2": SimpleNamespace(st_size=40, st_mtime_ns=4),  # the ids now come from another file
+             "/x/d1": SimpleNamespace(st_size=1, st_mtime_ns=1), "/x/a3": SimpleNamespace(st_size=1, st_mtime_ns=1)}
+    kept, recovered = unchanged(index, utts, stats, adopted=[1])
+    rows = {(s, u): (src, size, mt, shard) for s, u, src, size, mt, shard in zip(*index.to_pydict().values())}
+    want_kept, want_recovered = [], []
+    for utt in utts:
+        found = rows.get((utt.speaker, utt.utterance))
+        same = found is not None and found[:3] == (utt.path, stats[utt.path].st_size, stats[utt.path].st_mtime_ns)
+        want_kept.append(same)
+        want_recovered.append(same and found[3] == 1)
+    assert kept.tolist() == want_kept == [True, False, True, False, False, False]
+    assert recovered.tolist() == want_recovered == [False, False, True, False, False, False]

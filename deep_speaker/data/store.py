@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -50,7 +50,7 @@ from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar
                     cache_settings, check_not_overlapping, compute_features, in_shard, init_worker,
                     is_training_inputs, read_json_document, read_json_parts, read_manifests, save_array_atomic,
                     wipe_cache)
-from .corpus import Utterance, scan_corpus
+from .corpus import Utterance, gc_paused, scan_corpus
 from .features import NUM_FILTERS
 from .inputs import INPUTS_NAME
 
@@ -468,6 +468,31 @@ def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dic
     return found
 
 
+def unchanged(index: pa.Table, utterances: Sequence[Utterance], stats: dict[str, os.stat_result],
+              adopted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per utterance, whether ``index`` holds its ids from the same file, size and modification time; and whether
+    that entry is in one of the ``adopted`` shards (index ``shard`` positions). A hash join of the corpus with the
+    index in Arrow: a Python loop over the two would cost more than the rest of a no-op update at 10^5 files."""
+    corpus = pa.table({"speaker": [u.speaker for u in utterances], "utterance": [u.utterance for u in utterances],
+                       "source": [u.path for u in utterances],
+                       "size": pa.array([stats[u.path].st_size for u in utterances], pa.int64()),
+                       "mtime_ns": pa.array([stats[u.path].st_mtime_ns for u in utterances], pa.int64()),
+                       "row": pa.array(np.arange(len(utterances), dtype=np.int64))},
+                      schema=pa.schema([("speaker", pa.string()), ("utterance", pa.string()), ("source", pa.string()),
+                                        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("row", pa.int64())]))
+    known = index.select(["speaker", "utterance", "source", "size", "mtime_ns", "shard"])
+    joined = corpus.join(known, keys=["speaker", "utterance"], join_type="inner", right_suffix=" of index")
+    same = pc.and_(pc.and_(pc.equal(joined["source"], joined["source of index"]),
+                           pc.equal(joined["size"], joined["size of index"])),
+                   pc.equal(joined["mtime_ns"], joined["mtime_ns of index"]))
+    rows = joined["row"].to_numpy()
+    kept = np.zeros(len(utterances), bool)
+    kept[rows] = same.to_numpy(zero_copy_only=False)
+    recovered = np.zeros(len(utterances), bool)
+    recovered[rows] = np.isin(joined["shard"].to_numpy(), np.asarray(adopted, np.int32))
+    return kept, kept & recovered
+
+
 def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layout: str = "auto",
                 workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
                 min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
@@ -493,7 +518,8 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
-    utterances = [u for u in utterances if in_shard(u, shard)]
+    if shard is not None:
+        utterances = [u for u in utterances if in_shard(u, shard)]
     with build_lock(store_dir, shard):
         if dtype is None and is_store(store_dir):  # a rebuild keeps the store's dtype unless told otherwise
             dtype = (read_listings(store_dir) or {}).get("dtype")
@@ -531,29 +557,25 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
                 tmp.unlink(missing_ok=True)
         readable = sorted({s["name"]: s for s in present + adopted}.values(),
                           key=lambda s: (s["generation"], s["name"]))
-        index = load_index(store_dir, readable)
-        from_adopted = np.isin(index["shard"].to_numpy(), [readable.index(s) for s in adopted])
-        known = dict(zip(zip(index["speaker"].to_pylist(), index["utterance"].to_pylist()),
-                         zip(index["source"].to_pylist(), index["size"].to_pylist(), index["mtime_ns"].to_pylist(),
-                             from_adopted.tolist())))
         summary = BuildSummary(cache_dir=str(store_dir), layout=layout)
         failures: list[Failure] = list(rejected)
-        todo, stats = [], {}
-        for utt in utterances:
-            try:
-                st = os.stat(utt.path)
-            except OSError as exc:
-                failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
-                continue
-            found = known.get((utt.speaker, utt.utterance))
-            if found is not None and found[:3] == (utt.path, st.st_size, st.st_mtime_ns):
-                if found[3]:
-                    summary.recovered += 1
-                else:
-                    summary.skipped += 1
-            else:
-                todo.append(utt)
-                stats[utt.path] = st
+        found, stats = [], {}
+        # The index is read (Arrow, outside the GIL) while the files are stat-ed: a third of a no-op update each.
+        with ThreadPoolExecutor(1) as reader, gc_paused():
+            index_read = reader.submit(load_index, store_dir, readable)
+            for utt in utterances:
+                try:
+                    stats[utt.path] = os.stat(utt.path)
+                except OSError as exc:
+                    failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
+                    continue
+                found.append(utt)
+            index = index_read.result()
+            kept, recovered = unchanged(index, found, stats, [readable.index(s) for s in adopted])
+        summary.recovered = int(np.count_nonzero(recovered))
+        summary.skipped = int(np.count_nonzero(kept)) - summary.recovered
+        todo = [utt for utt, same in zip(found, kept.tolist()) if not same]
+        stats = {utt.path: stats[utt.path] for utt in todo}
         base = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": settings, "dtype": dtype,
                 "audio_dir": str(audio_dir), "layout": layout, "min_seconds": min_seconds, "generation": generation}
         if existing is not None and "augment" in existing:
