@@ -162,6 +162,57 @@ def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_
     assert len(list((tmp_path / "a" / "features").rglob("*.npy"))) == 12
 
 
+def test_a_store_s_copies_are_the_per_file_cache_s_in_its_own_shards(audio, tmp_path, capsys):
+    """The copies of a sharded store (inline and on 2 local processes) against those of the per-file cache, then a
+    second augmentation replacing them, and a copy whose source is unreadable reported with path and reason."""
+    import shutil
+
+    from deep_speaker.cli import main
+    from deep_speaker.data.store import SHARDS_DIR, build_store, read_listings
+
+    build_cache(audio, tmp_path / "files", progress=False)
+    assert augment_cache(tmp_path / "files", "noise,reverb,speed", 2, seed=3, progress=False) == 12
+    files = FeatureCache(tmp_path / "files")
+    for name, workers in (("inline", 1), ("pool", 2)):
+        build_store(audio, tmp_path / name, shard_size=4, progress=False)
+        originals = set((tmp_path / name / SHARDS_DIR).iterdir())
+        assert augment_cache(tmp_path / name, "noise,reverb,speed", 2, seed=3, progress=False, workers=workers,
+                             shard_size=4) == 12
+        store = FeatureCache(tmp_path / name)
+        assert store.utterances() == files.utterances() and len(store) == 18
+        for key in files.utterances():
+            assert {k: v for k, v in store.entry(*key).items() if k not in ("array", "offset")} == \
+                {k: v for k, v in files.entry(*key).items() if k != "array"}
+            np.testing.assert_array_equal(store.load(*key), files.load(*key))
+        listing = read_listings(tmp_path / name)
+        assert listing["augment"] == {"kinds": ["noise", "reverb", "speed"], "copies": 2, "seed": 3}
+        made = [s for s in listing["shards"] if s.get("augment")]
+        assert sum(s["utterances"] for s in made) == 12 and len(made) == 3  # shards of 4 copies
+        assert originals <= set((tmp_path / name / SHARDS_DIR).iterdir())  # the build's shards are untouched
+    # Again with another recipe: the first copies and their shard files are gone, the originals stay.
+    augment_cache(tmp_path / "inline", "noise", 1, seed=1, progress=False, shard_size=4)
+    again = FeatureCache(tmp_path / "inline")
+    assert len(again) == 12 and read_listings(tmp_path / "inline")["augment"]["copies"] == 1
+    assert len(list((tmp_path / "inline" / SHARDS_DIR).glob("*.npy"))) == 2 + 2  # 6 originals by 4, 6 copies by 4
+    # Through the CLI, with one source gone bad after the build: its copy fails in one line, the others are made.
+    broken = tmp_path / "broken-audio"
+    shutil.copytree(audio, broken, symlinks=False)
+    build_store(broken, tmp_path / "broken", progress=False)
+    victim = sorted(broken.rglob("*.flac"))[0]
+    victim.write_bytes(b"not audio")
+    made = augment_cache(tmp_path / "broken", "noise", 1, progress=False)
+    failures = {f["path"]: f["reason"] for f in read_listings(tmp_path / "broken")["augment"]["failures"]}
+    # The victim's own copy, and those whose babble would have mixed it in.
+    assert made + len(failures) == 6 and made == len(FeatureCache(tmp_path / "broken")) - 6
+    assert failures.pop(str(victim)).startswith("copy 0: ")
+    assert all(reason.startswith(f"copy 0: its babble {victim}: ") for reason in failures.values())
+    assert len(FeatureCache(tmp_path / "broken").failures) == 0  # not the build's failures: the original is cached
+    capsys.readouterr()
+    assert main(["cache", "build", str(audio), str(tmp_path / "cli"), "--format", "sharded", "--yes",
+                 "--no_progress", "--augment", "noise", "--copies", "1"]) == 0
+    assert "6 entries added" in capsys.readouterr().out and len(FeatureCache(tmp_path / "cli")) == 12
+
+
 def test_augmented_build_refuses_bad_options_in_one_line(audio, tmp_path, capsys):
     from deep_speaker.cli import main
 

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_curve
 from conftest import local_cluster
 from test_cache import libri_subset, reference_features, write_bad_inputs
 
-from deep_speaker.data.cache import FeatureCache, build_cache
+from deep_speaker.data.cache import FeatureCache, augment_cache, build_cache
 from deep_speaker.data.inputs import generate_training_inputs
 from deep_speaker.data.store import FeatureStore, build_store, convert_cache
 from deep_speaker.errors import DeepSpeakerError
@@ -202,6 +202,11 @@ def test_dask_cluster_build_equals_one_process_and_survives_a_killed_worker(libr
         assert "40 files cached" in proc.stdout
         assert shard_snapshot(tmp_path / "dask") == expected  # byte for byte the single-process store
         assert_same_as(FeatureCache(tmp_path / "dask"), reference)
+        # Augmented copies made on the cluster: the shards of those made in one process.
+        for store, scheduler in (("one", None), ("dask", cluster.scheduler_address)):
+            assert augment_cache(tmp_path / store, "noise,speed", 1, seed=2, progress=False, shard_size=16,
+                                 scheduler=scheduler) == 40
+        assert shard_snapshot(tmp_path / "dask") == shard_snapshot(tmp_path / "one") != expected
 
         pids = list(client.run(os.getpid).values())
         done: dict = {}

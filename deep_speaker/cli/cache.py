@@ -67,9 +67,6 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
         augment = ",".join(check_augmentations(augment))  # a typo is refused before the build, not after it
     if augment and shard is not None:
         raise DeepSpeakerError("--augment works on the whole cache: build the shards, update, then build --augment")
-    if augment and fmt == "sharded":
-        raise DeepSpeakerError("--augment writes a per-file cache: build it with --augment, then 'deep-speaker cache "
-                               "convert CACHE STORE'")
     if not update and shard is None:
         confirm_wipe(Path(cache_dir), yes)
     shard_part = parse_shard(shard) if shard else None
@@ -82,10 +79,15 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
                               min_seconds=min_seconds, shard=shard_part, progress=progress, mic=mic)
     for line in summary.lines():
         print(line)
+    failed = bool(summary.failed)
     if augment:
-        added = augment_cache(cache_dir, augment, copies, augment_seed, progress=progress)
+        added = augment_cache(cache_dir, augment, copies, augment_seed, progress=progress, workers=workers,
+                              scheduler=scheduler, shard_size=shard_size)
         print(f"augmented copies ({augment}, seed {augment_seed}): {added} entries added")
-    return EXIT_PARTIAL if summary.failed else EXIT_OK
+        for failure in FeatureCache(cache_dir).manifest.get("augment", {}).get("failures", []):
+            print(f"{failure['path']}: {failure['reason']} (no augmented copy)")
+            failed = True
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEFAULT_CROP_FRAMES,

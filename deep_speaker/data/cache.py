@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -569,8 +569,51 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         return summary
 
 
+def copy_generator(speaker: str, utt: str, k: int, seed: int, others: int,
+                   babble_speakers: int) -> tuple[np.random.Generator, list[int]]:
+    """Copy k of speaker/utt: its generator, seeded by (seed, crc32 of the ids, k), and the positions among the
+    ``others`` original utterances of other speakers of those its babble mixes, drawn from it first."""
+    rng = np.random.default_rng([seed, zlib.crc32(f"{speaker}/{utt}".encode()), k])
+    picks = rng.choice(others, size=min(babble_speakers, others), replace=False).tolist() if others else []
+    return rng, picks
+
+
+def copy_draws(originals: Sequence[tuple[str, str]], blocks: dict[str, tuple[int, int]], speaker: str, utt: str,
+               k: int, seed: int, babble_speakers: int) -> tuple[np.random.Generator, list[tuple[str, str]]]:
+    """:func:`copy_generator` with the babble's utterance ids (``originals`` sorted, ``blocks[speaker]`` its rows;
+    the pool is every original but the speaker's own, in order)."""
+    a, b = blocks[speaker]
+    rng, picks = copy_generator(speaker, utt, k, seed, len(originals) - (b - a), babble_speakers)
+    return rng, [originals[i if i < a else i + b - a] for i in picks]
+
+
+def speaker_blocks(originals: Sequence[tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    """Each speaker's rows [first, last + 1) in sorted (speaker, utterance) ids."""
+    blocks: dict[str, tuple[int, int]] = {}
+    for i, (speaker, _) in enumerate(originals):
+        blocks[speaker] = (blocks.get(speaker, (i, i))[0], i + 1)
+    return blocks
+
+
+def make_copy(signal: np.ndarray, source: dict, k: int, seed: int, kinds: tuple[str, ...],
+              others: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Augmented copy k of a source utterance's signal: its features and entry (ids ``utt-aug<k>``, under a
+    ``speaker-speed<90|110>`` pseudo-speaker when speed-perturbed; ``augment`` names the source and what was done)."""
+    from .augment import augment_signal
+    from .features import fbank_features
+
+    augmented, done = augment_signal(signal, kinds, others, rng)
+    speaker, utt = source["speaker"], source["utterance"]
+    new_speaker = f"{speaker}-speed{round(100 * done['speed'])}" if "speed" in done else speaker
+    features = fbank_features(augmented)
+    return features, {**source, "speaker": new_speaker, "utterance": f"{utt}-aug{k}",
+                      "frames": int(features.shape[0]), "seconds": source["seconds"] / done.get("speed", 1.0),
+                      "augment": {"speaker": speaker, "utterance": utt, "copy": k, "seed": seed, **done}}
+
+
 def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, seed: int = 0,
-                  progress: bool = True, babble_speakers: int = 3) -> int:
+                  progress: bool = True, babble_speakers: int = 3, workers: int = 1,
+                  scheduler: Optional[str] = None, shard_size: Optional[int] = None) -> int:
     """Add `copies` augmented copies of every original utterance of a built cache as extra entries; their number.
 
     Copy k of speaker/utt is ``speaker/utt-aug<k>``, or ``speaker-speed<90|110>/utt-aug<k>`` when speed-perturbed
@@ -578,14 +621,19 @@ def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], co
     deep_speaker.data.augment.augment_signal). Each copy draws from a generator seeded by (seed, crc32 of the
     ids, k), so the copies do not depend on order or on the other utterances' copies. Copies of an earlier run
     are replaced. The babble comes from `babble_speakers` other speakers' original utterances of the cache.
+    A sharded store gets its copies as new shards (:func:`~.store.augment_store`, with ``workers`` local
+    processes or the Dask cluster at ``scheduler``, ``shard_size`` copies a shard); the same copies either way.
     """
     from .audio import read_audio
-    from .augment import augment_signal, check_augmentations
-    from .features import fbank_features
+    from .augment import check_augmentations
+    from .store import augment_store, is_store
 
     kinds, cache_dir = check_augmentations(kinds), Path(cache_dir)
     if copies < 1:
         raise DeepSpeakerError(f"--copies must be at least 1, got {copies}")
+    if is_store(cache_dir):
+        return augment_store(cache_dir, kinds, copies, seed, progress, babble_speakers, workers, scheduler,
+                             **({} if shard_size is None else {"shard_size": shard_size}))
     with build_lock(cache_dir, None):
         cache = FeatureCache(cache_dir)
         entries = {key: e for key, e in cache._entries.items() if "augment" not in e}
@@ -596,24 +644,18 @@ def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], co
         for old in set(cache._entries) - set(entries):
             (cache_dir / cache._entries[old]["array"]).unlink(missing_ok=True)
         originals = sorted(entries)
+        blocks = speaker_blocks(originals)
         trim = cache.settings["trim"]
         for speaker, utt in QuietBar(originals, unit="file", desc="augmented copies", disable=not progress):
             source = entries[(speaker, utt)]
             signal = read_audio(source["source"], trim=trim)
             for k in range(copies):
-                rng = np.random.default_rng([seed, zlib.crc32(f"{speaker}/{utt}".encode()), k])
-                pool = [key for key in originals if key[0] != speaker]
-                picks = rng.choice(len(pool), size=min(babble_speakers, len(pool)), replace=False) if pool else []
-                others = [read_audio(entries[pool[i]]["source"], trim=trim) for i in picks]
-                augmented, done = augment_signal(signal, kinds, others, rng)
-                new_speaker = f"{speaker}-speed{round(100 * done['speed'])}" if "speed" in done else speaker
-                key = (new_speaker, f"{utt}-aug{k}")
-                features = fbank_features(augmented)
+                rng, babble = copy_draws(originals, blocks, speaker, utt, k, seed, babble_speakers)
+                others = [read_audio(entries[key]["source"], trim=trim) for key in babble]
+                features, entry = make_copy(signal, source, k, seed, kinds, others, rng)
+                key = (entry["speaker"], entry["utterance"])
                 save_array_atomic(cache_dir / array_relpath(*key), features)
-                entries[key] = {**source, "speaker": key[0], "utterance": key[1], "frames": int(features.shape[0]),
-                                "seconds": source["seconds"] / done.get("speed", 1.0),
-                                "array": array_relpath(*key),
-                                "augment": {"speaker": speaker, "utterance": utt, "copy": k, "seed": seed, **done}}
+                entries[key] = {**entry, "array": array_relpath(*key)}
         recipe = {"kinds": list(kinds), "copies": copies, "seed": seed}
         write_manifest(cache_dir / MANIFEST, {**base, "augment": recipe},
                        entries.values(), cache.failures)

@@ -24,6 +24,7 @@ worker is run again by Dask on another, and rewrites the same shard under the sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,11 +44,12 @@ import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from ..atomic import atomic_write, write_json
-from ..errors import DeepSpeakerError, Failure
+from ..errors import DeepSpeakerError, Failure, InputError
 from ..settings import check_choice, settings_difference
-from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS
+from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, read_audio
 from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar, _pool_context, build_lock,
-                    cache_settings, check_not_overlapping, compute_features, in_shard, init_worker,
+                    cache_settings, check_not_overlapping, compute_features, copy_draws, copy_generator, in_shard,
+                    init_worker, make_copy, speaker_blocks,
                     is_training_inputs, read_json_document, read_json_parts, read_manifests, save_array_atomic,
                     wipe_cache)
 from .corpus import Utterance, gc_paused, scan_corpus
@@ -310,10 +312,11 @@ class FeatureStore(FeatureCache):
 
 # ----- writing -----
 
-def shard_name(generation: int, entries: Sequence[dict], dtype: str) -> str:
-    """A shard's name: its generation and a digest of what it holds (ids, sources, sizes, times, dtype), so the
-    same work gives the same name wherever it runs, and a rerun of a task overwrites its own shard only."""
-    digest = hashlib.sha256(dtype.encode())
+def shard_name(generation: int, entries: Sequence[dict], dtype: str, salt: str = "") -> str:
+    """A shard's name: its generation and a digest of what it holds (ids, sources, sizes, times, dtype, and
+    ``salt``: an augmentation's recipe), so the same work gives the same name wherever it runs, and a rerun of a
+    task overwrites its own shard only."""
+    digest = hashlib.sha256((dtype + salt).encode())
     for e in entries:
         digest.update(json.dumps([e["speaker"], e["utterance"], e["source"], e["size"], e["mtime_ns"]]).encode())
     return f"g{generation:06d}-{digest.hexdigest()[:16]}"
@@ -330,8 +333,10 @@ def as_dtype(item: Item | Failure, dtype: str) -> Item | Failure:
     return cast, entry
 
 
-def write_shard(store_dir: Path, name: str, items: Sequence[Item], dtype: str, settings: dict) -> dict:
-    """Write a shard (frames, then index, each renamed into place whole); its listing record."""
+def write_shard(store_dir: Path, name: str, items: Sequence[Item], dtype: str, settings: dict,
+                augment: bool = False) -> dict:
+    """Write a shard (frames, then index, each renamed into place whole); its listing record. ``augment``: a shard
+    of augmented copies (so marked in its index and record: the next augmentation replaces it)."""
     frames_path, index_path = shard_files(store_dir, name)
     arrays = [features for features, _ in items]
     frames = np.concatenate(arrays) if arrays else np.zeros((0, NUM_FILTERS), dtype)
@@ -343,59 +348,70 @@ def write_shard(store_dir: Path, name: str, items: Sequence[Item], dtype: str, s
                "size": [int(e["size"]) for e in entries], "mtime_ns": [int(e["mtime_ns"]) for e in entries],
                "augment": [json.dumps(e["augment"], sort_keys=True) if "augment" in e else None for e in entries]}
     meta = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": settings, "dtype": dtype,
-            "name": name}
+            "name": name, **({"augment": True} if augment else {})}
     table = pa.table(columns, schema=INDEX_SCHEMA.with_metadata({"deep_speaker": json.dumps(meta)}))
     save_array_atomic(frames_path, frames.astype(dtype, copy=False))
     with atomic_write(index_path) as f, pa.ipc.new_file(f, table.schema) as writer:
         writer.write_table(table)
     return {"name": name, "generation": int(name[1:7]), "utterances": len(entries), "frames": int(lengths.sum()),
-            "seconds": float(sum(columns["seconds"]))}
+            "seconds": float(sum(columns["seconds"])), **({"augment": True} if augment else {})}
 
 
-def build_shard(store_dir: str, name: str, utts: Sequence[Utterance], trim: str, min_seconds: float, dtype: str,
-                settings: dict) -> tuple[dict, list[dict]]:
-    """One shard task (in this process or on a Dask worker): compute its utterances and write it; its listing
-    record and the failures (as dicts)."""
+Compute = Callable[[object], "Item | Failure"]  # one work item (an Utterance, a copy) -> features or failure
+
+
+def _computed(item: object, compute: Compute, dtype: str) -> Item | Failure:
+    return as_dtype(compute(item), dtype)
+
+
+def build_shard(store_dir: str, name: str, items: Sequence[object], compute: Compute, dtype: str, settings: dict,
+                augment: bool = False) -> tuple[Optional[dict], list[dict]]:
+    """One shard task (in this process or on a Dask worker): compute its items and write it; its listing record
+    and the failures (as dicts)."""
     with threadpool_limits(limits=1, user_api="blas"):  # the build is parallel by shards
-        results = [as_dtype(compute_features(u, trim, min_seconds), dtype) for u in utts]
+        results = [_computed(item, compute, dtype) for item in items]
+    return _written(Path(store_dir), name, results, dtype, settings, augment)
+
+
+def _written(store_dir: Path, name: str, results: list, dtype: str, settings: dict,
+             augment: bool) -> tuple[Optional[dict], list[dict]]:
     items = [r for r in results if not isinstance(r, Failure)]
-    record = write_shard(Path(store_dir), name, items, dtype, settings) if items else None
+    record = write_shard(store_dir, name, items, dtype, settings, augment) if items else None
     return record, [r.to_dict() for r in results if isinstance(r, Failure)]
 
 
-def _compute_item(utt: Utterance, trim: str, min_seconds: float, dtype: str) -> Item | Failure:
-    return as_dtype(compute_features(utt, trim, min_seconds), dtype)
+ShardTask = tuple[str, list]  # a shard's name and its work items
 
 
-ShardTask = tuple[str, list[Utterance]]
+def run_shards(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict,
+               workers: int = 1, scheduler: Optional[str] = None,
+               augment: bool = False) -> Iterator[tuple[Optional[dict], list[dict]]]:
+    """The shard tasks on the Dask cluster at ``scheduler``, else ``workers`` local processes, else here: each
+    shard's listing record (None when all its items failed) and failures, as they finish."""
+    if scheduler:
+        return _run_dask(tasks, store_dir, compute, dtype, settings, scheduler, augment)
+    if workers > 1 and sum(len(items) for _, items in tasks) > 1:
+        return _run_pool(tasks, store_dir, compute, dtype, settings, workers, augment)
+    return (build_shard(str(store_dir), name, items, compute, dtype, settings, augment) for name, items in tasks)
 
 
-def _run_inline(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: float, dtype: str,
-                settings: dict) -> Iterator[tuple[Optional[dict], list[dict]]]:
-    for name, utts in tasks:
-        yield build_shard(str(store_dir), name, utts, trim, min_seconds, dtype, settings)
-
-
-def _run_pool(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: float, dtype: str, settings: dict,
-              workers: int) -> Iterator[tuple[Optional[dict], list[dict]]]:
-    """The local process pool: the workers compute the utterances of a shard, this process writes it."""
+def _run_pool(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict, workers: int,
+              augment: bool) -> Iterator[tuple[Optional[dict], list[dict]]]:
+    """The local process pool: the workers compute the items of a shard, this process writes it."""
+    work = functools.partial(_computed, compute=compute, dtype=dtype)
     with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=init_worker,
                              initargs=(os.getpid(),)) as pool:
-        for name, utts in tasks:
+        for name, items in tasks:
             try:
-                results = list(pool.map(_compute_item, utts, *([x] * len(utts) for x in (trim, min_seconds, dtype)),
-                                        chunksize=max(1, len(utts) // (4 * workers))))
+                results = list(pool.map(work, items, chunksize=max(1, len(items) // (4 * workers))))
             except BrokenProcessPool:
                 raise DeepSpeakerError("a worker process of the store build died (killed, or out of memory?); the "
-                                       "shards done so far are kept: run 'deep-speaker cache update' to "
-                                       "finish") from None
-            items = [r for r in results if not isinstance(r, Failure)]
-            record = write_shard(store_dir, name, items, dtype, settings) if items else None
-            yield record, [r.to_dict() for r in results if isinstance(r, Failure)]
+                                       "shards done so far are kept: run the command again to finish") from None
+            yield _written(store_dir, name, results, dtype, settings, augment)
 
 
-def _run_dask(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: float, dtype: str, settings: dict,
-              scheduler: str) -> Iterator[tuple[Optional[dict], list[dict]]]:
+def _run_dask(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict, scheduler: str,
+              augment: bool) -> Iterator[tuple[Optional[dict], list[dict]]]:
     """One Dask task per shard on the cluster at ``scheduler``; a task whose worker died is rerun by Dask."""
     from distributed import Client, as_completed
     from distributed.scheduler import KilledWorker
@@ -405,15 +421,15 @@ def _run_dask(tasks: list[ShardTask], store_dir: Path, trim: str, min_seconds: f
     except (OSError, TimeoutError) as exc:
         raise DeepSpeakerError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     with client:
-        futures = [client.submit(build_shard, str(store_dir.resolve()), name, utts, trim, min_seconds, dtype,
-                                 settings, key=f"deep-speaker-shard-{name}", pure=False) for name, utts in tasks]
+        futures = [client.submit(build_shard, str(store_dir.resolve()), name, items, compute, dtype, settings,
+                                 augment, key=f"deep-speaker-shard-{name}", pure=False) for name, items in tasks]
         try:
             for future in as_completed(futures, loop=client.loop):
                 try:
                     yield future.result()
                 except KilledWorker:
                     raise DeepSpeakerError(f"Dask workers kept dying on shard task {future.key}; the shards done so "
-                                           f"far are kept: run 'deep-speaker cache update' to finish") from None
+                                           f"far are kept: run the command again to finish") from None
         finally:
             client.cancel(futures)
 
@@ -460,7 +476,8 @@ def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dic
         with contextlib.suppress(DeepSpeakerError, ValueError):
             table = _read_index(store_dir, name)
             meta = _index_meta(table)
-            if meta.get("settings") == settings and meta.get("dtype") == dtype \
+            # A shard of augmented copies is not adopted: the listing of its run would have to name it.
+            if meta.get("settings") == settings and meta.get("dtype") == dtype and not meta.get("augment") \
                     and shard_files(store_dir, name)[0].is_file():
                 found.append({"name": name, "generation": int(name[1:7]), "utterances": len(table),
                               "frames": int(pc.sum(table["frames"]).as_py() or 0),
@@ -587,12 +604,8 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
 
         save()  # the new generation is recorded before any of its shards exists
         tasks = plan_shards(todo, generation, shard_size, dtype, stats)
-        if scheduler:
-            results = _run_dask(tasks, store_dir, trim, min_seconds, dtype, settings, scheduler)
-        elif workers > 1 and len(todo) > 1:
-            results = _run_pool(tasks, store_dir, trim, min_seconds, dtype, settings, workers)
-        else:
-            results = _run_inline(tasks, store_dir, trim, min_seconds, dtype, settings)
+        compute = functools.partial(compute_features, trim=trim, min_seconds=min_seconds)
+        results = run_shards(tasks, store_dir, compute, dtype, settings, workers, scheduler)
         with QuietBar(total=len(todo), unit="file", desc="features", disable=not progress or not todo) as bar:
             for record, failed in results:
                 failures.extend(Failure.from_dict(f) for f in failed)
@@ -614,6 +627,100 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         summary.failed = sorted(failures)
         summary.wall_seconds = time.perf_counter() - started
         return summary
+
+
+CopyJob = tuple[dict, int, int, tuple, int, int, list]  # source entry, k, seed, kinds, others, babble n, babble paths
+
+
+def make_store_copy(job: CopyJob, trim: str) -> Item | Failure:
+    """One augmented copy (here or on a worker): the source's and the babble's audio read, the copy made from the
+    generator copy_generator gives (the same copy as the per-file cache's); or why it failed."""
+    source, k, seed, kinds, others, babble_speakers, babble = job
+    path = source["source"]
+    try:
+        signal = read_audio(path, trim=trim)
+        mixed = []
+        for other in babble:
+            try:
+                mixed.append(read_audio(other, trim=trim))
+            except InputError as exc:
+                return Failure(path, f"copy {k}: its babble {exc.failure.path}: {exc.failure.reason}")
+        rng, _ = copy_generator(source["speaker"], source["utterance"], k, seed, others, babble_speakers)
+        return make_copy(signal, source, k, seed, kinds, mixed, rng)
+    except InputError as exc:
+        return Failure(path, f"copy {k}: {exc.failure.reason}")
+    except Exception as exc:  # one bad source must never stop the run: report it and go on
+        return Failure(path, f"copy {k}: {type(exc).__name__}: {exc}")
+
+
+def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: int, seed: int = 0,
+                  progress: bool = True, babble_speakers: int = 3, workers: int = 1,
+                  scheduler: Optional[str] = None, shard_size: int = DEFAULT_SHARD_SIZE) -> int:
+    """:func:`~.cache.augment_cache` on a sharded store: the copies are written as new shards of a new generation
+    (marked as copies), with ``workers`` local processes or on the Dask cluster at ``scheduler``; the shards of an
+    earlier run's copies are unlisted, then deleted, first. The listing records the recipe once all are written
+    (with ``failures``: the copies whose source could not be read); a killed run leaves the originals and no
+    recipe, and the next run makes the copies again. Returns the number of copies made."""
+    store_dir = Path(store_dir)
+    with build_lock(store_dir, None):
+        if any(store_dir.glob("store.shard-*-of-*.json")):
+            raise DeepSpeakerError(f"{store_dir} has parts built with --shard; merge them with 'deep-speaker cache "
+                                   f"update' before adding augmented copies")
+        store = FeatureStore(store_dir)
+        listing = store._listing
+        is_copy = store._augment.is_valid().to_numpy(zero_copy_only=False)
+        flagged = [n for n, s in enumerate(listing["shards"]) if s.get("augment")]
+        if np.any(is_copy & ~np.isin(store._columns["shard"], flagged)):
+            raise DeepSpeakerError(f"{store_dir} holds augmented copies converted from a per-file cache; convert "
+                                   f"the cache without them, or rebuild the store, before adding new copies")
+        base = {k: v for k, v in listing.items() if k not in ("shards", "failures", "augment")}
+        base["generation"] = generation = listing["generation"] + 1
+        shards = [s for s in listing["shards"] if not s.get("augment")]
+        failures = listing["failures"]
+
+        def save(**recipe: object) -> None:
+            write_json(store_dir / LISTING, {**base, **recipe, "shards": shards, "failures": failures}, indent=1)
+
+        save()  # the old copies are unlisted before their files go
+        for old in listing["shards"]:
+            if old.get("augment"):
+                for path in shard_files(store_dir, old["name"]):
+                    path.unlink(missing_ok=True)
+        originals = [key for key, copy in zip(store.utterances(), is_copy.tolist()) if not copy]
+        blocks = speaker_blocks(originals)
+        fields = ("speaker", "utterance", "source", "size", "mtime_ns", "frames", "seconds")
+        salt = json.dumps({"kinds": list(kinds), "seed": seed, "babble_speakers": babble_speakers})
+        tasks: list[ShardTask] = []
+        jobs: list[CopyJob] = []
+        for speaker, utt in originals:
+            entry = store.entry(speaker, utt)
+            source = {f: entry[f] for f in fields}
+            a, b = blocks[speaker]
+            for k in range(copies):
+                _, babble = copy_draws(originals, blocks, speaker, utt, k, seed, babble_speakers)
+                jobs.append((source, k, seed, tuple(kinds), len(originals) - (b - a), babble_speakers,
+                             [store.entry(*key)["source"] for key in babble]))
+        for i in range(0, len(jobs), shard_size):
+            block = jobs[i:i + shard_size]
+            keys = [{**job[0], "utterance": f"{job[0]['utterance']}-aug{job[1]}"} for job in block]
+            tasks.append((shard_name(generation, keys, store.dtype, salt), block))
+        compute = functools.partial(make_store_copy, trim=store.settings["trim"])
+        results = run_shards(tasks, store_dir, compute, store.dtype, store.settings, workers, scheduler, augment=True)
+        made, failed_copies = 0, []
+        with QuietBar(total=len(jobs), unit="copy", desc="augmented copies", disable=not progress) as bar:
+            for record, failed in results:
+                failed_copies.extend(failed)
+                if record is not None:
+                    shards.append(record)
+                    made += record["utterances"]
+                save()  # the listing names a shard only once both of its files are in place
+                bar.update((record["utterances"] if record else 0) + len(failed))
+        shards.sort(key=lambda s: (s["generation"], s["name"]))
+        # The copies that failed are the recipe's (not the build's failures: their sources are in the store).
+        recipe = {"kinds": list(kinds), "copies": copies, "seed": seed}
+        save(augment={**recipe, "failures": sorted(failed_copies, key=lambda f: f["path"])} if failed_copies
+             else recipe)
+    return made
 
 
 def convert_cache(cache_dir: str | os.PathLike, store_dir: str | os.PathLike, dtype: str = "float32",
