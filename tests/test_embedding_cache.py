@@ -250,6 +250,41 @@ def test_two_processes_share_one_cache(tmp_path):
     assert np.array_equal(run(FILES, cache).embeddings, plain) and embedded() == 0
 
 
+CREATOR = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from deep_speaker.encoders.embedding_cache import EmbeddingCache
+from test_embedding_cache import Counting
+encoder = Counting()
+open(sys.argv[2], "w").close()
+while not os.path.exists(sys.argv[3]):
+    pass
+for k in range({folders}):  # the processes create the same new caches in the same order, all at once
+    EmbeddingCache(os.path.join(sys.argv[1], str(k)), encoder).close()
+"""
+
+
+def test_processes_creating_one_cache_at_once_all_open_it(tmp_path):
+    # SQLite's busy timeout does not cover the switch of a new database to WAL: before the retry, about one
+    # creation in thirty failed here with "database is locked".
+    script = tmp_path / "creator.py"
+    script.write_text(CREATOR.format(tests=str(TESTS), folders=100))
+    go = tmp_path / "go"
+    children = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "caches"), str(tmp_path / f"ready-{i}"),
+                                  str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i in range(3)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(3)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    for child in children:
+        try:
+            _, err = child.communicate(timeout=120)
+        finally:
+            child.kill()
+        assert child.returncode == 0, err.strip().splitlines()[-1]
+
+
 WRITER = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -163,7 +163,18 @@ class EmbeddingCache:
         """Set the database up (if new); the encoder key it was made for."""
         with self._guard():
             self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only a new database takes it
-            self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+            # WAL: readers never wait for a writer. Switching a new database to it needs an exclusive lock that
+            # SQLite's busy timeout does not wait for (two processes creating one cache at once fail about one
+            # time in ten): retried until the other process has switched it, for at most BUSY_SECONDS.
+            deadline = time.monotonic() + BUSY_SECONDS
+            while True:
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
         with self._guard(), self._db:  # one transaction: committed, or rolled back on an error
             self._db.execute("BEGIN IMMEDIATE")  # two processes creating one cache: one after the other
