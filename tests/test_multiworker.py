@@ -128,25 +128,27 @@ def test_killed_and_resumed_workers_equal_one_process(data, tmp_path):
             if ours.path.endswith(("/bias", "_bn/moving_mean")) and ours.path.startswith(("conv", "res")):
                 noise.append(float(np.abs(a - b).max()))
             elif np.abs(b - c).max() > 0:
-                ratios.append(float(np.abs(a - b).max() / np.abs(b - c).max()))
-        print("STEP", int(trained.optimizer.iterations.numpy()), "RATIO", max(ratios), "NOISE", max(noise),
-              "COMPARED", len(ratios))
+                ratios.append((float(np.linalg.norm(a - b) / np.linalg.norm(b - c)),
+                               float(np.abs(a - b).max() / np.abs(b - c).max())))
+        print("STEP", int(trained.optimizer.iterations.numpy()), "RATIO", max(r for r, _ in ratios),
+              "ELEMENT", max(e for _, e in ratios), "NOISE", max(noise), "COMPARED", len(ratios))
     """)
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=JAX_ENV, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     words = run.stdout.split("STEP")[1].split()
-    step, ratio, noise, compared = int(words[0]), float(words[2]), float(words[4]), int(words[6])
+    step, ratio, element, noise, compared = (int(words[0]), float(words[2]), float(words[4]), float(words[6]),
+                                             int(words[8]))
     print(f"2 workers (killed at step {killed_at}, resumed) vs 1 process after {step} steps: weight difference at "
-          f"most {100 * ratio:.1f} % of the training's change over {compared} tensors; zero-gradient conv biases "
-          f"within {noise:.1e}")
+          f"most {100 * ratio:.1f} % of the training's change (norms; largest element {100 * element:.1f} %) over "
+          f"{compared} tensors; zero-gradient conv biases within {noise:.1e}")
     assert step == STEPS and compared > 40
     # Tolerance: the two runs sum the same float32 gradients and batch statistics in another order (across
     # processes), ~1e-7 relative; Adam's first steps move each weight by ~lr x sign(gradient), so elements with
-    # a near-zero gradient can flip, and later steps amplify it: measured here 1.4 % of a tensor's change after
-    # 6 steps, killed at step 2 and resumed as uninterrupted (3.5 % once on a different build), 7.7 % after 10
-    # steps. 10 % keeps a margin at 6 steps, while another batch, a lost or repeated step, a missing all-reduce
-    # or per-worker batch statistics change the update by ~100 %.
+    # a near-zero gradient can flip, and later steps amplify it. The largest single element is at the mercy of
+    # such flips (1.4 % of a tensor's change here, 16 % once in CI), so the test bounds the difference's norm
+    # against the change's norm, tensor by tensor: measured 0.7 % after 6 steps, killed at step 2 and resumed.
+    # One lost step (5 steps against 6, same batches) gives 38 %, other batches 278 % (largest tensor ratios).
     assert ratio < 0.10
     assert noise <= 2 * 1e-3 * STEPS  # Adam moves a weight by about lr (1e-3) a step at most
 
