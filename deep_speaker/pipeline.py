@@ -42,7 +42,9 @@ class JobConfig:
     output_dir: Path = field(default=Path("deep-speaker-run"), metadata={
         "flags": ("-o",), "help": "where caches, checkpoints, JSON and PNGs go"})
     width: float = field(default=0.25, metadata={"help": "ResCNN width factor"})
-    softmax_steps: int = field(default=300, metadata={"help": "steps of softmax pre-training"})
+    # 600: with the 232 bundled training speakers, 300 steps left the softmax at 23 % training accuracy and the
+    # held-out EER at 14.1 %; 600 gave 4.7 % (2026-12-03).
+    softmax_steps: int = field(default=600, metadata={"help": "steps of softmax pre-training"})
     triplet_steps: int = field(default=200, metadata={"help": "steps of triplet training"})
     triplet_learning_rate: float = 1e-3
     batch_size: int = field(default=48, metadata={"help": "training batch size"})

@@ -1,7 +1,7 @@
 """Rebuild samples/ (the speech bundled with the repository) from librispeech-mini.
 
 samples/librispeech/test-other: all 10 speakers x 10 utterances (held out: never trained on).
-samples/librispeech/train-clean-100: 40 female + 40 male speakers, 1 utterance each (lowest ids among those
+samples/librispeech/train-clean-100: 116 female + 116 male speakers, 1 utterance each (lowest ids among those
 whose utterance lasts at least 4 s, so that triplet training can cut an anchor and a positive from it).
 
     python scripts/make_samples.py ../shared/data/librispeech-mini
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-TRAIN_PER_SEX = 40
+TRAIN_PER_SEX = 116
 MIN_TRAIN_SECONDS = 4.0
 
 

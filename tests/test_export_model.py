@@ -22,12 +22,12 @@ from deep_speaker.cli import EXIT_OK, EXIT_USAGE, run_command
 from deep_speaker.cli.export_model import register
 from deep_speaker.data.audio import load_audio
 from deep_speaker.data.features import FEATURE_SETTINGS
-from deep_speaker.encoders.deepspeaker import Embedder, split_windows
+from deep_speaker.encoders.deepspeaker import PACKAGED_MODEL_DIR, Embedder, split_windows
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.model.export import METADATA_FILE, export_model, read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGED = REPO / "deep_speaker" / "default_model" / "rescnn_w0.25_librispeech80.keras"
+PACKAGED = PACKAGED_MODEL_DIR / json.loads((PACKAGED_MODEL_DIR / "model_card.json").read_text())["model"]
 TOLERANCE = 1e-5
 
 
