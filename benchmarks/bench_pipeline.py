@@ -8,8 +8,12 @@ speakers, else the bundled samples/librispeech) is built in a temporary folder. 
 unless said: today's batcher (a crop at a time, each array opened per crop), the sampler (the same batches,
 arrays opened once and the draws taken from one raw block: checked equal here first), tf.data over the sampler
 (parallel map calls, AUTOTUNE, prefetch; all cores of this machine) and the sampler in worker processes (one
-per core, batches sent back through pipes, as Keras' PyDataset workers with use_multiprocessing do). Rounds
-are interleaved, so load from other processes affects all alike; the median round is reported. The 16-core
+per core, batches sent back through pipes, as Keras' PyDataset workers with use_multiprocessing do). Each
+pipeline's batches are consumed as training consumes them: the newest --in-flight batches are kept (a queue of
+10 by default, Keras' PyDataset max_queue_size), older ones dropped, so their memory is reused as in a training
+loop; keeping every batch of a round instead makes each one fault in 4 MB of fresh pages (shown per batch with
+--in-flight 0, which keeps them all). Rounds are interleaved, so load from other processes affects all alike;
+the median round is reported. The 16-core
 figures are per-core rates times 16: the crops are cut in Python (tf.numpy_function holds the GIL), so a
 host's cores serve through processes, not threads.
 """
@@ -17,8 +21,10 @@ host's cores serve through processes, not threads.
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -47,10 +53,20 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def rate(run, samples: int) -> float:
+def rate(batches, samples: int, in_flight: int, faults: list[float]) -> float:
+    """samples/s of consuming the iterable ``batches()`` returns (started in the timing: tf.data and a pool begin
+    work when their iterator is made) while keeping the newest ``in_flight`` batches (all if 0); the minor page
+    faults per batch are appended to ``faults``."""
+    kept = collections.deque(maxlen=in_flight or None)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
-    run()
-    return samples / (time.perf_counter() - start)
+    count = 0
+    for batch in batches():
+        kept.append(batch)
+        count += 1
+    seconds = time.perf_counter() - start
+    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / count)
+    return samples / seconds
 
 
 def main() -> None:
@@ -59,7 +75,8 @@ def main() -> None:
     parser.add_argument("--audio", type=Path, default=AUDIO, help=f"audio to build a cache of (default {AUDIO})")
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--crop-frames", type=int, default=160)
-    parser.add_argument("--batches", type=int, default=40, help="batches per round and pipeline")
+    parser.add_argument("--batches", type=int, default=100, help="batches per round and pipeline")
+    parser.add_argument("--in-flight", type=int, default=10, help="batches kept alive while consuming (0: all)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,17 +98,24 @@ def main() -> None:
         _SAMPLER = sampler
         pool = multiprocessing.get_context("fork").Pool(cores())
         pool.map(_batch, range(cores()))  # started outside the timing
-        figures: dict[str, list[float]] = {"today": [], "sampler": [], "tfdata": [], "processes": []}
+        names = ("today", "sampler", "tfdata", "processes")
+        figures: dict[str, list[float]] = {k: [] for k in names}
+        faults: dict[str, list[float]] = {k: [] for k in names}
+        # Built before the timing, as training builds its dataset once; its iterator starts in the timing.
+        datasets = [tf_dataset(sampler, r * n, n) for r in range(args.rounds)]
         for r in range(args.rounds):
-            first = r * n
-            figures["today"].append(rate(lambda: [today[first + i] for i in range(n)], n * b))
-            figures["sampler"].append(rate(lambda: [sampler.batch(first + i) for i in range(n)], n * b))
-            data = tf_dataset(sampler, first, n)
-            figures["tfdata"].append(rate(lambda: sum(1 for _ in data.as_numpy_iterator()), n * b))
-            figures["processes"].append(rate(lambda: sum(1 for _ in pool.imap(_batch, range(first, first + n))),
-                                             n * b))
+            steps = range(r * n, (r + 1) * n)
+            batches = {"today": lambda steps=steps: (today[step] for step in steps),
+                       "sampler": lambda steps=steps: (sampler.batch(step) for step in steps),
+                       "tfdata": datasets[r].as_numpy_iterator,
+                       "processes": lambda steps=steps: pool.imap(_batch, steps)}
+            for name in names:
+                figures[name].append(rate(batches[name], n * b, args.in_flight, faults[name]))
         pool.close()
         median = {k: statistics.median(v) for k, v in figures.items()}
+        kept = f"the newest {args.in_flight} batches" if args.in_flight else "every batch"
+        print(f"consumed keeping {kept}; minor page faults per batch in this process: "
+              + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in faults.items()))
         base = median["today"]
         per_core = median["processes"] / cores()
         print(f"{'pipeline':<44} {'samples/s':>10} {'per core':>10} {'x today':>8}")
