@@ -156,11 +156,22 @@ def test_keras_round_trip_is_safe_and_exact(tmp_path):
     np.testing.assert_array_equal(embed(load_model(tmp_path / "m.weights.h5"), x), embed(model, x))
 
 
-def test_model_saved_with_keras_batch_normalization_loads_into_our_layers():
+def test_model_saved_with_keras_batch_normalization_loads_into_our_layers(tmp_path):
     from deep_speaker.encoders.deepspeaker import packaged_model
     from deep_speaker.model.layers import BatchNormalization
 
-    path = packaged_model()  # saved before deep_speaker.model.layers.BatchNormalization existed
+    # A model as saved before deep_speaker.model.layers.BatchNormalization existed (the packaged model until
+    # 2026-12-02): the packaged model's layers and weights, its batch normalisations Keras' own.
+    def keras_batch_norm(layer):
+        if isinstance(layer, BatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    ours = load_model(packaged_model())
+    old = keras.models.clone_model(ours, clone_function=keras_batch_norm)
+    old.set_weights(ours.get_weights())
+    path = tmp_path / "keras_bn.keras"
+    old.save(path)
     as_saved = keras.saving.load_model(path, safe_mode=True, compile=False)
     assert type(as_saved.get_layer("conv64-s_bn")) is keras.layers.BatchNormalization
     model = load_model(path)
