@@ -4,6 +4,7 @@
     python benchmarks/train_quality.py --softmax-steps 20 --triplet-steps 10   # a smoke run
     python benchmarks/train_quality.py --precision mixed_bfloat16 --seed 1 --work quality-bf16-1
     python benchmarks/train_quality.py --augment --aam --seed 1 --work quality-aug-aam-1
+    python benchmarks/train_quality.py --evaluate MODEL.keras     # no training: MODEL on the same trials
 
 Softmax pre-training then triplet training (the original's two phases, through deep_speaker.train) on the
 251 train-clean-100 speakers (one utterance each: the last 20% of each is held out for validation), then the
@@ -14,7 +15,8 @@ babble/coloured noise, simulated rooms, 0.9/1.1 speed as new speakers) with Spec
 pre-trains with the AAM-softmax head (m 0.2, s 32) instead of the softmax.
 Out of domain: the same trials on copies of the test-other audio never used in training: telephone band (8 kHz
 and back), reverberant (a simulated room, RT60 0.6 s), noisy (white noise at 10 dB SNR), and all three at once.
-Results are printed and written to WORK/quality.json.
+Results are printed and written to WORK/quality.json. --evaluate scores a trained model (e.g. the packaged
+default model, deep_speaker/default_model/*.keras) on the same clean and out-of-domain trials, without training.
 """
 
 from __future__ import annotations
@@ -95,6 +97,25 @@ def out_of_domain(signal: np.ndarray, kind: str, rng: np.random.Generator) -> np
 OUT_OF_DOMAIN = ("clean", "telephone", "reverb", "noise", "all")
 
 
+def domain_scores(embedder: Embedder, signals: list[np.ndarray], speakers: list[str]) -> dict:
+    """EER and minDCF of the embedder and of the mean-MFCC cosine on the clean signals and each out-of-domain
+    copy of them; the same copies for every model (a fixed seed per kind, not the run's)."""
+    domains = {}
+    for kind in OUT_OF_DOMAIN:
+        rng = np.random.default_rng([2024, OUT_OF_DOMAIN.index(kind)])
+        copies = signals if kind == "clean" else [out_of_domain(x, kind, rng) for x in signals]
+        domains[kind] = {
+            "trained": scores_of(embedder.embed_features_batch([fbank_features(x) for x in copies]), speakers),
+            "mean_mfcc": scores_of(np.stack([mean_mfcc(x) for x in copies]), speakers)}
+    return domains
+
+
+def print_domains(domains: dict) -> None:
+    for kind, values in domains.items():
+        print(f"  {kind:10s} trained EER {100 * values['trained']['eer']:5.2f}% minDCF "
+              f"{values['trained']['min_dcf']:.3f} | mean-MFCC EER {100 * values['mean_mfcc']['eer']:5.2f}%")
+
+
 def augmented(train_audio: Path, cache_dir: Path, copies: int, seed: int) -> FeatureCache:
     """The training cache with `copies` augmented copies of each utterance (noise, reverb, speed), made once."""
     cache = cached(train_audio, cache_dir)
@@ -119,8 +140,19 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true", help="augmented training cache + SpecAugment")
     parser.add_argument("--copies", type=int, default=2, help="augmented copies per training utterance")
     parser.add_argument("--aam", action="store_true", help="AAM-softmax pre-training (margin 0.2, scale 32)")
+    parser.add_argument("--evaluate", type=Path, metavar="MODEL", help="score this model only, no training")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.evaluate is not None:
+        test_cache = cached(args.data / "test-other", args.work / "test_cache")
+        test = test_cache.utterances()
+        signals = [read_audio(test_cache.entry(s, u)["source"]) for s, u in test]
+        domains = domain_scores(Embedder(args.evaluate), signals, [s for s, _ in test])
+        print(f"{args.evaluate} on the {len(test)} test-other utterances ({len(test) * (len(test) - 1) // 2} pairs):")
+        print_domains(domains)
+        (args.work / "evaluate.json").write_text(json.dumps({"model": str(args.evaluate), "out_of_domain": domains},
+                                                            indent=1))
+        return
 
     # 160-frame crops from the first 80% of each utterance: 1.6 s / 0.8 = 200 frames, plus margin.
     train_audio = long_enough_speakers(args.data / "train-clean-100", args.work, min_frames=250)
@@ -148,13 +180,7 @@ def main() -> None:
     signals = [read_audio(test_cache.entry(s, u)["source"]) for s, u in test]
     keras.utils.set_random_seed(args.seed)
     trained = Embedder(load_model(best_checkpoint(runs, "triplet")))
-    domains = {}
-    for kind in OUT_OF_DOMAIN:  # the same copies for every run: a fixed seed per kind, not the run's
-        rng = np.random.default_rng([2024, OUT_OF_DOMAIN.index(kind)])
-        copies = signals if kind == "clean" else [out_of_domain(x, kind, rng) for x in signals]
-        domains[kind] = {
-            "trained": scores_of(trained.embed_features_batch([fbank_features(x) for x in copies]), speakers),
-            "mean_mfcc": scores_of(np.stack([mean_mfcc(x) for x in copies]), speakers)}
+    domains = domain_scores(trained, signals, speakers)
     results = {
         "pairs": len(test) * (len(test) - 1) // 2,
         "speakers_unseen": len(set(speakers)),
@@ -188,9 +214,7 @@ def main() -> None:
                        ("eer_mean_mfcc", "(c) mean-MFCC cosine")):
         print(f"{label:42s} EER {100 * results[key]:.2f}%")
     print(f"{'(a) minDCF (p_target 0.01)':42s} {results['min_dcf_trained']:.3f}")
-    for kind, values in domains.items():
-        print(f"  {kind:10s} trained EER {100 * values['trained']['eer']:5.2f}% minDCF "
-              f"{values['trained']['min_dcf']:.3f} | mean-MFCC EER {100 * values['mean_mfcc']['eer']:5.2f}%")
+    print_domains(domains)
     print(f"training {trained_s / 60:.1f} min, total {results['total_seconds'] / 60:.1f} min "
           f"(load average {results['load_average'][0]:.1f} on {os.cpu_count()} cores)")
 
