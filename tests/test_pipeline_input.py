@@ -78,7 +78,7 @@ def test_a_bounded_table_of_open_arrays_changes_nothing(cache, segments):
     small = RandomCropSampler(cache, segments, 160, batch_size=16, seed=1, open_arrays=2)
     (x_ref, _), = reference(cache, segments, 160, 16, 1, None, 9, 1)
     np.testing.assert_array_equal(small.batch(9)[0], x_ref)
-    assert len(small._open) == 2
+    assert len(small.arrays) == 2
 
 
 def test_bad_sampler_settings_are_one_line_errors(cache, segments):

@@ -15,8 +15,9 @@ to every crop, from a generator of their own seeded by the step, so the crops ar
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Callable
+import threading
+from collections import OrderedDict, deque
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -28,6 +29,35 @@ from ..metrics import normalize_rows
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 Masks = tuple[int, int] | None  # SpecAugment's (max_frames, max_bins), None for none
+OPEN_ARRAYS = 4096  # arrays kept open: memory maps cost address space, not memory; a store's shards share theirs
+
+
+class OpenArrays:
+    """A cache's arrays opened once and kept (the ``limit`` most recently used): ``load`` as the cache's, without
+    reopening an array for every crop. Safe from several threads (tf.data and PyDataset workers)."""
+
+    def __init__(self, cache: Any, limit: int = OPEN_ARRAYS):
+        self.cache, self.limit = cache, limit
+        self._open: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def load(self, speaker: str, utterance: str) -> np.ndarray:
+        key = (speaker, utterance)
+        with self._lock:
+            array = self._open.get(key)
+            if array is not None:
+                self._open.move_to_end(key)
+                return array
+        # A plain view of the mapped memory: slicing a np.memmap builds a memmap object per crop, twice the copy's cost.
+        array = np.asarray(self.cache.load(speaker, utterance))
+        with self._lock:
+            self._open[key] = array
+            while len(self._open) > self.limit:
+                self._open.popitem(last=False)
+        return array
 
 
 def masked(crops: np.ndarray, rng: np.random.Generator, masks: Masks) -> np.ndarray:
@@ -158,6 +188,7 @@ class TripletPool:
         if crops_per_speaker < 2:
             raise DeepSpeakerError("crops_per_speaker must be at least 2 (anchor and positive)")
         self.cache = cache
+        self.arrays = OpenArrays(cache)  # a refresh crops a few hundred arrays: each opened once, not per crop
         self.by_speaker = by_speaker
         self.speaker_names = sorted(by_speaker)
         self.crop_frames = crop_frames
@@ -179,7 +210,7 @@ class TripletPool:
             picks = self.rng.choice(len(segments), size=self.crops_per_speaker,
                                     replace=len(segments) < self.crops_per_speaker)
             for pick in picks:
-                crops.append(segment_crop(self.cache, speaker, segments[pick], self.crop_frames, self.rng))
+                crops.append(segment_crop(self.arrays, speaker, segments[pick], self.crop_frames, self.rng))
                 labels.append(index)
         return masked(np.stack(crops), self.rng, self.masks), np.asarray(labels, np.int64)
 

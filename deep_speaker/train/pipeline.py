@@ -21,8 +21,6 @@ Training uses it with ``--input_pipeline tfdata`` (TrainConfig.input_pipeline); 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any, Callable
 
 import keras
@@ -31,9 +29,7 @@ import numpy as np
 from ..data.features import NUM_FILTERS
 from ..data.inputs import Segment
 from ..errors import DeepSpeakerError
-from .batching import Masks, masked
-
-OPEN_ARRAYS = 4096  # arrays kept open: memory maps cost address space, not memory; a store's shards share theirs
+from .batching import OPEN_ARRAYS, Masks, OpenArrays, masked
 
 
 class RandomCropSampler:
@@ -52,24 +48,7 @@ class RandomCropSampler:
         # Per speaker: its segments as (utterance, lo, frames of cache[lo:hi]), the length a crop is cut from.
         self.segments = [[(utt, lo, max(0, min(hi, int(cache.entry(speaker, utt)["frames"])) - lo))
                           for utt, lo, hi in segments[speaker]] for speaker in self.speakers]
-        self._open: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._open_limit = open_arrays
-        self._lock = threading.Lock()  # tf.data calls batch() from several threads
-
-    def _array(self, speaker: str, utterance: str) -> np.ndarray:
-        key = (speaker, utterance)
-        with self._lock:
-            array = self._open.get(key)
-            if array is not None:
-                self._open.move_to_end(key)
-                return array
-        # A plain view of the mapped memory: slicing a np.memmap builds a memmap object per crop, twice the copy's cost.
-        array = np.asarray(self.cache.load(speaker, utterance))
-        with self._lock:
-            self._open[key] = array
-            while len(self._open) > self._open_limit:
-                self._open.popitem(last=False)
-        return array
+        self.arrays = OpenArrays(cache, open_arrays)  # tf.data calls batch() from several threads
 
     def plan(self, step: int, fast: bool = True) -> tuple[np.ndarray, list[tuple[int, str, int, int]]]:
         """Labels [B] and per crop (label, utterance, first frame, frames copied) of a step, drawn as
@@ -106,7 +85,7 @@ class RandomCropSampler:
         labels, crops = self.plan(step)
         out = np.empty((self.batch_size, self.crop_frames, NUM_FILTERS, 1), np.float32)  # every row written below
         for row, (label, utt, start, length) in enumerate(crops):
-            out[row, :length, :, 0] = self._array(self.speakers[label], utt)[start:start + length]
+            out[row, :length, :, 0] = self.arrays.load(self.speakers[label], utt)[start:start + length]
             out[row, length:] = 0.0  # the zero padding of a short segment
         rng = np.random.default_rng([self.seed, int(step), 1])  # SpecAugment's own generator, as RandomCropBatches
         return masked(out, rng, self.masks), labels.astype(np.int64)
