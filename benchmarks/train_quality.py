@@ -110,6 +110,12 @@ def domain_scores(embedder: Embedder, signals: list[np.ndarray], speakers: list[
     return domains
 
 
+def held_out_signals(cache: FeatureCache) -> tuple[list[tuple[str, str]], list[str], list[np.ndarray]]:
+    """The test cache's utterances, their speakers and their audio (read as the cache read it)."""
+    test = cache.utterances()
+    return test, [s for s, _ in test], [read_audio(cache.entry(s, u)["source"]) for s, u in test]
+
+
 def print_domains(domains: dict) -> None:
     for kind, values in domains.items():
         print(f"  {kind:10s} trained EER {100 * values['trained']['eer']:5.2f}% minDCF "
@@ -144,10 +150,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     if args.evaluate is not None:
-        test_cache = cached(args.data / "test-other", args.work / "test_cache")
-        test = test_cache.utterances()
-        signals = [read_audio(test_cache.entry(s, u)["source"]) for s, u in test]
-        domains = domain_scores(Embedder(args.evaluate), signals, [s for s, _ in test])
+        test, speakers, signals = held_out_signals(cached(args.data / "test-other", args.work / "test_cache"))
+        domains = domain_scores(Embedder(args.evaluate), signals, speakers)
         print(f"{args.evaluate} on the {len(test)} test-other utterances ({len(test) * (len(test) - 1) // 2} pairs):")
         print_domains(domains)
         (args.work / "evaluate.json").write_text(json.dumps({"model": str(args.evaluate), "out_of_domain": domains},
@@ -174,10 +178,8 @@ def main() -> None:
                                 **common))
     trained_s = time.perf_counter() - started
 
-    test = test_cache.utterances()
-    speakers = [s for s, _ in test]
+    test, speakers, signals = held_out_signals(test_cache)
     features = [np.asarray(test_cache.load(s, u)) for s, u in test]
-    signals = [read_audio(test_cache.entry(s, u)["source"]) for s, u in test]
     keras.utils.set_random_seed(args.seed)
     trained = Embedder(load_model(best_checkpoint(runs, "triplet")))
     domains = domain_scores(trained, signals, speakers)

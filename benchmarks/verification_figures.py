@@ -38,8 +38,8 @@ def main() -> None:
     for method, top_k in (("snorm", 300), ("asnorm", 20)):
         norm = load_cohort(encoder, TRAIN, method, top_k)
         report = evaluate(encoder, TEST, norm).report
-        rows.append((f"{method}{f' (top {top_k})' if method == 'asnorm' else ''}, cohort: {len(speakers)} training speakers",
-                     report, "-"))
+        name = f"{method}{f' (top {top_k})' if method == 'asnorm' else ''}"
+        rows.append((f"{name}, cohort: {len(speakers)} training speakers", report, "-"))
     print("| scores | EER % [95 % CI] | minDCF 0.01 [95 % CI] | minDCF 0.05 | actDCF 0.01 / 0.05 | Cllr | minCllr |")
     print("|---|---|---|---|---|---|---|")
     for name, r, c in rows:

@@ -1,6 +1,6 @@
 """Train the packaged default model from the bundled speech (samples/librispeech) with a fixed seed.
 
-    python scripts/train_default_model.py            # about 12 minutes on 2 idle CPU cores
+    python scripts/train_default_model.py            # about 7 minutes on 2 idle CPU cores
     python scripts/train_default_model.py --calibrate-only   # refit the card's calibration (1 minute)
 
 Trains on the 232 bundled train-clean-100 speakers only, measures verification on the 10 held-out test-other

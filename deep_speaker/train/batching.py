@@ -187,7 +187,6 @@ class TripletPool:
     ):
         if crops_per_speaker < 2:
             raise DeepSpeakerError("crops_per_speaker must be at least 2 (anchor and positive)")
-        self.cache = cache
         self.arrays = OpenArrays(cache)  # a refresh crops a few hundred arrays: each opened once, not per crop
         self.by_speaker = by_speaker
         self.speaker_names = sorted(by_speaker)
