@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from deep_speaker.data.audio import read_audio
+from deep_speaker.data.audio import AudioError, read_audio
 from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.data.corpus import scan_corpus
 from deep_speaker.data.store import FeatureStore, build_store, shard_name, write_shard
@@ -59,7 +59,11 @@ def make_pool(folder: Path, clips: int = 3000) -> list[Path]:
         for start in range(0, len(signal) - step + 1, step):
             path = tmp / f"clip{len(pool):05d}.flac"
             sf.write(path, signal[start:start + step], 16000)
-            if len(read_audio(path)) < step // 2:  # mostly silence: the cache's trim would leave too little
+            try:
+                kept = len(read_audio(path))
+            except AudioError:  # a silent second (a pause of the recording)
+                kept = 0
+            if kept < step // 2:  # mostly silence: the cache's trim would leave too little
                 path.unlink()
                 continue
             pool.append(folder / path.name)

@@ -1,9 +1,17 @@
 """The fast random-crop pipeline gives today's RandomCropBatches' batches, bit for bit, for the same seed and step
-(with and without SpecAugment masks), through the sampler, tf.data and the PyDataset, on a cache of real speech."""
+(with and without SpecAugment masks), through the sampler, tf.data, the PyDataset and worker processes over shared
+memory, on a cache of real speech."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +19,7 @@ import pytest
 from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.train import batching
-from deep_speaker.train.pipeline import RandomCropSampler, SamplerBatches, tf_dataset
+from deep_speaker.train.pipeline import ProcessBatches, RandomCropSampler, SamplerBatches, tf_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "librispeech"
@@ -74,6 +82,41 @@ def test_tf_data_and_pydataset_give_the_same_stream_from_any_step(cache, segment
         np.testing.assert_array_equal(y_py, y_ref)
 
 
+def _shared_memory() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_worker_processes_give_the_same_stream_and_free_their_memory(cache, segments):
+    sampler = RandomCropSampler(cache, segments, 160, batch_size=12, seed=3, masks=(10, 8))
+    expected = reference(cache, segments, 160, 12, 3, (10, 8), 4, 9)
+    before = _shared_memory()
+    # 2 workers x 2 slots: 9 batches go round every slot twice, so a refilled slot is checked too.
+    batches = ProcessBatches(sampler, 9, first_step=4, workers=2, slots=2)
+    streamed = list(batches)
+    assert len(streamed) == len(batches) == 9
+    for (x_ref, y_ref), (x, y) in zip(expected, streamed):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+    assert _shared_memory() == before
+    assert not any(p.is_alive() for p in batches._processes)
+    with pytest.raises(DeepSpeakerError, match="iterated once"):
+        next(iter(batches))
+
+
+def test_a_killed_input_worker_is_a_one_line_error_not_a_hang(cache, segments):
+    sampler = RandomCropSampler(cache, segments, 160, batch_size=12, seed=3)
+    before = _shared_memory()
+    batches = ProcessBatches(sampler, 50, workers=2, slots=1, timeout=60)
+    stream = iter(batches)
+    next(stream)
+    batches._processes[1].kill()
+    started = time.monotonic()
+    with pytest.raises(DeepSpeakerError, match=r"input worker 1 died \(exit code -9\) before batch"):
+        list(stream)
+    assert time.monotonic() - started < 30
+    assert _shared_memory() == before
+
+
 def test_a_bounded_table_of_open_arrays_changes_nothing(cache, segments):
     small = RandomCropSampler(cache, segments, 160, batch_size=16, seed=1, open_arrays=2)
     (x_ref, _), = reference(cache, segments, 160, 16, 1, None, 9, 1)
@@ -95,7 +138,7 @@ def _weights(run: Path) -> list[np.ndarray]:
     return [np.asarray(w) for w in model.get_weights()]
 
 
-def test_training_on_tf_data_equals_training_on_today_s_batcher(cache, tmp_path):
+def test_training_on_tf_data_or_processes_equals_training_on_today_s_batcher(cache, tmp_path):
     from deep_speaker.train import TrainConfig, train
 
     # Resuming needs nothing more: a batch is a function of its step (tested above from step 4), and the runs'
@@ -104,12 +147,38 @@ def test_training_on_tf_data_equals_training_on_today_s_batcher(cache, tmp_path)
                   batch_size=12, steps=1, save_every=1, learning_rate=3e-3, verbose=0)
     train(TrainConfig("softmax", tmp_path / "today", **common))
     train(TrainConfig("softmax", tmp_path / "tfdata", input_pipeline="tfdata", **common))
+    train(TrainConfig("softmax", tmp_path / "processes", input_pipeline="processes", input_workers=2, **common))
     # The batches are bitwise those of today (above); TensorFlow's threaded float32 reductions may still round a
     # weight differently by an ulp from one run to the next.
-    for a, b in zip(_weights(tmp_path / "today"), _weights(tmp_path / "tfdata")):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for other in ("tfdata", "processes"):
+        for a, b in zip(_weights(tmp_path / "today"), _weights(tmp_path / other)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     with pytest.raises(DeepSpeakerError, match="unknown input pipeline 'grain'"):
         TrainConfig("softmax", tmp_path / "x", input_pipeline="grain", **common)
+
+
+def test_worker_processes_feed_training_on_jax_as_today_s_batcher(cache, tmp_path):
+    # The GPU hosts have JAX and no TensorFlow: the processes pipeline is the fast one there (tf.data is not).
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax not installed")
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from deep_speaker.train import TrainConfig, train
+        if __name__ == "__main__":  # the workers start from a fork server, which imports this module
+            common = dict(cache_dir={str(cache.path)!r}, random_crops=True, width=0.0625, crop_frames=64,
+                          batch_size=12, steps=2, save_every=2, verbose=0)
+            for name, pipeline in (("today", "pydataset"), ("processes", "processes")):
+                train(TrainConfig("softmax", {str(tmp_path)!r} + "/" + name, input_pipeline=pipeline,
+                                  input_workers=2, **common))
+    """)
+    (tmp_path / "run.py").write_text(script)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, str(tmp_path / "run.py")], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    # Two steps: the second batch comes from the second worker. XLA on CPU is deterministic for equal inputs.
+    for a, b in zip(_weights(tmp_path / "today"), _weights(tmp_path / "processes")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_the_fast_draws_are_the_generator_s_own_over_many_steps(cache, segments):

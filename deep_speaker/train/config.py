@@ -18,8 +18,9 @@ from ..settings import check_choice
 
 PHASES = ("softmax", "triplet", "probe")
 STRATEGIES = ("none", "mirrored", "multiworker")
-# What feeds the softmax phase's random crops: today's Keras PyDataset batcher, or tf.data (train.pipeline).
-INPUT_PIPELINES = ("pydataset", "tfdata")
+# What feeds the softmax phase's random crops: today's Keras PyDataset batcher, tf.data, or worker processes over
+# shared memory (train.pipeline).
+INPUT_PIPELINES = ("pydataset", "tfdata", "processes")
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -91,8 +92,12 @@ class TrainConfig:
                 "held-out part) instead of the fixed crops of --data_filename"})
     input_pipeline: str = field(default="pydataset", metadata={
         "choices": INPUT_PIPELINES, "help": "softmax phase with --random-crops: pydataset (a Keras PyDataset cutting "
-                                            "a crop at a time) or tfdata (tf.data: crops cut in parallel from "
-                                            "arrays opened once, prefetched); the same batches either way"})
+                                            "a crop at a time), tfdata (tf.data: crops cut in parallel from "
+                                            "arrays opened once, prefetched) or processes (the same cut by "
+                                            "--input_workers processes into shared memory: every backend, no "
+                                            "shared GIL); the same batches either way"})
+    input_workers: int | None = field(default=None, metadata={
+        "metavar": "N", "default_help": "half the cores", "help": "worker processes of --input_pipeline processes"})
     softmax_head: str = field(default="softmax", metadata={
         "choices": HEADS, "help": "softmax phase: the original softmax, or aam: additive angular margin softmax "
                                   "(ArcFace) on cosines to each speaker, with --margin and --scale"})
@@ -118,6 +123,8 @@ class TrainConfig:
         check_choice(self.precision, PRECISIONS, "precision")
         check_choice(self.softmax_head, HEADS, "softmax head")
         check_choice(self.input_pipeline, INPUT_PIPELINES, "input pipeline")
+        if self.input_workers is not None and self.input_workers < 1:
+            raise DeepSpeakerError(f"--input_workers needs at least 1 worker, got {self.input_workers}")
         if not (0 <= self.margin < math.pi / 2 and math.isfinite(self.scale) and self.scale > 0):
             raise DeepSpeakerError(f"need 0 <= margin < pi/2 and a positive scale (got {self.margin}, {self.scale})")
         for name, value in phase_defaults(self.phase).items():

@@ -51,7 +51,7 @@ from .callbacks import (
     seed_states,
 )
 from .config import OPTIMIZERS, TrainConfig
-from .pipeline import RandomCropSampler, tf_dataset
+from .pipeline import ProcessBatches, RandomCropSampler, tf_dataset
 from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 
 log = logging.getLogger(__name__)
@@ -172,16 +172,21 @@ class Trainer:
             return dict(state.get("last_logs", {}))
         if start:
             log.info("%s: resuming at step %d", self.run_dir, start)
-        history = model.fit(
-            data(start),
-            validation_data=validation,
-            steps_per_epoch=c.save_every,
-            epochs=math.ceil(c.steps / c.save_every),
-            initial_epoch=start // c.save_every,
-            shuffle=False,  # batches are already a seeded function of the step
-            verbose=c.verbose,
-            callbacks=[*extra_callbacks, *run_callbacks(c, state, identity_model)],
-        )
+        batches = data(start)
+        try:
+            history = model.fit(
+                batches,
+                validation_data=validation,
+                steps_per_epoch=c.save_every,
+                epochs=math.ceil(c.steps / c.save_every),
+                initial_epoch=start // c.save_every,
+                shuffle=False,  # batches are already a seeded function of the step
+                verbose=c.verbose,
+                callbacks=[*extra_callbacks, *run_callbacks(c, state, identity_model)],
+            )
+        finally:  # an iterator over worker processes stops them (a Dataset or PyDataset has nothing to close)
+            if hasattr(batches, "close"):
+                batches.close()
         return {k: float(v[-1]) for k, v in history.history.items()}
 
     def train(self) -> dict:
@@ -230,8 +235,10 @@ class Trainer:
             validation = (inputs["x_test"], inputs["y_test"]) if len(inputs["x_test"]) else None
 
         def data(start):
-            if c.random_crops and c.input_pipeline == "tfdata":
+            if c.random_crops and c.input_pipeline != "pydataset":
                 sampler = RandomCropSampler(cache, train_segments, c.crop_frames, c.batch_size, c.seed, self._masks())
+                if c.input_pipeline == "processes":
+                    return iter(ProcessBatches(sampler, c.steps - start, start, workers=c.input_workers))
                 return tf_dataset(sampler, start, c.steps - start)
             if c.random_crops:
                 return batching.RandomCropBatches(cache, train_segments, c.crop_frames, c.batch_size,

@@ -14,18 +14,27 @@ cache and the sharded store serve alike.
 - :func:`tf_dataset`: a ``tf.data.Dataset`` of the batches of steps first..last, the sampler run by
   ``tf.numpy_function`` in parallel map calls (AUTOTUNE, deterministic order) and prefetched.
 - :class:`SamplerBatches`: the same batches as a Keras ``PyDataset`` (any backend; ``workers`` and
-  ``use_multiprocessing`` as Keras offers them).
+  ``use_multiprocessing`` as Keras offers them, which send every batch back through a pipe).
+- :class:`ProcessBatches`: the same batches cut by worker processes into shared memory they reuse (any backend;
+  a host's cores are not held to one GIL, as tf.data's ``numpy_function`` calls are).
 
-Training uses it with ``--input_pipeline tfdata`` (TrainConfig.input_pipeline); the default stays RandomCropBatches.
+Training uses them with ``--input_pipeline tfdata`` or ``processes`` (TrainConfig.input_pipeline); the default
+stays RandomCropBatches.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import multiprocessing
+import os
+import queue
+import time
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
 
+from ..data.cache import FeatureCache, init_worker
 from ..data.features import NUM_FILTERS
 from ..data.inputs import Segment
 from ..errors import DeepSpeakerError
@@ -49,6 +58,10 @@ class RandomCropSampler:
         self.segments = [[(utt, lo, max(0, min(hi, int(cache.entry(speaker, utt)["frames"])) - lo))
                           for utt, lo, hi in segments[speaker]] for speaker in self.speakers]
         self.arrays = OpenArrays(cache, open_arrays)  # tf.data calls batch() from several threads
+        # What a worker process rebuilds this sampler from (ProcessBatches): plain values, no objects.
+        self.spec = {"cache": str(cache.path), "segments": {s: [tuple(g) for g in segments[s]] for s in self.speakers},
+                     "crop_frames": crop_frames, "batch_size": batch_size, "seed": seed, "masks": masks,
+                     "open_arrays": open_arrays}
 
     def plan(self, step: int, fast: bool = True) -> tuple[np.ndarray, list[tuple[int, str, int, int]]]:
         """Labels [B] and per crop (label, utterance, first frame, frames copied) of a step, drawn as
@@ -80,15 +93,24 @@ class RandomCropSampler:
                 crops.append((label, utt, lo, frames))
         return crops
 
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(crops [B, crop_frames, 64, 1] float32, labels [B] int64) of a step."""
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.batch_size, self.crop_frames, NUM_FILTERS, 1
+
+    def batch(self, step: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(crops [B, crop_frames, 64, 1] float32, labels [B] int64) of a step; the crops written into ``out`` (an
+        array of that shape and dtype) when given."""
         labels, crops = self.plan(step)
-        out = np.empty((self.batch_size, self.crop_frames, NUM_FILTERS, 1), np.float32)  # every row written below
+        if out is None:
+            out = np.empty(self.shape, np.float32)  # every row written below
         for row, (label, utt, start, length) in enumerate(crops):
             out[row, :length, :, 0] = self.arrays.load(self.speakers[label], utt)[start:start + length]
             out[row, length:] = 0.0  # the zero padding of a short segment
         rng = np.random.default_rng([self.seed, int(step), 1])  # SpecAugment's own generator, as RandomCropBatches
-        return masked(out, rng, self.masks), labels.astype(np.int64)
+        crops_out = masked(out, rng, self.masks)
+        if crops_out is not out:
+            out[...] = crops_out
+        return out, labels.astype(np.int64)
 
 
 def bounded_draws(rng: np.random.Generator, count: int) -> Callable[[int], int] | None:
@@ -157,3 +179,130 @@ class SamplerBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.sampler.batch(self.first_step + index)
+
+
+def _slot_views(memory: SharedMemory, shape: tuple[int, ...], slots: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (crops, labels) arrays of each slot of a worker's shared memory."""
+    crop_bytes, label_bytes = int(np.prod(shape)) * 4, shape[0] * 8
+    views = []
+    for slot in range(slots):
+        base = slot * (crop_bytes + label_bytes)
+        views.append((np.ndarray(shape, np.float32, memory.buf, base),
+                      np.ndarray(shape[:1], np.int64, memory.buf, base + crop_bytes)))
+    return views
+
+
+def _serve(spec: dict, memory_name: str, slots: int, tasks: Any, done: Any) -> None:
+    """A ProcessBatches worker: cuts the batch of each (step, slot) task into that slot, then reports it done."""
+    # One BLAS thread, and death with the fork server that started it, which exits when the training process does.
+    init_worker(os.getppid())
+    spec = dict(spec)
+    sampler = RandomCropSampler(FeatureCache(spec.pop("cache")), **spec)
+    memory = SharedMemory(memory_name)
+    views = _slot_views(memory, sampler.shape, slots)
+    for step, slot in iter(tasks.get, None):
+        try:
+            views[slot][1][:] = sampler.batch(step, out=views[slot][0])[1]
+        except Exception as error:  # reported by the parent, in one line
+            done.put((step, slot, f"{type(error).__name__}: {error}"))
+            return
+        done.put((step, slot, None))
+
+
+class ProcessBatches:
+    """The sampler's batches of steps ``first_step`` .. ``first_step + num_batches - 1``, in step order, cut by
+    ``workers`` processes into shared-memory slots each reuses (``slots`` per worker), so a host's cores serve
+    batches without sharing one GIL, and without a pipe or a new segment per batch; every Keras backend.
+
+    Step k is cut by worker k mod W into its slot (k div W) mod S; the parent copies each batch out before that
+    slot takes its next step, so a batch handed out is never written again. The workers rebuild the sampler from
+    ``sampler.spec`` (the cache's path and plain values) in processes started by a fork server (no state of this
+    process, TensorFlow's threads included, is inherited). A worker that dies or fails stops the iteration with a
+    one-line error; ``close`` (also at the end of the iteration) stops the workers and frees the memory.
+    """
+
+    def __init__(self, sampler: RandomCropSampler, num_batches: int, first_step: int = 0,
+                 workers: int | None = None, slots: int = 2, timeout: float = 300.0):
+        if workers is None:
+            workers = max(1, len(os.sched_getaffinity(0)) // 2 if hasattr(os, "sched_getaffinity")
+                          else (os.cpu_count() or 2) // 2)
+        if workers < 1 or slots < 1:
+            raise DeepSpeakerError(f"need at least one worker and one slot, got {workers} and {slots}")
+        self.sampler, self.length, self.first_step = sampler, num_batches, first_step
+        self.workers, self.slots, self.timeout = workers, slots, timeout
+        self._processes: list[Any] = []
+        self._memories: list[SharedMemory] = []
+        self._views: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per worker, per slot: (crops, labels)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _start(self) -> tuple[list[Any], list[Any]]:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in methods:
+            context.set_forkserver_preload([__name__])  # imported once in the server, not in every worker
+        shape = self.sampler.shape
+        size = self.slots * (int(np.prod(shape)) * 4 + shape[0] * 8)
+        tasks, done = [], []
+        for _ in range(self.workers):
+            memory = SharedMemory(create=True, size=size)
+            self._memories.append(memory)
+            self._views.append(_slot_views(memory, shape, self.slots))
+            tasks.append(context.SimpleQueue())
+            done.append(context.Queue())
+            process = context.Process(target=_serve, args=(self.sampler.spec, memory.name, self.slots, tasks[-1],
+                                                           done[-1]), daemon=True)
+            process.start()
+            self._processes.append(process)
+        return tasks, done
+
+    def _wait(self, worker: int, done: Any, step: int, deadline: float) -> int:
+        """The slot of ``step``, once ``worker`` reports it cut."""
+        while True:
+            try:
+                got, slot, error = done.get(timeout=1.0)
+                break
+            except queue.Empty:
+                process = self._processes[worker]
+                if not process.is_alive():
+                    raise DeepSpeakerError(f"input worker {worker} died (exit code {process.exitcode}) before "
+                                           f"batch {step}; the run resumes from its last checkpoint") from None
+                if time.monotonic() > deadline:
+                    raise DeepSpeakerError(f"input worker {worker}: no batch {step} in {self.timeout:g} s") from None
+        if error is not None:
+            raise DeepSpeakerError(f"input worker {worker}, batch {step}: {error}")
+        if got != step:  # each worker answers its tasks in order
+            raise DeepSpeakerError(f"input worker {worker} sent batch {got}, expected {step}")
+        return slot
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self._processes:
+            raise DeepSpeakerError("ProcessBatches is iterated once; make another for another pass")
+        end, ahead = self.first_step + self.length, self.workers * self.slots
+        try:
+            tasks, done = self._start()
+            for k in range(min(ahead, self.length)):
+                tasks[k % self.workers].put((self.first_step + k, (k // self.workers) % self.slots))
+            for k in range(self.length):
+                worker, step = k % self.workers, self.first_step + k
+                slot = self._wait(worker, done[worker], step, time.monotonic() + self.timeout)
+                crops, labels = (np.array(v) for v in self._views[worker][slot])  # copied: the slot is refilled next
+                if step + ahead < end:
+                    tasks[worker].put((step + ahead, slot))
+                yield crops, labels
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the workers and free their shared memory (also done when an iteration ends or fails)."""
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self._processes:
+            process.join(timeout=10)
+        self._views = []  # the arrays over the shared memory go first, or it cannot be closed
+        for memory in self._memories:
+            memory.close()
+            memory.unlink()
+        self._memories = []
