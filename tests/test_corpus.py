@@ -67,6 +67,20 @@ def test_file_outside_the_detected_layout_is_rejected_not_dropped(tmp_path):
     assert [Path(r.path).name for r in rejected] == ["oops.flac"] and "LibriSpeech" in rejected[0].reason
 
 
+@pytest.mark.parametrize("libri, other", [(3, 3), (4, 3), (3, 4), (1, 0), (0, 1), (50, 49), (49, 50)])
+def test_the_detected_layout_is_the_one_most_files_fit(tmp_path, libri, other):
+    # The LibriSpeech files walked first or last (folder 19 sorts after 0alice, before alice): detection gives a
+    # layout up once half the files miss it, which must not change the majority's answer.
+    for speaker in ("alice", "0alice"):
+        root = tmp_path / speaker
+        touch(root, *[f"19/198/19-198-{i:04d}.flac" for i in range(libri)],
+              *[f"{speaker}/a{i}.wav" for i in range(other)])
+        utts, rejected, layout = scan_corpus(root)
+        expected = "librispeech" if 2 * libri > libri + other else "folders"  # the majority, counted here
+        assert layout == expected, speaker
+        assert len(utts) + len(rejected) == libri + other
+
+
 @pytest.mark.parametrize("layout, files", [
     ("folders", ["alice/a.wav", "alice/a.flac"]),
     ("vctk", ["wav48/p225/p225_001.wav", "wav48/p225/p225_001.flac"]),

@@ -123,13 +123,25 @@ def relative_parts(audio_dir: str | os.PathLike, paths: list[str]) -> list[tuple
             for p in paths]
 
 
-def detect_layout(rel: list[tuple[str, ...]]) -> str:
-    """The layout most files fit (given their relative_parts): vctk, then librispeech, else folders."""
+def detect_layout(rel: list[tuple[str, ...]]) -> tuple[str, Optional[list]]:
+    """The layout most files fit (given their relative_parts): vctk, then librispeech, else folders; with the
+    files parsed in it when it is vctk or librispeech (the scan uses them rather than parsing again).
+
+    A layout is given up once half of the files do not fit it, so a large corpus is not parsed in full twice.
+    """
     for layout in ("vctk", "librispeech"):
-        fits = sum(not isinstance(PARSERS[layout](parts), str) for parts in rel)
-        if rel and fits * 2 > len(rel):
-            return layout
-    return "folders"
+        parse, parsed, misses = PARSERS[layout], [], 0
+        for parts in rel:
+            result = parse(parts)
+            parsed.append(result)
+            if isinstance(result, str):
+                misses += 1
+                if misses * 2 >= len(rel):
+                    break
+        else:
+            if rel:
+                return layout, parsed
+    return "folders", None
 
 
 def _speaker_folder(path: str, speaker: str) -> str:
@@ -166,16 +178,17 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
 def _scan(audio_dir: Path, layout: str, mic: str) -> tuple[list[Utterance], list[Failure], str]:
     files, rejected = find_audio_files(audio_dir)
     rel = relative_parts(audio_dir, files)
+    parsed_files = None
     if layout == "auto":
-        layout = detect_layout(rel)
+        layout, parsed_files = detect_layout(rel)
     if layout == "vctk":
         _vctk_root(audio_dir)
-    parse = PARSERS[layout]
+    if parsed_files is None:
+        parsed_files = map(PARSERS[layout], rel)
     chosen: dict[tuple[str, str], tuple[Optional[str], str]] = {}
     speaker_dirs: dict[str, tuple[str, str]] = {}  # speaker -> (its folder, the first file found there)
     folders: dict[tuple[str, str], str] = {}  # (a file's folder, speaker) -> the speaker's folder
-    for path, parts in zip(files, rel):
-        parsed = parse(parts)
+    for path, parsed in zip(files, parsed_files):
         if isinstance(parsed, str):
             rejected.append(Failure(path, parsed))
             continue
