@@ -82,22 +82,26 @@ def test_tf_data_and_pydataset_give_the_same_stream_from_any_step(cache, segment
         np.testing.assert_array_equal(y_py, y_ref)
 
 
-def _shared_memory() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+def _shared_memory(names: list[str]) -> list[str]:
+    """Those of the shared-memory segments ``names`` that still exist."""
+    return [name for name in names if os.path.exists(f"/dev/shm/{name.lstrip('/')}")]
 
 
 def test_worker_processes_give_the_same_stream_and_free_their_memory(cache, segments):
     sampler = RandomCropSampler(cache, segments, 160, batch_size=12, seed=3, masks=(10, 8))
     expected = reference(cache, segments, 160, 12, 3, (10, 8), 4, 9)
-    before = _shared_memory()
     # 2 workers x 2 slots: 9 batches go round every slot twice, so a refilled slot is checked too.
     batches = ProcessBatches(sampler, 9, first_step=4, workers=2, slots=2)
-    streamed = list(batches)
+    stream = iter(batches)
+    streamed = [next(stream)]
+    names = [m.name for m in batches._memories]
+    assert len(_shared_memory(names)) == 2  # one segment per worker
+    streamed += list(stream)
     assert len(streamed) == len(batches) == 9
     for (x_ref, y_ref), (x, y) in zip(expected, streamed):
         np.testing.assert_array_equal(x, x_ref)
         np.testing.assert_array_equal(y, y_ref)
-    assert _shared_memory() == before
+    assert not _shared_memory(names)
     assert not any(p.is_alive() for p in batches._processes)
     with pytest.raises(DeepSpeakerError, match="iterated once"):
         next(iter(batches))
@@ -105,16 +109,57 @@ def test_worker_processes_give_the_same_stream_and_free_their_memory(cache, segm
 
 def test_a_killed_input_worker_is_a_one_line_error_not_a_hang(cache, segments):
     sampler = RandomCropSampler(cache, segments, 160, batch_size=12, seed=3)
-    before = _shared_memory()
     batches = ProcessBatches(sampler, 50, workers=2, slots=1, timeout=60)
     stream = iter(batches)
     next(stream)
+    names = [m.name for m in batches._memories]
     batches._processes[1].kill()
     started = time.monotonic()
     with pytest.raises(DeepSpeakerError, match=r"input worker 1 died \(exit code -9\) before batch"):
         list(stream)
     assert time.monotonic() - started < 30
-    assert _shared_memory() == before
+    assert names and not _shared_memory(names)
+
+
+def test_workers_of_a_killed_training_process_end_and_their_memory_is_freed(cache, segments, tmp_path):
+    script = textwrap.dedent(f"""
+        import time
+        from deep_speaker.data.cache import FeatureCache
+        from deep_speaker.train import batching
+        from deep_speaker.train.pipeline import ProcessBatches, RandomCropSampler
+        if __name__ == "__main__":
+            cache = FeatureCache({str(cache.path)!r})
+            sampler = RandomCropSampler(cache, batching.speaker_segments(cache, 0.2, 0)[0], 160, 12)
+            batches = ProcessBatches(sampler, 10**6, workers=2)
+            stream = iter(batches)
+            next(stream)
+            print("PIDS", *(p.pid for p in batches._processes), flush=True)
+            print("MEMORY", *(m.name for m in batches._memories), flush=True)
+            time.sleep(120)
+    """)
+    (tmp_path / "run.py").write_text(script)
+    run = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        pids, names = (run.stdout.readline().split() for _ in range(2))
+        assert pids[0] == "PIDS" and names[0] == "MEMORY", (pids, names)
+        pids, names = [int(p) for p in pids[1:]], names[1:]
+        assert len(pids) == 2 and len(_shared_memory(names)) == 2
+    finally:
+        run.kill()  # SIGKILL: no finally clause, no close() runs in the training process
+        run.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (any(_alive(p) for p in pids) or _shared_memory(names)):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+    assert not _shared_memory(names)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # a zombie has ended
 
 
 def test_a_bounded_table_of_open_arrays_changes_nothing(cache, segments):

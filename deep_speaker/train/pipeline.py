@@ -33,8 +33,9 @@ from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from ..data.cache import FeatureCache, init_worker
+from ..data.cache import FeatureCache
 from ..data.features import NUM_FILTERS
 from ..data.inputs import Segment
 from ..errors import DeepSpeakerError
@@ -193,14 +194,21 @@ def _slot_views(memory: SharedMemory, shape: tuple[int, ...], slots: int) -> lis
 
 
 def _serve(spec: dict, memory_name: str, slots: int, tasks: Any, done: Any) -> None:
-    """A ProcessBatches worker: cuts the batch of each (step, slot) task into that slot, then reports it done."""
-    # One BLAS thread, and death with the fork server that started it, which exits when the training process does.
-    init_worker(os.getppid())
+    """A ProcessBatches worker: cuts the batch of each (step, slot) task into that slot, then reports it done; ends at
+    a None task, or when the training process is gone (its end of the task pipe closed, even by SIGKILL)."""
+    threadpool_limits(limits=1, user_api="blas")  # parallel by processes
     spec = dict(spec)
     sampler = RandomCropSampler(FeatureCache(spec.pop("cache")), **spec)
     memory = SharedMemory(memory_name)
     views = _slot_views(memory, sampler.shape, slots)
-    for step, slot in iter(tasks.get, None):
+    while True:
+        try:
+            task = tasks.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        step, slot = task
         try:
             views[slot][1][:] = sampler.batch(step, out=views[slot][0])[1]
         except Exception as error:  # reported by the parent, in one line
@@ -217,8 +225,11 @@ class ProcessBatches:
     Step k is cut by worker k mod W into its slot (k div W) mod S; the parent copies each batch out before that
     slot takes its next step, so a batch handed out is never written again. The workers rebuild the sampler from
     ``sampler.spec`` (the cache's path and plain values) in processes started by a fork server (no state of this
-    process, TensorFlow's threads included, is inherited). A worker that dies or fails stops the iteration with a
-    one-line error; ``close`` (also at the end of the iteration) stops the workers and frees the memory.
+    process, TensorFlow's threads included, is inherited; a script using it needs the ``if __name__ ==
+    "__main__"`` guard, as for any process started so). A worker that dies or fails stops the iteration with a
+    one-line error; ``close`` (also at the end of the iteration) stops the workers and frees the memory; workers
+    whose training process is killed end by themselves, and the memory is then freed by multiprocessing's
+    resource tracker.
     """
 
     def __init__(self, sampler: RandomCropSampler, num_batches: int, first_step: int = 0,
@@ -231,31 +242,36 @@ class ProcessBatches:
         self.sampler, self.length, self.first_step = sampler, num_batches, first_step
         self.workers, self.slots, self.timeout = workers, slots, timeout
         self._processes: list[Any] = []
+        self._tasks: list[Any] = []  # per worker, the writing end of its task pipe
         self._memories: list[SharedMemory] = []
         self._views: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per worker, per slot: (crops, labels)
 
     def __len__(self) -> int:
         return self.length
 
-    def _start(self) -> tuple[list[Any], list[Any]]:
+    def _start(self) -> list[Any]:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
             context.set_forkserver_preload([__name__])  # imported once in the server, not in every worker
         shape = self.sampler.shape
         size = self.slots * (int(np.prod(shape)) * 4 + shape[0] * 8)
-        tasks, done = [], []
+        done = []
         for _ in range(self.workers):
             memory = SharedMemory(create=True, size=size)
             self._memories.append(memory)
             self._views.append(_slot_views(memory, shape, self.slots))
-            tasks.append(context.SimpleQueue())
+            # A pipe, not a queue, for the tasks: only this process holds its writing end, so a worker reads EOF
+            # once this process is gone, however it ended (the fork server outlives it while workers run).
+            reader, writer = context.Pipe(duplex=False)
+            self._tasks.append(writer)
             done.append(context.Queue())
-            process = context.Process(target=_serve, args=(self.sampler.spec, memory.name, self.slots, tasks[-1],
+            process = context.Process(target=_serve, args=(self.sampler.spec, memory.name, self.slots, reader,
                                                            done[-1]), daemon=True)
             process.start()
+            reader.close()
             self._processes.append(process)
-        return tasks, done
+        return done
 
     def _wait(self, worker: int, done: Any, step: int, deadline: float) -> int:
         """The slot of ``step``, once ``worker`` reports it cut."""
@@ -281,21 +297,25 @@ class ProcessBatches:
             raise DeepSpeakerError("ProcessBatches is iterated once; make another for another pass")
         end, ahead = self.first_step + self.length, self.workers * self.slots
         try:
-            tasks, done = self._start()
+            done = self._start()
+            tasks = self._tasks
             for k in range(min(ahead, self.length)):
-                tasks[k % self.workers].put((self.first_step + k, (k // self.workers) % self.slots))
+                tasks[k % self.workers].send((self.first_step + k, (k // self.workers) % self.slots))
             for k in range(self.length):
                 worker, step = k % self.workers, self.first_step + k
                 slot = self._wait(worker, done[worker], step, time.monotonic() + self.timeout)
                 crops, labels = (np.array(v) for v in self._views[worker][slot])  # copied: the slot is refilled next
                 if step + ahead < end:
-                    tasks[worker].put((step + ahead, slot))
+                    tasks[worker].send((step + ahead, slot))
                 yield crops, labels
         finally:
             self.close()
 
     def close(self) -> None:
         """Stop the workers and free their shared memory (also done when an iteration ends or fails)."""
+        for writer in self._tasks:
+            writer.close()
+        self._tasks = []
         for process in self._processes:
             if process.is_alive():
                 process.terminate()
