@@ -54,7 +54,8 @@ class MeanFbank(Encoder):
         return fbank_features(x)
 
     def embed_prepared(self, inputs) -> np.ndarray:
-        means = np.stack([f.mean(axis=0) for f in inputs])
+        # Accumulated in float64: a float32 mean over frames rounds by how the array is laid out in memory.
+        means = np.stack([f.mean(axis=0, dtype=np.float64) for f in inputs])
         return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
