@@ -123,7 +123,7 @@ def relative_parts(audio_dir: str | os.PathLike, paths: list[str]) -> list[tuple
             for p in paths]
 
 
-def detect_layout(rel: list[tuple[str, ...]]) -> tuple[str, Optional[list]]:
+def detect_layout(rel: list[tuple[str, ...]]) -> tuple[str, list | None]:
     """The layout most files fit (given their relative_parts): vctk, then librispeech, else folders; with the
     files parsed in it when it is vctk or librispeech (the scan uses them rather than parsing again).
 

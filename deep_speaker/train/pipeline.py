@@ -211,7 +211,7 @@ def _serve(spec: dict, memory_name: str, slots: int, tasks: Any, done: Any) -> N
         step, slot = task
         try:
             views[slot][1][:] = sampler.batch(step, out=views[slot][0])[1]
-        except Exception as error:  # reported by the parent, in one line
+        except Exception as error:  # noqa: BLE001 (any failure is reported by the parent, in one line)
             done.put((step, slot, f"{type(error).__name__}: {error}"))
             return
         done.put((step, slot, None))
