@@ -26,6 +26,8 @@ MIC_CHOICES = ("mic1", "mic2")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _VCTK_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]+)_(?P<num>[0-9]+)(?:_(?P<mic>mic[0-9]))?")
 _LIBRI_NAME = re.compile(r"(?P<spk>[0-9]+)-(?P<chapter>[0-9]+)-(?P<num>[0-9]+)")
+VCTK_MISFIT = "does not fit the VCTK layout (wav48/<speaker>/<speaker>_<number>[_micN].wav|flac)"
+LIBRI_MISFIT = "does not fit the LibriSpeech layout (<speaker>/<chapter>/<speaker>-<chapter>-<n>.flac)"
 
 
 class Utterance(NamedTuple):
@@ -52,19 +54,24 @@ def _stem(name: str) -> str:
 
 def _parse_vctk(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
     """``.../<spk>/<spk>_<num>[_micN].ext`` -> (spk, spk_num, micN)."""
-    stem = _stem(parts[-1])
-    match = _VCTK_NAME.fullmatch(stem)
-    if len(parts) < 2 or not match or match["spk"] != parts[-2]:
-        return "does not fit the VCTK layout (wav48/<speaker>/<speaker>_<number>[_micN].wav|flac)"
+    # The name starting with its folder's name and "_" is necessary (spk is what precedes the first "_"): a cheap
+    # refusal first, since layout detection tries every file of a large corpus of another layout.
+    if len(parts) < 2 or not parts[-1].startswith(parts[-2] + "_"):
+        return VCTK_MISFIT
+    match = _VCTK_NAME.fullmatch(_stem(parts[-1]))
+    if not match or match["spk"] != parts[-2]:
+        return VCTK_MISFIT
     return match["spk"], f"{match['spk']}_{match['num']}", match["mic"]
 
 
 def _parse_librispeech(parts: tuple[str, ...]) -> tuple[str, str, Optional[str]] | str:
     """``<spk>/<chapter>/<spk>-<chapter>-<num>.ext`` -> (spk, spk-chapter-num)."""
+    if len(parts) < 3 or not parts[-1].startswith(f"{parts[-3]}-{parts[-2]}-"):  # necessary, as for VCTK
+        return LIBRI_MISFIT
     stem = _stem(parts[-1])
     match = _LIBRI_NAME.fullmatch(stem)
-    if len(parts) < 3 or not match or (match["spk"], match["chapter"]) != (parts[-3], parts[-2]):
-        return "does not fit the LibriSpeech layout (<speaker>/<chapter>/<speaker>-<chapter>-<n>.flac)"
+    if not match or (match["spk"], match["chapter"]) != (parts[-3], parts[-2]):
+        return LIBRI_MISFIT
     return match["spk"], stem, None
 
 
