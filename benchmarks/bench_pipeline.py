@@ -17,7 +17,8 @@ loop; keeping every batch of a round instead makes each one fault in 4 MB of fre
 the median round is reported. The crops are cut in Python (tf.numpy_function holds the GIL), so a host's cores
 serve through processes, not threads: the 16-core figure is 15 ProcessBatches workers at the rate of one (which
 has a core of its own here, the consumer the other), a core left to the training process. ProcessBatches'
-rounds start their clock once the workers have cut their first batches (started before, as the pipes' pool is).
+rounds start their clock once each worker has cut as many batches as the sampler's warm-up (started before, as
+the pipes' pool is).
 """
 
 from __future__ import annotations

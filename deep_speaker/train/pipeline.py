@@ -182,9 +182,14 @@ class SamplerBatches(keras.utils.PyDataset):
         return self.sampler.batch(self.first_step + index)
 
 
+def _slot_bytes(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Bytes of a slot's float32 crops of ``shape`` and of its int64 labels (one per crop)."""
+    return int(np.prod(shape)) * 4, shape[0] * 8
+
+
 def _slot_views(memory: SharedMemory, shape: tuple[int, ...], slots: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (crops, labels) arrays of each slot of a worker's shared memory."""
-    crop_bytes, label_bytes = int(np.prod(shape)) * 4, shape[0] * 8
+    crop_bytes, label_bytes = _slot_bytes(shape)
     views = []
     for slot in range(slots):
         base = slot * (crop_bytes + label_bytes)
@@ -194,8 +199,8 @@ def _slot_views(memory: SharedMemory, shape: tuple[int, ...], slots: int) -> lis
 
 
 def _serve(spec: dict, memory_name: str, slots: int, tasks: Any, done: Any) -> None:
-    """A ProcessBatches worker: cuts the batch of each (step, slot) task into that slot, then reports it done; ends at
-    a None task, or when the training process is gone (its end of the task pipe closed, even by SIGKILL)."""
+    """A ProcessBatches worker: cuts the batch of each (step, slot) task into that slot, then reports it done; ends
+    when the task pipe is closed (by ``close``, or by the training process ending, even by SIGKILL)."""
     threadpool_limits(limits=1, user_api="blas")  # parallel by processes
     spec = dict(spec)
     sampler = RandomCropSampler(FeatureCache(spec.pop("cache")), **spec)
@@ -205,8 +210,6 @@ def _serve(spec: dict, memory_name: str, slots: int, tasks: Any, done: Any) -> N
         try:
             task = tasks.recv()
         except EOFError:
-            return
-        if task is None:
             return
         step, slot = task
         try:
@@ -255,7 +258,7 @@ class ProcessBatches:
         if "forkserver" in methods:
             context.set_forkserver_preload([__name__])  # imported once in the server, not in every worker
         shape = self.sampler.shape
-        size = self.slots * (int(np.prod(shape)) * 4 + shape[0] * 8)
+        size = self.slots * sum(_slot_bytes(shape))
         done = []
         for _ in range(self.workers):
             memory = SharedMemory(create=True, size=size)
