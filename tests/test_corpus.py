@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from deep_speaker.data import corpus
 from deep_speaker.data.corpus import list_utterances, scan_corpus
 from deep_speaker.errors import DeepSpeakerError
 
@@ -112,3 +114,63 @@ def test_stem_is_splitext(name):
     from deep_speaker.data.corpus import _stem
 
     assert _stem(name) == os.path.splitext(name)[0]
+
+
+def age_folders(root: Path, seconds: float = 3600.0) -> None:
+    """Set every folder's mtime in the past, so that any later change in one shows as a new mtime."""
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        past = time.time() - seconds
+        os.utime(folder, (past, past))
+
+
+@pytest.fixture
+def walks(monkeypatch) -> list[str]:
+    """The folders scans walked (one entry per full scan); the racy-folder margin off (see age_folders)."""
+    calls: list[str] = []
+    real = corpus._walk_audio
+
+    def counting(audio_dir):
+        calls.append(str(audio_dir))
+        return real(audio_dir)
+
+    monkeypatch.setattr(corpus, "_walk_audio", counting)
+    monkeypatch.setattr(corpus, "RACY_NS", 0)
+    return calls
+
+
+def test_a_recorded_scan_is_reused_until_a_folder_changes(tmp_path, walks):
+    root, record = tmp_path / "audio", tmp_path / "scan.arrow"
+    touch(root, "spk1/a.wav", "spk1/b.flac", "spk2/c.wav", "spk2/notes.wav/x.wav", "loose.wav")
+    age_folders(root)
+    first = scan_corpus(root, "folders", record=record)
+    assert scan_corpus(root, "folders", record=record) == first and len(walks) == 1  # no walk: from the record
+    assert first == scan_corpus(root, "folders")  # and what a plain scan gives
+    assert {f.reason for f in first[1]} >= {"is a directory, not an audio file"}  # rejections are kept too
+    changes = [lambda: touch(root, "spk1/d.wav"),  # a file added
+               lambda: (root / "spk2" / "c.wav").unlink(),  # removed
+               lambda: (root / "spk1" / "a.wav").rename(root / "spk1" / "e.wav"),  # renamed
+               lambda: touch(root, "spk3/sub/f.wav"),  # a new folder in the root
+               lambda: touch(root, "spk3/sub/g.wav")]  # a file in a folder that the record holds, two levels down
+    for n, change in enumerate(changes):
+        age_folders(root)
+        change()
+        assert scan_corpus(root, "folders", record=record) == scan_corpus(root, "folders"), n
+        assert scan_corpus(root, "folders", record=record) == scan_corpus(root, "folders")
+        assert len(walks) == 2 + 3 * (n + 1)  # the change made one full scan; the next one came from the record
+
+
+def test_a_record_is_not_reused_for_another_scan_a_racy_folder_or_a_damaged_file(tmp_path, walks, monkeypatch):
+    root, record = tmp_path / "audio", tmp_path / "scan.arrow"
+    touch(root, "spk1/spk1_001.wav", "spk1/spk1_002_mic2.wav")
+    age_folders(root)
+    scan_corpus(root, "folders", record=record)
+    scan_corpus(root, "vctk", record=record)  # another layout
+    scan_corpus(root, "vctk", "mic2", record=record)  # another microphone
+    assert len(walks) == 3
+    record.write_bytes(record.read_bytes()[:100])  # damaged: ignored, then rewritten
+    assert scan_corpus(root, "vctk", "mic2", record=record) == scan_corpus(root, "vctk", "mic2")
+    assert scan_corpus(root, "vctk", "mic2", record=record) == scan_corpus(root, "vctk", "mic2") and len(walks) == 6
+    monkeypatch.setattr(corpus, "RACY_NS", 10**12)  # every folder changed too shortly before the recorded scan
+    scan_corpus(root, "vctk", "mic2", record=record)
+    scan_corpus(root, "vctk", "mic2", record=record)
+    assert len(walks) == 8

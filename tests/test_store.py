@@ -143,6 +143,37 @@ def test_update_writes_new_shards_only_and_the_newest_entry_wins(libri_mini, tmp
     np.testing.assert_allclose(store.load("3005", new.stem), reference_features(extra), atol=1e-4)
 
 
+def test_an_update_from_the_recorded_scan_still_sees_added_and_rewritten_files(libri_mini, tmp_path, monkeypatch):
+    from test_corpus import age_folders
+
+    from deep_speaker.data import corpus
+
+    monkeypatch.setattr(corpus, "RACY_NS", 0)  # the folders are aged instead (age_folders)
+    walk = corpus._walk_audio
+    walked: list[Path] = []
+    monkeypatch.setattr(corpus, "_walk_audio", lambda folder: walked.append(folder) or walk(folder))
+    audio, store_dir = tmp_path / "audio", tmp_path / "store"
+    links = libri_subset(libri_mini, audio, speakers=2, utts=3)
+    build_store(audio, store_dir, shard_size=5, progress=False)
+    age_folders(audio)
+    build_store(audio, store_dir, update=True, progress=False)  # scans in full and records the scan
+    assert (store_dir / "corpus-scan.arrow").is_file() and len(walked) == 2
+    added = links[0].with_name(links[0].name.replace(".flac", "0.flac"))  # a file added: its folder changed
+    shutil.copy(links[4], added)
+    summary = build_store(audio, store_dir, update=True, progress=False)
+    assert (summary.cached, summary.skipped) == (1, 6) and len(walked) == 3
+    age_folders(audio)
+    build_store(audio, store_dir, update=True, progress=False)  # records the scan again
+    assert len(walked) == 4
+    added.write_bytes(links[5].read_bytes())  # rewritten in place: its folder is as recorded, its stat is not
+    summary = build_store(audio, store_dir, update=True, progress=False)
+    assert (summary.cached, summary.skipped) == (1, 6) and len(walked) == 4  # from the record, no walk
+    np.testing.assert_allclose(FeatureCache(store_dir).load(added.parts[-3], added.name[:-5]),
+                               reference_features(links[5]), atol=1e-4)
+    build_store(audio, store_dir, progress=False)  # a rebuild wipes the record with the rest
+    assert not (store_dir / "corpus-scan.arrow").exists()
+
+
 def test_sigkill_mid_build_loses_no_finished_shard_and_update_finishes(libri_mini, reference, tmp_path):
     store_dir = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-m", "deep_speaker", "cache", "build", str(libri_mini / "test-other"),

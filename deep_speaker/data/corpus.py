@@ -4,18 +4,25 @@ Layouts: ``vctk`` (``wav48/p225/p225_001.wav``, ``wav48_silence_trimmed/p225/p22
 ``librispeech`` (``speaker/chapter/speaker-chapter-utt.flac``) and ``folders``
 (``speaker_id/anything.wav|flac|...``, any of AUDIO_EXTENSIONS). ``auto`` picks the first of vctk/librispeech that fits most
 files, else folders. Files that do not fit the layout are rejected with a reason, never dropped
-silently; two files giving the same ids are an error.
+silently; two files giving the same ids are an error. A scan can be kept in a record file and reused while no
+folder of the corpus has changed (:func:`scan_corpus`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
+import pyarrow as pa
+
+from ..atomic import atomic_write
 from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
 from .audio import AUDIO_EXTENSIONS
@@ -28,6 +35,14 @@ _VCTK_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]+)_(?P<num>[0-9]+)(?:_(?P<mic>mic[0
 _LIBRI_NAME = re.compile(r"(?P<spk>[0-9]+)-(?P<chapter>[0-9]+)-(?P<num>[0-9]+)")
 VCTK_MISFIT = "does not fit the VCTK layout (wav48/<speaker>/<speaker>_<number>[_micN].wav|flac)"
 LIBRI_MISFIT = "does not fit the LibriSpeech layout (<speaker>/<chapter>/<speaker>-<chapter>-<n>.flac)"
+SCAN_RECORD_FORMAT = "deep-speaker-corpus-scan/1"
+_SCAN_SCHEMA = pa.schema([("speaker", pa.string()), ("utterance", pa.string()), ("path", pa.string())])
+# A folder's mtime has a resolution (2 s on FAT, a clock tick elsewhere): a file added in the same tick as the change
+# a record saw could leave it unchanged, so folders changed this close before a scan are never trusted (as git's
+# "racy" entries are not).
+RACY_NS = 5 * 10**9
+
+log = logging.getLogger(__name__)
 
 
 class Utterance(NamedTuple):
@@ -102,8 +117,15 @@ def gc_paused() -> Iterator[None]:
 
 def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Failure]]:
     """All audio files (AUDIO_EXTENSIONS) under ``audio_dir`` (sorted); directories named like audio files are rejected."""
+    files, rejected, _ = _walk_audio(audio_dir)
+    return files, rejected
+
+
+def _walk_audio(audio_dir: str | os.PathLike) -> tuple[list[str], list[Failure], list[tuple[str, os.stat_result]]]:
+    """find_audio_files, with each folder walked and its stat (what a scan record checks)."""
     files: list[str] = []
     rejected: list[Failure] = []
+    folders: list[tuple[str, os.stat_result]] = []
     seen_dirs: set[tuple[int, int]] = set()
     for root, dirnames, filenames in os.walk(audio_dir, followlinks=True):
         st = os.stat(root)
@@ -111,6 +133,7 @@ def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Fail
             dirnames[:] = []
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
+        folders.append((root, st))
         for name in list(dirnames):
             if name.lower().endswith(AUDIO_EXTENSIONS):
                 rejected.append(Failure(os.path.join(root, name), "is a directory, not an audio file"))
@@ -118,7 +141,7 @@ def find_audio_files(audio_dir: str | os.PathLike) -> tuple[list[str], list[Fail
         dirnames.sort()
         prefix = os.path.join(root, "")  # then a concatenation per file: os.path.join costs more at 10^5 files
         files += [prefix + f for f in sorted(filenames) if f.lower().endswith(AUDIO_EXTENSIONS)]
-    return files, rejected
+    return files, rejected, folders
 
 
 def relative_parts(audio_dir: str | os.PathLike, paths: list[str]) -> list[tuple[str, ...]]:
@@ -152,8 +175,14 @@ def detect_layout(rel: list[tuple[str, ...]]) -> tuple[str, list | None]:
 
 
 def _speaker_folder(path: str, speaker: str) -> str:
-    """The nearest folder above ``path`` named ``speaker``."""
-    return str(next(a for a in Path(path).parents if a.name == speaker))
+    """The nearest folder above ``path`` named ``speaker`` (by string operations: pathlib's parents cost a tenth of
+    a large corpus's scan)."""
+    folder = path
+    while os.sep in folder:
+        folder = folder[:folder.rfind(os.sep)]
+        if folder == speaker or folder.endswith(os.sep + speaker):
+            return folder
+    raise ValueError(f"{path} has no folder named {speaker!r}")  # the parsers take the speaker from a folder name
 
 
 def _vctk_root(audio_dir: Path) -> Path:
@@ -165,25 +194,77 @@ def _vctk_root(audio_dir: Path) -> Path:
     return audio_dir
 
 
-def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto",
-                mic: str = "mic1") -> tuple[list[Utterance], list[Failure], str]:
+def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto", mic: str = "mic1",
+                record: Optional[Path] = None) -> tuple[list[Utterance], list[Failure], str]:
     """The utterances of ``audio_dir`` (sorted by ids), the rejected paths and the layout used.
 
     VCTK recordings with several microphones keep ``mic`` (mic2 is used only where mic1 is missing,
     or the other way round). Raises :class:`DeepSpeakerError` when two files give the same ids or two
     folders the same speaker.
+
+    With ``record`` (a file the caller owns), the result is kept there with each folder's inode, mtime and ctime,
+    and returned from it without listing or parsing a file while every folder is as recorded: adding, removing or
+    renaming an entry changes its folder's mtime and ctime. A file changed in place does not (the caller stats
+    each file). A record that is unreadable or describes another scan is ignored and rewritten.
     """
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
         raise DeepSpeakerError(f"{audio_dir}: audio directory not found")
     check_choice(layout, LAYOUTS, "layout")
     check_choice(mic, MIC_CHOICES, "microphone")
+    # What the result depends on besides the folders (relative paths: on the working directory as well).
+    key = {"format": SCAN_RECORD_FORMAT, "audio_dir": str(audio_dir), "layout": layout, "mic": mic,
+           "cwd": None if audio_dir.is_absolute() else os.getcwd()}
     with gc_paused():
-        return _scan(audio_dir, layout, mic)
+        if record is not None and (kept := _read_scan_record(record, key)) is not None:
+            return kept
+        started_ns = time.time_ns()
+        utterances, rejected, found, folders = _scan(audio_dir, layout, mic)
+        if record is not None:
+            _write_scan_record(record, key, started_ns, utterances, rejected, found, folders)
+        return utterances, rejected, found
 
 
-def _scan(audio_dir: Path, layout: str, mic: str) -> tuple[list[Utterance], list[Failure], str]:
-    files, rejected = find_audio_files(audio_dir)
+def _folder_state(st: os.stat_result) -> list[int]:
+    return [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _write_scan_record(record: Path, key: dict, started_ns: int, utterances: list[Utterance],
+                       rejected: list[Failure], layout: str, folders: list[tuple[str, os.stat_result]]) -> None:
+    """Keep a scan in ``record`` (Arrow IPC: the utterances as columns; the rest in the schema's metadata)."""
+    meta = {**key, "started_ns": started_ns, "found_layout": layout,
+            "folders": [[path, *_folder_state(st)] for path, st in folders],
+            "rejected": [f.to_dict() for f in rejected]}
+    table = pa.table([list(column) for column in zip(*utterances)] if utterances else [[], [], []],
+                     schema=_SCAN_SCHEMA.with_metadata({"deep-speaker": json.dumps(meta)}))
+    with atomic_write(record) as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read_scan_record(record: Path, key: dict) -> Optional[tuple[list[Utterance], list[Failure], str]]:
+    """The scan kept in ``record`` when it was made with ``key`` and no folder has changed since, else None."""
+    try:
+        with pa.memory_map(str(record)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        meta = json.loads(table.schema.metadata[b"deep-speaker"])
+        if table.schema.remove_metadata() != _SCAN_SCHEMA or any(meta.get(k) != v for k, v in key.items()):
+            return None
+        for path, *state in meta["folders"]:
+            # Changed since, or changed so shortly before the recorded scan that a later change may not show.
+            if _folder_state(os.stat(path)) != state or max(state[1:]) >= meta["started_ns"] - RACY_NS:
+                return None
+        utterances = list(map(Utterance, *(table.column(name).to_pylist() for name in _SCAN_SCHEMA.names)))
+        return utterances, [Failure.from_dict(f) for f in meta["rejected"]], meta["found_layout"]
+    except FileNotFoundError:
+        return None
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
+        log.debug("%s: not used (%s); the corpus is scanned again", record, exc)
+        return None
+
+
+def _scan(audio_dir: Path, layout: str,
+          mic: str) -> tuple[list[Utterance], list[Failure], str, list[tuple[str, os.stat_result]]]:
+    files, rejected, walked = _walk_audio(audio_dir)
     rel = relative_parts(audio_dir, files)
     parsed_files = None
     if layout == "auto":
@@ -223,7 +304,7 @@ def _scan(audio_dir: Path, layout: str, mic: str) -> tuple[list[Utterance], list
             raise DeepSpeakerError(f"two files give speaker {speaker!r} utterance {utterance!r}: {other} and {path}")
         chosen[key] = (file_mic, path)
     utterances = [Utterance(spk, utt, path) for (spk, utt), (_, path) in sorted(chosen.items())]
-    return utterances, rejected, layout
+    return utterances, rejected, layout, walked
 
 
 def list_utterances(audio_dir: str | os.PathLike, layout: str = "auto", mic: str = "mic1") -> list[Utterance]:

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = "deep-speaker-feature-store"
 STORE_VERSION = 1
 LISTING = "store.json"
+SCAN_RECORD = "corpus-scan.arrow"  # the last update's corpus scan (corpus.scan_corpus), reused while no folder changed
 SHARDS_DIR = "shards"
 DEFAULT_SHARD_SIZE = 1000
 DTYPES = ("float32", "float16")
@@ -463,7 +464,9 @@ def store_wipe_plan(store_dir: Path) -> list[Path]:
     inputs = store_dir / INPUTS_NAME
     if inputs.is_file() and is_training_inputs(inputs):
         files.append(inputs)
-    return files + sorted(store_dir.glob("store.shard-*-of-*.json")) + [p for p in [store_dir / LISTING] if p.is_file()]
+    files += sorted(store_dir.glob(f".{SCAN_RECORD}.*.tmp"))
+    return files + sorted(store_dir.glob("store.shard-*-of-*.json")) + [
+        p for p in [store_dir / SCAN_RECORD, store_dir / LISTING] if p.is_file()]
 
 
 def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dict, dtype: str) -> list[dict]:
@@ -529,10 +532,13 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
     audio_dir, store_dir = Path(audio_dir).resolve(), Path(store_dir)
     settings = cache_settings(trim)
     check_not_overlapping(audio_dir, store_dir)
-    if layout == "auto" and update and is_store(store_dir):
-        # An update keeps the layout the store was built with (and skips detecting it: a pass over every file).
-        layout = (read_listings(store_dir) or {}).get("layout", "auto")
-    utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
+    record = None
+    if update and is_store(store_dir):
+        record = store_dir / SCAN_RECORD
+        if layout == "auto":
+            # An update keeps the layout the store was built with (and skips detecting it: a pass over every file).
+            layout = (read_listings(store_dir) or {}).get("layout", "auto")
+    utterances, rejected, layout = scan_corpus(audio_dir, layout, mic, record=record)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
     if shard is not None:
@@ -570,7 +576,7 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         own += adopted
         (store_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         if shard is None:
-            for tmp in (store_dir / SHARDS_DIR).glob(".*.tmp"):
+            for tmp in [*(store_dir / SHARDS_DIR).glob(".*.tmp"), *store_dir.glob(f".{SCAN_RECORD}.*.tmp")]:
                 tmp.unlink(missing_ok=True)
         readable = sorted({s["name"]: s for s in present + adopted}.values(),
                           key=lambda s: (s["generation"], s["name"]))
