@@ -244,7 +244,7 @@ def _write_scan_record(record: Path, key: dict, started_ns: int, utterances: lis
 def _read_scan_record(record: Path, key: dict) -> Optional[tuple[list[Utterance], list[Failure], str]]:
     """The scan kept in ``record`` when it was made with ``key`` and no folder has changed since, else None."""
     try:
-        with pa.memory_map(str(record)) as source:
+        with pa.OSFile(str(record)) as source:
             table = pa.ipc.open_file(source).read_all()
         meta = json.loads(table.schema.metadata[b"deep-speaker"])
         if table.schema.remove_metadata() != _SCAN_SCHEMA or any(meta.get(k) != v for k, v in key.items()):
