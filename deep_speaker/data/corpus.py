@@ -221,7 +221,10 @@ def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto", mic: str = "
         started_ns = time.time_ns()
         utterances, rejected, found, folders = _scan(audio_dir, layout, mic)
         if record is not None:
-            _write_scan_record(record, key, started_ns, utterances, rejected, found, folders)
+            try:
+                _write_scan_record(record, key, started_ns, utterances, rejected, found, folders)
+            except (OSError, UnicodeError, pa.ArrowException) as exc:  # e.g. a path that is not UTF-8
+                log.debug("%s: scan not recorded (%s)", record, exc)
         return utterances, rejected, found
 
 
