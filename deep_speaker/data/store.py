@@ -507,9 +507,9 @@ def _stat_or_error(path: str) -> os.stat_result | OSError:
 def unchanged(index: pa.Table, utterances: Sequence[Utterance], sizes: Sequence[int], mtimes_ns: Sequence[int],
               adopted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per utterance (its file's ``sizes`` and ``mtimes_ns``), whether ``index`` holds its ids from the same file,
-    size and modification time; and whether
-    that entry is in one of the ``adopted`` shards (index ``shard`` positions). A hash join of the corpus with the
-    index in Arrow: a Python loop over the two would cost more than the rest of a no-op update at 10^5 files."""
+    size and modification time; and whether that entry is in one of the ``adopted`` shards (index ``shard``
+    positions). A hash join of the corpus with the index in Arrow: a Python loop over the two would cost more than
+    the rest of a no-op update at 10^5 files."""
     corpus = pa.table({"speaker": [u.speaker for u in utterances], "utterance": [u.utterance for u in utterances],
                        "source": [u.path for u in utterances],
                        "size": pa.array(sizes, pa.int64()), "mtime_ns": pa.array(mtimes_ns, pa.int64()),
