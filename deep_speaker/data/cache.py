@@ -288,6 +288,25 @@ def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float
     return {**entry, "array": array_relpath(utt.speaker, utt.utterance)}
 
 
+def stat_utterances(utterances: Sequence[Utterance]) -> tuple[list[Utterance], list[os.stat_result], list[Failure]]:
+    """The utterances whose file can be stat-ed, their os.stat results, and a "cannot open: ..." failure for each
+    other one. Through map(os.stat), without a Python frame per file unless one fails: the stat of every file is
+    half of a no-op store update at 10^5 files."""
+    paths = [u.path for u in utterances]
+    try:
+        return list(utterances), list(map(os.stat, paths)), []
+    except OSError:
+        pass
+    found, stats, failures = [], [], []
+    for utt in utterances:
+        try:
+            stats.append(os.stat(utt.path))
+            found.append(utt)
+        except OSError as exc:
+            failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
+    return found, stats, failures
+
+
 def is_current(entry: Optional[dict], utt: Utterance, st: os.stat_result, cache_dir: Path) -> bool:
     """Whether a manifest entry still describes this source file (same path, size, mtime) and its array exists."""
     return (entry is not None and entry["source"] == utt.path and entry["size"] == st.st_size
@@ -527,13 +546,10 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         summary = BuildSummary(cache_dir=str(cache_dir), layout=layout)
         failures: list[Failure] = list(rejected)
         todo: list[Utterance] = []
-        for utt in utterances:
+        found, stats, unopened = stat_utterances(utterances)
+        failures += unopened
+        for utt, st in zip(found, stats):
             key = (utt.speaker, utt.utterance)
-            try:
-                st = os.stat(utt.path)
-            except OSError as exc:
-                failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
-                continue
             if is_current(old.get(key), utt, st, cache_dir):
                 entries[key] = old[key]
                 summary.skipped += 1

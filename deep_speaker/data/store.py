@@ -49,9 +49,8 @@ from ..settings import check_choice, settings_difference
 from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, read_audio
 from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar, _pool_context, build_lock,
                     cache_settings, check_not_overlapping, compute_features, copy_draws, copy_generator, in_shard,
-                    init_worker, make_copy, speaker_blocks,
-                    is_training_inputs, read_json_document, read_json_parts, read_manifests, save_array_atomic,
-                    wipe_cache)
+                    init_worker, is_training_inputs, make_copy, read_json_document, read_json_parts, read_manifests,
+                    save_array_atomic, speaker_blocks, stat_utterances, wipe_cache)
 from .corpus import Utterance, gc_paused, scan_corpus
 from .features import NUM_FILTERS
 from .inputs import INPUTS_NAME
@@ -448,6 +447,11 @@ def plan_shards(todo: Sequence[Utterance], generation: int, shard_size: int, dty
     return tasks
 
 
+def _scan_record_temporaries(store_dir: Path) -> list[Path]:
+    """The temporaries an interrupted write of the scan record left (atomic_write's names)."""
+    return sorted(store_dir.glob(f".{SCAN_RECORD}.*.tmp"))
+
+
 def store_wipe_plan(store_dir: Path) -> list[Path]:
     """What a rebuild of a store deletes: its shard files (by our naming), temporaries, our training inputs, then
     the listings; a listing that is not ours, or tampered, refuses the wipe."""
@@ -464,7 +468,7 @@ def store_wipe_plan(store_dir: Path) -> list[Path]:
     inputs = store_dir / INPUTS_NAME
     if inputs.is_file() and is_training_inputs(inputs):
         files.append(inputs)
-    files += sorted(store_dir.glob(f".{SCAN_RECORD}.*.tmp"))
+    files += _scan_record_temporaries(store_dir)
     return files + sorted(store_dir.glob("store.shard-*-of-*.json")) + [
         p for p in [store_dir / SCAN_RECORD, store_dir / LISTING] if p.is_file()]
 
@@ -486,22 +490,6 @@ def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dic
                               "frames": int(pc.sum(table["frames"]).as_py() or 0),
                               "seconds": float(pc.sum(table["seconds"]).as_py() or 0.0)})
     return found
-
-
-def file_stats(paths: Sequence[str]) -> list[os.stat_result | OSError]:
-    """os.stat of each path, or the OSError it raised; by map, without a Python frame per file in the common case
-    where none fails (the stat of every file is half of a no-op update at 10^5)."""
-    try:
-        return list(map(os.stat, paths))
-    except OSError:
-        return [_stat_or_error(path) for path in paths]
-
-
-def _stat_or_error(path: str) -> os.stat_result | OSError:
-    try:
-        return os.stat(path)
-    except OSError as exc:
-        return exc
 
 
 def unchanged(index: pa.Table, utterances: Sequence[Utterance], sizes: Sequence[int], mtimes_ns: Sequence[int],
@@ -592,7 +580,7 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         own += adopted
         (store_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         if shard is None:
-            for tmp in [*(store_dir / SHARDS_DIR).glob(".*.tmp"), *store_dir.glob(f".{SCAN_RECORD}.*.tmp")]:
+            for tmp in [*(store_dir / SHARDS_DIR).glob(".*.tmp"), *_scan_record_temporaries(store_dir)]:
                 tmp.unlink(missing_ok=True)
         readable = sorted({s["name"]: s for s in present + adopted}.values(),
                           key=lambda s: (s["generation"], s["name"]))
@@ -601,13 +589,8 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         # The index is read (Arrow, outside the GIL) while the files are stat-ed: a third of a no-op update each.
         with ThreadPoolExecutor(1) as reader, gc_paused():
             index_read = reader.submit(load_index, store_dir, readable)
-            found, found_stats = [], []
-            for utt, st in zip(utterances, file_stats([u.path for u in utterances])):
-                if isinstance(st, OSError):
-                    failures.append(Failure(utt.path, f"cannot open: {st.strerror or st}"))
-                else:
-                    found.append(utt)
-                    found_stats.append(st)
+            found, found_stats, unopened = stat_utterances(utterances)
+            failures += unopened
             index = index_read.result()
             kept, recovered = unchanged(index, found, [st.st_size for st in found_stats],
                                         [st.st_mtime_ns for st in found_stats], [readable.index(s) for s in adopted])
