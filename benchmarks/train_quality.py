@@ -11,7 +11,8 @@ Softmax pre-training then triplet training (the original's two phases, through d
 equal error rate over all 4950 pairs of the 100 test-other utterances (10 unseen speakers) of
 (a) the trained model, (b) the same network with random weights, (c) cosine of mean MFCCs; EER and minDCF
 (p_target 0.01). --augment trains on an augmented cache (`cache build --augment noise,reverb,speed --copies 2`:
-babble/coloured noise, simulated rooms, 0.9/1.1 speed as new speakers) with SpecAugment on every crop; --aam
+babble/coloured noise, simulated rooms, 0.9/1.1 speed as new speakers; --augment-kinds noise,reverb,band,speed
+adds narrowband channels) with SpecAugment on every crop; --aam
 pre-trains with the AAM-softmax head (m 0.2, s 32) instead of the softmax.
 Out of domain: the same trials on copies of the test-other audio never used in training: telephone band (8 kHz
 and back), reverberant (a simulated room, RT60 0.6 s), noisy (white noise at 10 dB SNR), and all three at once.
@@ -122,12 +123,12 @@ def print_domains(domains: dict) -> None:
               f"{values['trained']['min_dcf']:.3f} | mean-MFCC EER {100 * values['mean_mfcc']['eer']:5.2f}%")
 
 
-def augmented(train_audio: Path, cache_dir: Path, copies: int, seed: int) -> FeatureCache:
-    """The training cache with `copies` augmented copies of each utterance (noise, reverb, speed), made once."""
+def augmented(train_audio: Path, cache_dir: Path, kinds: str, copies: int, seed: int) -> FeatureCache:
+    """The training cache with `copies` augmented copies of each utterance (`kinds`), made once."""
     cache = cached(train_audio, cache_dir)
-    wanted = {"kinds": list(augment.AUDIO_AUGMENTATIONS), "copies": copies, "seed": seed}
+    wanted = {"kinds": list(augment.check_augmentations(kinds)), "copies": copies, "seed": seed}
     if cache.manifest.get("augment") != wanted:
-        augment_cache(cache_dir, ",".join(augment.AUDIO_AUGMENTATIONS), copies, seed, progress=False)
+        augment_cache(cache_dir, kinds, copies, seed, progress=False)
     return FeatureCache(cache_dir)
 
 
@@ -144,6 +145,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
     parser.add_argument("--augment", action="store_true", help="augmented training cache + SpecAugment")
+    parser.add_argument("--augment-kinds", default="noise,reverb,speed", metavar="KINDS",
+                        help="the augmentations of --augment (default noise,reverb,speed; band adds narrowband channels)")
     parser.add_argument("--copies", type=int, default=2, help="augmented copies per training utterance")
     parser.add_argument("--aam", action="store_true", help="AAM-softmax pre-training (margin 0.2, scale 32)")
     parser.add_argument("--evaluate", type=Path, metavar="MODEL", help="score this model only, no training")
@@ -161,7 +164,8 @@ def main() -> None:
     # 160-frame crops from the first 80% of each utterance: 1.6 s / 0.8 = 200 frames, plus margin.
     train_audio = long_enough_speakers(args.data / "train-clean-100", args.work, min_frames=250)
     if args.augment:  # the copies are seeded by the run's seed too: another seed, other copies
-        train_cache = augmented(train_audio, args.work / "train_cache_augmented", args.copies, args.seed)
+        train_cache = augmented(train_audio, args.work / "train_cache_augmented", args.augment_kinds, args.copies,
+                                args.seed)
     else:
         train_cache = cached(train_audio, args.work / "train_cache")
     prepared_s = time.perf_counter() - started
@@ -186,7 +190,7 @@ def main() -> None:
     results = {
         "pairs": len(test) * (len(test) - 1) // 2,
         "speakers_unseen": len(set(speakers)),
-        "augment": args.augment,
+        "augment": args.augment and args.augment_kinds,
         "aam": args.aam,
         "training_speakers": len(train_cache.speakers),
         "training_entries": len(train_cache),

@@ -57,7 +57,7 @@ class JobConfig:
     precision: str = field(default="float32", metadata={"choices": PRECISIONS, "help": "Keras dtype policy"})
     # Beyond the original (off by default): augmented copies of the training cache, masks, margin softmax.
     augment: str | None = field(default=None, metadata={
-        "metavar": "KINDS", "help": "augmented copies of the training speech: a comma list of noise, reverb, speed",
+        "metavar": "KINDS", "help": "augmented copies of the training speech: a comma list of noise, reverb, band, speed",
         "default_help": "none"})
     augment_copies: int = field(default=2, metadata={"metavar": "K", "help": "augmented copies per utterance"})
     spec_augment: bool = field(default=False, metadata={"help": "SpecAugment masks on every training crop"})

@@ -80,6 +80,31 @@ def test_speed_perturbation_moves_a_tone_and_the_length_by_the_factor(factor):
     assert np.argmax(spectrum) * SAMPLE_RATE / 2 ** 18 == pytest.approx(440 * factor, abs=1.0)
 
 
+def band_power_db(signal: np.ndarray, lo: float, hi: float) -> float:
+    freqs, psd = scipy.signal.welch(signal.astype(np.float64), fs=SAMPLE_RATE, nperseg=2048)
+    return 10 * np.log10(np.sum(psd[(freqs >= lo) & (freqs < hi)]) + 1e-30)
+
+
+@pytest.mark.parametrize("rate", [8000.0, 11025.0])
+def test_band_limit_keeps_the_band_and_removes_what_lies_above(rate):
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    inside, above = 1000.0, rate / 2 + 1000.0
+    tones = (np.sin(2 * np.pi * inside * t) + np.sin(2 * np.pi * above * t)).astype(np.float32)
+    out = augment.band_limit(tones, rate)
+    assert out.shape == tones.shape and out.dtype == np.float32
+    assert band_power_db(out, inside - 50, inside + 50) == pytest.approx(
+        band_power_db(tones, inside - 50, inside + 50), abs=0.1)
+    assert band_power_db(out, above - 50, above + 50) < band_power_db(tones, above - 50, above + 50) - 60
+
+
+def test_a_band_copy_of_speech_is_narrowband_at_its_recorded_bandwidth(speech):
+    out, done = augment.augment_signal(speech[0], ("band",), [], np.random.default_rng(6))
+    assert set(done) == {"band_hz"} and augment.BAND_RATES_HZ[0] / 2 <= done["band_hz"] <= augment.BAND_RATES_HZ[1] / 2
+    edge = done["band_hz"]
+    assert band_power_db(out, 300, edge - 300) == pytest.approx(band_power_db(speech[0], 300, edge - 300), abs=0.2)
+    assert band_power_db(out, edge + 300, 8000) < band_power_db(speech[0], edge + 300, 8000) - 40
+
+
 def test_spec_augment_zeroes_bounded_bands_and_keeps_the_rest(libri_mini):
     from deep_speaker.data.features import extract_features
 
@@ -99,7 +124,7 @@ def test_spec_augment_zeroes_bounded_bands_and_keeps_the_rest(libri_mini):
 
 def test_unknown_augmentation_is_a_one_line_error():
     assert augment.check_augmentations("speed, noise") == ("noise", "speed")
-    with pytest.raises(DeepSpeakerError, match="unknown augmentation echo; choose from noise, reverb, speed"):
+    with pytest.raises(DeepSpeakerError, match="unknown augmentation echo; choose from noise, reverb, band, speed"):
         augment.check_augmentations("noise,echo")
 
 

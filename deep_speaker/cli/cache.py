@@ -190,7 +190,8 @@ def register(subparsers) -> None:
     build.add_argument("--augment", metavar="KINDS", default=None,
                        help=f"then add augmented copies of every utterance, for training: a comma list of "
                             f"{', '.join(AUDIO_AUGMENTATIONS)} (noise: babble of other speakers or coloured noise at "
-                            f"a random SNR; reverb: simulated room; speed: 0.9/1.1, new speaker ids SPK-speed90/110)")
+                            f"a random SNR; reverb: simulated room; band: a 3.4-6 kHz narrowband channel; "
+                            f"speed: 0.9/1.1, new speaker ids SPK-speed90/110)")
     build.add_argument("--copies", type=int, default=1, metavar="K", help="augmented copies per utterance (default 1)")
     build.add_argument("--augment_seed", type=int, default=0, help="seed of the augmented copies (default 0)")
     build.set_defaults(func=dispatch_build(update=False))

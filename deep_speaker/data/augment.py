@@ -5,14 +5,16 @@ Which runs where:
   entries, see :func:`deep_speaker.data.cache.augment_cache`): additive noise at a random SNR (:func:`add_noise`;
   babble of other training utterances, :func:`babble`, or generated coloured noise, :func:`colored_noise`),
   reverberation with a simulated room impulse response (:func:`room_rir`, pyroomacoustics' image-source shoebox,
-  or :func:`exponential_rir`, the plain exponential-decay model), and speed perturbation (:func:`speed_perturb`,
-  0.9 / 1.1 resampling: a new pseudo-speaker, as in WeSpeaker and Kaldi);
+  or :func:`exponential_rir`, the plain exponential-decay model), a narrowband channel (:func:`band_limit`,
+  resampled to a random 6.8-12 kHz and back: what a telephone line or a low-rate codec leaves), and speed
+  perturbation (:func:`speed_perturb`, 0.9 / 1.1 resampling: a new pseudo-speaker, as in WeSpeaker and Kaldi);
 - on the features, on the fly in the training batchers (``--spec-augment``): :func:`spec_augment`, time and
   frequency masks on every crop.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -22,11 +24,13 @@ import soxr
 from ..errors import DeepSpeakerError
 from .audio import SAMPLE_RATE
 
-AUDIO_AUGMENTATIONS = ("noise", "reverb", "speed")
+AUDIO_AUGMENTATIONS = ("noise", "reverb", "band", "speed")
+CHANNEL_EFFECTS = ("reverb", "noise", "band")  # in the order they apply: room, then noise at the mic, then the line
 SPEEDS = (0.9, 1.0, 1.1)  # Kaldi/WeSpeaker's; 0.9 and 1.1 make new speakers (pitch and formants move)
 NOISE_SNR_DB = (5.0, 20.0)  # generated coloured noise
 BABBLE_SNR_DB = (13.0, 20.0)  # babble of 3-7 speakers, the MUSAN babble range of the Kaldi/WeSpeaker recipes
 RT60_S = (0.2, 0.8)
+BAND_RATES_HZ = (6800.0, 12000.0)  # narrowband channels of 3.4-6 kHz bandwidth (telephone: 8 kHz)
 
 
 def power(signal: np.ndarray) -> float:
@@ -104,6 +108,13 @@ def speed_perturb(signal: np.ndarray, factor: float, sample_rate: int = SAMPLE_R
     return soxr.resample(signal, sample_rate * factor, sample_rate, quality="HQ").astype(np.float32)
 
 
+def band_limit(signal: np.ndarray, rate: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The signal through a channel of bandwidth rate / 2: resampled to `rate` and back (soxr HQ), same length."""
+    narrow = soxr.resample(signal, sample_rate, rate, quality="HQ")
+    back = soxr.resample(narrow, rate, sample_rate, quality="HQ")[: len(signal)]
+    return np.pad(back, (0, len(signal) - len(back))).astype(np.float32)
+
+
 def spec_augment(features: np.ndarray, rng: np.random.Generator, masks: int = 2, max_frames: int = 20,
                  max_bins: int = 8) -> np.ndarray:
     """A copy of [T, F, ...] features with `masks` time masks (widths 0..max_frames) and `masks` frequency masks
@@ -134,21 +145,27 @@ def augment_signal(signal: np.ndarray, kinds: tuple[str, ...], others: list[np.n
                    rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
     """One augmented copy and what was done: speed (a factor of SPEEDS, uniformly; 1.0 only when a channel effect
     is enabled too, so that no copy equals its source) when "speed" is in kinds, then a non-empty random subset
-    of the enabled channel effects: reverberation (room RIR, RT60 in RT60_S), then noise
-    (babble of `others` at BABBLE_SNR_DB, or white/pink/brown noise at NOISE_SNR_DB, half the time each)."""
+    (uniformly) of the enabled channel effects, in CHANNEL_EFFECTS order: reverberation (room RIR, RT60 in
+    RT60_S), noise (babble of `others` at BABBLE_SNR_DB, or white/pink/brown noise at NOISE_SNR_DB, half the time
+    each), a narrowband channel (band_limit at a rate uniform in BAND_RATES_HZ)."""
     done: dict = {}
-    channel = [k for k in ("reverb", "noise") if k in kinds]
+    channel = [k for k in CHANNEL_EFFECTS if k in kinds]
     if "speed" in kinds:
         factor = float(rng.choice([f for f in SPEEDS if channel or f != 1.0]))
         if factor != 1.0:
             done["speed"] = factor
             signal = speed_perturb(signal, factor, sample_rate)
     if channel:
-        subsets = [s for s in ([["reverb"], ["noise"], ["reverb", "noise"]]) if set(s) <= set(channel)]
+        # By size, then in CHANNEL_EFFECTS order: without "band" the draws are those of the recipes made before it.
+        subsets = [s for size in range(1, len(channel) + 1) for s in itertools.combinations(channel, size)]
         for kind in subsets[int(rng.integers(len(subsets)))]:
             if kind == "reverb":
                 done["rt60"] = round(float(rng.uniform(*RT60_S)), 3)
                 signal = reverberate(signal, room_rir(done["rt60"], rng, sample_rate))
+            elif kind == "band":
+                rate = float(rng.uniform(*BAND_RATES_HZ))
+                done["band_hz"] = round(rate / 2)
+                signal = band_limit(signal, rate, sample_rate)
             elif others and rng.random() < 0.5:
                 done["snr_db"], done["noise"] = round(float(rng.uniform(*BABBLE_SNR_DB)), 2), f"babble{len(others)}"
                 signal = add_noise(signal, babble(others, len(signal), rng), done["snr_db"])
