@@ -148,7 +148,7 @@ def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_
 
     for name in ("a", "b"):
         assert main(["cache", "build", str(audio), str(tmp_path / name), "--yes", "--no_progress",
-                     "--augment", "noise,reverb,speed", "--copies", "3", "--augment_seed", "7"]) == 0
+                     "--augment", "noise,reverb,band,speed", "--copies", "3", "--augment_seed", "7"]) == 0
     a, b = FeatureCache(tmp_path / "a"), FeatureCache(tmp_path / "b")
     copies = [key for key in a.utterances() if "augment" in a.entry(*key)]
     assert len(copies) == 6 * 3 and len(a) == 6 * 4
@@ -158,13 +158,14 @@ def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_
         source = a.entry(info["speaker"], info["utterance"])
         expected_speaker = info["speaker"] + (f"-speed{round(100 * info['speed'])}" if "speed" in info else "")
         assert key == (expected_speaker, f"{info['utterance']}-aug{info['copy']}")
-        assert {"rt60", "snr_db"} & set(info)  # every copy has a channel effect
+        assert {"rt60", "snr_db", "band_hz"} & set(info)  # every copy has a channel effect
         # Speed-perturbed copies are shorter or longer by the factor.
         assert a.entry(*key)["frames"] == pytest.approx(source["frames"] / info.get("speed", 1.0), rel=0.03)
         original = np.asarray(a.load(info["speaker"], info["utterance"]))
         assert not np.array_equal(np.asarray(a.load(*key))[:50], original[:50])
     assert any("speed" in a.entry(*k)["augment"] for k in copies) and any(
         "speed" not in a.entry(*k)["augment"] for k in copies)
+    assert any("band_hz" in a.entry(*k)["augment"] for k in copies)
     # The originals split exactly as in a cache without copies; copies train only on their source's train part.
     plain_dir = tmp_path / "plain"
     build_cache(audio, plain_dir, progress=False)
