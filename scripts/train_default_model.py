@@ -85,12 +85,13 @@ def machine() -> str:
 def variant(output_dir: Path, overrides: list[str]) -> int:
     """CONFIG with FIELD=VALUE overrides (VALUE parsed as the field's default is typed; ``none`` for no
     augmentation), trained into output_dir; its embedding network scored by train_quality.py --evaluate."""
-    fields = {f.name: f for f in dataclasses.fields(JobConfig)}
+    scalars = {f.name for f in dataclasses.fields(JobConfig)
+               if isinstance(getattr(CONFIG, f.name), (bool, int, float, str)) or f.name == "augment"}
     changes = {}
     for item in overrides:
         name, _, value = item.partition("=")
-        if name not in fields or name in ("output_dir", "data_dir") or not value:
-            print(f"--variant: {item!r} is not FIELD=VALUE of a JobConfig field", file=sys.stderr)
+        if name not in scalars or not value:
+            print(f"--variant: {item!r} is not FIELD=VALUE of a scalar JobConfig field", file=sys.stderr)
             return 2
         default = getattr(CONFIG, name)
         changes[name] = (None if value == "none" else value) if name == "augment" else \
