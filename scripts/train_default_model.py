@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import soundfile as sf
 
 from deep_speaker.atomic import json_text, save_model, write_json
@@ -82,6 +83,26 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {name} ({'AVX-512' if 'avx512f' in flags else 'no AVX-512'})"
 
 
+def train_job(cfg: JobConfig, model_path: Path) -> tuple[dict, keras.Model, float]:
+    """Run the job (resuming where it stopped), save its embedding network to model_path: the job's summary,
+    that network and the minutes the run took."""
+    configure_logging()  # the job's progress lines, as `deep-speaker run` shows them
+    started = time.perf_counter()
+    summary = run_main_job(cfg)
+    minutes = (time.perf_counter() - started) / 60
+    model = to_embedding_model(load_model(summary["checkpoint"]))
+    save_model(model, model_path)
+    return summary, model, minutes
+
+
+def parse_field(name: str, value: str):
+    """A --variant VALUE as CONFIG's field is typed: ``none`` is no augmentation, true/false a flag."""
+    default = getattr(CONFIG, name)
+    if name == "augment":
+        return None if value == "none" else value
+    return value == "true" if isinstance(default, bool) else type(default)(value)
+
+
 def variant(output_dir: Path, overrides: list[str]) -> int:
     """CONFIG with FIELD=VALUE overrides (VALUE parsed as the field's default is typed; ``none`` for no
     augmentation), trained into output_dir; its embedding network scored by train_quality.py --evaluate."""
@@ -93,16 +114,10 @@ def variant(output_dir: Path, overrides: list[str]) -> int:
         if name not in scalars or not value:
             print(f"--variant: {item!r} is not FIELD=VALUE of a scalar JobConfig field", file=sys.stderr)
             return 2
-        default = getattr(CONFIG, name)
-        changes[name] = (None if value == "none" else value) if name == "augment" else \
-            (value == "true") if isinstance(default, bool) else type(default)(value)
+        changes[name] = parse_field(name, value)
     cfg = dataclasses.replace(CONFIG, output_dir=output_dir, **changes)
-    configure_logging()
-    started = time.perf_counter()
-    summary = run_main_job(cfg)
-    minutes = (time.perf_counter() - started) / 60
     model_path = output_dir / "embedding.keras"
-    save_model(to_embedding_model(load_model(summary["checkpoint"])), model_path)
+    _, _, minutes = train_job(cfg, model_path)
     print(f"{' '.join(overrides) or 'CONFIG'}: trained in {minutes:.1f} min on {machine()}")
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_quality.py"), "--data",
                            str(cfg.data_dir), "--evaluate", str(model_path), "--work", str(output_dir / "evaluate")
@@ -118,12 +133,7 @@ def main() -> int:
         write_json(MODEL_DIR / "model_card.json", card)
         print(json_text({k: v for k, v in card.items() if k != "calibration"}), end="")
         return 0
-    configure_logging()  # the job's progress lines, as `deep-speaker run` shows them
-    started = time.perf_counter()
-    summary = run_main_job(CONFIG)
-    minutes = (time.perf_counter() - started) / 60
-    model = to_embedding_model(load_model(summary["checkpoint"]))
-    save_model(model, MODEL_DIR / MODEL_NAME)
+    summary, model, minutes = train_job(CONFIG, MODEL_DIR / MODEL_NAME)
     v = summary["verification"]
     card = {
         "model": MODEL_NAME,
