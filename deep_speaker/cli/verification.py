@@ -9,28 +9,30 @@ import sys
 
 import numpy as np
 
-from ..atomic import atomic_write, write_json
+from ..atomic import write_json
 from ..data.cache import FeatureCache
 from ..encoders import Encoder
 from ..encoders.deepspeaker import DEFAULT_CHECKPOINT_ROOT, default_model_path
 from ..errors import DeepSpeakerError
 from ..eval.export import save_embeddings
-from ..eval.scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, beside_model, comparison_part,
-                            find_calibration, read_calibration, save_calibration)
+from ..eval.scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, beside_model, find_calibration,
+                            read_calibration, save_calibration)
 from ..eval.tables import table_format, write_table
 from ..eval.verification import (
-    Evaluation,
     Labelled,
     calibrate,
     check_speakers,
+    compare_with,
     embed_cache,
     embed_utterances,
     evaluate,
     folder_utterances,
     format_table,
     load_cohort,
+    save_trial_scores,
     table_rows,
     speaker_pair_similarity,
+    trial_scores_path,
     verification_source,
     write_plots,
 )
@@ -123,38 +125,6 @@ def verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def sidecar(report: str | Path) -> Path:
-    """The trial scores beside a report: ``REPORT.trials.npz`` (what ``--compare`` pairs two systems on)."""
-    report = Path(report)
-    return report.with_name(report.stem + ".trials.npz")
-
-
-def read_sidecar(report: str | Path) -> dict[str, np.ndarray]:
-    path = sidecar(report)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in ("scores", "labels", "keys")}
-    except (OSError, KeyError, ValueError) as e:
-        raise DeepSpeakerError(f"{path}: cannot read the trial scores of {report} ({e}); --compare needs a report "
-                               f"written by evaluate-verification -o, with its .trials.npz beside it") from None
-
-
-def compare_with(result: Evaluation, other_report: str, replicates: int, seed: int) -> dict:
-    """The paired comparison of this evaluation with another report's scores of the same trials."""
-    other = read_sidecar(other_report)
-    keys = result.trial_keys()
-    index = {k: i for i, k in enumerate(other["keys"].tolist())}
-    missing = sum(k not in index for k in keys.tolist())
-    if missing or len(index) != keys.size:
-        raise DeepSpeakerError(f"{other_report} was scored on other trials ({missing} of these {keys.size} "
-                               f"missing there, {len(index)} there): a paired comparison needs the same trials")
-    rows = np.asarray([index[k] for k in keys.tolist()])
-    if not np.array_equal(other["labels"][rows], result.labels):
-        raise DeepSpeakerError(f"{other_report} labels the same trials differently")
-    return comparison_part(result.scores, other["scores"][rows], result.labels, *result.trial_speakers(),
-                           other=str(other_report), replicates=replicates, seed=seed)
-
-
 def format_comparison(c: dict) -> str:
     lines = [f"this system minus {c['other']} (paired speaker bootstrap, {c['replicates']} resamples, 95 %):"]
     for name, v in c.items():
@@ -170,8 +140,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     source = verification_source(args.audio_dir, args.trials, args.root, args.cache)  # before the model loads
     for path in args.table:
         table_format(path)  # an unknown suffix is a usage error before anything is embedded
-    if args.compare and not sidecar(args.compare).is_file():
-        raise DeepSpeakerError(f"--compare {args.compare}: no trial scores beside it ({sidecar(args.compare)})")
+    if args.compare and not trial_scores_path(args.compare).is_file():
+        raise DeepSpeakerError(f"--compare {args.compare}: no trial scores beside it "
+                               f"({trial_scores_path(args.compare)})")
     encoder = encoder_from_args(args)
     score_norm = score_norm_from_args(args, encoder)
     calibration = calibration_from_args(args, encoder, score_norm)
@@ -186,12 +157,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for path in args.table:
         print(f"table written to {write_table(path, ['metric', 'value'], table_rows(result.report))}")
     if args.output:
-        first, second = result.trial_speakers()
-        with atomic_write(sidecar(args.output)) as out:
-            np.savez(out, scores=result.scores, labels=result.labels, keys=result.trial_keys(),
-                     first_speakers=np.asarray(first, dtype=str), second_speakers=np.asarray(second, dtype=str))
+        scores_path = save_trial_scores(args.output, result)
         write_json(args.output, result.report)
-        print(f"report written to {args.output} (trial scores: {sidecar(args.output)})")
+        print(f"report written to {args.output} (trial scores: {scores_path})")
     if args.plots:
         for path in write_plots(args.plots, result.scores, result.labels, result.report["eer"], result.labelled,
                                 args.projection):

@@ -28,6 +28,7 @@ from ..metrics.moments import Moments, merge_moments, moments, moments_gaussian
 from ..metrics.similarity import FAR_TARGET
 from .tables import text_table
 from ..settings import settings_difference
+from ..validate import checked_array, checked_text, load_npz, loads_json
 
 STATS_FORMAT = 1
 STATS_KEYS = ("mu", "sigma", "embeddings", "labels", "paths", "model_identity", "feature_settings")
@@ -112,37 +113,66 @@ def save_stats(path: str | os.PathLike, stats: Stats) -> None:
 
 
 def load_stats(path: str | os.PathLike) -> Stats:
-    """Read a statistics file written by :func:`save_stats` (``allow_pickle=False``)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in STATS_KEYS if k not in data.files]
-            if missing:
-                raise DeepSpeakerError(f"{path}: not a deep-speaker statistics file (missing {', '.join(missing)})")
-            arrays = {k: data[k] for k in STATS_KEYS}
-            encoder = str(data[ENCODER_KEY]) if ENCODER_KEY in data.files else DEFAULT_ENCODER
-    except (OSError, ValueError) as exc:
-        raise DeepSpeakerError(f"{path}: cannot read statistics file ({exc})") from exc
-    n, d = arrays["embeddings"].shape
-    if arrays["mu"].shape != (d,) or arrays["sigma"].shape != (d, d) or arrays["labels"].shape != (n,) \
-            or arrays["paths"].shape != (n,):
-        raise DeepSpeakerError(f"{path}: statistics file arrays have inconsistent shapes")
-    if not all(np.all(np.isfinite(arrays[k])) for k in ("mu", "sigma", "embeddings")):
-        raise DeepSpeakerError(f"{path}: statistics file holds NaN or infinite values; recompute it")
-    return Stats(arrays["embeddings"], arrays["labels"], arrays["paths"], str(arrays["model_identity"]),
-                 json.loads(str(arrays["feature_settings"])), arrays["mu"], arrays["sigma"], str(path), [], encoder)
+    """Read a statistics file written by :func:`save_stats` (``allow_pickle=False``), checked against what
+    :func:`save_stats` writes: the shape, dtype and finiteness of every array, the settings JSON, and mu, sigma
+    and the moments those of the embeddings. One line naming the file otherwise."""
+    where = str(path)
+    data = load_npz(path, STATS_KEYS, (ENCODER_KEY, *MOMENT_KEYS), "statistics file")
+    embeddings = checked_array(data["embeddings"], where, "embeddings", (None, None))
+    n, d = embeddings.shape
+    if n < 2 or d < 1:  # make_stats never writes fewer: no covariance without two rows
+        raise DeepSpeakerError(f"{where}: a statistics file holds at least 2 embeddings of at least 1 value, got "
+                               f"shape {embeddings.shape}")
+    settings = loads_json(checked_text(data["feature_settings"], where, "feature_settings"), where,
+                          "feature_settings JSON")
+    if not isinstance(settings, dict):
+        raise DeepSpeakerError(f"{where}: feature_settings must be a JSON object, got {type(settings).__name__}")
+    stats = Stats(embeddings, checked_array(data["labels"], where, "labels", (n,), "text"),
+                  checked_array(data["paths"], where, "paths", (n,), "text"),
+                  checked_text(data["model_identity"], where, "model_identity"), settings,
+                  checked_array(data["mu"], where, "mu", (d,)), checked_array(data["sigma"], where, "sigma", (d, d)),
+                  where, [], checked_text(data[ENCODER_KEY], where, ENCODER_KEY) if ENCODER_KEY in data
+                  else DEFAULT_ENCODER)
+    _check_derived(stats, data)
+    return stats
+
+
+def _stored_moments(data: Mapping[str, np.ndarray], where: str) -> Moments:
+    """The count, sum and outer products of a statistics file, checked for shape, dtype and finiteness."""
+    count = int(checked_array(data["count"], where, "count", (), "int"))
+    total = checked_array(data["sum"], where, "sum", (None,)).astype(np.float64)
+    outer = checked_array(data["outer"], where, "outer", (total.size, total.size)).astype(np.float64)
+    if count < 0:
+        raise DeepSpeakerError(f"{where}: count must not be negative, got {count}")
+    return Moments(count, total, outer)
+
+
+def _check_derived(stats: Stats, data: Mapping[str, np.ndarray]) -> None:
+    """mu, sigma and the stored moments must be those of the file's embeddings, as save_stats derived them: a
+    file whose numbers were changed (or mixed from several files) would give silently wrong distances and merges.
+    Compared within 1e-6 of each array's scale: rounding (moments vs gaussian_stats, summation order) is ~1e-15."""
+    m = stats.moments
+    mu, sigma = moments_gaussian(m)
+    derived = {"mu": (stats.mu, mu), "sigma": (stats.sigma, sigma)}
+    if all(k in data for k in MOMENT_KEYS):
+        stored = _stored_moments(data, stats.source)
+        if stored.count != m.count:
+            raise DeepSpeakerError(f"{stats.source}: count is {stored.count}, but the file holds {m.count} "
+                                   f"embeddings; recompute it")
+        derived.update(sum=(stored.total, m.total), outer=(stored.outer, m.outer))
+    for name, (found, expected) in derived.items():
+        scale = float(np.abs(expected).max(initial=0.0))
+        if found.shape != expected.shape or not np.allclose(found, expected, rtol=1e-6, atol=1e-6 * scale):
+            raise DeepSpeakerError(f"{stats.source}: {name} is not that of the file's embeddings (changed after it "
+                                   f"was written?); recompute it")
 
 
 def load_moments(path: str | os.PathLike) -> Moments:
-    """The moments of a statistics file, reading only them (the embeddings stay on disk) when the file has them."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if all(k in data.files for k in MOMENT_KEYS):
-                m = Moments(int(data["count"]), data["sum"].astype(np.float64), data["outer"].astype(np.float64))
-                if m.total.ndim != 1 or m.outer.shape != (m.dim, m.dim) or m.count < 0:
-                    raise DeepSpeakerError(f"{path}: statistics file moments have inconsistent shapes")
-                return m
-    except (OSError, ValueError) as exc:
-        raise DeepSpeakerError(f"{path}: cannot read statistics file ({exc})") from exc
+    """The moments of a statistics file, reading only them (the embeddings stay on disk) when the file has them;
+    checked for shape, dtype and finiteness (one line naming the file)."""
+    data = load_npz(path, (), MOMENT_KEYS, "statistics file")
+    if all(k in data for k in MOMENT_KEYS):
+        return _stored_moments(data, str(path))
     return load_stats(path).moments  # written before the moments were saved
 
 
@@ -152,7 +182,7 @@ def merge_stats(paths: Sequence[str | os.PathLike]) -> Stats:
     from the same encoder, model and settings, and no utterance may appear twice."""
     if not paths:
         raise DeepSpeakerError("no statistics files to merge")
-    parts = [load_stats(p) for p in paths]
+    parts = [load_stats(p) for p in paths]  # each checked whole, so a bad part stops the merge before any write
     for other in parts[1:]:
         check_compatible(parts[0], other)
     seen: dict[str, str] = {}
@@ -161,7 +191,9 @@ def merge_stats(paths: Sequence[str | os.PathLike]) -> Stats:
             if path in seen:
                 raise DeepSpeakerError(f"{seen[path]} and {part.source} both hold {path}: merge disjoint sets only")
             seen[path] = part.source
-    merged = merge_moments(load_moments(p) for p in paths)
+    # The moments of the embeddings just checked and concatenated (the same sums save_stats stored, to the bit),
+    # not a second read of the files, which could differ from what was checked.
+    merged = merge_moments(p.moments for p in parts)
     mu, sigma = moments_gaussian(merged)
     first = parts[0]
     return Stats(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]),

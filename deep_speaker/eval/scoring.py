@@ -25,12 +25,14 @@ from ..metrics import (Calibration, act_dcf, cllr, fit_calibration, min_cllr, pa
 from ..metrics.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from ..metrics.score_norm import DEFAULT_TOP_K
 from ..metrics.verification import trial_scores
+from ..validate import checked_field, loads_json
 
 logger = logging.getLogger(__name__)
 CALIBRATION_FORMAT = "deep-speaker-calibration/1"
 CALIBRATION_SUFFIX = ".calibration.json"
 DEFAULT_PRIOR = 0.5  # the prior verify states its probability at, and calibrations are fitted at
 P_TARGETS = (0.01, 0.05)  # actDCF and minDCF operating points of every report
+MAX_CALIBRATION_COEFFICIENT = 1e6  # |scale| and |offset| of a calibration file at most (why: CalibrationRecord)
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,30 @@ class CalibrationRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> "CalibrationRecord":
+        """The record of a calibration file's JSON, every field checked for its type and range (one line naming
+        ``where`` otherwise): a calibration decides, so a wrong one must never be used."""
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise DeepSpeakerError(f"{where}: not a deep-speaker calibration ({CALIBRATION_FORMAT})")
-        try:
-            cal = Calibration(float(data["scale"]), float(data["offset"]), float(data["prior"]))
-            return cls(cal, str(data["encoder"]), str(data["model_identity"]), dict(data["score_norm"]),
-                       dict(data["fitted_on"]), where)
-        except (KeyError, TypeError, ValueError) as e:
-            raise DeepSpeakerError(f"{where}: calibration file lacks or mangles a field ({e})") from None
+        # LLRs are natural-log odds: fits on cosine scores (in [-1, 1]) or S-normalised ones (z-scores, rarely
+        # beyond ±100) have |scale| and |offset| of order 10 (the packaged model's: 21 and -13), and any |llr|
+        # past ~700 already makes every posterior exactly 0 or 1. A bound of 1e6 lies orders of magnitude above any
+        # fit, yet keeps scale * score + offset finite for every score a float64 holds below 1e302 in size.
+        # The prior lies strictly inside (0, 1), where its logit is defined.
+        bound = MAX_CALIBRATION_COEFFICIENT
+        cal = Calibration(float(checked_field(data, "scale", float, where, low=-bound, high=bound)),
+                          float(checked_field(data, "offset", float, where, low=-bound, high=bound)),
+                          float(checked_field(data, "prior", float, where, low=0.0, high=1.0)))
+        if not 0.0 < cal.prior < 1.0:
+            raise DeepSpeakerError(f"{where}: field 'prior' must lie strictly between 0 and 1, got {cal.prior!r}")
+        score_norm = checked_field(data, "score_norm", dict, where)
+        checked_field(score_norm, "method", str, f"{where} score_norm")
+        fitted_on = checked_field(data, "fitted_on", dict, where)
+        checked_field(fitted_on, "source", (dict, str), f"{where} fitted_on")  # shown in every report
+        digests = checked_field(fitted_on, "file_digests", list, f"{where} fitted_on", required=False) or []
+        if not all(isinstance(d, str) for d in digests):
+            raise DeepSpeakerError(f"{where}: fitted_on.file_digests must be a list of strings")
+        return cls(cal, checked_field(data, "encoder", str, where), checked_field(data, "model_identity", str, where),
+                   score_norm, fitted_on, where)
 
     def check_applies(self, encoder: str, model_identity: str, score_norm: ScoreNorm) -> None:
         """A one-line error unless this calibration was fitted for this encoder, model and normalisation."""
@@ -125,18 +143,18 @@ def fit_record(scores: np.ndarray, labels: np.ndarray, paths: Sequence[str], sou
 
 
 def save_calibration(path: str | os.PathLike, record: CalibrationRecord) -> None:
+    """Write a calibration file, after the same checks :func:`read_calibration` makes: never one it would refuse."""
+    CalibrationRecord.from_dict(record.to_dict(), str(path))
     write_json(path, record.to_dict())
 
 
 def read_calibration(path: str | os.PathLike) -> CalibrationRecord:
     """A calibration file; a one-line error when it is missing or not one."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf8"))
+        text = Path(path).read_bytes()
     except OSError as e:
         raise DeepSpeakerError(f"{path}: cannot read calibration ({e.strerror or e})") from None
-    except ValueError:
-        raise DeepSpeakerError(f"{path}: not a JSON calibration file") from None
-    return CalibrationRecord.from_dict(data, str(path))
+    return CalibrationRecord.from_dict(loads_json(text, path, "JSON calibration file"), str(path))
 
 
 def beside_model(model: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..data.cache import FeatureCache
 from ..data.audio import AudioError, read_audio
 from ..data.corpus import Utterance, scan_corpus
@@ -19,9 +20,10 @@ from ..errors import DeepSpeakerError, Failure
 from ..metrics import pair_scores, roc, sap_san, verification_report
 from ..metrics.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from ..metrics.score_norm import DEFAULT_TOP_K
+from ..validate import checked_array, checked_text, load_npz
 from . import plots
-from .scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, calibrated_part, fit_record,
-                      interval_part)
+from .scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, calibrated_part, comparison_part,
+                      fit_record, interval_part)
 from .trials import Trials, read_trials
 
 # Pictures of more utterances than this would be unreadable (and t-SNE slow): whole speakers are kept up to it.
@@ -199,14 +201,17 @@ def load_cohort(encoder: Encoder, path: str | os.PathLike, method: str, top_k: i
     path = Path(path)
     speakers: list[str] | None
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            if "embeddings" not in f or "model_identity" not in f or "paths" not in f:
-                raise DeepSpeakerError(f"{path}: not an embedding file (deep-speaker embed -o FILE.npz)")
-            if str(f["model_identity"]) != encoder.identity:
-                raise DeepSpeakerError(f"{path}: cohort embedded with model {f['model_identity']}, not "
-                                       f"{encoder.identity}: a cohort must come from the same encoder")
-            embeddings, files = f["embeddings"], [str(p) for p in f["paths"]]
-            speakers = [str(s) for s in f["speakers"]] if "speakers" in f else None
+        where = str(path)
+        data = load_npz(path, ("embeddings", "model_identity", "paths"), ("speakers",), "embedding file")
+        identity = checked_text(data["model_identity"], where, "model_identity")
+        if identity != encoder.identity:
+            raise DeepSpeakerError(f"{path}: cohort embedded with model {identity}, not {encoder.identity}: a cohort "
+                                   f"must come from the same encoder")
+        # The same identity and yet another width or non-finite rows: not what that encoder wrote.
+        embeddings = checked_array(data["embeddings"], where, "embeddings", (None, encoder.embedding_size))
+        files = checked_array(data["paths"], where, "paths", (len(embeddings),), "text").tolist()
+        speakers = (checked_array(data["speakers"], where, "speakers", (len(embeddings),), "text").tolist()
+                    if "speakers" in data else None)
     elif path.is_dir():
         is_cache = any(path.glob("manifest*.json"))
         labelled = embed_cache(encoder, FeatureCache(path)) if is_cache else embed_folder(encoder, path)
@@ -249,6 +254,54 @@ class Evaluation:
         """``first<TAB>second`` source of each trial: what pairs two systems' scores of the same trials."""
         src = np.asarray(self.trials.sources)
         return np.char.add(np.char.add(src[self.trials.first], "\t"), src[self.trials.second])
+
+
+TRIAL_SCORES_KEYS = ("scores", "labels", "keys")  # what a paired comparison reads of a report's trial scores
+
+
+def trial_scores_path(report: str | os.PathLike) -> Path:
+    """The trial scores beside a report: ``REPORT.trials.npz`` (what ``--compare`` pairs two systems on)."""
+    report = Path(report)
+    return report.with_name(report.stem + ".trials.npz")
+
+
+def save_trial_scores(report: str | os.PathLike, result: Evaluation) -> Path:
+    """Write the scores, labels and keys (and speakers) of an evaluation's trials beside its report, atomically."""
+    first, second = result.trial_speakers()
+    path = trial_scores_path(report)
+    with atomic_write(path) as out:
+        np.savez(out, scores=result.scores, labels=result.labels, keys=result.trial_keys(),
+                 first_speakers=np.asarray(first, dtype=str), second_speakers=np.asarray(second, dtype=str))
+    return path
+
+
+def read_trial_scores(report: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The trial scores beside a report, checked against what :func:`save_trial_scores` writes: one finite
+    score, a 0/1 label and a text key per trial. One line naming the file otherwise."""
+    path = trial_scores_path(report)
+    where = str(path)
+    data = load_npz(path, TRIAL_SCORES_KEYS, what="trial-score file")
+    keys = checked_array(data["keys"], where, "keys", (None,), "text")
+    labels = checked_array(data["labels"], where, "labels", keys.shape, "label")
+    if not np.isin(labels, (0, 1)).all():
+        raise DeepSpeakerError(f"{where}: labels must be 0 or 1 (1 = same speaker)")
+    return {"keys": keys, "labels": labels, "scores": checked_array(data["scores"], where, "scores", keys.shape)}
+
+
+def compare_with(result: Evaluation, other_report: str | os.PathLike, replicates: int, seed: int) -> dict[str, Any]:
+    """The paired comparison of this evaluation with another report's scores of the same trials."""
+    other = read_trial_scores(other_report)
+    keys = result.trial_keys()
+    index = {k: i for i, k in enumerate(other["keys"].tolist())}
+    missing = sum(k not in index for k in keys.tolist())
+    if missing or len(index) != keys.size:
+        raise DeepSpeakerError(f"{other_report} was scored on other trials ({missing} of these {keys.size} "
+                               f"missing there, {len(index)} there): a paired comparison needs the same trials")
+    rows = np.asarray([index[k] for k in keys.tolist()])
+    if not np.array_equal(other["labels"][rows], result.labels):
+        raise DeepSpeakerError(f"{other_report} labels the same trials differently")
+    return comparison_part(result.scores, other["scores"][rows], result.labels, *result.trial_speakers(),
+                           other=str(other_report), replicates=replicates, seed=seed)
 
 
 def verification_source(audio_dir: str | os.PathLike | None = None, trials: str | os.PathLike | None = None,
