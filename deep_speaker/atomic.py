@@ -48,7 +48,9 @@ def _temporary_beside(path: str | os.PathLike, suffix: str) -> Iterator[tuple[Pa
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename == tmp:  # name the file the user asked for, not our temporary
+        # Name the file the user asked for, not our temporary; and name it where a write failed without a name
+        # (a full disk is an OSError of the file object with no filename: the message must say where).
+        if isinstance(exc, OSError) and (exc.filename == tmp or (exc.filename is None and exc.errno is not None)):
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 

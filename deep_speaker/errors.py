@@ -31,7 +31,7 @@ class Failure:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return f"{printable(self.path)}: {printable(self.reason)}"
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason}
@@ -47,11 +47,23 @@ class InputError(DeepSpeakerError, ValueError):
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(str(self.failure))  # the failure's line: one line whatever the path holds
 
     @property
     def failure(self) -> Failure:
         return Failure(self.path, self.reason)
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one line of a report: characters that are not printable (a newline or other control
+    character in a file name, a line separator) escaped as ``repr`` escapes them, and the bytes of a file name that
+    is not UTF-8 (which Python holds as lone surrogates, and which no terminal or UTF-8 file can take) as ``\\xNN``.
+    Printable text, the common case, is returned as it is (backslashes too: the point is one line per record)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else
+                   f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else repr(ch)[1:-1]
+                   for ch in text)
 
 
 def failures_message(failures: Iterable[Failure], what: str = "input(s) failed", shown: int = 5) -> str:

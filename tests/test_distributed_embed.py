@@ -81,9 +81,9 @@ def test_cluster_statistics_equal_the_single_process_ones(cluster, model, tmp_pa
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error(monkeypatch, inputs, model, tmp_path, capsys):
-    from deep_speaker.encoders import distributed
+    from deep_speaker.data import cluster
 
-    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", "2s")
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "2s")
     # Port 9 (discard) on the loopback: nothing listens there in a test machine.
     assert main(["embed", inputs[0], "-o", str(tmp_path / "e.npz"), "--model", model, "--scheduler",
                  "tcp://127.0.0.1:9"]) == 2

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Callable, Iterator, Sequence
 
-from ..errors import DeepSpeakerError
+from ..errors import DeepSpeakerError, printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
@@ -90,14 +90,15 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except Exception as exc:
         if getattr(args, "verbose", False):
             raise
+        # printable: a path in a message (a newline or bytes that are not UTF-8 in a file name) keeps it one line.
         if isinstance(exc, DeepSpeakerError):
-            print(f"{program_name()}: error: {exc}", file=sys.stderr)
+            print(f"{program_name()}: error: {printable(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
         if isinstance(exc, OSError):  # disk full, permissions, an output path that is a folder: the user's to fix
-            where = f"{exc.filename}: " if exc.filename else ""
-            print(f"{program_name()}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            where = f"{printable(str(exc.filename))}: " if exc.filename else ""
+            print(f"{program_name()}: error: {where}{printable(str(exc.strerror or exc))}", file=sys.stderr)
             return EXIT_USAGE
-        first_line = (str(exc).splitlines() or [""])[0]
+        first_line = printable((str(exc).splitlines() or [""])[0])
         print(f"{program_name()}: internal error: {type(exc).__name__}: {first_line} (a bug in deep-speaker: "
               f"run again with --verbose for the traceback and please report it)", file=sys.stderr)
         return EXIT_CRASH

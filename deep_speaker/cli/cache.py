@@ -12,10 +12,11 @@ from pathlib import Path
 from ..data.audio import MIN_SPEECH_SECONDS, TRIM_MODES
 from ..data.augment import AUDIO_AUGMENTATIONS, check_augmentations
 from ..data.cache import DEFAULT_TRIM, FeatureCache, augment_cache, build_cache, parse_shard, wipe_plan
+from ..data.cluster import check_scheduler
 from ..data.corpus import LAYOUTS, MIC_CHOICES
 from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
 from ..data.store import DEFAULT_SHARD_SIZE, FeatureStore, build_store, convert_cache, is_store
-from ..errors import DeepSpeakerError
+from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
 from .options import finite_float
@@ -63,6 +64,8 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
     fmt = cache_format(cache_dir, fmt)
     if fmt == "files" and (float16 or scheduler):
         raise DeepSpeakerError(f"{'--float16' if float16 else '--scheduler'} needs a sharded store (--format sharded)")
+    if scheduler:
+        check_scheduler(scheduler)  # a typo is refused now, not after the wipe warning and the corpus scan
     if augment:
         augment = ",".join(check_augmentations(augment))  # a typo is refused before the build, not after it
     if augment and shard is not None:
@@ -85,7 +88,7 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
                               scheduler=scheduler, shard_size=shard_size)
         print(f"augmented copies ({augment}, seed {augment_seed}): {added} entries added")
         for failure in FeatureCache(cache_dir).manifest.get("augment", {}).get("failures", []):
-            print(f"{failure['path']}: {failure['reason']} (no augmented copy)")
+            print(f"{Failure.from_dict(failure)} (no augmented copy)")
             failed = True
     return EXIT_PARTIAL if failed else EXIT_OK
 

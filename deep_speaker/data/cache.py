@@ -20,6 +20,7 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -30,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ..atomic import atomic_write, write_json
-from ..errors import DeepSpeakerError, Failure, InputError
+from ..errors import DeepSpeakerError, Failure, InputError, printable
 from ..settings import settings_difference
 from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, check_trim
 from .corpus import Utterance, is_plain_id, scan_corpus
@@ -51,9 +52,15 @@ def cache_settings(trim: str = DEFAULT_TRIM) -> dict:
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then rename it into place."""
+    """``np.save`` to a temporary file beside ``path``, then rename it into place.
+
+    The same bytes as ``np.save``, but the data goes through the file's ``write``: numpy's ``tofile`` reports a full
+    disk as an OSError with no errno ("N requested and M written"), which could name neither the file nor the cause.
+    """
+    array = np.ascontiguousarray(array)
     with atomic_write(path) as f:
-        np.save(f, array, allow_pickle=False)
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(array.data)
 
 
 def manifest_name(shard: Optional[tuple[int, int]]) -> str:
@@ -244,8 +251,8 @@ class BuildSummary:
 
     def lines(self) -> list[str]:
         """Human-readable report: one line per failure (``path: reason``), then the totals."""
-        out = [f"{f.path}: {f.reason}" for f in self.failed]
-        out.append(f"cache {self.cache_dir} ({self.layout} layout): {self.cached} files cached "
+        out = [str(f) for f in self.failed]  # Failure's line: escaped, one line per failure
+        out.append(f"cache {printable(self.cache_dir)} ({self.layout} layout): {self.cached} files cached "
                    f"({self.hours:.2f} h of audio), {self.skipped} skipped (unchanged), "
                    f"{self.recovered} recovered, {len(self.failed)} failed; "
                    f"{self.total_utterances} utterances, {self.total_hours:.2f} h in total; "
@@ -256,6 +263,39 @@ class BuildSummary:
 def array_relpath(speaker: str, utterance: str) -> str:
     """Where an utterance's array lives, relative to the cache folder."""
     return f"{FEATURES_DIR}/{speaker}/{utterance}.npy"
+
+
+NOT_UTF8 = "its path is not valid UTF-8, which a cache cannot record; rename it"
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: a file name that does not decode is held as lone surrogates, which no
+    JSON manifest or Arrow index can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def recordable(audio_dir: Path, utterances: list[Utterance],
+               rejected: list[Failure]) -> tuple[list[Utterance], list[Failure]]:
+    """The utterances whose path a manifest or a store index can record, and the scan's failures plus one for each
+    other utterance: a file name that is not valid UTF-8 is that file's failure (exit 1), not a crash. Failures'
+    paths are escaped alike (errors.printable), so that they can be recorded too. Both cache formats' builds."""
+    if not _is_utf8(str(audio_dir)):
+        raise DeepSpeakerError(f"{printable(str(audio_dir))}: the audio folder's path is not valid UTF-8, which a "
+                               f"cache cannot record; rename it")
+    # ASCII paths, the common case, are checked without a Python call per file (a no-op update reads 10^5 of them).
+    if all(map(str.isascii, map(itemgetter(2), utterances))) \
+            and all(f.path.isascii() and f.reason.isascii() for f in rejected):
+        return utterances, rejected
+    kept = [u for u in utterances if u.path.isascii() or _is_utf8(u.path)]
+    failures = [f if _is_utf8(f.path) and _is_utf8(f.reason) else Failure(printable(f.path), printable(f.reason))
+                for f in rejected]
+    if len(kept) < len(utterances):
+        failures += [Failure(printable(u.path), NOT_UTF8) for u in utterances if not _is_utf8(u.path)]
+    return kept, failures
 
 
 def compute_features(utt: Utterance, trim: str, min_seconds: float) -> tuple[np.ndarray, dict] | Failure:
@@ -281,10 +321,9 @@ def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float
     if isinstance(result, Failure):
         return result
     features, entry = result
-    try:
-        save_array_atomic(Path(array_path), features)
-    except Exception as exc:  # a full disk or a bad folder is this file's failure; the build goes on
-        return Failure(utt.path, f"{type(exc).__name__}: {exc}")
+    # An error writing into the cache (a full disk, a folder made read-only) is no fault of this input and would
+    # strike every other one: it stops the build (exit 2, naming the array and the cause), not fails this file.
+    save_array_atomic(Path(array_path), features)
     return {**entry, "array": array_relpath(utt.speaker, utt.utterance)}
 
 
@@ -402,7 +441,35 @@ def wipe_plan(cache_dir: Path) -> list[Path]:
     inputs = cache_dir / "full_inputs.npz"
     if inputs.is_file() and is_training_inputs(inputs):
         plan.append(inputs)
+    refuse_links(cache_dir, [*own_folders(cache_dir), *plan, *manifests])
     return plan + manifests
+
+
+def refuse_links(folder: Path, paths: Iterable[Path]) -> None:
+    """Refuse, in one line, a path below ``folder`` that is a symbolic link or lies below one (``features/`` or
+    ``shards/`` linked to another cache's): what a link points to is another folder's, and a wipe, an update or an
+    augmentation of this cache must never delete or write there. Called before anything is deleted or written."""
+    checked: set[Path] = set()
+    for path in paths:
+        current = folder
+        for name in path.relative_to(folder).parts:
+            current = current / name
+            if current in checked:
+                continue
+            checked.add(current)
+            if current.is_symlink():
+                raise DeepSpeakerError(f"{current} is a symbolic link; refusing to delete or write through it (a "
+                                       f"cache holds its own files): replace the link by a folder, or use another "
+                                       f"cache folder")
+
+
+def own_folders(cache_dir: Path) -> list[Path]:
+    """The folders a per-file cache writes and deletes in (``features/`` and its speaker folders), for
+    :func:`refuse_links`."""
+    features = cache_dir / FEATURES_DIR
+    if features.is_symlink() or not features.is_dir():
+        return [features]
+    return [features, *features.iterdir()]
 
 
 def is_training_inputs(path: Path) -> bool:
@@ -418,12 +485,16 @@ def wipe_cache(cache_dir: Path) -> list[Path]:
     """Delete what :func:`wipe_plan` lists (manifests or listings last, so a kill midway leaves a cache update can
     finish), for either format."""
     plan = wipe_plan(cache_dir)
+    # A folder we could not delete in would stop the wipe halfway: found out before the first file goes.
+    for folder in sorted({path.parent for path in plan}):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DeepSpeakerError(f"{folder}: not writable, so the cache cannot be rebuilt; nothing was deleted")
     for path in plan:
         path.unlink(missing_ok=True)
     features = cache_dir / FEATURES_DIR
-    if features.is_dir():  # speaker folders the wipe emptied; anything else there stays
+    if features.is_dir() and not features.is_symlink():  # speaker folders the wipe emptied; anything else stays
         for folder in sorted(features.iterdir(), reverse=True):
-            if folder.is_dir() and not any(folder.iterdir()):
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
                 folder.rmdir()
         if not any(features.iterdir()):
             features.rmdir()
@@ -444,9 +515,10 @@ def check_not_overlapping(audio_dir: Path, cache_dir: Path) -> None:
 
 
 def remove_temporaries(features_dir: Path) -> None:
-    """Delete temporary files a killed build left behind (only when no other shard may be writing)."""
+    """Delete temporary files a killed build left behind (only when no other shard may be writing): the names
+    atomic_write gives an array's temporary (``.<utterance>.npy.XXXX.tmp``), in the speaker folders."""
     if features_dir.is_dir():
-        for tmp in features_dir.rglob(".*.tmp"):
+        for tmp in features_dir.glob("*/.*.npy.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
@@ -525,8 +597,10 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    utterances, rejected = recordable(audio_dir, utterances, rejected)
     utterances = [u for u in utterances if in_shard(u, shard)]
     with build_lock(cache_dir, shard):  # two builds of one manifest would interleave their writes
+        refuse_links(cache_dir, own_folders(cache_dir))  # before the wipe, and before an update writes there
         if shard is None and not update:
             wipe_cache(cache_dir)
         existing = read_manifests(cache_dir) if cache_dir.exists() else None
@@ -543,6 +617,8 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         old = {(e["speaker"], e["utterance"]): e for e in existing["entries"]} if existing else {}
         # A sharded build records only its own files; a full one keeps entries whose source has gone.
         entries = {} if shard else dict(old)
+        if not shard and existing is not None and "augment" in existing:
+            base["augment"] = existing["augment"]  # the copies kept above stay listed with their recipe
         summary = BuildSummary(cache_dir=str(cache_dir), layout=layout)
         failures: list[Failure] = list(rejected)
         todo: list[Utterance] = []
@@ -652,6 +728,7 @@ def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], co
                              **({} if shard_size is None else {"shard_size": shard_size}))
     with build_lock(cache_dir, None):
         cache = FeatureCache(cache_dir)
+        refuse_links(cache_dir, own_folders(cache_dir))  # the old copies' arrays go, the new ones are written there
         entries = {key: e for key, e in cache._entries.items() if "augment" not in e}
         base = {k: v for k, v in cache.manifest.items() if k not in ("entries", "failures", "augment")}
         # The manifest drops the old copies before their arrays go: a kill in between leaves no entry without

@@ -50,8 +50,9 @@ from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, read_audio
 from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar, _pool_context, build_lock,
                     cache_settings, check_not_overlapping, compute_features, copy_draws, copy_generator, in_shard,
                     init_worker, is_training_inputs, make_copy, read_json_document, read_json_parts, read_manifests,
-                    save_array_atomic, speaker_blocks, stat_utterances, wipe_cache)
-from .corpus import Utterance, gc_paused, scan_corpus
+                    recordable, refuse_links, save_array_atomic, speaker_blocks, stat_utterances, wipe_cache)
+from .cluster import check_scheduler, connect
+from .corpus import Utterance, gc_paused, id_failure, is_plain_id, plain_ids, scan_corpus
 from .features import NUM_FILTERS
 from .inputs import INPUTS_NAME
 
@@ -66,11 +67,17 @@ DEFAULT_SHARD_SIZE = 1000
 DTYPES = ("float32", "float16")
 OPEN_SHARDS = 128  # memory maps kept open: each holds a file descriptor
 _SHARD_NAME = re.compile(r"g[0-9]{6}-[0-9a-f]{16}")
-_PLAIN_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # corpus.is_plain_id, as a pattern Arrow matches column-wise
+_SHARD_TEMPORARY = re.compile(r"\.g[0-9]{6}-[0-9a-f]{16}\.(npy|arrow)\..+\.tmp")  # atomic_write's, of a shard file
+# The shards an augmentation is writing, named in the listing before the first is written and not listed as shards
+# until all are (with their recipe): a killed run leaves no copy listed without its recipe, and the next
+# augmentation or rebuild deletes these by name (never files the listing does not name).
+PENDING = "pending_copies"
 INDEX_SCHEMA = pa.schema([("speaker", pa.string()), ("utterance", pa.string()), ("offset", pa.int64()),
                           ("frames", pa.int64()), ("seconds", pa.float64()), ("source", pa.string()),
                           ("size", pa.int64()), ("mtime_ns", pa.int64()), ("augment", pa.string())])
 Item = tuple[np.ndarray, dict]  # an utterance's features and its entry (compute_features)
+SHARD_FILES = ("npy", "arrow")  # the keys of a listing record's "files" (shard_files' order)
+_FILE_FIELDS = {"size": int, "blake2b": str, "mtime_ns": int, "ctime_ns": int}  # what a record keeps of each
 
 
 def listing_name(shard: Optional[tuple[int, int]]) -> str:
@@ -124,7 +131,7 @@ def _check_listing(listing: object, path: Path) -> None:
         ok = (isinstance(listing["settings"], dict) and listing["dtype"] in DTYPES
               and isinstance(listing["generation"], int) and isinstance(shards, list) and isinstance(failures, list)
               and all(isinstance(s, dict) and isinstance(s.get("name"), str) and _SHARD_NAME.fullmatch(s["name"])
-                      and isinstance(s.get("generation"), int) for s in shards)
+                      and isinstance(s.get("generation"), int) and _record_fields_ok(s) for s in shards)
               and all(isinstance(f, dict) and {"path", "reason"} <= set(f) for f in failures))
     except (KeyError, TypeError):
         ok = False
@@ -133,8 +140,28 @@ def _check_listing(listing: object, path: Path) -> None:
                                f"failures malformed)")
 
 
+def _record_fields_ok(record: dict) -> bool:
+    """Whether a shard record's counts and file records (optional: listings written before them lack them) are
+    what write_shard writes. Plain loops: every update reads the listing of 10^3 shards three times."""
+    for key in ("utterances", "frames"):
+        value = record.get(key, 0)
+        if type(value) is not int or not 0 <= value < 2**63:
+            return False
+    files = record.get("files", {})
+    if type(files) is not dict:
+        return False
+    for kind, fields in files.items():
+        if kind not in SHARD_FILES or type(fields) is not dict:
+            return False
+        for key, kind_of in _FILE_FIELDS.items():
+            if type(fields.get(key)) is not kind_of:
+                return False
+    return True
+
+
 def _read_index(store_dir: Path, name: str) -> pa.Table:
-    """A shard's index table (memory-mapped), checked against the schema."""
+    """A shard's index table (memory-mapped), checked against the schema and the shard's name (so the index of
+    another shard, swapped in, is refused)."""
     path = shard_files(store_dir, name)[1]
     try:
         with pa.memory_map(str(path)) as source:
@@ -144,6 +171,13 @@ def _read_index(store_dir: Path, name: str) -> pa.Table:
                                f"'deep-speaker cache update' to rebuild it") from None
     if not table.schema.remove_metadata().equals(INDEX_SCHEMA):
         raise DeepSpeakerError(f"{path}: not a deep-speaker shard index (columns {table.schema.names})")
+    try:
+        written_as = _index_meta(table).get("name", name)
+    except (ValueError, AttributeError):
+        written_as = None
+    if written_as != name:
+        raise DeepSpeakerError(f"{path}: the index of another shard ({written_as!r}); run 'deep-speaker cache "
+                               f"update' to rebuild it")
     return table
 
 
@@ -151,15 +185,24 @@ def _index_meta(table: pa.Table) -> dict:
     return json.loads((table.schema.metadata or {}).get(b"deep_speaker", b"{}"))
 
 
-def load_index(store_dir: Path, shards: Sequence[dict]) -> pa.Table:
+def load_index(store_dir: Path, shards: Sequence[dict], damaged: Optional[dict[str, str]] = None) -> pa.Table:
     """The entries of the listed shards, the newest of each (speaker, utterance), sorted by ids; plus a ``shard``
-    column (position in ``shards``)."""
+    column (position in ``shards``). Every row is checked (plain ids, a non-negative offset, frames within the
+    frame count its listing records): a shard with a row that is not is refused in one line naming it, or, given
+    ``damaged``, left out and named there with why (an update computes its utterances again)."""
     tables = []
     for number, record in enumerate(shards):
-        table = _read_index(store_dir, record["name"]).replace_schema_metadata(None)
+        try:
+            table = _read_index(store_dir, record["name"]).replace_schema_metadata(None)
+        except DeepSpeakerError as exc:
+            if damaged is None:
+                raise
+            damaged[record["name"]] = str(exc)
+            continue
         tables.append(table.append_column("shard", pa.array(np.full(len(table), number, np.int32))))
     table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table().append_column(
         "shard", pa.array([], pa.int32()))
+    table = _valid_rows(store_dir, shards, table, damaged)
     # Newest first within equal ids (shards are listed by generation), then keep the first row of each id.
     order = pc.sort_indices(table, sort_keys=[("speaker", "ascending"), ("utterance", "ascending"),
                                               ("shard", "descending")])
@@ -170,6 +213,37 @@ def load_index(store_dir: Path, shards: Sequence[dict]) -> pa.Table:
                        pc.equal(utt.slice(1), utt.slice(0, len(table) - 1)))
         table = table.filter(pa.concat_arrays([pa.array([True]), pc.invert(same).combine_chunks()]))
     return table.combine_chunks()
+
+
+def _valid_rows(store_dir: Path, shards: Sequence[dict], table: pa.Table,
+                damaged: Optional[dict[str, str]]) -> pa.Table:
+    """``table`` (load_index's rows, before sorting), refusing a shard with a row that is not as write_shard writes
+    it: ids are plain names (they name files wherever features are exported), the offset is not negative and the
+    frames end within the frame count the listing records (which the reader compares with the array), so a row
+    never reads another utterance's frames or past the array. Column-wise: the index of 10^6 entries is read so."""
+    if not len(table):
+        return table
+    shard, offset, frames = (table[c].to_numpy() for c in ("shard", "offset", "frames"))
+    # Records written before the listing kept frame counts bound rows by nothing but the reader's map (load()).
+    total = np.array([s.get("frames", np.iinfo(np.int64).max) for s in shards], np.int64)[shard]
+    checks = {"holds a speaker id that is not a plain name": plain_ids(table["speaker"], repeated=True),
+              "holds an utterance id that is not a plain name": plain_ids(table["utterance"]),
+              "holds a negative offset or frame count": (offset >= 0) & (frames >= 0),
+              "holds frames past the end of its array": frames <= total - np.maximum(offset, 0)}
+    bad = np.zeros(len(table), bool)
+    for what, ok in checks.items():
+        if ok.all():
+            continue
+        for number in np.unique(shard[~ok & ~bad]).tolist():
+            row = int(np.flatnonzero(~ok & (shard == number))[0])
+            path = shard_files(store_dir, shards[number]["name"])[1]
+            problem = (f"{path}: row {table['speaker'][row].as_py()!r}/{table['utterance'][row].as_py()!r} {what}; "
+                       f"refusing a damaged or tampered shard index; run 'deep-speaker cache update' to rebuild it")
+            if damaged is None:
+                raise DeepSpeakerError(problem)
+            damaged[shards[number]["name"]] = problem
+            bad |= shard == number
+    return table.filter(pa.array(~bad)) if bad.any() else table
 
 
 class FeatureStore(FeatureCache):
@@ -193,13 +267,10 @@ class FeatureStore(FeatureCache):
         ends = np.append(starts[1:], len(codes)).astype(np.int64)
         self._speakers = speakers.dictionary.to_pylist()
         self._ranges = {s: (int(a), int(b)) for s, a, b in zip(self._speakers, starts, ends)}
-        for column in ("speaker", "utterance"):  # ids are plain ASCII names (corpus.is_plain_id): bytes hold them
-            if not pc.all(pc.fill_null(pc.match_substring_regex(table[column], _PLAIN_ID), False)).as_py():
-                raise DeepSpeakerError(f"{self.path}: a shard index holds a {column} id that is not a plain name; "
-                                       f"refusing a tampered store")
-        # The sorted utterance ids as one fixed-width bytes array, so a binary search finds a row (numpy's
-        # StringDType searchsorted is wrong in numpy 2.4): Arrow pads them with spaces, which sort below every
-        # character an id may hold, and numpy views that buffer without a Python object per id.
+        # The sorted utterance ids (plain ASCII names, as load_index checked: bytes hold them) as one fixed-width
+        # bytes array, so a binary search finds a row (numpy's StringDType searchsorted is wrong in numpy 2.4):
+        # Arrow pads them with spaces, which sort below every character an id may hold, and numpy views that buffer
+        # without a Python object per id.
         utterances = table["utterance"].combine_chunks()
         self._width = max(1, pc.max(pc.utf8_length(utterances)).as_py() or 1)
         padded = pc.utf8_rpad(utterances, width=self._width, padding=" ")
@@ -293,6 +364,12 @@ class FeatureStore(FeatureCache):
         if array.dtype != np.dtype(self.dtype) or array.ndim != 2 or array.shape[1] != NUM_FILTERS:
             raise DeepSpeakerError(f"{path}: not a [T, {NUM_FILTERS}] {self.dtype} shard ({array.dtype}, shape "
                                    f"{array.shape})")
+        # The listing's frame count (what load_index bounded every row by) against the array: another shard's array
+        # swapped in, or a cut one, is refused here rather than read as this shard's utterances.
+        expected = self._listing["shards"][number].get("frames", array.shape[0])
+        if array.shape[0] != expected:
+            raise DeepSpeakerError(f"{path}: {array.shape[0]} frames where its listing records {expected} (another "
+                                   f"shard's array, or damaged); run 'deep-speaker cache update' to recompute it")
         with self._lock:
             self._maps[number] = array
             while len(self._maps) > OPEN_SHARDS:  # slices handed out keep their map alive
@@ -307,7 +384,22 @@ class FeatureStore(FeatureCache):
         if offset + frames > array.shape[0]:
             raise DeepSpeakerError(f"{self.path}: shard {self._shard_names[self._columns['shard'][i]]} is shorter "
                                    f"than its index says; run 'deep-speaker cache update'")
-        return array[offset:offset + frames]
+        features = array[offset:offset + frames]
+        # Checked per utterance, not per shard when mapped: a random-crop batch reads a few utterances of each of
+        # many shards (a whole-shard pass would read all of every shard, again each time its map is reopened), and
+        # this reads only the pages the caller reads next (2 us for 300 frames, beside the caller's own pass).
+        if not _finite(features):
+            raise DeepSpeakerError(f"{shard_files(self.path, self._shard_names[self._columns['shard'][i]])[0]}: "
+                                   f"utterance {speaker}/{utterance} holds frames that are NaN or infinite (damaged); "
+                                   f"run 'deep-speaker cache update' to recompute it")
+        return features
+
+
+def _finite(features: np.ndarray) -> bool:
+    """Whether no frame is NaN or infinite."""
+    if features.dtype == np.float16:  # numpy's isfinite is 10x slower on float16: its exponent bits (all set: not)
+        return not ((features.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(features).all())
 
 
 # ----- writing -----
@@ -323,12 +415,18 @@ def shard_name(generation: int, entries: Sequence[dict], dtype: str, salt: str =
 
 
 def as_dtype(item: Item | Failure, dtype: str) -> Item | Failure:
-    """Features cast to the store's dtype; a failure when float16 cannot hold them."""
+    """Features cast to the store's dtype, or a failure where a shard must not hold them: ids that are not plain
+    names (as every reader requires), frames that are not finite, or that float16 cannot hold. Every item of a
+    build, an augmentation or a conversion passes here on its way to write_shard."""
     if isinstance(item, Failure):
         return item
     features, entry = item
+    if not (is_plain_id(entry["speaker"]) and is_plain_id(entry["utterance"])):
+        return id_failure(entry["source"], entry["speaker"], entry["utterance"])
+    if not _finite(features):
+        return Failure(entry["source"], "features are NaN or infinite")
     cast = features.astype(dtype, copy=False)
-    if dtype != "float32" and not np.isfinite(cast).all():
+    if cast is not features and not _finite(cast):
         return Failure(entry["source"], f"features exceed the {dtype} range; use a float32 store")
     return cast, entry
 
@@ -350,11 +448,99 @@ def write_shard(store_dir: Path, name: str, items: Sequence[Item], dtype: str, s
     meta = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": settings, "dtype": dtype,
             "name": name, **({"augment": True} if augment else {})}
     table = pa.table(columns, schema=INDEX_SCHEMA.with_metadata({"deep_speaker": json.dumps(meta)}))
+    if not (plain_ids(table["speaker"]) & plain_ids(table["utterance"])).all():  # as_dtype keeps them out
+        raise DeepSpeakerError(f"{index_path}: refusing to write ids that are not plain names into a shard")
     save_array_atomic(frames_path, frames.astype(dtype, copy=False))
     with atomic_write(index_path) as f, pa.ipc.new_file(f, table.schema) as writer:
         writer.write_table(table)
-    return {"name": name, "generation": int(name[1:7]), "utterances": len(entries), "frames": int(lengths.sum()),
-            "seconds": float(sum(columns["seconds"])), **({"augment": True} if augment else {})}
+    return _shard_record(store_dir, name, len(entries), int(lengths.sum()), float(sum(columns["seconds"])), augment)
+
+
+def _shard_record(store_dir: Path, name: str, utterances: int, frames: int, seconds: float,
+                 augment: bool = False) -> dict:
+    """A shard's listing record: its counts and, per file, its size, checksum and the times it was checksummed at
+    (an update checksums a file again only when these changed: see _damage)."""
+    return {"name": name, "generation": int(name[1:7]), "utterances": utterances, "frames": frames,
+            "seconds": seconds, "files": {kind: _file_record(path)
+                                          for kind, path in zip(SHARD_FILES, shard_files(store_dir, name))},
+            **({"augment": True} if augment else {})}
+
+
+def _digest(path: Path) -> str:
+    """blake2b of a file's bytes (1.3 GB/s here; a shard of 1,000 utterances of 3 s is about 80 MB)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_record(path: Path) -> dict:
+    st = path.stat()  # before reading: a change while it is read shows in the next update's stat
+    return {"size": st.st_size, "blake2b": _digest(path), "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a .npy header gives (no pickle, nothing but the header read)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)(f)
+    return shape, dtype
+
+
+def _damage(store_dir: Path, record: dict) -> Optional[str]:
+    """Why a listed shard cannot be read as its record says ("missing", or what differs), or None.
+
+    A file checksummed at the size and times it still has is not read again: a no-op update of 10^5 utterances
+    would read gigabytes otherwise. Writing a file changes its mtime and ctime, renaming or replacing it its ctime
+    (which no one can set back), so every change since is checksummed, and a file that matches is recorded at its
+    new times (a copied store is read once). As with git's index, a change within the file system's clock tick of
+    the write itself could keep both times; the size and the reader's frame count still see most of those. A
+    record written before checksums (no "files") is checked by its frame count only."""
+    files = record.get("files", {})
+    for kind, path in zip(SHARD_FILES, shard_files(store_dir, record["name"])):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "missing"
+        known = files.get(kind)
+        if known is None:
+            continue
+        if st.st_size != known["size"]:
+            return f"{path.name} holds {st.st_size} bytes where its listing records {known['size']}"
+        if (st.st_mtime_ns, st.st_ctime_ns) != (known["mtime_ns"], known["ctime_ns"]):
+            if _digest(path) != known["blake2b"]:
+                return f"{path.name} does not match its checksum"
+            known.update(mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    if set(files) != set(SHARD_FILES) and "frames" in record:  # a shard of an older listing: its header at least
+        try:
+            shape, _ = _npy_shape(shard_files(store_dir, record["name"])[0])
+        except (OSError, ValueError) as exc:
+            return f"unreadable frames ({str(exc).splitlines()[0]})"
+        if shape[:1] != (record["frames"],):
+            return f"its array has shape {shape} where its listing records {record['frames']} frames"
+    return None
+
+
+def _intact(store_dir: Path, record: dict) -> bool:
+    """Whether a listed shard is as written; if not, logged, and a damaged shard's files deleted (they are named in
+    our listing), so that its utterances are computed again. Deleted before the listing drops it: a run killed
+    between the two leaves a listed shard missing (computed again), never an unlisted damaged one that the next
+    update would adopt as a complete shard."""
+    problem = _damage(store_dir, record)
+    if problem == "missing":
+        log.warning("%s: shard %s is missing; its utterances are computed again", store_dir, record["name"])
+    elif problem is not None:
+        _drop_damaged(store_dir, record["name"], problem)
+    return problem is None
+
+
+def _drop_damaged(store_dir: Path, name: str, problem: str) -> None:
+    log.warning("%s: shard %s is damaged (%s); it is deleted and its utterances computed again", store_dir, name,
+                problem)
+    for path in shard_files(store_dir, name):
+        path.unlink(missing_ok=True)
 
 
 Compute = Callable[[object], "Item | Failure"]  # one work item (an Utterance, a copy) -> features or failure
@@ -384,12 +570,13 @@ ShardTask = tuple[str, list]  # a shard's name and its work items
 
 
 def run_shards(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict,
-               workers: int = 1, scheduler: Optional[str] = None,
+               workers: int = 1, client: Optional[object] = None,
                augment: bool = False) -> Iterator[tuple[Optional[dict], list[dict]]]:
-    """The shard tasks on the Dask cluster at ``scheduler``, else ``workers`` local processes, else here: each
-    shard's listing record (None when all its items failed) and failures, as they finish."""
-    if scheduler:
-        return _run_dask(tasks, store_dir, compute, dtype, settings, scheduler, augment)
+    """The shard tasks on the Dask cluster of ``client`` (a ``distributed.Client`` from :func:`.cluster.connect`,
+    opened by the caller before it deleted anything), else ``workers`` local processes, else here: each shard's
+    listing record (None when all its items failed) and failures, as they finish."""
+    if client is not None:
+        return _run_dask(tasks, store_dir, compute, dtype, settings, client, augment)
     if workers > 1 and sum(len(items) for _, items in tasks) > 1:
         return _run_pool(tasks, store_dir, compute, dtype, settings, workers, augment)
     return (build_shard(str(store_dir), name, items, compute, dtype, settings, augment) for name, items in tasks)
@@ -410,28 +597,23 @@ def _run_pool(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: 
             yield _written(store_dir, name, results, dtype, settings, augment)
 
 
-def _run_dask(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict, scheduler: str,
+def _run_dask(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict, client: object,
               augment: bool) -> Iterator[tuple[Optional[dict], list[dict]]]:
-    """One Dask task per shard on the cluster at ``scheduler``; a task whose worker died is rerun by Dask."""
-    from distributed import Client, as_completed
+    """One Dask task per shard on the cluster of ``client``; a task whose worker died is rerun by Dask."""
+    from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
+    futures = [client.submit(build_shard, str(store_dir.resolve()), name, items, compute, dtype, settings,
+                             augment, key=f"deep-speaker-shard-{name}", pure=False) for name, items in tasks]
     try:
-        client = Client(scheduler, timeout="20s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise DeepSpeakerError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
-    with client:
-        futures = [client.submit(build_shard, str(store_dir.resolve()), name, items, compute, dtype, settings,
-                                 augment, key=f"deep-speaker-shard-{name}", pure=False) for name, items in tasks]
-        try:
-            for future in as_completed(futures, loop=client.loop):
-                try:
-                    yield future.result()
-                except KilledWorker:
-                    raise DeepSpeakerError(f"Dask workers kept dying on shard task {future.key}; the shards done so "
-                                           f"far are kept: run the command again to finish") from None
-        finally:
-            client.cancel(futures)
+        for future in as_completed(futures, loop=client.loop):
+            try:
+                yield future.result()
+            except KilledWorker:
+                raise DeepSpeakerError(f"Dask workers kept dying on shard task {future.key}; the shards done so "
+                                       f"far are kept: run the command again to finish") from None
+    finally:
+        client.cancel(futures)
 
 
 def plan_shards(todo: Sequence[Utterance], generation: int, shard_size: int, dtype: str,
@@ -453,42 +635,62 @@ def _scan_record_temporaries(store_dir: Path) -> list[Path]:
 
 
 def store_wipe_plan(store_dir: Path) -> list[Path]:
-    """What a rebuild of a store deletes: its shard files (by our naming), temporaries, our training inputs, then
-    the listings; a listing that is not ours, or tampered, refuses the wipe."""
+    """What a rebuild of a store deletes: the files of the shards its listings name (and of the copies a killed
+    augmentation named), our temporaries, our training inputs, then the listings; a listing that is not ours, or
+    tampered, or a symbolic link in the way (``shards/`` linked to another store's) refuses the wipe."""
     try:
-        read_listings(store_dir)
+        listing = read_listings(store_dir)
+        named = [s["name"] for s in listing["shards"]] + _pending(store_dir, listing) if listing else []
     except DeepSpeakerError as exc:
         raise DeepSpeakerError(f"refusing to wipe {store_dir}: {exc}") from None
-    shards = store_dir / SHARDS_DIR
-    files = []
-    if shards.is_dir():
-        files = [p for p in sorted(shards.iterdir()) if p.is_file() and (
-            (p.suffix in (".npy", ".arrow") and _SHARD_NAME.fullmatch(p.stem))
-            or (p.name.startswith(".g") and p.name.endswith(".tmp")))]
+    # Unlisted shard-named files stay: nothing proves they are this store's (a shard finished by a killed build is
+    # adopted by an update, not deleted by a rebuild).
+    files = [p for name in sorted(set(named)) for p in shard_files(store_dir, name) if p.is_file()]
+    files += _shard_temporaries(store_dir)
     inputs = store_dir / INPUTS_NAME
     if inputs.is_file() and is_training_inputs(inputs):
         files.append(inputs)
     files += _scan_record_temporaries(store_dir)
-    return files + sorted(store_dir.glob("store.shard-*-of-*.json")) + [
+    files += sorted(store_dir.glob("store.shard-*-of-*.json")) + [
         p for p in [store_dir / SCAN_RECORD, store_dir / LISTING] if p.is_file()]
+    refuse_links(store_dir, [store_dir / SHARDS_DIR, *files])
+    return files
+
+
+def _shard_temporaries(store_dir: Path) -> list[Path]:
+    """The temporaries a killed write of a shard file left in ``shards/`` (atomic_write's names for them)."""
+    shards = store_dir / SHARDS_DIR
+    return sorted(p for p in shards.glob(".g*.tmp") if _SHARD_TEMPORARY.fullmatch(p.name)) \
+        if shards.is_dir() and not shards.is_symlink() else []
+
+
+def _pending(store_dir: Path, listing: dict) -> list[str]:
+    """The shard names a killed augmentation left in the listing (PENDING), checked like the listed ones: a name
+    builds the paths deleted."""
+    names = listing.get(PENDING, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and _SHARD_NAME.fullmatch(n) for n in names):
+        raise DeepSpeakerError(f"{store_dir / LISTING}: corrupt or tampered store listing ({PENDING} malformed)")
+    return names
 
 
 def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dict, dtype: str) -> list[dict]:
-    """Complete shards a killed build left unlisted (index present, built with these settings): their records."""
+    """Complete shards a killed build left unlisted (index present, built with these settings, an array of the
+    frames its index adds up to): their records, checksummed now (their rows are checked as the listed shards'
+    are, by load_index)."""
     found = []
     for index in sorted((store_dir / SHARDS_DIR).glob("g*.arrow")):
         name = index.stem
         if name in listed or not _SHARD_NAME.fullmatch(name) or int(name[1:7]) > generation:
             continue
-        with contextlib.suppress(DeepSpeakerError, ValueError):
+        with contextlib.suppress(DeepSpeakerError, OSError, ValueError):
             table = _read_index(store_dir, name)
             meta = _index_meta(table)
+            frames = int(pc.sum(table["frames"]).as_py() or 0)
             # A shard of augmented copies is not adopted: the listing of its run would have to name it.
             if meta.get("settings") == settings and meta.get("dtype") == dtype and not meta.get("augment") \
-                    and shard_files(store_dir, name)[0].is_file():
-                found.append({"name": name, "generation": int(name[1:7]), "utterances": len(table),
-                              "frames": int(pc.sum(table["frames"]).as_py() or 0),
-                              "seconds": float(pc.sum(table["seconds"]).as_py() or 0.0)})
+                    and _npy_shape(shard_files(store_dir, name)[0]) == ((frames, NUM_FILTERS), np.dtype(dtype)):
+                found.append(_shard_record(store_dir, name, len(table), frames,
+                                          float(pc.sum(table["seconds"]).as_py() or 0.0)))
     return found
 
 
@@ -533,6 +735,8 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         check_choice(dtype, DTYPES, "store dtype")
     if shard_size < 1:
         raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
+    if scheduler is not None:
+        check_scheduler(scheduler)  # a malformed address is refused before the scan, not after it
     audio_dir, store_dir = Path(audio_dir).resolve(), Path(store_dir)
     settings = cache_settings(trim)
     check_not_overlapping(audio_dir, store_dir)
@@ -545,9 +749,13 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
     utterances, rejected, layout = scan_corpus(audio_dir, layout, mic, record=record)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    utterances, rejected = recordable(audio_dir, utterances, rejected)
     if shard is not None:
         utterances = [u for u in utterances if in_shard(u, shard)]
-    with build_lock(store_dir, shard):
+    # Every check that can refuse runs before the wipe: the lock, no link in the way, and the scheduler reached
+    # (a store wiped and then "cannot reach the scheduler" would be lost for nothing).
+    with build_lock(store_dir, shard), (connect(scheduler) if scheduler else contextlib.nullcontext()) as client:
+        refuse_links(store_dir, [store_dir / SHARDS_DIR])
         if dtype is None and is_store(store_dir):  # a rebuild keeps the store's dtype unless told otherwise
             dtype = (read_listings(store_dir) or {}).get("dtype")
         if shard is None and not update:
@@ -565,9 +773,7 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         generation = (existing["generation"] if existing else 0) + 1
         listing_path = store_dir / listing_name(shard)
         listed = list(existing["shards"]) if existing else []
-        present = [s for s in listed if all(p.is_file() for p in shard_files(store_dir, s["name"]))]
-        for lost in sorted({s["name"] for s in listed} - {s["name"] for s in present}):
-            log.warning("%s: shard %s is missing; its utterances are computed again", store_dir, lost)
+        present = [s for s in listed if _intact(store_dir, s)]  # a missing or damaged shard is computed again
         # A full build or update lists every shard in store.json (consolidating the parts); a part (--shard)
         # lists its own shards only, and reads the others' to skip what they hold.
         if shard is None:
@@ -580,20 +786,24 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         own += adopted
         (store_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         if shard is None:
-            for tmp in [*(store_dir / SHARDS_DIR).glob(".*.tmp"), *_scan_record_temporaries(store_dir)]:
+            for tmp in [*_shard_temporaries(store_dir), *_scan_record_temporaries(store_dir)]:
                 tmp.unlink(missing_ok=True)
         readable = sorted({s["name"]: s for s in present + adopted}.values(),
                           key=lambda s: (s["generation"], s["name"]))
         summary = BuildSummary(cache_dir=str(store_dir), layout=layout)
         failures: list[Failure] = list(rejected)
         # The index is read (Arrow, outside the GIL) while the files are stat-ed: a third of a no-op update each.
+        damaged: dict[str, str] = {}  # shards whose index rows are not as written: left out of the index
         with ThreadPoolExecutor(1) as reader, gc_paused():
-            index_read = reader.submit(load_index, store_dir, readable)
+            index_read = reader.submit(load_index, store_dir, readable, damaged)
             found, found_stats, unopened = stat_utterances(utterances)
             failures += unopened
             index = index_read.result()
             kept, recovered = unchanged(index, found, [st.st_size for st in found_stats],
                                         [st.st_mtime_ns for st in found_stats], [readable.index(s) for s in adopted])
+        for name, problem in damaged.items():  # their rows are not in the index: their utterances are computed again
+            _drop_damaged(store_dir, name, problem)
+        own = [s for s in own if s["name"] not in damaged]
         summary.recovered = int(np.count_nonzero(recovered))
         summary.skipped = int(np.count_nonzero(kept)) - summary.recovered
         todo, stats = [], {}
@@ -605,6 +815,8 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
                 "audio_dir": str(audio_dir), "layout": layout, "min_seconds": min_seconds, "generation": generation}
         if existing is not None and "augment" in existing:
             base["augment"] = existing["augment"]
+        if existing is not None and existing.get(PENDING):  # a killed augmentation's shards: still to be deleted
+            base[PENDING] = _pending(store_dir, existing)
 
         def save() -> None:
             write_json(listing_path, {**base, "shards": own, "failures": [f.to_dict() for f in sorted(failures)]},
@@ -613,8 +825,10 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         save()  # the new generation is recorded before any of its shards exists
         tasks = plan_shards(todo, generation, shard_size, dtype, stats)
         compute = functools.partial(compute_features, trim=trim, min_seconds=min_seconds)
-        results = run_shards(tasks, store_dir, compute, dtype, settings, workers, scheduler)
-        with QuietBar(total=len(todo), unit="file", desc="features", disable=not progress or not todo) as bar:
+        results = run_shards(tasks, store_dir, compute, dtype, settings, workers, client)
+        # closing: a failed run stops its tasks (cancels them on the cluster) before the client is closed.
+        with contextlib.closing(results), \
+                QuietBar(total=len(todo), unit="file", desc="features", disable=not progress or not todo) as bar:
             for record, failed in results:
                 failures.extend(Failure.from_dict(f) for f in failed)
                 if record is not None:
@@ -666,11 +880,16 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
                   scheduler: Optional[str] = None, shard_size: int = DEFAULT_SHARD_SIZE) -> int:
     """:func:`~.cache.augment_cache` on a sharded store: the copies are written as new shards of a new generation
     (marked as copies), with ``workers`` local processes or on the Dask cluster at ``scheduler``; the shards of an
-    earlier run's copies are unlisted, then deleted, first. The listing records the recipe once all are written
-    (with ``failures``: the copies whose source could not be read); a killed run leaves the originals and no
-    recipe, and the next run makes the copies again. Returns the number of copies made."""
+    earlier run's copies are unlisted, then deleted, first. The new shards are named in the listing (PENDING) before
+    the first is written and listed, with the recipe, once all are (with ``failures``: the copies whose source could
+    not be read): a killed run leaves the originals, no copy and no recipe, and the next run (or a rebuild) deletes
+    what it wrote. Returns the number of copies made."""
     store_dir = Path(store_dir)
-    with build_lock(store_dir, None):
+    if scheduler is not None:
+        check_scheduler(scheduler)
+    # Every check that can refuse (the lock, a link, the scheduler) runs before the old copies are deleted.
+    with build_lock(store_dir, None), (connect(scheduler) if scheduler else contextlib.nullcontext()) as client:
+        refuse_links(store_dir, [store_dir / SHARDS_DIR])
         if any(store_dir.glob("store.shard-*-of-*.json")):
             raise DeepSpeakerError(f"{store_dir} has parts built with --shard; merge them with 'deep-speaker cache "
                                    f"update' before adding augmented copies")
@@ -681,19 +900,22 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
         if np.any(is_copy & ~np.isin(store._columns["shard"], flagged)):
             raise DeepSpeakerError(f"{store_dir} holds augmented copies converted from a per-file cache; convert "
                                    f"the cache without them, or rebuild the store, before adding new copies")
-        base = {k: v for k, v in listing.items() if k not in ("shards", "failures", "augment")}
+        base = {k: v for k, v in listing.items() if k not in ("shards", "failures", "augment", PENDING)}
         base["generation"] = generation = listing["generation"] + 1
         shards = [s for s in listing["shards"] if not s.get("augment")]
         failures = listing["failures"]
+        # The earlier copies, and the shards a killed run named: unlisted but still named until their files are gone.
+        old = sorted({s["name"] for s in listing["shards"] if s.get("augment")} | set(_pending(store_dir, listing)))
+        refuse_links(store_dir, [path for name in old for path in shard_files(store_dir, name)])
 
-        def save(**recipe: object) -> None:
-            write_json(store_dir / LISTING, {**base, **recipe, "shards": shards, "failures": failures}, indent=1)
+        def save(pending: Sequence[str], **recipe: object) -> None:
+            write_json(store_dir / LISTING, {**base, **recipe, **({PENDING: list(pending)} if pending else {}),
+                                             "shards": shards, "failures": failures}, indent=1)
 
-        save()  # the old copies are unlisted before their files go
-        for old in listing["shards"]:
-            if old.get("augment"):
-                for path in shard_files(store_dir, old["name"]):
-                    path.unlink(missing_ok=True)
+        save(old)
+        for name in old:
+            for path in shard_files(store_dir, name):
+                path.unlink(missing_ok=True)
         originals = [key for key, copy in zip(store.utterances(), is_copy.tolist()) if not copy]
         blocks = speaker_blocks(originals)
         fields = ("speaker", "utterance", "source", "size", "mtime_ns", "frames", "seconds")
@@ -712,21 +934,23 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
             block = jobs[i:i + shard_size]
             keys = [{**job[0], "utterance": f"{job[0]['utterance']}-aug{job[1]}"} for job in block]
             tasks.append((shard_name(generation, keys, store.dtype, salt), block))
+        save([name for name, _ in tasks])  # named before the first is written (on a cluster, any may be first)
         compute = functools.partial(make_store_copy, trim=store.settings["trim"])
-        results = run_shards(tasks, store_dir, compute, store.dtype, store.settings, workers, scheduler, augment=True)
+        results = run_shards(tasks, store_dir, compute, store.dtype, store.settings, workers, client, augment=True)
         made, failed_copies = 0, []
-        with QuietBar(total=len(jobs), unit="copy", desc="augmented copies", disable=not progress) as bar:
+        with contextlib.closing(results), \
+                QuietBar(total=len(jobs), unit="copy", desc="augmented copies", disable=not progress) as bar:
             for record, failed in results:
                 failed_copies.extend(failed)
                 if record is not None:
                     shards.append(record)
                     made += record["utterances"]
-                save()  # the listing names a shard only once both of its files are in place
                 bar.update((record["utterances"] if record else 0) + len(failed))
         shards.sort(key=lambda s: (s["generation"], s["name"]))
         # The copies that failed are the recipe's (not the build's failures: their sources are in the store).
         recipe = {"kinds": list(kinds), "copies": copies, "seed": seed}
-        save(augment={**recipe, "failures": sorted(failed_copies, key=lambda f: f["path"])} if failed_copies
+        # One write lists the copies and their recipe together.
+        save([], augment={**recipe, "failures": sorted(failed_copies, key=lambda f: f["path"])} if failed_copies
              else recipe)
     return made
 

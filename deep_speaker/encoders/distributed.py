@@ -19,11 +19,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..data.cluster import check_scheduler, connect
 from ..errors import DeepSpeakerError, Failure
 from . import DEFAULT_ENCODER, get_encoder
 from .base import FILES_PER_CHUNK, EmbedResult, Encoder
-
-CONNECT_TIMEOUT = "30s"  # how long to wait for the scheduler before a one-line error
 
 
 @dataclass(frozen=True)
@@ -86,16 +85,6 @@ def chunk_size(num_files: int, num_workers: int, largest: int = FILES_PER_CHUNK)
     return max(1, min(largest, math.ceil(num_files / (4 * max(1, num_workers)))))
 
 
-def connect(scheduler: str) -> Any:
-    """A ``distributed.Client`` of the scheduler at ``scheduler`` (tcp://HOST:PORT); a one-line error otherwise."""
-    from distributed import Client
-
-    try:
-        return Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise DeepSpeakerError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
-
-
 def embed_files_on_cluster(spec: EncoderSpec, paths: Iterable[str | os.PathLike], scheduler: str,
                            identity: str | None = None, files_per_task: int | None = None) -> EmbedResult:
     """Embed files on the Dask cluster at ``scheduler``, as ``spec.build().embed_files_with_failures`` would.
@@ -135,7 +124,8 @@ class DaskEncoder(Encoder):
     is that of the same encoder built here."""
 
     def __init__(self, spec: EncoderSpec, scheduler: str, files_per_task: int | None = None):
-        self.spec, self.scheduler, self.files_per_task = spec, scheduler, files_per_task
+        # A malformed address is refused now, before the encoder is built, not after the files are read.
+        self.spec, self.scheduler, self.files_per_task = spec, check_scheduler(scheduler), files_per_task
         self.local = spec.build()
 
     name = property(lambda self: self.local.name)
