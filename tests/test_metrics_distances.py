@@ -27,7 +27,7 @@ def stats_vector(signal: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def speech_sets(libri_mini):
-    """Clean vectors of all 351 files (labels = speaker) and of test-other with white noise at each SNR."""
+    """Clean vectors of all 332 files (labels = speaker) and of test-other with white noise at each SNR."""
     paths = sorted((libri_mini / "test-other").rglob("*.flac")) + sorted((libri_mini / "train-clean-100").rglob("*.flac"))
     rng = np.random.default_rng(1234)
     clean, noisy = [], {snr: [] for snr in SNRS}

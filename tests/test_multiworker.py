@@ -73,6 +73,7 @@ def data(libri_mini, tmp_path_factory):
     return root / "cache" / "full_inputs.pkl"
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_workers_equal_one_process(data, tmp_path):
     port, out = free_port(), tmp_path / "mw"
     run_dir = out / "softmax"
@@ -165,6 +166,7 @@ def test_unreachable_workers_fail_in_one_line_within_the_timeout(data, tmp_path)
     assert not (tmp_path / "softmax" / "last.keras").exists()
 
 
+@pytest.mark.slow
 def test_triplet_phase_per_worker_pools_equal_one_process(data, tmp_path):
     """Each worker mines from its own pool (refreshed every step, embedded by its local copy of the weights); the
     run stops at step 2 and the same command resumes it to step 4 (new pools, as a single-process resume). The

@@ -28,8 +28,8 @@ def small_corpus(root: Path, train_speakers: int, test_speakers: int) -> Path:
 def test_main_job_end_to_end(tmp_path: Path) -> None:
     data = small_corpus(tmp_path / "data", train_speakers=12, test_speakers=4)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deep_speaker", "run", "--data", str(data), "-o", str(out), "--width", "0.125",
-           "--softmax-steps", "20", "--triplet-steps", "20", "--batch-size", "24", "--workers", "2"]
+    cmd = [sys.executable, "-m", "deep_speaker", "run", "--data", str(data), "-o", str(out), "--width", "0.0625",
+           "--softmax-steps", "10", "--triplet-steps", "6", "--batch-size", "24", "--workers", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Unseen speakers: SAP" in done.stdout

@@ -199,6 +199,7 @@ def test_training_on_tf_data_equals_training_on_today_s_batcher(cache, tmp_path)
         TrainConfig("softmax", tmp_path / "x", input_pipeline="grain", **common)
 
 
+@pytest.mark.slow
 def test_worker_processes_feed_training_on_jax_as_today_s_batcher(cache, tmp_path):
     # The GPU hosts have JAX and no TensorFlow: the processes pipeline is the fast one there (tf.data is not). The
     # TensorFlow side needs no run of its own: the stream is the same (above) and Keras feeds it alike.

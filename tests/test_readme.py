@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = REPO / "samples" / "librispeech" / "test-other"
 NOT_RUN = {
     "bash quickstart.sh": "tests/test_pipeline.py runs the same job at a reduced size",
-    ".venv/bin/python -m pytest tests": "this suite",
+    "bash scripts/test.sh": "this suite (CI runs it: .ci/run)",
     "bash scripts/install.sh": "CI runs it",
     ". .venv/bin/activate": "environment set-up",
     "./download_vctk.sh": "needs the network; tests/test_download_vctk.py serves it locally",
@@ -61,29 +61,63 @@ def scratch(tmp: Path) -> dict[str, str]:
     return {"$CACHE_DIR": str(tmp / "cache"), "$AUDIO_DIR": str(HELD_OUT), "real_speech/": str(HELD_OUT) + "/"}
 
 
+# Runs the README's lines one after another in one fresh interpreter, each as its entry point would (the
+# `deep-speaker` script is deep_speaker.cli:main; `python FILE` runs FILE as __main__): the model frameworks are
+# imported once rather than once per line (25 lines), and this test's own process stays untouched. Prints one JSON
+# record per line: its exit code and what it wrote.
+DRIVER = r"""
+import contextlib, io, json, runpy, sys, traceback
+from deep_speaker.cli import main
+for kind, *args in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if kind == "deep-speaker":
+                code = main(args)
+            elif kind == "file":
+                sys.argv = list(args)
+                runpy.run_path(args[0], run_name="__main__")
+                code = 0
+            else:
+                exec(compile(args[0], "<README>", "exec"), {"__name__": "__main__"})
+                code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            code = 99
+    print(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}), flush=True)
+    if code:
+        break
+"""
+
+
+def as_entry_point(command: str, values: dict[str, str]) -> list[str]:
+    """A README line as the driver runs it: ["deep-speaker", args...], ["file", path, args...] or ["code", text]."""
+    if command.startswith("PYTHON:"):
+        return ["code", command[len("PYTHON:"):]]
+    for placeholder, value in values.items():
+        command = command.replace(placeholder, value)
+    args = shlex.split(command)
+    if args[0] == "python":
+        return ["file", str(REPO / args[1]), *args[2:], *(FAST_TRAINING if args[1].endswith("train_cli.py") else [])]
+    assert args[0] == "deep-speaker", f"a README line the test cannot run: {command}"
+    return ["deep-speaker", *args[1:], *(FAST_TRAINING if args[1] == "train" else [])]
+
+
 @pytest.mark.slow
 def test_readme_examples_run_as_written(tmp_path: Path) -> None:
     values = scratch(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    commands = readme_commands()
+    done = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps([as_entry_point(c, values) for c in commands]),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"code"')]
     ran = []
-    for command in readme_commands():
-        if command.startswith("PYTHON:"):
-            args = [sys.executable, "-c", command[len("PYTHON:"):]]
-        else:
-            for placeholder, value in values.items():
-                command = command.replace(placeholder, value)
-            args = shlex.split(command)
-            if args[0] == "python":
-                args = [sys.executable, str(REPO / args[1]), *args[2:]]
-                if args[1].endswith("train_cli.py"):
-                    args += FAST_TRAINING
-            elif args[0] == "deep-speaker":
-                args = [sys.executable, "-m", "deep_speaker", *args[1:]]
-                if args[3] == "train":
-                    args += FAST_TRAINING
-        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{command}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
-        ran.append((command, done.stdout))
+    for command, record in zip(commands, records):
+        assert record["code"] == 0, f"{command}\n{record['stdout'][-1500:]}\n{record['stderr'][-1500:]}"
+        ran.append((command, record["stdout"]))
+    assert done.returncode == 0 and len(ran) == len(commands), done.stderr[-3000:]
     assert len(ran) >= 14
     outputs = "\n".join(out for _, out in ran)
     assert "SAP (mean cosine similarity" in outputs and "SAN (mean cosine similarity" in outputs
