@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deep_speaker.cli import native_stderr_silenced, run_command
-
-with native_stderr_silenced():  # TensorFlow's C++ start-up lines
-    from deep_speaker.cli.train import add_training_options, run_phase
+from deep_speaker.cli import run_command
+from deep_speaker.cli.train import add_training_options, run_phase
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from deep_speaker.data.cache import FeatureCache, build_cache  # noqa: E402
+from deep_speaker.data.cache import build_cache  # noqa: E402
+from deep_speaker.data.sources import open_features  # noqa: E402
 from deep_speaker.train import batching  # noqa: E402
 from deep_speaker.train.pipeline import ProcessBatches, RandomCropSampler, tf_dataset  # noqa: E402
 
@@ -89,7 +90,7 @@ def main() -> None:
         if args.cache is None:
             build_cache(args.audio, Path(tmp) / "cache", workers=cores(), progress=False)
             args.cache = Path(tmp) / "cache"
-        cache = FeatureCache(args.cache)
+        cache = open_features(args.cache)
         segments = batching.speaker_segments(cache)[0]
         b, n = args.batch_size, args.batches
         today = batching.RandomCropBatches(cache, segments, args.crop_frames, b, 10**9)

@@ -2,7 +2,8 @@
 
 Every file deep-speaker writes goes through here: arrays and manifests of the cache, training inputs, models
 and training state, statistics, embeddings, reports. JSON reports are strict (no NaN or infinity, which JSON
-does not have and other tools refuse).
+does not have and other tools refuse). Reading our own JSON documents back (a cache's manifests, a store's
+listings: :func:`read_json_document`, :func:`read_json_parts`) sits beside writing them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
+
+from .errors import DeepSpeakerError
 
 
 def _process_umask() -> int:
@@ -77,6 +80,26 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> P
     """Write ``value`` as strict JSON (:func:`json_text`) to ``path`` atomically; returns the path."""
     write_atomic(path, json_text(value, indent).encode("utf8"))
     return Path(path)
+
+
+def read_json_document(path: Path, what: str, check: Callable[[object, Path], None]) -> dict:
+    """One JSON file of ours (a manifest, a listing), parsed and then checked by ``check(document, path)``."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeepSpeakerError(f"{path}: unreadable {what} ({exc})") from None
+    check(document, path)
+    return document
+
+
+def read_json_parts(folder: Path, main: str, parts: str, what: str,
+                    check: Callable[[object, Path], None]) -> list[tuple[Path, dict]]:
+    """The folder's main JSON file (first, when there) and its part files (glob ``parts``, sorted), each read
+    by read_json_document: the shape of a cache's manifests and of a store's listings."""
+    paths = sorted(folder.glob(parts))
+    if (folder / main).is_file():
+        paths.insert(0, folder / main)
+    return [(path, read_json_document(path, what, check)) for path in paths]
 
 
 def save_model(model: Any, path: str | os.PathLike, extra: Mapping[str, bytes] | None = None) -> Path:

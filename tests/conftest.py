@@ -4,6 +4,7 @@ scores."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +40,24 @@ def local_cluster(workers: int = 2, **kwargs) -> Iterator:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def restores_process_state() -> Iterator[None]:
+    """Every test leaves the process as it found it: the environment (Dask sets thread counts in it), the working
+    directory, and the handlers, level and propagation of the package's logger (the CLI adds a handler and stops
+    propagation), so no test passes or fails by what an earlier one left (#30: never flaky)."""
+    environ, cwd = dict(os.environ), os.getcwd()
+    logger = logging.getLogger("deep_speaker")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    os.chdir(cwd)
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

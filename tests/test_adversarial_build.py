@@ -20,7 +20,7 @@ import pytest
 
 from deep_speaker.cli import main
 from deep_speaker.data import cluster
-from deep_speaker.data.cache import FeatureCache, augment_cache
+from deep_speaker.data.sources import augment_features, open_features
 from deep_speaker.data.store import PENDING
 from deep_speaker.errors import DeepSpeakerError, Failure, failures_message
 
@@ -93,7 +93,7 @@ def test_a_store_whose_shards_folder_links_to_another_store_is_refused_before_an
     code, _, err = cli(capsys, "cache", "convert", str(other), str(mine), "--yes", "--no_progress")
     assert code == 2 and len(err) == 1 and "is a symbolic link" in err[0], err
     with pytest.raises(DeepSpeakerError, match="is a symbolic link"):
-        augment_cache(mine, "noise", 1, progress=False)
+        augment_features(mine, "noise", 1, progress=False)
     assert snapshot(other) == before and without_scan_record(snapshot(mine)) == mine_before
 
 
@@ -116,7 +116,7 @@ def test_a_cache_whose_features_folder_links_elsewhere_is_refused_before_anythin
         assert code == 2 and len(err) == 1, err
         assert f"{mine / linked} is a symbolic link; refusing to delete or write through it" in err[0]
     with pytest.raises(DeepSpeakerError, match="is a symbolic link"):
-        augment_cache(mine, "noise", 1, progress=False)
+        augment_features(mine, "noise", 1, progress=False)
     assert snapshot(other) == before and snapshot(mine) == mine_before
 
 
@@ -178,7 +178,7 @@ def test_an_unreachable_scheduler_wipes_nothing(audio, tmp_path, capsys, monkeyp
         assert code == 2 and len(err) == 1, err
         assert f"cannot reach the Dask scheduler at {address}" in err[0]
     with pytest.raises(DeepSpeakerError, match="cannot reach the Dask scheduler"):
-        augment_cache(store, "noise", 1, progress=False, scheduler=address)  # its old copies are kept
+        augment_features(store, "noise", 1, progress=False, scheduler=address)  # its old copies are kept
     assert without_scan_record(snapshot(store)) == before
 
 
@@ -198,7 +198,7 @@ def test_a_file_name_that_is_not_utf8_is_one_failure(audio, tmp_path, capsys, fm
         assert code == 1 and not err, err
         assert len(out) == 2 and out[0].startswith(shown), out  # one failure line, then the summary
         assert "4 utterances" in out[1]
-    cache = FeatureCache(tmp_path / "cache")
+    cache = open_features(tmp_path / "cache")
     assert len(cache) == 4 and [str(f) for f in cache.failures] == [out[0]]
     assert snapshot(audio) == before
 
@@ -226,7 +226,7 @@ def test_a_build_whose_every_input_failed_is_exit_1_with_each_path(tmp_path, cap
     assert code == 1 and not err, err
     assert [line.split(": ")[0] for line in out[:-1]] == [str(p) for p in bad]
     assert all("unreadable audio" in line for line in out[:-1]) and "3 failed; 0 utterances" in out[-1]
-    assert len(FeatureCache(tmp_path / "cache")) == 0  # the store reads back, empty, not as tampered
+    assert len(open_features(tmp_path / "cache")) == 0  # the store reads back, empty, not as tampered
 
 
 def small_disk(folder: Path, size: str = "64k") -> bool:
@@ -278,7 +278,7 @@ module.{function} = {function}
 def test_a_killed_store_augmentation_lists_no_copy_without_its_recipe(audio, tmp_path, capsys):
     store = tmp_path / "store"
     assert build(capsys, audio, store, "sharded", "--shard_size", "1")[0] == 0
-    originals = FeatureCache(store).utterances()
+    originals = open_features(store).utterances()
     patch = KILL_AFTER_FIRST.format(module="store", function="write_shard", condition="kwargs.get('augment') "
                                     "or (len(args) > 5 and args[5])")
     proc = command("cache", "build", str(audio), str(store), "--format", "sharded", "--yes", "--no_progress",
@@ -286,15 +286,15 @@ def test_a_killed_store_augmentation_lists_no_copy_without_its_recipe(audio, tmp
     assert proc.returncode == -9, proc.stderr
     listing = json.loads((store / "store.json").read_text())
     assert "augment" not in listing and not any(s.get("augment") for s in listing["shards"])
-    assert FeatureCache(store).utterances() == originals  # the originals, and no copy without its recipe
+    assert open_features(store).utterances() == originals  # the originals, and no copy without its recipe
     written = [n for n in listing[PENDING] if (store / "shards" / f"{n}.npy").exists()]
     assert len(written) == 1 and len(listing[PENDING]) == 4  # every copy shard named before the first was written
     # The next augmentation deletes what the killed one wrote (by the names the listing kept), then lists its own.
-    assert augment_cache(store, "noise", 1, seed=1, progress=False, shard_size=1) == 4
+    assert augment_features(store, "noise", 1, seed=1, progress=False, shard_size=1) == 4
     listing = json.loads((store / "store.json").read_text())
     assert PENDING not in listing and listing["augment"] == {"kinds": ["noise"], "copies": 1, "seed": 1}
     assert not (store / "shards" / f"{written[0]}.npy").exists()
-    assert len(FeatureCache(store)) == 8
+    assert len(open_features(store)) == 8
 
 
 def test_a_killed_cache_augmentation_lists_no_copy_and_an_update_keeps_the_recipe(audio, tmp_path, capsys):

@@ -154,6 +154,25 @@ def test_files_that_are_no_npz_archive_are_refused(stats_files, tmp_path, capsys
     assert not (tmp_path / "m.npz").exists()
 
 
+def test_crafted_probability_arrays_are_refused(stats_files, tmp_path, capsys):
+    """compare --probs / --ref-probs: a plain .npy of [n, classes] probabilities, checked before anything runs."""
+    cases = {"1-D": np.full(4, 0.25), "3-D": np.full((2, 2, 2), 0.5), "NaN": np.array([[np.nan, 1.0]]),
+             "above 1": np.array([[0.5, 1.5]]), "negative": np.array([[-0.5, 1.5]]), "text": np.array([["a", "b"]])}
+    for name, array in cases.items():
+        bad = tmp_path / f"{name}.npy"
+        np.save(bad, array)
+        report = tmp_path / "report.json"
+        refused(["compare", str(stats_files["a"]), str(stats_files["b"]), "--probs", str(bad), "-o", str(report)],
+                capsys, bad)
+        assert not report.exists(), name
+    archive = tmp_path / "probs.npz"
+    np.savez(archive, p=np.full((3, 2), 0.5))
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad in (archive, pickled):
+        refused(["compare", str(stats_files["a"]), str(stats_files["b"]), "--ref-probs", str(bad)], capsys, bad)
+
+
 def test_statistics_of_another_width_under_the_same_identity_are_refused(stats_files, tmp_path, capsys):
     a = arrays_of(stats_files["a"])
     narrow = a["embeddings"][:, :32]

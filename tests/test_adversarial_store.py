@@ -20,8 +20,8 @@ import pytest
 
 from deep_speaker.cli import main
 from deep_speaker.data import corpus, store as store_module
-from deep_speaker.data.cache import FeatureCache
 from deep_speaker.data.corpus import Utterance, scan_corpus
+from deep_speaker.data.sources import open_features
 from deep_speaker.data.store import FeatureStore, as_dtype, build_store, write_shard
 from deep_speaker.errors import DeepSpeakerError, Failure
 
@@ -86,7 +86,7 @@ def computed_paths(monkeypatch) -> list[str]:
 
 
 def frames_of(store_dir: Path) -> dict[tuple[str, str], np.ndarray]:
-    store = FeatureCache(store_dir)
+    store = open_features(store_dir)
     return {key: np.array(store.load(*key)) for key in store.utterances()}
 
 
@@ -142,7 +142,7 @@ def test_a_hostile_scan_record_is_ignored_and_rewritten(corpus_and_store, capsys
     assert code == 0 and computed == []  # nothing read, nothing new: the record was not used
     assert any("corpus-scan.arrow: not used (" in line and "scanned again" in line for line in err), err
     assert frames_of(store_dir).keys() == before.keys()
-    store = FeatureCache(store_dir)
+    store = open_features(store_dir)
     assert all(store.entry(*key)["source"].startswith(f"{audio}/") for key in store.utterances())
     assert snapshot(audio) == audio_before and snapshot(outside) == outside_before
     # Rewritten from the scan: the same rows as the honest record, used again by the next update (no warning).
@@ -175,8 +175,8 @@ def test_a_record_with_a_cut_folder_list_does_not_hide_new_files(corpus_and_stor
     code, err = cli(capsys, "cache", "update", str(audio), str(store_dir), "--no_progress")
     assert code == 0 and computed == [str(new)], err
     assert any("not used" in line and "folders, the record" in line for line in err), err
-    assert (hidden_speaker, new.stem) in FeatureCache(store_dir).utterances()
-    assert len(FeatureCache(store_dir)) == 5
+    assert (hidden_speaker, new.stem) in open_features(store_dir).utterances()
+    assert len(open_features(store_dir)) == 5
 
 
 def test_ids_that_are_no_plain_names_never_reach_a_shard(corpus_and_store, monkeypatch, tmp_path):
@@ -331,7 +331,7 @@ def test_nan_frames_are_refused_naming_shard_and_utterance(corpus_and_store, cap
     frames[index[1]["offset"] + 3, 7] = np.nan
     frames.flush()
     del frames
-    store = FeatureCache(store_dir)
+    store = open_features(store_dir)
     key = (index[1]["speaker"], index[1]["utterance"])
     with pytest.raises(DeepSpeakerError) as caught:
         store.load(*key)

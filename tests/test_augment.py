@@ -11,7 +11,8 @@ import scipy.signal
 
 from deep_speaker.data import augment
 from deep_speaker.data.audio import SAMPLE_RATE, read_audio
-from deep_speaker.data.cache import FeatureCache, augment_cache, build_cache
+from deep_speaker.data.cache import build_cache
+from deep_speaker.data.sources import augment_features, open_features
 from deep_speaker.errors import DeepSpeakerError
 
 
@@ -149,7 +150,7 @@ def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_
     for name in ("a", "b"):
         assert main(["cache", "build", str(audio), str(tmp_path / name), "--yes", "--no_progress",
                      "--augment", "noise,reverb,band,speed", "--copies", "3", "--augment_seed", "7"]) == 0
-    a, b = FeatureCache(tmp_path / "a"), FeatureCache(tmp_path / "b")
+    a, b = open_features(tmp_path / "a"), open_features(tmp_path / "b")
     copies = [key for key in a.utterances() if "augment" in a.entry(*key)]
     assert len(copies) == 6 * 3 and len(a) == 6 * 4
     for key in copies:
@@ -169,7 +170,7 @@ def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_
     # The originals split exactly as in a cache without copies; copies train only on their source's train part.
     plain_dir = tmp_path / "plain"
     build_cache(audio, plain_dir, progress=False)
-    plain_train, plain_test = speaker_segments(FeatureCache(plain_dir), holdout=0.5, seed=0)
+    plain_train, plain_test = speaker_segments(open_features(plain_dir), holdout=0.5, seed=0)
     train, test = speaker_segments(a, holdout=0.5, seed=0)
     assert test == plain_test | {s: [] for s in set(train) - set(plain_test)}
     held_out = {(s, u) for s, segments in plain_test.items() for u, _, _ in segments}
@@ -182,8 +183,8 @@ def test_augmented_build_is_seeded_and_copies_split_as_their_sources(audio, tmp_
                 assert (info["speaker"], info["utterance"]) not in held_out  # no copy of validation audio
                 assert (lo, hi) == (0, a.entry(speaker, utt)["frames"])
     # A second augmentation replaces the first copies (their arrays too).
-    augment_cache(tmp_path / "a", "noise", 1, seed=1, progress=False)
-    again = FeatureCache(tmp_path / "a")
+    augment_features(tmp_path / "a", "noise", 1, seed=1, progress=False)
+    again = open_features(tmp_path / "a")
     assert len(again) == 12 and json.loads((tmp_path / "a" / "manifest.json").read_text())["augment"]["copies"] == 1
     assert len(list((tmp_path / "a" / "features").rglob("*.npy"))) == 12
 
@@ -197,14 +198,14 @@ def test_a_store_s_copies_are_the_per_file_cache_s_in_its_own_shards(audio, tmp_
     from deep_speaker.data.store import SHARDS_DIR, build_store, read_listings
 
     build_cache(audio, tmp_path / "files", progress=False)
-    assert augment_cache(tmp_path / "files", "noise,reverb,speed", 2, seed=3, progress=False) == 12
-    files = FeatureCache(tmp_path / "files")
+    assert augment_features(tmp_path / "files", "noise,reverb,speed", 2, seed=3, progress=False) == 12
+    files = open_features(tmp_path / "files")
     for name, workers in (("inline", 1), ("pool", 2)):
         build_store(audio, tmp_path / name, shard_size=4, progress=False)
         originals = set((tmp_path / name / SHARDS_DIR).iterdir())
-        assert augment_cache(tmp_path / name, "noise,reverb,speed", 2, seed=3, progress=False, workers=workers,
+        assert augment_features(tmp_path / name, "noise,reverb,speed", 2, seed=3, progress=False, workers=workers,
                              shard_size=4) == 12
-        store = FeatureCache(tmp_path / name)
+        store = open_features(tmp_path / name)
         assert store.utterances() == files.utterances() and len(store) == 18
         for key in files.utterances():
             assert {k: v for k, v in store.entry(*key).items() if k not in ("array", "offset")} == \
@@ -216,8 +217,8 @@ def test_a_store_s_copies_are_the_per_file_cache_s_in_its_own_shards(audio, tmp_
         assert sum(s["utterances"] for s in made) == 12 and len(made) == 3  # shards of 4 copies
         assert originals <= set((tmp_path / name / SHARDS_DIR).iterdir())  # the build's shards are untouched
     # Again with another recipe: the first copies and their shard files are gone, the originals stay.
-    augment_cache(tmp_path / "inline", "noise", 1, seed=1, progress=False, shard_size=4)
-    again = FeatureCache(tmp_path / "inline")
+    augment_features(tmp_path / "inline", "noise", 1, seed=1, progress=False, shard_size=4)
+    again = open_features(tmp_path / "inline")
     assert len(again) == 12 and read_listings(tmp_path / "inline")["augment"]["copies"] == 1
     assert len(list((tmp_path / "inline" / SHARDS_DIR).glob("*.npy"))) == 2 + 2  # 6 originals by 4, 6 copies by 4
     # Through the CLI, with one source gone bad after the build: its copy fails in one line, the others are made.
@@ -226,17 +227,17 @@ def test_a_store_s_copies_are_the_per_file_cache_s_in_its_own_shards(audio, tmp_
     build_store(broken, tmp_path / "broken", progress=False)
     victim = sorted(broken.rglob("*.flac"))[0]
     victim.write_bytes(b"not audio")
-    made = augment_cache(tmp_path / "broken", "noise", 1, progress=False)
+    made = augment_features(tmp_path / "broken", "noise", 1, progress=False)
     failures = {f["path"]: f["reason"] for f in read_listings(tmp_path / "broken")["augment"]["failures"]}
     # The victim's own copy, and those whose babble would have mixed it in.
-    assert made + len(failures) == 6 and made == len(FeatureCache(tmp_path / "broken")) - 6
+    assert made + len(failures) == 6 and made == len(open_features(tmp_path / "broken")) - 6
     assert failures.pop(str(victim)).startswith("copy 0: ")
     assert all(reason.startswith(f"copy 0: its babble {victim}: ") for reason in failures.values())
-    assert len(FeatureCache(tmp_path / "broken").failures) == 0  # not the build's failures: the original is cached
+    assert len(open_features(tmp_path / "broken").failures) == 0  # not the build's failures: the original is cached
     capsys.readouterr()
     assert main(["cache", "build", str(audio), str(tmp_path / "cli"), "--format", "sharded", "--yes",
                  "--no_progress", "--augment", "noise", "--copies", "1"]) == 0
-    assert "6 entries added" in capsys.readouterr().out and len(FeatureCache(tmp_path / "cli")) == 12
+    assert "6 entries added" in capsys.readouterr().out and len(open_features(tmp_path / "cli")) == 12
 
 
 def test_augmented_build_refuses_bad_options_in_one_line(audio, tmp_path, capsys):
@@ -257,7 +258,7 @@ def test_the_main_job_augments_its_training_cache_once(audio, tmp_path):
     build_cache(audio, tmp_path / "cache", progress=False)
     cfg = JobConfig(augment="noise", augment_copies=1, seed=3)
     augmented(cfg, tmp_path / "cache")
-    cache = FeatureCache(tmp_path / "cache")
+    cache = open_features(tmp_path / "cache")
     copies = sorted((tmp_path / "cache" / "features").rglob("*-aug0.npy"))
     assert len(cache) == 12 and len(copies) == 6
     assert cache.manifest["augment"] == {"kinds": ["noise"], "copies": 1, "seed": 3}

@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 
 from deep_speaker.data.audio import AudioError, load_audio
-from deep_speaker.data.cache import FeatureCache, build_cache, wipe_plan
+from deep_speaker.data.cache import FeatureCache, build_cache
+from deep_speaker.data.sources import wipe_plan
 from deep_speaker.errors import DeepSpeakerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,16 +181,16 @@ def test_concurrent_builds_of_one_folder_are_refused_and_lose_nothing(libri_mini
 
 BUILD_WITH_HOOK = """
 import os, signal, sys, time
-import deep_speaker.data.cache as cache
+import deep_speaker.data.build as build
 
-real = cache.extract_features
+real = build.extract_features
 def hooked(path, **kwargs):
     if sys.argv[3] == "hang":
         time.sleep(120)  # workers busy until the test kills this process (their parent)
     if sys.argv[3] == "die" and path.endswith(sys.argv[4]):
         os.kill(os.getpid(), signal.SIGKILL)  # this worker dies mid-build
     return real(path, **kwargs)
-cache.extract_features = hooked
+build.extract_features = hooked
 from deep_speaker.cli import run_command
 from deep_speaker.cli.cache import run_build
 import argparse

@@ -173,6 +173,99 @@ def test_data_flows_one_way(layer):
         assert not used & {"cli", "pipeline"}, f"{path.relative_to(REPO)} imports the CLI or the main job"
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if path.name == "__init__.py" else parts)
+
+
+def _runtime_imports(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a file at any depth (inside functions too), but those of ``if TYPE_CHECKING:``
+    blocks, which never run."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def _folder_graph(folder: Path) -> dict[str, set[str]]:
+    """The modules of one folder (its ``__init__`` as the package) and which of them each imports."""
+    modules = {_module_name(path): path for path in sorted(folder.glob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in _runtime_imports(path):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+                continue
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # ``from . import plots`` imports the module plots, not the package
+                targets.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module)
+        graph[name] = (targets & set(modules)) - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The groups of modules that import each other, directly or round a loop (strongly connected components of more
+    than one module; Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[frozenset[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(frozenset(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+@pytest.mark.parametrize("folder", sorted({p.parent.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*.py")}))
+def test_no_import_cycle_within_a_folder(folder):
+    """The modules of one folder import each other one way (lazy imports inside functions count: they run too), so
+    each can be read, tested and changed from the bottom up."""
+    cycles = _cycles(_folder_graph(REPO / folder))
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(sorted(cycle)) for cycle in cycles)
+
+
+def test_the_cycle_check_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
+    folder = tmp_path / "deep_speaker" / "pkg"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    (folder / "a.py").write_text("from .b import x\n")
+    (folder / "b.py").write_text("def f():\n    from . import a\n")
+    (folder / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert _cycles(_folder_graph(folder)) == [frozenset({"deep_speaker.pkg.a", "deep_speaker.pkg.b"})]
+    assert _folder_graph(folder)["deep_speaker.pkg.c"] == set()
+
+
 def test_environment_errors_are_one_line_naming_the_path(capsys, tmp_path):
     def disk_full(args):
         raise OSError(28, "No space left on device", str(tmp_path / "report.json"))

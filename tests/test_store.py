@@ -22,9 +22,10 @@ from sklearn.metrics import roc_curve
 from conftest import local_cluster
 from test_cache import libri_subset, reference_features, write_bad_inputs
 
-from deep_speaker.data.cache import FeatureCache, augment_cache, build_cache
+from deep_speaker.data.cache import build_cache
 from deep_speaker.data.inputs import generate_training_inputs
-from deep_speaker.data.store import FeatureStore, build_store, convert_cache
+from deep_speaker.data.sources import FeatureSource, augment_features, convert_features, open_features
+from deep_speaker.data.store import FeatureStore, build_store
 from deep_speaker.errors import DeepSpeakerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,14 +42,14 @@ def command(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def reference(libri_mini, tmp_path_factory) -> FeatureCache:
+def reference(libri_mini, tmp_path_factory) -> FeatureSource:
     """The per-file cache of test-other (100 files), built by today's code: what every store must equal."""
     root = tmp_path_factory.mktemp("reference")
     build_cache(libri_mini / "test-other", root / "cache", progress=False)
-    return FeatureCache(root / "cache")
+    return open_features(root / "cache")
 
 
-def assert_same_as(store: FeatureCache, reference: FeatureCache, dtype=np.float32, atol: float = 0.0) -> None:
+def assert_same_as(store: FeatureSource, reference: FeatureSource, dtype=np.float32, atol: float = 0.0) -> None:
     """Same ids, index fields and frames (exactly for float32) as the per-file reference."""
     assert isinstance(store, FeatureStore)
     assert store.speakers == reference.speakers and store.utterances() == reference.utterances()
@@ -74,7 +75,7 @@ def shard_snapshot(store_dir: Path) -> dict[str, bytes]:
 def test_store_reads_like_the_cache_and_training_inputs_are_the_same(libri_mini, reference, tmp_path):
     summary = build_store(libri_mini / "test-other", tmp_path / "store", shard_size=30, progress=False)
     assert summary.cached == 100 and not summary.failed
-    store = FeatureCache(tmp_path / "store")  # the one entry point opens either format
+    store = open_features(tmp_path / "store")  # the one entry point opens either format
     assert_same_as(store, reference)
     assert len(store.shards) == 4  # 30 + 30 + 30 + 10
     listing = json.loads((tmp_path / "store" / "store.json").read_text())
@@ -93,6 +94,24 @@ def test_store_reads_like_the_cache_and_training_inputs_are_the_same(libri_mini,
         assert np.array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
+def test_training_from_a_store_equals_training_from_the_cache(libri_mini, reference, tmp_path):
+    """Random-crop training (--cache-dir) on a store converted from the cache ends on the same weights as on the cache
+    itself: the trainer opens either format."""
+    from deep_speaker.data.sources import convert_features
+    from deep_speaker.model.rescnn import load_model
+    from deep_speaker.train import TrainConfig, train
+
+    convert_features(reference.path, tmp_path / "store", progress=False)
+    weights = []
+    for name, folder in (("cache", reference.path), ("store", tmp_path / "store")):
+        train(TrainConfig("softmax", tmp_path / name, cache_dir=folder, random_crops=True, steps=2, save_every=2,
+                          width=0.0625, crop_frames=32, batch_size=8, verbose=0))
+        weights.append(load_model(tmp_path / name / "softmax" / "last.keras").get_weights())
+    for a, b in zip(*weights):
+        assert np.array_equal(a, b)
+
+
 def test_bad_inputs_are_reported_exit_1_and_the_rest_stored(libri_mini, tmp_path):
     audio = tmp_path / "audio"
     good = sorted((libri_mini / "test-other" / "1688").rglob("*.flac"))[:3]
@@ -104,7 +123,7 @@ def test_bad_inputs_are_reported_exit_1_and_the_rest_stored(libri_mini, tmp_path
     expected["dangling.flac"] = "cannot open: No such file"
     proc = command("cache", "build", str(audio), str(tmp_path / "store"), "--format", "sharded", "--workers", "2",
                    "--no_progress", check_rc=1)
-    store = FeatureCache(tmp_path / "store")
+    store = open_features(tmp_path / "store")
     failures = {Path(f.path).name: f.reason for f in store.failures}
     assert set(failures) == set(expected)
     for name, word in expected.items():
@@ -137,7 +156,7 @@ def test_update_writes_new_shards_only_and_the_newest_entry_wins(libri_mini, tmp
     after = shard_snapshot(store_dir)
     assert {k: after[k] for k in before} == before  # finished shards are never rewritten
     assert len(after) == len(before) + 2  # one new shard: .npy + .arrow
-    store = FeatureCache(store_dir)
+    store = open_features(store_dir)
     assert len(store) == 13
     speaker = changed.parts[-3]
     np.testing.assert_allclose(store.load(speaker, changed.stem), reference_features(donor), atol=1e-4)
@@ -170,7 +189,7 @@ def test_an_update_from_the_recorded_scan_still_sees_added_and_rewritten_files(l
     added.write_bytes(links[5].read_bytes())  # rewritten in place: its folder is as recorded, its stat is not
     summary = build_store(audio, store_dir, update=True, progress=False)
     assert (summary.cached, summary.skipped) == (1, 6) and len(walked) == 4  # from the record, no walk
-    np.testing.assert_allclose(FeatureCache(store_dir).load(added.parts[-3], added.name[:-5]),
+    np.testing.assert_allclose(open_features(store_dir).load(added.parts[-3], added.name[:-5]),
                                reference_features(links[5]), atol=1e-4)
     build_store(audio, store_dir, progress=False)  # a rebuild wipes the record with the rest
     assert not (store_dir / "corpus-scan.arrow").exists()
@@ -191,7 +210,7 @@ def test_sigkill_mid_build_loses_no_finished_shard_and_update_finishes(libri_min
             listed = []
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = FeatureCache(store_dir)  # whatever the kill left reads as a consistent, smaller store
+    partial = open_features(store_dir)  # whatever the kill left reads as a consistent, smaller store
     assert 0 < len(partial) < len(reference)
     for key in partial.utterances():
         assert np.array_equal(partial.load(*key), reference.load(*key))
@@ -206,7 +225,7 @@ def test_sigkill_mid_build_loses_no_finished_shard_and_update_finishes(libri_min
     assert skipped == len(partial) and cached + recovered == len(reference) - len(partial), out
     assert {name: (store_dir / "shards" / name).stat().st_mtime_ns for name in finished} == finished
     assert not [p for p in store_dir.rglob("*") if p.name.endswith(".tmp")]
-    assert_same_as(FeatureCache(store_dir), reference)
+    assert_same_as(open_features(store_dir), reference)
 
 
 def test_job_array_parts_merge_and_update_consolidates(libri_mini, reference, tmp_path):
@@ -214,11 +233,11 @@ def test_job_array_parts_merge_and_update_consolidates(libri_mini, reference, tm
     for part in range(3):  # as three jobs of an array would run them (deep-speaker cache build ... --shard i/3)
         build_store(libri_mini / "test-other", store_dir, shard=(part, 3), shard_size=20, progress=False)
     assert sorted(p.name for p in store_dir.glob("store*.json")) == [f"store.shard-{i}-of-3.json" for i in range(3)]
-    assert_same_as(FeatureCache(store_dir), reference)
+    assert_same_as(open_features(store_dir), reference)
     out = command("cache", "update", str(libri_mini / "test-other"), str(store_dir), "--no_progress").stdout
     assert "0 files cached" in out and "100 skipped" in out
     assert [p.name for p in store_dir.glob("store*.json")] == ["store.json"]
-    assert_same_as(FeatureCache(store_dir), reference)
+    assert_same_as(open_features(store_dir), reference)
 
 
 def test_dask_cluster_build_equals_one_process_and_survives_a_killed_worker(libri_mini, tmp_path):
@@ -226,7 +245,7 @@ def test_dask_cluster_build_equals_one_process_and_survives_a_killed_worker(libr
 
     audio = tmp_path / "audio"
     libri_subset(libri_mini, audio, speakers=5, utts=8)
-    reference = FeatureCache(build_cache(audio, tmp_path / "cache", progress=False).cache_dir)
+    reference = open_features(build_cache(audio, tmp_path / "cache", progress=False).cache_dir)
     build_store(audio, tmp_path / "one", shard_size=4, progress=False)
     expected = shard_snapshot(tmp_path / "one")
     with local_cluster() as cluster, Client(cluster) as client:
@@ -234,10 +253,10 @@ def test_dask_cluster_build_equals_one_process_and_survives_a_killed_worker(libr
                        "4", "--scheduler", cluster.scheduler_address, "--no_progress")
         assert "40 files cached" in proc.stdout
         assert shard_snapshot(tmp_path / "dask") == expected  # byte for byte the single-process store
-        assert_same_as(FeatureCache(tmp_path / "dask"), reference)
+        assert_same_as(open_features(tmp_path / "dask"), reference)
         # Augmented copies made on the cluster: the shards of those made in one process.
         for store, scheduler in (("one", None), ("dask", cluster.scheduler_address)):
-            assert augment_cache(tmp_path / store, "noise,speed", 1, seed=2, progress=False, shard_size=16,
+            assert augment_features(tmp_path / store, "noise,speed", 1, seed=2, progress=False, shard_size=16,
                                  scheduler=scheduler) == 40
         assert shard_snapshot(tmp_path / "dask") == shard_snapshot(tmp_path / "one") != expected
 
@@ -260,20 +279,20 @@ def test_convert_then_float16_keeps_the_packaged_models_eer(tmp_path):
     from deep_speaker.eval.verification import embed_cache
 
     build_cache(HELD_OUT, tmp_path / "cache", progress=False)
-    cache = FeatureCache(tmp_path / "cache")
-    convert_cache(tmp_path / "cache", tmp_path / "f32", shard_size=40, progress=False)
+    cache = open_features(tmp_path / "cache")
+    convert_features(tmp_path / "cache", tmp_path / "f32", shard_size=40, progress=False)
     command("cache", "convert", str(tmp_path / "cache"), str(tmp_path / "f16"), "--float16", "--yes",
             "--no_progress")
-    assert_same_as(FeatureCache(tmp_path / "f32"), cache)
+    assert_same_as(open_features(tmp_path / "f32"), cache)
     # float16 has an 11-bit significand: features of magnitude < 8 round by at most 2^-8 (plus the subnormals).
-    assert_same_as(FeatureCache(tmp_path / "f16"), cache, dtype=np.float16, atol=2 ** -8)
+    assert_same_as(open_features(tmp_path / "f16"), cache, dtype=np.float16, atol=2 ** -8)
     size = {d: sum(p.stat().st_size for p in (tmp_path / d / "shards").glob("*.npy")) for d in ("f32", "f16")}
     assert size["f16"] < 0.51 * size["f32"]
 
     embedder = Embedder()
     reports = {}
     for name in ("cache", "f16"):  # (the float32 store's frames are the cache's, bit for bit: see above)
-        labelled = embed_cache(embedder, FeatureCache(tmp_path / name))
+        labelled = embed_cache(embedder, open_features(tmp_path / name))
         emb, speakers = labelled.embeddings.astype(np.float64), np.array(labelled.speakers)
         rows, cols = np.triu_indices(len(emb), 1)
         scores = np.einsum("ij,ij->i", emb[rows], emb[cols])
@@ -298,23 +317,23 @@ def test_a_tampered_or_damaged_store_is_one_line(libri_mini, tmp_path):
     listing["shards"][0]["name"] = "../../etc/passwd"
     listing_path.write_text(json.dumps(listing))
     with pytest.raises(DeepSpeakerError, match="tampered store listing"):
-        FeatureCache(tmp_path / "store")
+        open_features(tmp_path / "store")
     with pytest.raises(DeepSpeakerError, match="tampered"):  # nor is a rebuild led by it
         build_store(audio, tmp_path / "store", progress=False)
     shutil.rmtree(tmp_path / "store")
     build_store(audio, tmp_path / "store", shard_size=2, progress=False)
-    store = FeatureCache(tmp_path / "store")
+    store = open_features(tmp_path / "store")
     frames = tmp_path / "store" / "shards" / f"{store.shards[0]}.npy"
     frames.write_bytes(b"\x93NUMPY garbage")
     key = next(k for k in store.utterances() if store.entry(*k)["array"] == f"shards/{store.shards[0]}.npy")
     with pytest.raises(DeepSpeakerError, match="unreadable shard.*cache update"):
-        FeatureCache(tmp_path / "store").load(*key)
+        open_features(tmp_path / "store").load(*key)
     with pytest.raises(DeepSpeakerError, match="no utterance"):
         store.entry("nobody", "nothing")
     # A shard whose file is gone is dropped from the listing by the next update and its utterances computed again.
     frames.unlink()
     summary = build_store(audio, tmp_path / "store", update=True, progress=False)
-    assert summary.cached == 2 and len(FeatureCache(tmp_path / "store")) == 4
+    assert summary.cached == 2 and len(open_features(tmp_path / "store")) == 4
     proc = command("cache", "build", str(audio), str(tmp_path / "store"), "--float16", "--format", "files",
                    check_rc=2)
     assert "needs a sharded store" in proc.stderr and len(proc.stderr.splitlines()) == 1
@@ -322,7 +341,7 @@ def test_a_tampered_or_damaged_store_is_one_line(libri_mini, tmp_path):
 
 def test_convert_refuses_its_own_folder_and_a_missing_cache(tmp_path):
     with pytest.raises(DeepSpeakerError, match="no feature cache"):
-        convert_cache(tmp_path / "none", tmp_path / "out")
+        convert_features(tmp_path / "none", tmp_path / "out")
 
 
 def test_unchanged_matches_a_plain_loop_over_the_index():

@@ -22,6 +22,7 @@ from deep_speaker.eval.verification import (
     embed_cache,
     embed_folder,
     evaluate,
+    load_cohort,
     speaker_pair_similarity,
     trial_list_set,
 )
@@ -110,6 +111,18 @@ def test_cache_and_folder_give_the_same_embeddings(embedder, corpus, cache_dir):
     np.testing.assert_allclose(from_cache.embeddings, from_folder.embeddings, atol=1e-5)
     with pytest.raises(DeepSpeakerError, match="unknown speaker p999 .*known speakers: 1688, 1998, 2033"):
         embed_cache(embedder, FeatureCache(cache_dir), ["p999"])
+
+
+def test_a_store_is_a_cohort_as_the_cache_it_was_converted_from(embedder, cache_dir, tmp_path):
+    """--cohort takes features of either format (a sharded store was refused as a folder without audio files)."""
+    from deep_speaker.data.sources import convert_features
+
+    convert_features(cache_dir, tmp_path / "store", progress=False)
+    from_cache = load_cohort(embedder, cache_dir, "snorm")
+    from_store = load_cohort(embedder, tmp_path / "store", "snorm")
+    assert from_store.cohort.shape == (len(SPEAKERS), embedder.embedding_size)
+    np.testing.assert_allclose(from_store.cohort, from_cache.cohort, atol=1e-6)
+    assert from_store.cohort_files == from_cache.cohort_files
 
 
 def test_trials_score_each_file_once_and_drop_failed(embedder, corpus, tmp_path):

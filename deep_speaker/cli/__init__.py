@@ -25,12 +25,11 @@ from ..errors import DeepSpeakerError, printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
-# Subcommand modules, in the order ``--help`` lists them, and the module of each command: only the module of the
-# command being run is imported, so that e.g. ``cache info`` does not wait for TensorFlow to load.
-COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "trials", "generated", "export_model")
-MODULE_OF = {"run": "run", "cache": "cache", "train": "train", "embed": "embed", "verify": "verification",
-             "evaluate-verification": "verification", "calibrate": "verification", "make-trials": "trials",
-             "stats": "generated", "compare": "generated", "degrade": "generated", "export-model": "export_model"}
+# The modules of this package that register the subcommands, in the order ``--help`` lists them; the command names
+# are written once, in each module's parsers. A module imports only light modules (no numpy, no model framework)
+# at its top: a command's heavy imports happen when it runs, so that --help and usage errors answer at once.
+COMMAND_MODULES = ("run", "cache", "train", "embed", "verification", "trials", "generated", "similarity",
+                   "export_model")
 
 
 @contextlib.contextmanager
@@ -56,14 +55,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
     parser.add_argument("--verbose", action="store_true", help="debug messages, and the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
-        try:
-            with native_stderr_silenced():
-                module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
@@ -127,15 +119,9 @@ def configure_logging(verbose: bool = False) -> None:
     logger.propagate = False
 
 
-def command_modules(argv: Sequence[str]) -> Sequence[str]:
-    """The one module the command line names (its first word that is not an option), else all of them."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    return (MODULE_OF[command],) if command in MODULE_OF else COMMAND_MODULES
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(command_modules(argv))
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -9,13 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.audio import MIN_SPEECH_SECONDS, TRIM_MODES
-from ..data.augment import AUDIO_AUGMENTATIONS, check_augmentations
-from ..data.cache import DEFAULT_TRIM, FeatureCache, augment_cache, build_cache, parse_shard, wipe_plan
 from ..data.cluster import check_scheduler
-from ..data.corpus import LAYOUTS, MIC_CHOICES
-from ..data.inputs import DEFAULT_CROP_FRAMES, generate_training_inputs
-from ..data.store import DEFAULT_SHARD_SIZE, FeatureStore, build_store, convert_cache, is_store
+from ..data.constants import (AUDIO_AUGMENTATIONS, DEFAULT_CROP_FRAMES, DEFAULT_SHARD_SIZE, DEFAULT_TRIM, LAYOUTS,
+                              MIC_CHOICES, MIN_SPEECH_SECONDS, TRIM_MODES)
 from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
@@ -34,13 +30,15 @@ def worker_count(workers: int | None, multi_threading: bool) -> int:
 
 def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) -> None:
     """Say exactly what a rebuild deletes and give the user a few seconds to press Ctrl+C."""
+    from ..data.sources import folder_format, wipe_plan
+
     plan = wipe_plan(cache_dir)  # refuses a folder that is not a cache of ours
     if yes or not plan:
         return
     arrays = [p for p in plan if p.suffix == ".npy"]
     others = ", ".join(p.name for p in plan if p.suffix not in (".npy", ".arrow"))
     size = sum(p.stat().st_size for p in plan if p.exists()) / 1e6
-    what = (f"{len(arrays)} shards (frames and index) of its store listing" if is_store(cache_dir)
+    what = (f"{len(arrays)} shards (frames and index) of its store listing" if folder_format(cache_dir) == "sharded"
             else f"{len(arrays)} feature arrays listed in its manifest")
     print(f"Rebuilding the feature cache in {cache_dir} deletes {what} and {others} ({size:.1f} MB), nothing else, "
           f"in {seconds} s; Ctrl+C to stop (--yes skips this wait).", file=sys.stderr, flush=True)
@@ -49,9 +47,11 @@ def confirm_wipe(cache_dir: Path, yes: bool, seconds: int = WIPE_COUNTDOWN_S) ->
 
 def cache_format(cache_dir: str | os.PathLike, fmt: str | None) -> str:
     """``--format`` when given, else the format of what the folder holds (a sharded store or not), else files."""
+    from ..data.sources import folder_format
+
     if fmt is not None:
         return check_choice(fmt, FORMATS, "cache format")
-    return "sharded" if is_store(Path(cache_dir)) else "files"
+    return "sharded" if folder_format(cache_dir) == "sharded" else "files"
 
 
 def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: bool = False, layout: str = "auto",
@@ -61,6 +61,10 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
               shard_size: int = DEFAULT_SHARD_SIZE, scheduler: str | None = None) -> int:
     """Build or update a cache or a sharded store (then add augmented copies with ``augment``), print the summary;
     exit code 1 when some files failed."""
+    from ..data.augment import check_augmentations
+    from ..data.build import parse_shard
+    from ..data.sources import augment_features, build_features, open_features
+
     fmt = cache_format(cache_dir, fmt)
     if fmt == "files" and (float16 or scheduler):
         raise DeepSpeakerError(f"{'--float16' if float16 else '--scheduler'} needs a sharded store (--format sharded)")
@@ -73,21 +77,18 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
     if not update and shard is None:
         confirm_wipe(Path(cache_dir), yes)
     shard_part = parse_shard(shard) if shard else None
-    if fmt == "sharded":
-        summary = build_store(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
-                              min_seconds=min_seconds, shard=shard_part, progress=progress, mic=mic,
-                              dtype="float16" if float16 else None, shard_size=shard_size, scheduler=scheduler)
-    else:
-        summary = build_cache(audio_dir, cache_dir, layout=layout, workers=workers, update=update, trim=trim,
-                              min_seconds=min_seconds, shard=shard_part, progress=progress, mic=mic)
+    store_options = {"dtype": "float16" if float16 else None, "shard_size": shard_size, "scheduler": scheduler}
+    summary = build_features(audio_dir, cache_dir, fmt == "sharded", update=update, shard=shard_part, layout=layout,
+                             workers=workers, trim=trim, min_seconds=min_seconds, progress=progress, mic=mic,
+                             **(store_options if fmt == "sharded" else {}))
     for line in summary.lines():
         print(line)
     failed = bool(summary.failed)
     if augment:
-        added = augment_cache(cache_dir, augment, copies, augment_seed, progress=progress, workers=workers,
+        added = augment_features(cache_dir, augment, copies, augment_seed, progress=progress, workers=workers,
                               scheduler=scheduler, shard_size=shard_size)
         print(f"augmented copies ({augment}, seed {augment_seed}): {added} entries added")
-        for failure in FeatureCache(cache_dir).manifest.get("augment", {}).get("failures", []):
+        for failure in open_features(cache_dir).manifest.get("augment", {}).get("failures", []):
             print(f"{Failure.from_dict(failure)} (no augmented copy)")
             failed = True
     return EXIT_PARTIAL if failed else EXIT_OK
@@ -96,6 +97,8 @@ def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: b
 def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEFAULT_CROP_FRAMES,
                holdout: float = 0.2, seed: int = 0) -> int:
     """Generate the training inputs of a cache and say where they are."""
+    from ..data.inputs import generate_training_inputs
+
     path = generate_training_inputs(cache_dir, output, crop_frames=crop_frames, holdout=holdout, seed=seed)
     print(f"training inputs written to {path}")
     return EXIT_OK
@@ -104,8 +107,11 @@ def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEF
 def run_convert(cache_dir: str, store_dir: str, float16: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
                 yes: bool = False, progress: bool = True) -> int:
     """Convert a cache into a sharded store, print the summary; exit code 1 when some arrays could not be kept."""
+    from ..data.sources import convert_features
+
     confirm_wipe(Path(store_dir), yes)
-    summary = convert_cache(cache_dir, store_dir, "float16" if float16 else "float32", shard_size, progress)
+    summary = convert_features(cache_dir, store_dir, "float16" if float16 else "float32", shard_size=shard_size,
+                               progress=progress)
     for line in summary.lines():
         print(line)
     return EXIT_PARTIAL if summary.failed else EXIT_OK
@@ -113,7 +119,10 @@ def run_convert(cache_dir: str, store_dir: str, float16: bool = False, shard_siz
 
 def info(args: argparse.Namespace) -> int:
     """Print what a cache holds."""
-    cache = FeatureCache(args.cache_dir)
+    from ..data.sources import open_features
+    from ..data.store import FeatureStore
+
+    cache = open_features(args.cache_dir)
     settings = ", ".join(f"{k}={v}" for k, v in cache.settings.items())
     print(f"cache:      {cache.path} (built from {cache.manifest.get('audio_dir')}, "
           f"{cache.manifest.get('layout')} layout)")

@@ -4,22 +4,23 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from ..data.audio import AUDIO_EXTENSIONS
-from ..data.corpus import find_audio_files
-from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders
-from ..encoders.deepspeaker import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
-from ..encoders.distributed import DaskEncoder, EncoderSpec
-from ..encoders.embedding_cache import EMBEDDING_CACHE_ENV
+from ..data.constants import AUDIO_EXTENSIONS
+from ..encoders import DEFAULT_ENCODER, available_encoders
+from ..encoders.constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, EMBEDDING_CACHE_ENV
 from ..errors import Failure
-from ..eval.export import EXPORT_SUFFIXES, save_embeddings
-from ..eval.kaldi import KALDI_SUFFIX, save_kaldi
-from ..model.rescnn import PRECISIONS
-from . import EXIT_OK, EXIT_PARTIAL
+from ..eval.constants import EXPORT_SUFFIXES, KALDI_SUFFIX
+from ..model.constants import PRECISIONS
+from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .options import finite_float
+
+if TYPE_CHECKING:
+    from ..encoders import Encoder
+    from ..encoders.distributed import EncoderSpec
 
 # The Deep Speaker options: (argparse dest, Embedder keyword). Given ones are passed to the encoder's factory;
 # unset ones (None) are left out, so the Embedder's own defaults apply and other encoders are not handed them.
@@ -68,6 +69,8 @@ def deep_speaker_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = None) -> EncoderSpec:
     """The description of the encoder the options give (``model`` overrides --model)."""
+    from ..encoders.distributed import EncoderSpec
+
     model = model or getattr(args, "model", None)
     options = {**deep_speaker_options(args), **({} if model is None else {"model": model})}
     return EncoderSpec(getattr(args, "encoder", DEFAULT_ENCODER), options,
@@ -77,9 +80,16 @@ def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = Non
 def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> Encoder:
     """The encoder the options describe (``model`` overrides --model; the original's queries have only --model);
     with --scheduler, one that embeds files on that Dask cluster."""
+    from ..encoders.distributed import DaskEncoder
+
     spec = encoder_spec(args, model)
     scheduler = getattr(args, "scheduler", None)
-    return DaskEncoder(spec, scheduler) if scheduler else spec.build()
+    if scheduler:
+        return DaskEncoder(spec, scheduler)
+    if spec.name == DEFAULT_ENCODER:
+        with native_stderr_silenced():  # Keras loads here, not with the parser: TensorFlow's C++ start-up lines
+            importlib.import_module("deep_speaker.encoders.deepspeaker")
+    return spec.build()
 
 
 def report_failures(failures: Iterable[Failure]) -> int:
@@ -93,6 +103,8 @@ def report_failures(failures: Iterable[Failure]) -> int:
 
 def expand_inputs(items: list[str]) -> tuple[list[str], list[Failure]]:
     """Audio files of the arguments: files as given, folders searched for audio files; folders without audio fail."""
+    from ..data.corpus import find_audio_files
+
     paths: list[str] = []
     failures: list[Failure] = []
     for item in items:
@@ -109,6 +121,9 @@ def expand_inputs(items: list[str]) -> tuple[list[str], list[Failure]]:
 
 def run(args: argparse.Namespace) -> int:
     """Embed the inputs, write the output file, report the files that failed."""
+    from ..eval.export import save_embeddings
+    from ..eval.kaldi import save_kaldi
+
     paths, failures = expand_inputs(args.inputs)
     encoder = encoder_from_args(args)
     result = encoder.embed_files_with_failures(paths)

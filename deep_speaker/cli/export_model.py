@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..encoders.deepspeaker import Embedder
-from ..model.export import EXPORT_FORMATS, INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, export_model
-from . import EXIT_OK
+from ..model.constants import EXPORT_FORMATS
+from . import EXIT_OK, native_stderr_silenced
 
 
 def run(args: argparse.Namespace) -> int:
     """Export the model's float32 embedding network with the Embedder's front end as its metadata."""
+    with native_stderr_silenced():  # Keras loads: TensorFlow's C++ start-up lines
+        from ..encoders.deepspeaker import Embedder
+        from ..model.export import INPUT_NAME, METADATA_FILE, METADATA_KEY, OUTPUT_NAME, export_model
+
     # None: default_model_path(), as every command resolves it. The Embedder's settings are the front end recorded.
     embedder = Embedder(args.model)
     out = export_model(embedder.model, args.output, args.format, front_end=embedder.settings)

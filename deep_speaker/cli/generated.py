@@ -6,22 +6,24 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable
 
 from ..atomic import write_json
-from ..data.corpus import LAYOUTS
-from ..encoders import DEFAULT_ENCODER, Encoder, available_encoders
+from ..data.constants import LAYOUTS
+from ..encoders import DEFAULT_ENCODER, available_encoders
 from ..errors import DeepSpeakerError
-from ..eval.degrade import KINDS
-from ..metrics.resample import DEFAULT_SET_REPLICATES
-from ..metrics.similarity import FAR_TARGET
+from ..eval.constants import DEGRADATION_KINDS
+from ..metrics.constants import DEFAULT_SET_REPLICATES, FAR_TARGET
 from ..settings import check_choice
-from . import EXIT_OK, EXIT_PARTIAL
+from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import (DEEP_SPEAKER_OPTIONS, add_embedder_options, add_scheduler_option, deep_speaker_options,
                     encoder_from_args)
-from .options import finite_float
+from .options import check_report_options, finite_float
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..encoders import Encoder
 
 PLACEHOLDER = "{encoder}"  # in a statistics file name: one file per encoder
 SIDE_HELP = (f"a folder of audio files (speakers from its layout) or a statistics .npz written by 'stats' (with "
@@ -161,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Comparing SRC with DST should give larger distances for stronger degradations.")
     deg.add_argument("src", metavar="SRC", help="folder of real speech")
     deg.add_argument("dst", metavar="DST", help="output folder (same layout and names)")
-    deg.add_argument("--kind", required=True, choices=KINDS, help="degradation")
+    deg.add_argument("--kind", required=True, choices=DEGRADATION_KINDS, help="degradation")
     deg.add_argument("--level", type=finite_float, default=None,
                      help="SNR dB (noise), cut-off Hz (lowpass), iterations (griffinlim) or mel bands (melvocoder)")
     deg.add_argument("--seed", type=int, default=0, help="seed of the noise / initial phases (default 0)")
@@ -200,12 +202,22 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def _load_probs(path: str | None) -> np.ndarray | None:
+    import numpy as np
+
+    from ..validate import checked_array, one_line
+
     if path is None:
         return None
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DeepSpeakerError(f"{path}: cannot read a probability array ({exc})") from exc
+        probs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DeepSpeakerError(f"{path}: cannot read a probability array ({one_line(exc)})") from None
+    if not isinstance(probs, np.ndarray):  # an .npz archive: the array must be a plain .npy
+        raise DeepSpeakerError(f"{path}: not a probability array (.npy of [n, classes])")
+    probs = checked_array(probs, path, "the probabilities", (None, None))
+    if probs.min(initial=0.0) < 0.0 or probs.max(initial=0.0) > 1.0:
+        raise DeepSpeakerError(f"{path}: probabilities must lie in [0, 1]")
+    return probs
 
 
 def _once(make: Callable[[], Encoder]) -> Callable[[], Encoder]:
@@ -224,13 +236,7 @@ def _check_options(args: argparse.Namespace) -> None:
     """Refuse bad numbers and output names before anything is embedded (one-line errors)."""
     from ..eval.tables import table_format
 
-    if not 0.0 < args.far < 1.0:
-        raise DeepSpeakerError(f"--far must lie in (0, 1), got {args.far:g}")
-    if args.bootstrap and args.bootstrap < 100:
-        raise DeepSpeakerError(f"--bootstrap needs at least 100 resamples for a 95 % interval (or 0), got "
-                               f"{args.bootstrap}")
-    if args.worst < 0:
-        raise DeepSpeakerError(f"--worst must be 0 or more, got {args.worst}")
+    check_report_options(args)
     for path in args.table + ([args.per_utterance] if args.per_utterance else []):
         table_format(path)
 
@@ -266,7 +272,8 @@ def run_compare(args: argparse.Namespace) -> int:
     both_folders = os.path.isdir(args.real) and os.path.isdir(args.generated)
     gen_probs, ref_probs = _load_probs(args.probs), _load_probs(args.ref_probs)
     if args.classifier:
-        from ..encoders.deepspeaker import SpeakerClassifier
+        with native_stderr_silenced():  # Keras loads: TensorFlow's C++ start-up lines
+            from ..encoders.deepspeaker import SpeakerClassifier
 
         # The classifier is a ResCNN with a softmax head, whatever --encoder is: it windows as deep-speaker does.
         classifier = SpeakerClassifier(args.classifier, **deep_speaker_options(args))

@@ -86,3 +86,17 @@ def config_values(args: argparse.Namespace, config: type) -> dict[str, Any]:
     that the config's own default applies."""
     values = {f.name: getattr(args, _dest(f)) for f in _option_fields(config)}
     return {name: value for name, value in values.items() if value is not None}
+
+
+def check_report_options(args: argparse.Namespace) -> None:
+    """``--far``, ``--bootstrap`` and ``--worst`` as the report commands (compare, similarity) take them: refused in
+    one line before anything is embedded."""
+    from ..errors import DeepSpeakerError
+
+    if not 0.0 < args.far < 1.0:
+        raise DeepSpeakerError(f"--far must lie in (0, 1), got {args.far:g}")
+    if args.bootstrap and args.bootstrap < 100:
+        raise DeepSpeakerError(f"--bootstrap needs at least 100 resamples for a 95 % interval (or 0), got "
+                               f"{args.bootstrap}")
+    if args.worst < 0:
+        raise DeepSpeakerError(f"--worst must be 0 or more, got {args.worst}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipeline import TEST_SUBSET, TRAIN_SUBSET, JobConfig, format_summary, run_main_job
-from . import EXIT_OK
+from ..job_config import TEST_SUBSET, TRAIN_SUBSET, JobConfig
+from . import EXIT_OK, native_stderr_silenced
 from .options import add_config_options, config_values
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the main job with the options given and print its summary."""
+    with native_stderr_silenced():  # the model framework loads: TensorFlow's C++ start-up lines
+        from ..pipeline import format_summary, run_main_job
     print(format_summary(run_main_job(JobConfig(**config_values(args, JobConfig)))))
     return EXIT_OK
 

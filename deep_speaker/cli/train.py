@@ -7,8 +7,8 @@ import os
 import sys
 
 from ..errors import DeepSpeakerError
-from ..train import PHASES, TrainConfig, phase_defaults, train
-from . import EXIT_PARTIAL, EXIT_USAGE, program_name
+from ..train.config import PHASES, TrainConfig, phase_defaults
+from . import EXIT_PARTIAL, EXIT_USAGE, native_stderr_silenced, program_name
 from .options import add_config_options, config_values
 
 PHASE_HELP = {
@@ -36,6 +36,13 @@ def report(phase: str, result: dict) -> None:
           + (f", best {result['best_value']:.4f}" if result.get("best_value") is not None else ""))
     if phase == "probe" and "val_accuracy" in result:
         print(f"classification accuracy on frozen embeddings (held-out crops): {result['val_accuracy']:.4f}")
+
+
+def train(config: TrainConfig) -> dict:
+    """Train a phase: Keras loads at the first call, not with the parser."""
+    with native_stderr_silenced():  # TensorFlow's C++ start-up lines
+        from ..train.run import train as train_phase
+    return train_phase(config)
 
 
 def run_phase(args: argparse.Namespace) -> int:

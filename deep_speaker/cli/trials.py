@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import DeepSpeakerError
-from ..eval.trials import GENDER_RULES, make_trials, write_trials
+from ..eval.constants import GENDER_RULES
 from . import EXIT_OK, EXIT_PARTIAL
 from .options import finite_float
 
@@ -15,6 +15,8 @@ DEFAULT_TARGETS = 10000
 
 def run_make_trials(args: argparse.Namespace) -> int:
     """Draw the trials, write them relative to DIR, say what was written; exit 1 when files were rejected."""
+    from ..eval.trials import make_trials, write_trials
+
     if args.genders and args.nontarget_gender == "any":
         raise DeepSpeakerError("--genders is used by a gender rule: add --nontarget-gender same or different")
     made = make_trials(args.audio_dir, args.targets, args.nontargets, args.seed, args.nontarget_gender,

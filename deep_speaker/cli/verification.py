@@ -3,45 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..atomic import write_json
-from ..data.cache import FeatureCache
-from ..encoders import Encoder
-from ..encoders.deepspeaker import DEFAULT_CHECKPOINT_ROOT, default_model_path
 from ..errors import DeepSpeakerError
-from ..eval.export import save_embeddings
-from ..eval.scoring import (DEFAULT_PRIOR, NO_NORM, CalibrationRecord, ScoreNorm, beside_model, find_calibration,
-                            read_calibration, save_calibration)
-from ..eval.tables import table_format, write_table
-from ..eval.verification import (
-    Labelled,
-    calibrate,
-    check_speakers,
-    compare_with,
-    embed_cache,
-    embed_utterances,
-    evaluate,
-    folder_utterances,
-    format_table,
-    load_cohort,
-    save_trial_scores,
-    table_rows,
-    speaker_pair_similarity,
-    trial_scores_path,
-    verification_source,
-    write_plots,
-)
-from ..metrics import SCORE_NORMS, bayes_threshold
-from ..metrics.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
-from ..metrics.score_norm import DEFAULT_TOP_K
-from . import EXIT_OK, EXIT_PARTIAL
+from ..eval.constants import DEFAULT_PRIOR
+from ..metrics.constants import DEFAULT_REPLICATES, DEFAULT_SEED, DEFAULT_TOP_K, SCORE_NORMS
+from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import add_embedder_options, encoder_from_args, report_failures
 from .options import finite_float, probability
+
+if TYPE_CHECKING:
+    from ..encoders import Encoder
+    from ..eval.scoring import CalibrationRecord, ScoreNorm
+    from ..eval.verification import Labelled
 
 # Cosine similarity midway between unrelated (0) and identical (1) voices; calibrate a model's own threshold
 # with evaluate-verification (its EER threshold).
@@ -68,6 +44,9 @@ def add_scoring_options(parser: argparse.ArgumentParser, calibration: bool = Tru
 
 def score_norm_from_args(args: argparse.Namespace, encoder: Encoder) -> ScoreNorm:
     """The normalisation the options ask for, its cohort embedded with ``encoder``."""
+    from ..eval.scoring import NO_NORM
+    from ..eval.verification import load_cohort
+
     if args.score_norm == "none":
         if args.cohort:
             raise DeepSpeakerError("--cohort is used by --score-norm snorm or asnorm; give one of them")
@@ -81,6 +60,8 @@ def score_norm_from_args(args: argparse.Namespace, encoder: Encoder) -> ScoreNor
 def calibration_from_args(args: argparse.Namespace, encoder: Encoder,
                           score_norm: ScoreNorm) -> CalibrationRecord | None:
     """--calibration FILE (checked against the model and normalisation), or the one found beside the model."""
+    from ..eval.scoring import find_calibration, read_calibration
+
     if args.calibration == "none":
         return None
     if args.calibration:
@@ -96,6 +77,10 @@ def calibration_from_args(args: argparse.Namespace, encoder: Encoder,
 def verify(args: argparse.Namespace) -> int:
     """Score two files; with a calibration print the LLR, P(same) at the prior and the Bayes decision, else (or
     with --threshold) decide 'same speaker' when the score exceeds the threshold."""
+    import numpy as np
+
+    from ..metrics.calibration import bayes_threshold
+
     encoder = encoder_from_args(args)
     score_norm = score_norm_from_args(args, encoder)
     calibration = calibration_from_args(args, encoder, score_norm) if args.threshold is None else None
@@ -137,6 +122,11 @@ def format_comparison(c: dict) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """All-pairs or trial-list verification report: table on stdout, JSON (+ trial scores) and PNGs on request."""
+    from ..atomic import write_json
+    from ..eval.tables import table_format, write_table
+    from ..eval.verification import (compare_with, evaluate, format_table, save_trial_scores, table_rows,
+                                     trial_scores_path, verification_source, write_plots)
+
     source = verification_source(args.audio_dir, args.trials, args.root, args.cache)  # before the model loads
     for path in args.table:
         table_format(path)  # an unknown suffix is a usage error before anything is embedded
@@ -169,6 +159,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Fit a score-to-LLR calibration on a labelled folder's pairs or a trial list; write it beside the model."""
+    from ..eval.scoring import beside_model, save_calibration
+    from ..eval.verification import calibrate, verification_source
+
     source = verification_source(args.audio_dir, args.trials, args.root, args.cache, args.segments)
     if args.output is None and not args.model:
         raise DeepSpeakerError("give -o FILE: the calibration of the packaged model cannot be written beside it")
@@ -191,10 +184,15 @@ def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Lab
 
     The speaker ids are checked before the model is loaded, so a typo is answered at once; the folder is walked once.
     """
+    from ..data.sources import open_features
+    from ..eval.verification import check_speakers, embed_cache, embed_utterances, folder_utterances
+
     if getattr(args, "cache_output_dir", None):
-        cache = FeatureCache(args.cache_output_dir)
+        cache = open_features(args.cache_output_dir)
         check_speakers(speakers, cache.speakers, f"the cache {cache.path}")
         # Training on this cache writes CACHE/checkpoints: its newest triplet checkpoint is the natural default.
+        with native_stderr_silenced():  # Keras loads: TensorFlow's C++ start-up lines
+            from ..encoders.deepspeaker import DEFAULT_CHECKPOINT_ROOT, default_model_path
         model = getattr(args, "model", None) or default_model_path([cache.path / "checkpoints", DEFAULT_CHECKPOINT_ROOT])
         encoder = encoder_from_args(args, model)
         return embed_cache(encoder, cache, speakers), encoder
@@ -207,6 +205,8 @@ def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Lab
 
 def unseen_speakers(args: argparse.Namespace) -> int:
     """The original ``--unseen_speakers A,B``: SAP of A against itself, SAN of A against B (cosine similarity)."""
+    from ..eval.verification import speaker_pair_similarity
+
     speakers = [s.strip() for s in args.unseen_speakers.split(",") if s.strip()]
     if len(speakers) != 2 or speakers[0] == speakers[1]:
         raise DeepSpeakerError(f"--unseen_speakers needs two different speaker ids, e.g. p362,p363; "
@@ -223,6 +223,8 @@ def unseen_speakers(args: argparse.Namespace) -> int:
 
 def get_embeddings(args: argparse.Namespace) -> int:
     """The original ``--get_embeddings SPK``: write the speaker's utterance embeddings to SPK_embeddings.npz."""
+    from ..eval.export import save_embeddings
+
     speaker = args.get_embeddings.strip()
     labelled, encoder = _speakers_source(args, [speaker])
     failed = report_failures(labelled.failures)

@@ -12,15 +12,10 @@ import soxr
 
 from ..errors import InputError
 from ..settings import check_choice
+from .constants import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, TRIM_MODES
 
 SAMPLE_RATE = 16000
 TrimMode = Literal["percentile", "vad", "none"]
-TRIM_MODES = ("percentile", "vad", "none")
-# The one list of audio file types: what soundfile's libsndfile decodes (no .m4a/.aac: it cannot).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph")
-# Less speech than this after trimming is too little to learn or recognise a speaker from: such a file is
-# reported and skipped, by the cache build and by the encoder alike.
-MIN_SPEECH_SECONDS = 0.25
 # Bounds on what a header may claim before anything is decoded: a 32 KB file whose header says 1 Hz would
 # otherwise resample to hundreds of MB. Recordings longer than MAX_AUDIO_SECONDS are to be split first.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000

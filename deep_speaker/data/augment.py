@@ -2,12 +2,14 @@
 
 Which runs where:
 - on the audio (``deep-speaker cache build ... --augment noise,reverb,speed --copies K``, written as extra cache
-  entries, see :func:`deep_speaker.data.cache.augment_cache`): additive noise at a random SNR (:func:`add_noise`;
-  babble of other training utterances, :func:`babble`, or generated coloured noise, :func:`colored_noise`),
-  reverberation with a simulated room impulse response (:func:`room_rir`, pyroomacoustics' image-source shoebox,
-  or :func:`exponential_rir`, the plain exponential-decay model), a narrowband channel (:func:`band_limit`,
-  resampled to a random 6.8-12 kHz and back: what a telephone line or a low-rate codec leaves), and speed
-  perturbation (:func:`speed_perturb`, 0.9 / 1.1 resampling: a new pseudo-speaker, as in WeSpeaker and Kaldi);
+  entries, see :func:`deep_speaker.data.sources.augment_features`; the recipe of the copies, which copies, their
+  seeds and babble picks, is here, :func:`make_copy`, and both feature formats only write them): additive noise at
+  a random SNR (:func:`add_noise`; babble of other training utterances, :func:`babble`, or generated coloured
+  noise, :func:`colored_noise`), reverberation with a simulated room impulse response (:func:`room_rir`,
+  pyroomacoustics' image-source shoebox, or :func:`exponential_rir`, the plain exponential-decay model), a
+  narrowband channel (:func:`band_limit`, resampled to a random 6.8-12 kHz and back: what a telephone line or a
+  low-rate codec leaves), and speed perturbation (:func:`speed_perturb`, 0.9 / 1.1 resampling: a new
+  pseudo-speaker, as in WeSpeaker and Kaldi);
 - on the features, on the fly in the training batchers (``--spec-augment``): :func:`spec_augment`, time and
   frequency masks on every crop.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
+from typing import Sequence
 
 import numpy as np
 import scipy.signal
@@ -23,8 +27,9 @@ import soxr
 
 from ..errors import DeepSpeakerError
 from .audio import SAMPLE_RATE
+from .constants import AUDIO_AUGMENTATIONS
+from .features import fbank_features
 
-AUDIO_AUGMENTATIONS = ("noise", "reverb", "band", "speed")
 CHANNEL_EFFECTS = ("reverb", "noise", "band")  # in the order they apply: room, then noise at the mic, then the line
 SPEEDS = (0.9, 1.0, 1.1)  # Kaldi/WeSpeaker's; 0.9 and 1.1 make new speakers (pitch and formants move)
 NOISE_SNR_DB = (5.0, 20.0)  # generated coloured noise
@@ -141,6 +146,14 @@ def check_augmentations(kinds: str | list[str] | tuple[str, ...]) -> tuple[str, 
     return tuple(k for k in AUDIO_AUGMENTATIONS if k in names)
 
 
+def check_recipe(kinds: str | list[str] | tuple[str, ...], copies: int) -> tuple[str, ...]:
+    """The kinds of an augmentation checked (:func:`check_augmentations`), and its number of copies per utterance."""
+    kinds = check_augmentations(kinds)
+    if copies < 1:
+        raise DeepSpeakerError(f"--copies must be at least 1, got {copies}")
+    return kinds
+
+
 def augment_signal(signal: np.ndarray, kinds: tuple[str, ...], others: list[np.ndarray],
                    rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
     """One augmented copy and what was done: speed (a factor of SPEEDS, uniformly; 1.0 only when a channel effect
@@ -175,3 +188,45 @@ def augment_signal(signal: np.ndarray, kinds: tuple[str, ...], others: list[np.n
                 done["noise"] = ("white", "pink", "brown")[exponent]
                 signal = add_noise(signal, colored_noise(len(signal), exponent, rng), done["snr_db"])
     return signal, done
+
+
+def copy_generator(speaker: str, utt: str, k: int, seed: int, others: int,
+                   babble_speakers: int) -> tuple[np.random.Generator, list[int]]:
+    """Copy k of speaker/utt: its generator, seeded by (seed, crc32 of the ids, k), and the positions among the
+    ``others`` original utterances of other speakers of those its babble mixes, drawn from it first."""
+    rng = np.random.default_rng([seed, zlib.crc32(f"{speaker}/{utt}".encode()), k])
+    picks = rng.choice(others, size=min(babble_speakers, others), replace=False).tolist() if others else []
+    return rng, picks
+
+
+
+def copy_draws(originals: Sequence[tuple[str, str]], blocks: dict[str, tuple[int, int]], speaker: str, utt: str,
+               k: int, seed: int, babble_speakers: int) -> tuple[np.random.Generator, list[tuple[str, str]]]:
+    """:func:`copy_generator` with the babble's utterance ids (``originals`` sorted, ``blocks[speaker]`` its rows;
+    the pool is every original but the speaker's own, in order)."""
+    a, b = blocks[speaker]
+    rng, picks = copy_generator(speaker, utt, k, seed, len(originals) - (b - a), babble_speakers)
+    return rng, [originals[i if i < a else i + b - a] for i in picks]
+
+
+
+def speaker_blocks(originals: Sequence[tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    """Each speaker's rows [first, last + 1) in sorted (speaker, utterance) ids."""
+    blocks: dict[str, tuple[int, int]] = {}
+    for i, (speaker, _) in enumerate(originals):
+        blocks[speaker] = (blocks.get(speaker, (i, i))[0], i + 1)
+    return blocks
+
+
+
+def make_copy(signal: np.ndarray, source: dict, k: int, seed: int, kinds: tuple[str, ...],
+              others: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Augmented copy k of a source utterance's signal: its features and entry (ids ``utt-aug<k>``, under a
+    ``speaker-speed<90|110>`` pseudo-speaker when speed-perturbed; ``augment`` names the source and what was done)."""
+    augmented, done = augment_signal(signal, kinds, others, rng)
+    speaker, utt = source["speaker"], source["utterance"]
+    new_speaker = f"{speaker}-speed{round(100 * done['speed'])}" if "speed" in done else speaker
+    features = fbank_features(augmented)
+    return features, {**source, "speaker": new_speaker, "utterance": f"{utt}-aug{k}",
+                      "frames": int(features.shape[0]), "seconds": source["seconds"] / done.get("speed", 1.0),
+                      "augment": {"speaker": speaker, "utterance": utt, "copy": k, "seed": seed, **done}}

@@ -7,101 +7,38 @@ complete arrays the manifest missed (an array renamed into place is complete by 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
-import multiprocessing
 import os
-import signal
-import sys
-import threading
 import time
-import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
-from filelock import FileLock, Timeout
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
-from ..atomic import atomic_write, write_json
-from ..errors import DeepSpeakerError, Failure, InputError, printable
+from ..atomic import read_json_parts, write_json
+from ..errors import DeepSpeakerError, Failure
 from ..settings import settings_difference
-from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, check_trim
+from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, read_audio
+from .build import (INPUTS_NAME, MANIFEST, BuildSummary, QuietBar, build_lock, cache_settings, check_not_overlapping,
+                    compute_features, delete_planned, in_shard, init_worker, is_lock, is_training_inputs,
+                    manifest_name, pool_context, recordable, refuse_links, save_array_atomic, stat_utterances)
+from .constants import DEFAULT_TRIM
 from .corpus import Utterance, is_plain_id, scan_corpus
-from .features import FEATURE_SETTINGS, NUM_FILTERS, extract_features
+from .features import NUM_FILTERS
 
 FORMAT = "deep-speaker-feature-cache"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 FEATURES_DIR = "features"
-DEFAULT_TRIM = "percentile"
-SAVE_INTERVAL_S = 10.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h  # how often the manifest is rewritten during a build (crashes lose no array anyway)
+SAVE_INTERVAL_S = 10.0  # how often the manifest is rewritten during a build (crashes lose no array anyway)
 
 
-def cache_settings(trim: str = DEFAULT_TRIM) -> dict:
-    """The feature settings a cache records: ``FEATURE_SETTINGS`` plus the trim mode."""
-    return {**FEATURE_SETTINGS, "trim": check_trim(trim)}
-
-
-def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then rename it into place.
-
-    The same bytes as ``np.save``, but the data goes through the file's ``write``: numpy's ``tofile`` reports a full
-    disk as an OSError with no errno ("N requested and M written"), which could name neither the file nor the cause.
-    """
-    array = np.ascontiguousarray(array)
-    with atomic_write(path) as f:
-        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
-        f.write(array.data)
-
-
-def manifest_name(shard: Optional[tuple[int, int]]) -> str:
-    """``manifest.json``, or ``manifest.shard-I-of-N.json`` for one shard of a distributed build."""
-    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.json"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0 <= i < n) -> (i, n)."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise DeepSpeakerError(f"--shard takes i/n, e.g. 0/4 (got {text!r})") from None
-    if not 0 <= index < count:
-        raise DeepSpeakerError(f"--shard {text}: need 0 <= i < n")
-    return index, count
-
-
-def in_shard(utt: Utterance, shard: Optional[tuple[int, int]]) -> bool:
-    """Whether an utterance belongs to a shard; by a hash of its ids, so adding files never moves others."""
-    return shard is None or zlib.crc32(f"{utt.speaker}/{utt.utterance}".encode()) % shard[1] == shard[0]
-
-
-def read_json_document(path: Path, what: str, check: Callable[[object, Path], None]) -> dict:
-    """One JSON file of ours (a manifest, a listing), parsed and then checked by ``check(document, path)``."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DeepSpeakerError(f"{path}: unreadable {what} ({exc})") from None
-    check(document, path)
-    return document
-
-
-def read_json_parts(folder: Path, main: str, parts: str, what: str,
-                    check: Callable[[object, Path], None]) -> list[tuple[Path, dict]]:
-    """The folder's main JSON file (first, when there) and its part files (glob ``parts``, sorted), each read
-    by read_json_document: the shape of a cache's manifests and of a store's listings."""
-    paths = sorted(folder.glob(parts))
-    if (folder / main).is_file():
-        paths.insert(0, folder / main)
-    return [(path, read_json_document(path, what, check)) for path in paths]
+def is_cache(path: Path) -> bool:
+    """Whether a folder holds a per-file cache: a ``manifest*.json`` (one that is not ours is refused in one line when
+    the folder is opened or wiped, never taken for something else)."""
+    return any(path.glob("manifest*.json"))
 
 
 def _check_manifest(manifest: object, path: Path) -> None:
@@ -160,17 +97,8 @@ def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: It
 
 
 class FeatureCache:
-    """Read access to a built cache: ids, settings, failures and memory-mapped feature arrays."""
-
-    def __new__(cls, cache_dir: str | os.PathLike):
-        # One entry point for both formats: FeatureCache(path) of a sharded store opens it as a FeatureStore
-        # (a subclass with this interface), so every caller reads either format unchanged.
-        if cls is FeatureCache:
-            from .store import FeatureStore, is_store
-
-            if is_store(Path(cache_dir)):
-                return super().__new__(FeatureStore)
-        return super().__new__(cls)
+    """Read access to a built per-file cache: ids, settings, failures and memory-mapped feature arrays (a
+    :class:`~.sources.FeatureSource`; :func:`~.sources.open_features` opens either format)."""
 
     def __init__(self, cache_dir: str | os.PathLike):
         self.path = Path(cache_dir)
@@ -234,85 +162,9 @@ class FeatureCache:
         return len(self._entries)
 
 
-@dataclass
-class BuildSummary:
-    """What a build or update did."""
-
-    cache_dir: str
-    layout: str
-    cached: int = 0          # computed in this run
-    skipped: int = 0         # already in the cache and unchanged (size + mtime)
-    recovered: int = 0       # complete arrays an interrupted run left without a manifest entry
-    failed: list[Failure] = field(default_factory=list)
-    hours: float = 0.0       # hours of audio computed in this run
-    total_utterances: int = 0
-    total_hours: float = 0.0
-    wall_seconds: float = 0.0
-
-    def lines(self) -> list[str]:
-        """Human-readable report: one line per failure (``path: reason``), then the totals."""
-        out = [str(f) for f in self.failed]  # Failure's line: escaped, one line per failure
-        out.append(f"cache {printable(self.cache_dir)} ({self.layout} layout): {self.cached} files cached "
-                   f"({self.hours:.2f} h of audio), {self.skipped} skipped (unchanged), "
-                   f"{self.recovered} recovered, {len(self.failed)} failed; "
-                   f"{self.total_utterances} utterances, {self.total_hours:.2f} h in total; "
-                   f"wall time {self.wall_seconds:.1f} s")
-        return out
-
-
 def array_relpath(speaker: str, utterance: str) -> str:
     """Where an utterance's array lives, relative to the cache folder."""
     return f"{FEATURES_DIR}/{speaker}/{utterance}.npy"
-
-
-NOT_UTF8 = "its path is not valid UTF-8, which a cache cannot record; rename it"
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8: a file name that does not decode is held as lone surrogates, which no
-    JSON manifest or Arrow index can take."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def recordable(audio_dir: Path, utterances: list[Utterance],
-               rejected: list[Failure]) -> tuple[list[Utterance], list[Failure]]:
-    """The utterances whose path a manifest or a store index can record, and the scan's failures plus one for each
-    other utterance: a file name that is not valid UTF-8 is that file's failure (exit 1), not a crash. Failures'
-    paths are escaped alike (errors.printable), so that they can be recorded too. Both cache formats' builds."""
-    if not _is_utf8(str(audio_dir)):
-        raise DeepSpeakerError(f"{printable(str(audio_dir))}: the audio folder's path is not valid UTF-8, which a "
-                               f"cache cannot record; rename it")
-    # ASCII paths, the common case, are checked without a Python call per file (a no-op update reads 10^5 of them).
-    if all(map(str.isascii, map(itemgetter(2), utterances))) \
-            and all(f.path.isascii() and f.reason.isascii() for f in rejected):
-        return utterances, rejected
-    kept = [u for u in utterances if u.path.isascii() or _is_utf8(u.path)]
-    failures = [f if _is_utf8(f.path) and _is_utf8(f.reason) else Failure(printable(f.path), printable(f.reason))
-                for f in rejected]
-    if len(kept) < len(utterances):
-        failures += [Failure(printable(u.path), NOT_UTF8) for u in utterances if not _is_utf8(u.path)]
-    return kept, failures
-
-
-def compute_features(utt: Utterance, trim: str, min_seconds: float) -> tuple[np.ndarray, dict] | Failure:
-    """One utterance's features and its entry (ids, source, size, mtime_ns, frames, seconds), or why it failed.
-
-    The one home of the bad-input policy of every cache format (the per-file cache and the sharded store).
-    """
-    try:
-        st = os.stat(utt.path)  # before reading: a file changed meanwhile is redone by the next update
-        features = extract_features(utt.path, trim=trim, min_seconds=min_seconds)
-        seconds = sf.info(utt.path).duration
-    except InputError as exc:
-        return exc.failure
-    except Exception as exc:  # one bad file must never stop a build: report it and go on
-        return Failure(utt.path, f"{type(exc).__name__}: {exc}")
-    return features, {"speaker": utt.speaker, "utterance": utt.utterance, "source": utt.path, "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns, "frames": int(features.shape[0]), "seconds": seconds}
 
 
 def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Failure:
@@ -325,25 +177,6 @@ def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float
     # strike every other one: it stops the build (exit 2, naming the array and the cause), not fails this file.
     save_array_atomic(Path(array_path), features)
     return {**entry, "array": array_relpath(utt.speaker, utt.utterance)}
-
-
-def stat_utterances(utterances: Sequence[Utterance]) -> tuple[list[Utterance], list[os.stat_result], list[Failure]]:
-    """The utterances whose file can be stat-ed, their os.stat results, and a "cannot open: ..." failure for each
-    other one. Through map(os.stat), without a Python frame per file unless one fails: the stat of every file is
-    half of a no-op store update at 10^5 files."""
-    paths = [u.path for u in utterances]
-    try:
-        return list(utterances), list(map(os.stat, paths)), []
-    except OSError:
-        pass
-    found, stats, failures = [], [], []
-    for utt in utterances:
-        try:
-            stats.append(os.stat(utt.path))
-            found.append(utt)
-        except OSError as exc:
-            failures.append(Failure(utt.path, f"cannot open: {exc.strerror or exc}"))
-    return found, stats, failures
 
 
 def is_current(entry: Optional[dict], utt: Utterance, st: os.stat_result, cache_dir: Path) -> bool:
@@ -369,61 +202,15 @@ def recover_entry(utt: Utterance, st: os.stat_result, cache_dir: Path) -> Option
             "mtime_ns": st.st_mtime_ns, "frames": int(array.shape[0]), "seconds": seconds, "array": rel}
 
 
-def lock_path(cache_dir: Path, manifest: str) -> Path:
-    """The lock a build holds while it writes ``manifest`` (hidden, beside it; filelock removes it on release)."""
-    return cache_dir / f".{manifest}.lock"
-
-
-def _busy(path: Path) -> bool:
-    """Whether another process holds the lock at ``path`` (probed without waiting)."""
-    try:
-        with FileLock(path, timeout=0):
-            return False
-    except Timeout:
-        return True
-
-
-@contextlib.contextmanager
-def build_lock(cache_dir: Path, shard: Optional[tuple[int, int]]) -> Iterator[None]:
-    """Hold this build's manifest lock; refuse, in one line, a build that would race another on the same folder.
-
-    Shards of one build run side by side (each its own manifest and lock); a full build or update also
-    consolidates the shards and deletes temporaries, so it runs alone.
-    """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    own = FileLock(lock_path(cache_dir, manifest_name(shard)), timeout=0)
-    try:
-        own.acquire()
-    except Timeout:
-        raise DeepSpeakerError(f"{cache_dir}: another build writing {manifest_name(shard)} is running; wait for it "
-                               f"to finish") from None
-    try:
-        others = [lock_path(cache_dir, MANIFEST)] if shard else sorted(cache_dir.glob(".manifest.shard-*.json.lock"))
-        if any(_busy(path) for path in others):
-            kind = "a full build or update" if shard else "a shard build (--shard)"
-            raise DeepSpeakerError(f"{cache_dir}: {kind} of this cache is running; wait for it to finish")
-        yield
-    finally:
-        own.release()
-
-
-def is_lock(path: Path) -> bool:
-    """Whether a file of the cache folder is one of our build locks."""
-    return path.name.startswith(".manifest") and path.name.endswith(".json.lock")
-
-
-def wipe_plan(cache_dir: Path) -> list[Path]:
-    """What a rebuild deletes: the arrays our manifests list, the manifests, our training inputs; [] for no cache.
+def cache_wipe_plan(cache_dir: Path) -> list[Path]:
+    """What a rebuild of a per-file cache deletes: the arrays our manifests list, the manifests, our training inputs;
+    [] for no cache.
 
     Raises DeepSpeakerError for a non-empty folder that holds no cache of ours (or a manifest*.json that is
     another tool's), so that nothing else is ever deleted.
     """
     if not cache_dir.is_dir():
         return []
-    from .store import is_store, store_wipe_plan
-
-    if is_store(cache_dir):
-        return store_wipe_plan(cache_dir)
     manifests = sorted(cache_dir.glob("manifest*.json"))
     if not manifests:
         if any(not is_lock(p) for p in cache_dir.iterdir()):
@@ -438,29 +225,11 @@ def wipe_plan(cache_dir: Path) -> list[Path]:
     if strays:
         raise DeepSpeakerError(f"{cache_dir} holds {', '.join(strays)}, not written by deep-speaker; refusing to wipe it")
     plan = [cache_dir / e["array"] for e in manifest["entries"] if (cache_dir / e["array"]).is_file()]
-    inputs = cache_dir / "full_inputs.npz"
+    inputs = cache_dir / INPUTS_NAME
     if inputs.is_file() and is_training_inputs(inputs):
         plan.append(inputs)
     refuse_links(cache_dir, [*own_folders(cache_dir), *plan, *manifests])
     return plan + manifests
-
-
-def refuse_links(folder: Path, paths: Iterable[Path]) -> None:
-    """Refuse, in one line, a path below ``folder`` that is a symbolic link or lies below one (``features/`` or
-    ``shards/`` linked to another cache's): what a link points to is another folder's, and a wipe, an update or an
-    augmentation of this cache must never delete or write there. Called before anything is deleted or written."""
-    checked: set[Path] = set()
-    for path in paths:
-        current = folder
-        for name in path.relative_to(folder).parts:
-            current = current / name
-            if current in checked:
-                continue
-            checked.add(current)
-            if current.is_symlink():
-                raise DeepSpeakerError(f"{current} is a symbolic link; refusing to delete or write through it (a "
-                                       f"cache holds its own files): replace the link by a folder, or use another "
-                                       f"cache folder")
 
 
 def own_folders(cache_dir: Path) -> list[Path]:
@@ -472,25 +241,11 @@ def own_folders(cache_dir: Path) -> list[Path]:
     return [features, *features.iterdir()]
 
 
-def is_training_inputs(path: Path) -> bool:
-    """Whether a file is a training-inputs .npz of ours (by its format marker, read without pickle)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return "format_version" in data.files and "x_train" in data.files
-    except (OSError, ValueError):
-        return False
-
-
 def wipe_cache(cache_dir: Path) -> list[Path]:
-    """Delete what :func:`wipe_plan` lists (manifests or listings last, so a kill midway leaves a cache update can
-    finish), for either format."""
-    plan = wipe_plan(cache_dir)
-    # A folder we could not delete in would stop the wipe halfway: found out before the first file goes.
-    for folder in sorted({path.parent for path in plan}):
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise DeepSpeakerError(f"{folder}: not writable, so the cache cannot be rebuilt; nothing was deleted")
-    for path in plan:
-        path.unlink(missing_ok=True)
+    """Delete what :func:`cache_wipe_plan` lists, then the speaker folders it emptied (a folder of either format:
+    :func:`~.sources.wipe_features`)."""
+    plan = cache_wipe_plan(cache_dir)
+    delete_planned(plan)
     features = cache_dir / FEATURES_DIR
     if features.is_dir() and not features.is_symlink():  # speaker folders the wipe emptied; anything else stays
         for folder in sorted(features.iterdir(), reverse=True):
@@ -498,20 +253,7 @@ def wipe_cache(cache_dir: Path) -> list[Path]:
                 folder.rmdir()
         if not any(features.iterdir()):
             features.rmdir()
-    from .store import SHARDS_DIR
-
-    shards = cache_dir / SHARDS_DIR  # a sharded store's folder, once the wipe emptied it
-    if shards.is_dir() and not any(shards.iterdir()):
-        shards.rmdir()
     return plan
-
-
-def check_not_overlapping(audio_dir: Path, cache_dir: Path) -> None:
-    """Refuse an audio folder inside the cache folder (a wipe could reach it) or a cache inside the audio folder."""
-    audio, cache = audio_dir.resolve(), cache_dir.resolve()
-    if audio == cache or cache in audio.parents or audio in cache.parents:
-        raise DeepSpeakerError(f"the audio folder {audio_dir} and the cache folder {cache_dir} overlap; put the cache "
-                               f"in a folder of its own, outside the audio")
 
 
 def remove_temporaries(features_dir: Path) -> None:
@@ -520,32 +262,6 @@ def remove_temporaries(features_dir: Path) -> None:
     if features_dir.is_dir():
         for tmp in features_dir.glob("*/.*.npy.*.tmp"):
             tmp.unlink(missing_ok=True)
-
-
-class QuietBar(tqdm):
-    """A tqdm bar without tqdm's monitor thread, so that the worker processes can still be forked safely."""
-
-    monitor_interval = 0
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork is fastest, but only safe while this process runs a single thread; else spawn."""
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def init_worker(parent: int) -> None:
-    """A build worker: one BLAS thread (the build is parallel by processes) and death with its parent.
-
-    Without the parent-death signal, workers of a parent killed with SIGKILL would go on computing.
-    """
-    threadpool_limits(limits=1, user_api="blas")
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
 
 
 def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: float, workers: int,
@@ -559,7 +275,7 @@ def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: flo
                 yield compute_entry(*job)
                 bar.update()
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=init_worker,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=init_worker,
                              initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(compute_entry, *job) for job in jobs]
         try:
@@ -582,13 +298,15 @@ def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: flo
 def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layout: str = "auto",
                 workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
                 min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
-                progress: bool = True, mic: str = "mic1") -> BuildSummary:
+                progress: bool = True, mic: str = "mic1",
+                wipe: Callable[[Path], object] = wipe_cache) -> BuildSummary:
     """Compute the features of every utterance of ``audio_dir`` into ``cache_dir``.
 
     ``update=False`` wipes the cache first; ``update=True`` keeps what is there and computes only new or
     changed files (refusing a cache built with other settings). Bad files are reported in the summary
     and the manifest's failure list and skipped. ``shard=(i, n)`` computes one n-th of the files into
-    its own shard manifest (never wiping), for builds spread over machines sharing the folder.
+    its own shard manifest (never wiping), for builds spread over machines sharing the folder. ``wipe`` clears the
+    folder for a full build (:func:`~.sources.build_features` passes the wipe of either format).
     """
     started = time.perf_counter()
     audio_dir, cache_dir = Path(audio_dir).resolve(), Path(cache_dir)
@@ -602,7 +320,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     with build_lock(cache_dir, shard):  # two builds of one manifest would interleave their writes
         refuse_links(cache_dir, own_folders(cache_dir))  # before the wipe, and before an update writes there
         if shard is None and not update:
-            wipe_cache(cache_dir)
+            wipe(cache_dir)
         existing = read_manifests(cache_dir) if cache_dir.exists() else None
         if existing is not None and existing["settings"] != settings:
             raise DeepSpeakerError(f"{cache_dir} was built with other feature settings "
@@ -661,71 +379,23 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         return summary
 
 
-def copy_generator(speaker: str, utt: str, k: int, seed: int, others: int,
-                   babble_speakers: int) -> tuple[np.random.Generator, list[int]]:
-    """Copy k of speaker/utt: its generator, seeded by (seed, crc32 of the ids, k), and the positions among the
-    ``others`` original utterances of other speakers of those its babble mixes, drawn from it first."""
-    rng = np.random.default_rng([seed, zlib.crc32(f"{speaker}/{utt}".encode()), k])
-    picks = rng.choice(others, size=min(babble_speakers, others), replace=False).tolist() if others else []
-    return rng, picks
-
-
-def copy_draws(originals: Sequence[tuple[str, str]], blocks: dict[str, tuple[int, int]], speaker: str, utt: str,
-               k: int, seed: int, babble_speakers: int) -> tuple[np.random.Generator, list[tuple[str, str]]]:
-    """:func:`copy_generator` with the babble's utterance ids (``originals`` sorted, ``blocks[speaker]`` its rows;
-    the pool is every original but the speaker's own, in order)."""
-    a, b = blocks[speaker]
-    rng, picks = copy_generator(speaker, utt, k, seed, len(originals) - (b - a), babble_speakers)
-    return rng, [originals[i if i < a else i + b - a] for i in picks]
-
-
-def speaker_blocks(originals: Sequence[tuple[str, str]]) -> dict[str, tuple[int, int]]:
-    """Each speaker's rows [first, last + 1) in sorted (speaker, utterance) ids."""
-    blocks: dict[str, tuple[int, int]] = {}
-    for i, (speaker, _) in enumerate(originals):
-        blocks[speaker] = (blocks.get(speaker, (i, i))[0], i + 1)
-    return blocks
-
-
-def make_copy(signal: np.ndarray, source: dict, k: int, seed: int, kinds: tuple[str, ...],
-              others: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Augmented copy k of a source utterance's signal: its features and entry (ids ``utt-aug<k>``, under a
-    ``speaker-speed<90|110>`` pseudo-speaker when speed-perturbed; ``augment`` names the source and what was done)."""
-    from .augment import augment_signal
-    from .features import fbank_features
-
-    augmented, done = augment_signal(signal, kinds, others, rng)
-    speaker, utt = source["speaker"], source["utterance"]
-    new_speaker = f"{speaker}-speed{round(100 * done['speed'])}" if "speed" in done else speaker
-    features = fbank_features(augmented)
-    return features, {**source, "speaker": new_speaker, "utterance": f"{utt}-aug{k}",
-                      "frames": int(features.shape[0]), "seconds": source["seconds"] / done.get("speed", 1.0),
-                      "augment": {"speaker": speaker, "utterance": utt, "copy": k, "seed": seed, **done}}
-
-
 def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, seed: int = 0,
-                  progress: bool = True, babble_speakers: int = 3, workers: int = 1,
-                  scheduler: Optional[str] = None, shard_size: Optional[int] = None) -> int:
-    """Add `copies` augmented copies of every original utterance of a built cache as extra entries; their number.
+                  progress: bool = True, babble_speakers: int = 3) -> int:
+    """Add `copies` augmented copies of every original utterance of a built per-file cache as extra entries; their
+    number.
 
     Copy k of speaker/utt is ``speaker/utt-aug<k>``, or ``speaker-speed<90|110>/utt-aug<k>`` when speed-perturbed
     (a new pseudo-speaker); its entry names its source under ``augment`` with what was done (see
     deep_speaker.data.augment.augment_signal). Each copy draws from a generator seeded by (seed, crc32 of the
     ids, k), so the copies do not depend on order or on the other utterances' copies. Copies of an earlier run
     are replaced. The babble comes from `babble_speakers` other speakers' original utterances of the cache.
-    A sharded store gets its copies as new shards (:func:`~.store.augment_store`, with ``workers`` local
-    processes or the Dask cluster at ``scheduler``, ``shard_size`` copies a shard); the same copies either way.
+    A sharded store gets the same copies as new shards (:func:`~.store.augment_store`; either format:
+    :func:`~.sources.augment_features`).
     """
-    from .audio import read_audio
-    from .augment import check_augmentations
-    from .store import augment_store, is_store
+    # Here, not at the top: the signal effects load scipy.signal (seconds, cold), which only an augmentation needs.
+    from .augment import check_recipe, copy_draws, make_copy, speaker_blocks
 
-    kinds, cache_dir = check_augmentations(kinds), Path(cache_dir)
-    if copies < 1:
-        raise DeepSpeakerError(f"--copies must be at least 1, got {copies}")
-    if is_store(cache_dir):
-        return augment_store(cache_dir, kinds, copies, seed, progress, babble_speakers, workers, scheduler,
-                             **({} if shard_size is None else {"shard_size": shard_size}))
+    kinds, cache_dir = check_recipe(kinds, copies), Path(cache_dir)
     with build_lock(cache_dir, None):
         cache = FeatureCache(cache_dir)
         refuse_links(cache_dir, own_folders(cache_dir))  # the old copies' arrays go, the new ones are written there

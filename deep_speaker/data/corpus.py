@@ -29,9 +29,8 @@ from ..atomic import atomic_write
 from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
 from .audio import AUDIO_EXTENSIONS
+from .constants import LAYOUTS, MIC_CHOICES
 
-LAYOUTS = ("auto", "vctk", "librispeech", "folders")
-MIC_CHOICES = ("mic1", "mic2")
 # Ids become cache directory and file names, so they must be plain, non-hidden path components.
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 PLAIN_ID_PATTERN = f"^{_SAFE_ID.pattern}$"  # is_plain_id as a pattern Arrow matches column-wise (plain_ids)

@@ -17,12 +17,12 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import DeepSpeakerError
 from ..settings import settings_difference
-from .cache import FeatureCache
+from .build import INPUTS_NAME
+from .constants import DEFAULT_CROP_FRAMES
 from .features import FEATURE_SETTINGS, NUM_FILTERS
+from .sources import FeatureSource, open_features
 
-INPUTS_NAME = "full_inputs.npz"
 INPUTS_FORMAT_VERSION = 1
-DEFAULT_CROP_FRAMES = 160  # 1.6 s, the original NUM_FRAMES
 
 # (utterance id, first frame, last frame + 1) of an utterance segment that crops are cut from.
 Segment = tuple[str, int, int]
@@ -64,13 +64,13 @@ def segment_crops(segment: Segment, crop_frames: int, rng: np.random.Generator) 
     return [(utt, int(s), crop_frames) for s in starts]
 
 
-def fill_crops(cache: FeatureCache, speaker: str, crops: list[tuple[str, int, int]], out: np.ndarray) -> None:
+def fill_crops(cache: FeatureSource, speaker: str, crops: list[tuple[str, int, int]], out: np.ndarray) -> None:
     """Copy crops of a speaker's cached features into ``out`` [n, crop, 64, 1] (already zeroed)."""
     for row, (utt, start, length) in enumerate(crops):
         out[row, :length, :, 0] = cache.load(speaker, utt)[start:start + length]
 
 
-def generate_training_inputs(cache: FeatureCache | str | os.PathLike, output_path: str | os.PathLike | None = None,
+def generate_training_inputs(cache: FeatureSource | str | os.PathLike, output_path: str | os.PathLike | None = None,
                              crop_frames: int = DEFAULT_CROP_FRAMES, holdout: float = 0.2, seed: int = 0,
                              speakers: Optional[Sequence[str]] = None) -> Path:
     """Cut fixed-length crops per speaker from a feature cache and save them as ``.npz``; returns its path.
@@ -78,7 +78,7 @@ def generate_training_inputs(cache: FeatureCache | str | os.PathLike, output_pat
     Arrays: ``x_train``/``x_test`` float32 [N, crop_frames, 64, 1], ``y_train``/``y_test`` int64 indices
     into ``speakers``; plus ``crop_frames`` and the cache's feature ``settings`` (JSON).
     """
-    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    cache = open_features(cache) if isinstance(cache, (str, os.PathLike)) else cache
     if crop_frames < 1 or not 0 <= holdout < 1:
         raise DeepSpeakerError(f"need crop_frames >= 1 and 0 <= holdout < 1 (got {crop_frames}, {holdout})")
     chosen = sorted(speakers) if speakers is not None else cache.speakers

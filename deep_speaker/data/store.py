@@ -36,25 +36,27 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
-from ..atomic import atomic_write, write_json
+from ..atomic import atomic_write, read_json_document, read_json_parts, write_json
 from ..errors import DeepSpeakerError, Failure, InputError
 from ..settings import check_choice, settings_difference
 from .audio import AUDIO_EXTENSIONS, MIN_SPEECH_SECONDS, read_audio
-from .cache import (DEFAULT_TRIM, MANIFEST, BuildSummary, FeatureCache, QuietBar, _pool_context, build_lock,
-                    cache_settings, check_not_overlapping, compute_features, copy_draws, copy_generator, in_shard,
-                    init_worker, is_training_inputs, make_copy, read_json_document, read_json_parts, read_manifests,
-                    recordable, refuse_links, save_array_atomic, speaker_blocks, stat_utterances, wipe_cache)
+from .build import (INPUTS_NAME, BuildSummary, QuietBar, build_lock, cache_settings, check_not_overlapping,
+                    compute_features, delete_planned, in_shard, init_worker, is_training_inputs, pool_context,
+                    recordable, refuse_links, save_array_atomic, stat_utterances)
 from .cluster import check_scheduler, connect
+from .constants import DEFAULT_SHARD_SIZE, DEFAULT_TRIM
 from .corpus import Utterance, gc_paused, id_failure, is_plain_id, plain_ids, scan_corpus
 from .features import NUM_FILTERS
-from .inputs import INPUTS_NAME
+
+if TYPE_CHECKING:
+    from .sources import FeatureSource
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ STORE_VERSION = 1
 LISTING = "store.json"
 SCAN_RECORD = "corpus-scan.arrow"  # the last update's corpus scan (corpus.scan_corpus), reused while no folder changed
 SHARDS_DIR = "shards"
-DEFAULT_SHARD_SIZE = 1000
 DTYPES = ("float32", "float16")
 OPEN_SHARDS = 128  # memory maps kept open: each holds a file descriptor
 _SHARD_NAME = re.compile(r"g[0-9]{6}-[0-9a-f]{16}")
@@ -246,9 +247,9 @@ def _valid_rows(store_dir: Path, shards: Sequence[dict], table: pa.Table,
     return table.filter(pa.array(~bad)) if bad.any() else table
 
 
-class FeatureStore(FeatureCache):
-    """Read access to a sharded store with FeatureCache's interface; the index is held as columns (numpy and Arrow
-    arrays, no object per entry), and ``load`` is a slice of the shard's memory map."""
+class FeatureStore:
+    """Read access to a sharded store (a :class:`~.sources.FeatureSource`, as the per-file cache); the index is held
+    as columns (numpy and Arrow arrays, no object per entry), and ``load`` is a slice of the shard's memory map."""
 
     def __init__(self, store_dir: str | os.PathLike):
         self.path = Path(store_dir)
@@ -293,6 +294,7 @@ class FeatureStore(FeatureCache):
 
     @property
     def settings(self) -> dict:
+        """The feature settings (``FEATURE_SETTINGS`` + trim) the frames were computed with."""
         return self._listing["settings"]
 
     @property
@@ -307,20 +309,24 @@ class FeatureStore(FeatureCache):
 
     @property
     def failures(self) -> list[Failure]:
+        """Files that could not be stored, and why."""
         return [Failure.from_dict(f) for f in self._failures]
 
     @property
     def speakers(self) -> list[str]:
+        """Speaker ids, sorted."""
         return list(self._speakers)
 
     @property
     def hours(self) -> float:
+        """Hours of source audio in the store."""
         return float(self._columns["seconds"].sum()) / 3600
 
     def __len__(self) -> int:
         return len(self._utterance)
 
     def utterances(self, speaker: Optional[str] = None) -> list[tuple[str, str]]:
+        """(speaker, utterance) pairs, sorted; only those of ``speaker`` when given."""
         if speaker is None:
             return [(s, u.decode().rstrip(" ")) for s in self._speakers
                     for u in self._utterance[slice(*self._ranges[s])]]
@@ -586,7 +592,7 @@ def _run_pool(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: 
               augment: bool) -> Iterator[tuple[Optional[dict], list[dict]]]:
     """The local process pool: the workers compute the items of a shard, this process writes it."""
     work = functools.partial(_computed, compute=compute, dtype=dtype)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=init_worker,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=init_worker,
                              initargs=(os.getpid(),)) as pool:
         for name, items in tasks:
             try:
@@ -657,6 +663,17 @@ def store_wipe_plan(store_dir: Path) -> list[Path]:
     return files
 
 
+def wipe_store(store_dir: Path) -> list[Path]:
+    """Delete what :func:`store_wipe_plan` lists, then ``shards/`` once emptied (a folder of either format:
+    :func:`~.sources.wipe_features`)."""
+    plan = store_wipe_plan(store_dir)
+    delete_planned(plan)
+    shards = store_dir / SHARDS_DIR
+    if shards.is_dir() and not shards.is_symlink() and not any(shards.iterdir()):
+        shards.rmdir()
+    return plan
+
+
 def _shard_temporaries(store_dir: Path) -> list[Path]:
     """The temporaries a killed write of a shard file left in ``shards/`` (atomic_write's names for them)."""
     shards = store_dir / SHARDS_DIR
@@ -723,12 +740,14 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
                 workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
                 min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
                 progress: bool = True, mic: str = "mic1", dtype: Optional[str] = None,
-                shard_size: int = DEFAULT_SHARD_SIZE, scheduler: Optional[str] = None) -> BuildSummary:
+                shard_size: int = DEFAULT_SHARD_SIZE, scheduler: Optional[str] = None,
+                wipe: Callable[[Path], object] = wipe_store) -> BuildSummary:
     """Compute the features of every utterance of ``audio_dir`` into the sharded store ``store_dir``.
 
     As :func:`~.cache.build_cache` (``update``, ``shard``, bad files reported and skipped), writing shards of
     ``shard_size`` utterances in ``dtype`` (default: the store's, else float32), with ``workers`` local processes
-    or on the Dask cluster at ``scheduler``. ``update=False`` wipes the folder first.
+    or on the Dask cluster at ``scheduler``. ``update=False`` wipes the folder first with ``wipe``
+    (:func:`~.sources.build_features` passes the wipe of either format, and refuses to update a per-file cache).
     """
     started = time.perf_counter()
     if dtype is not None:
@@ -759,10 +778,7 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         if dtype is None and is_store(store_dir):  # a rebuild keeps the store's dtype unless told otherwise
             dtype = (read_listings(store_dir) or {}).get("dtype")
         if shard is None and not update:
-            wipe_cache(store_dir)
-        if (store_dir / MANIFEST).is_file() or read_manifests(store_dir) is not None:
-            raise DeepSpeakerError(f"{store_dir} holds a per-file feature cache; convert it with 'deep-speaker cache "
-                                   f"convert {store_dir} NEW_STORE' or choose another folder")
+            wipe(store_dir)
         existing = read_listings(store_dir)
         dtype = dtype or (existing["dtype"] if existing else "float32")
         if existing is not None and (existing["settings"], existing["dtype"]) != (settings, dtype):
@@ -857,6 +873,9 @@ CopyJob = tuple[dict, int, int, tuple, int, int, list]  # source entry, k, seed,
 def make_store_copy(job: CopyJob, trim: str) -> Item | Failure:
     """One augmented copy (here or on a worker): the source's and the babble's audio read, the copy made from the
     generator copy_generator gives (the same copy as the per-file cache's); or why it failed."""
+    # Here, not at the top (as in augment_store): the signal effects load scipy.signal, which only copies need.
+    from .augment import copy_generator, make_copy
+
     source, k, seed, kinds, others, babble_speakers, babble = job
     path = source["source"]
     try:
@@ -878,13 +897,16 @@ def make_store_copy(job: CopyJob, trim: str) -> Item | Failure:
 def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: int, seed: int = 0,
                   progress: bool = True, babble_speakers: int = 3, workers: int = 1,
                   scheduler: Optional[str] = None, shard_size: int = DEFAULT_SHARD_SIZE) -> int:
-    """:func:`~.cache.augment_cache` on a sharded store: the copies are written as new shards of a new generation
-    (marked as copies), with ``workers`` local processes or on the Dask cluster at ``scheduler``; the shards of an
-    earlier run's copies are unlisted, then deleted, first. The new shards are named in the listing (PENDING) before
-    the first is written and listed, with the recipe, once all are (with ``failures``: the copies whose source could
-    not be read): a killed run leaves the originals, no copy and no recipe, and the next run (or a rebuild) deletes
-    what it wrote. Returns the number of copies made."""
-    store_dir = Path(store_dir)
+    """:func:`~.cache.augment_cache` on a sharded store (the same copies, :func:`~.augment.make_copy`): the copies
+    are written as new shards of a new generation (marked as copies), with ``workers`` local processes or on the
+    Dask cluster at ``scheduler``; the shards of an earlier run's copies are unlisted, then deleted, first. The new
+    shards are named in the listing (PENDING) before the first is written and listed, with the recipe, once all are
+    (with ``failures``: the copies whose source could not be read): a killed run leaves the originals, no copy and
+    no recipe, and the next run (or a rebuild) deletes what it wrote. Returns the number of copies made."""
+    # Here, not at the top: the signal effects load scipy.signal (seconds, cold), which only an augmentation needs.
+    from .augment import check_recipe, copy_draws, speaker_blocks
+
+    kinds, store_dir = check_recipe(kinds, copies), Path(store_dir)
     if scheduler is not None:
         check_scheduler(scheduler)
     # Every check that can refuse (the lock, a link, the scheduler) runs before the old copies are deleted.
@@ -955,21 +977,22 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
     return made
 
 
-def convert_cache(cache_dir: str | os.PathLike, store_dir: str | os.PathLike, dtype: str = "float32",
-                  shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True) -> BuildSummary:
-    """Copy a built cache (per-file, or another store) into a new sharded store in ``dtype``; ``store_dir`` is
-    wiped first. Ids, sources, sizes, times, augmented copies, settings and failures carry over, so the store
-    updates from the same audio as the cache did."""
+def convert_to_store(cache: FeatureSource, store_dir: str | os.PathLike, dtype: str = "float32",
+                     shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True,
+                     wipe: Callable[[Path], object] = wipe_store) -> BuildSummary:
+    """Copy an opened cache (per-file, or another store) into a new sharded store in ``dtype``; ``store_dir`` is
+    wiped first with ``wipe``. Ids, sources, sizes, times, augmented copies, settings and failures carry over, so
+    the store updates from the same audio as the cache did. (A folder: :func:`~.sources.convert_features`.)"""
     started = time.perf_counter()
     check_choice(dtype, DTYPES, "store dtype")
     if shard_size < 1:
         raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
-    cache, store_dir = FeatureCache(cache_dir), Path(store_dir)
+    store_dir = Path(store_dir)
     if store_dir.resolve() == cache.path.resolve():
         raise DeepSpeakerError(f"{store_dir}: convert into another folder than the cache's")
     summary = BuildSummary(cache_dir=str(store_dir), layout=str(cache.manifest.get("layout")))
     with build_lock(store_dir, None):
-        wipe_cache(store_dir)
+        wipe(store_dir)
         base = {"format": STORE_FORMAT, "format_version": STORE_VERSION, "settings": cache.settings, "dtype": dtype,
                 "generation": 1, **{k: cache.manifest[k] for k in ("audio_dir", "layout", "min_seconds", "augment")
                                     if k in cache.manifest}}

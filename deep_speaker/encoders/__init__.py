@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
-from .base import DEFAULT_WORKERS, FILES_PER_CHUNK, EmbedResult, Encoder
+
+if TYPE_CHECKING:
+    from .base import Encoder
 
 DEFAULT_ENCODER = "deep-speaker"
+# The interface, from .base when first used (PEP 562): it loads numpy and the audio readers, which listing the
+# encoders (the command line's --help) does not need.
+_BASE_NAMES = ("DEFAULT_WORKERS", "FILES_PER_CHUNK", "EmbedResult", "Encoder")
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_WORKERS", "FILES_PER_CHUNK", "EmbedResult", "Encoder", "available_encoders",
            "get_encoder", "register_encoder"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _BASE_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.base"), name)
 
 
 class _Lazy:

@@ -33,12 +33,10 @@ from ..model.checkpoints import latest_checkpoint
 from ..model.rescnn import load_model, model_identity, num_speakers_of, to_embedding_model, with_precision
 from . import DEFAULT_ENCODER
 from .base import DEFAULT_WORKERS, Encoder
+from .constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
-DEFAULT_WINDOW_SECONDS = 1.6
-DEFAULT_HOP_SECONDS = 0.8
 DEFAULT_PAD_SECONDS = 1.6
-DEFAULT_BATCH_SIZE = 32  # windows per predict call; larger gains nothing on CPU and costs memory
 # Where 'deep-speaker train' writes its runs when it has no data folder; the newest triplet checkpoint is the
 # default model (the original queries also look in CACHE/checkpoints, where training on a cache writes them).
 DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")

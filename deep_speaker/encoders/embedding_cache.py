@@ -44,11 +44,11 @@ import soundfile as sf
 import soxr
 
 from ..errors import DeepSpeakerError, Failure, InternalError
+from .constants import EMBEDDING_CACHE_ENV
 
 if TYPE_CHECKING:
     from .base import Encoder
 
-EMBEDDING_CACHE_ENV = "DEEP_SPEAKER_EMBEDDING_CACHE"  # the CLI's default for --embedding-cache
 FORMAT = 1  # the database layout; a database of another format is refused, not guessed at
 DTYPE = "<f4"
 SETTLED_SECONDS = 2.0  # a file changed this recently may change again within one timestamp tick (FAT: 2 s)

@@ -16,9 +16,9 @@ from ..data.audio import AUDIO_EXTENSIONS
 from ..data.corpus import find_audio_files
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
+from .constants import DEGRADATION_KINDS as KINDS
 
 Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder"]
-KINDS = ("noise", "lowpass", "griffinlim", "melvocoder")
 # What ``level`` means for each kind, and its default.
 LEVELS = {"noise": ("SNR in dB", 20.0), "lowpass": ("cut-off in Hz", 4000.0),
           "griffinlim": ("Griffin-Lim iterations", 8.0), "melvocoder": ("mel bands", 80.0)}

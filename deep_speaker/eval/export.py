@@ -13,8 +13,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..encoders import DEFAULT_ENCODER
 from ..errors import DeepSpeakerError
-
-EXPORT_SUFFIXES = (".npz", ".npy", ".csv")
+from .constants import EXPORT_SUFFIXES
 
 
 def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], model_id: str,

@@ -18,8 +18,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import DeepSpeakerError
-
-KALDI_SUFFIX = ".ark"
+from .constants import KALDI_SUFFIX
 
 
 def kaldi_ids(paths: Sequence[str], speakers: Sequence[str] | None = None) -> list[str]:

@@ -26,11 +26,11 @@ from ..metrics.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED
 from ..metrics.score_norm import DEFAULT_TOP_K
 from ..metrics.verification import trial_scores
 from ..validate import checked_field, loads_json
+from .constants import DEFAULT_PRIOR
 
 logger = logging.getLogger(__name__)
 CALIBRATION_FORMAT = "deep-speaker-calibration/1"
 CALIBRATION_SUFFIX = ".calibration.json"
-DEFAULT_PRIOR = 0.5  # the prior verify states its probability at, and calibrations are fitted at
 P_TARGETS = (0.01, 0.05)  # actDCF and minDCF operating points of every report
 MAX_CALIBRATION_COEFFICIENT = 1e6  # |scale| and |offset| of a calibration file at most (why: CalibrationRecord)
 

@@ -31,11 +31,11 @@ from ..data.audio import AUDIO_EXTENSIONS
 from ..data.corpus import Utterance, find_audio_files, scan_corpus
 from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
+from .constants import GENDER_RULES
 
 logger = logging.getLogger(__name__)
 
 NIST_LABELS = {"target": 1, "nontarget": 0}
-GENDER_RULES = ("any", "same", "different")
 # Speaker metadata files of the corpora, looked for in the audio folder and its parent (LibriSpeech/SPEAKERS.TXT
 # beside test-other/, VCTK-Corpus/speaker-info.txt beside wav48/).
 GENDER_FILES = ("SPEAKERS.TXT", "speaker-info.txt")

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import atomic_write
-from ..data.cache import FeatureCache
 from ..data.audio import AudioError, read_audio
 from ..data.corpus import Utterance, scan_corpus
+from ..data.sources import FeatureSource, is_feature_folder, open_features
 from ..encoders import FILES_PER_CHUNK, Encoder
 from ..errors import DeepSpeakerError, Failure
 from ..metrics import pair_scores, roc, sap_san, verification_report
@@ -101,7 +101,7 @@ def embed_folder(encoder: Encoder, audio_dir: str | os.PathLike, layout: str = "
     return embed_utterances(encoder, *folder_utterances(audio_dir, layout, speakers))
 
 
-def embed_cache(encoder: Encoder, cache: FeatureCache, speakers: Sequence[str] | None = None) -> Labelled:
+def embed_cache(encoder: Encoder, cache: FeatureSource, speakers: Sequence[str] | None = None) -> Labelled:
     """Embeddings of the cached utterances (of ``speakers`` when given; an unknown one lists the known ones).
 
     The cache holds Deep Speaker's filterbank features, so the encoder must embed features
@@ -173,7 +173,7 @@ def trial_set(encoder: Encoder, source: dict[str, str]) -> TrialSet:
     if source.get("segments"):
         return all_pairs(embed_segments(encoder, *_segments_input(source)))
     return all_pairs(embed_folder(encoder, source["audio_dir"]) if "audio_dir" in source
-                     else embed_cache(encoder, FeatureCache(source["cache"])))
+                     else embed_cache(encoder, open_features(source["cache"])))
 
 
 def _segments_input(source: dict[str, Any]) -> tuple[list[Utterance], int, list[Failure]]:
@@ -213,8 +213,8 @@ def load_cohort(encoder: Encoder, path: str | os.PathLike, method: str, top_k: i
         speakers = (checked_array(data["speakers"], where, "speakers", (len(embeddings),), "text").tolist()
                     if "speakers" in data else None)
     elif path.is_dir():
-        is_cache = any(path.glob("manifest*.json"))
-        labelled = embed_cache(encoder, FeatureCache(path)) if is_cache else embed_folder(encoder, path)
+        labelled = (embed_cache(encoder, open_features(path)) if is_feature_folder(path)
+                    else embed_folder(encoder, path))
         embeddings, files, speakers = labelled.embeddings, labelled.sources, labelled.speakers
     else:
         raise DeepSpeakerError(f"{path}: a cohort is a labelled folder, a feature cache or an embedding .npz")

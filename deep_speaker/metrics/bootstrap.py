@@ -15,10 +15,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import DeepSpeakerError
+from .constants import DEFAULT_REPLICATES, DEFAULT_SEED
 from .verification import OperatingPoints, equal_error_rate_threshold, min_dcf_threshold, sort_trials, weighted_points
 
-DEFAULT_REPLICATES = 1000
-DEFAULT_SEED = 0
 MIN_SPEAKERS = 3  # with fewer, resampling speakers cannot vary the non-target trials
 PointsMetric = Callable[[OperatingPoints], float]
 

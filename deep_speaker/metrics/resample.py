@@ -17,10 +17,10 @@ import numpy as np
 
 from ..errors import DeepSpeakerError
 from .bootstrap import MIN_SPEAKERS, Interval, percentile_interval
+from .constants import DEFAULT_SET_REPLICATES
 from .distances import SampleSizeWarning, frechet_distance, gaussian_stats, kernel_distance
 from .similarity import FAR_TARGET, comparable_similarity
 
-DEFAULT_SET_REPLICATES = 200  # each replicate recomputes FD and KD: a fifth of the verification bootstrap's 1000
 SetStatistic = Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]
 
 

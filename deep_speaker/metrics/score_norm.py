@@ -14,10 +14,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import DeepSpeakerError
+from .constants import DEFAULT_TOP_K, SCORE_NORMS
 from .verification import normalize_rows, trial_scores
 
-SCORE_NORMS = ("none", "snorm", "asnorm")
-DEFAULT_TOP_K = 300  # WeSpeaker's and the AS-norm literature's usual cohort size for VoxCeleb
 MIN_COHORT = 10  # below this a mean and deviation of cohort scores mean little: refused
 CHUNK = 4096  # embeddings scored against the cohort at a time (bounded memory)
 

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepSpeakerError
+from .constants import FAR_TARGET
 from .verification import equal_error_rate_threshold, normalize_rows, operating_points
-
-FAR_TARGET = 0.01  # the false-accept rate of the second operating point
 
 
 def speaker_centroids(x: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

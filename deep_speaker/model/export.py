@@ -29,9 +29,9 @@ from ..atomic import _process_umask, _temporary_beside, json_text, write_json
 from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from ..errors import DeepSpeakerError
 from ..settings import check_choice, settings_difference
+from .constants import EXPORT_FORMATS
 from .rescnn import load_model, model_identity, to_embedding_model, with_precision
 
-EXPORT_FORMATS = ("onnx", "savedmodel")
 INPUT_NAME, OUTPUT_NAME = "features", "embedding"
 BATCH_AXIS, FRAMES_AXIS = "batch", "frames"  # the names of the ONNX file's dynamic axes
 METADATA_KEY = "deep_speaker"  # the ONNX metadata_props entry holding the metadata JSON

@@ -26,6 +26,7 @@ from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
 from .checkpoints import BEST, LAST, model_in_run
+from .constants import HEADS, PRECISIONS
 from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TemporalAverage
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -33,8 +34,6 @@ EMBEDDING_SIZE = 512
 WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
 RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
-PRECISIONS = ("float32", "mixed_bfloat16")  # mixed_float16 would need loss scaling and is slow on CPU
-HEADS = ("softmax", "aam")  # softmax: the original Dense + softmax; aam: cosines for the AAM-softmax loss
 
 
 def _policy(precision: str) -> str:

@@ -163,12 +163,12 @@ class PoolRefresh(keras.callbacks.Callback):
             self.pool.add_round(self.embed)
 
 
-def run_callbacks(config: TrainConfig, state: dict, identity_model: keras.Model | None = None) -> list:
-    """The callbacks of every phase: step budget, learning-rate plateau, checkpoints and state, CSV (and TensorBoard) log."""
+def run_callbacks(config: TrainConfig, state: dict, run_dir: Path, identity_model: keras.Model | None = None) -> list:
+    """The callbacks of every phase: step budget, learning-rate plateau, checkpoints and state, CSV (and TensorBoard)
+    log, written into run_dir (the run folder; a scratch folder on the workers other than 0 of a multi-worker run)."""
     monitor, mode = MONITORS[config.phase]
     plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,
                                          patience=10, min_lr=config.learning_rate / 10)  # the original: 1e-3 -> 1e-4
-    run_dir = config.run_dir
     callbacks = [StopAtStep(config.steps), plateau, RunCheckpoint(run_dir, state, monitor, mode, plateau, identity_model),
                  keras.callbacks.CSVLogger(str(run_dir / LOG), append=True)]
     # TensorBoard logs need the tensorboard package (not a dependency): written when it is installed.

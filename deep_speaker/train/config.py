@@ -7,13 +7,13 @@ derive their options from this one place (``deep_speaker.cli.options``): every d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DeepSpeakerError
-from ..model.checkpoints import run_dir
-from ..model.rescnn import HEADS, PRECISIONS
+from ..model.constants import HEADS, PRECISIONS
 from ..settings import check_choice
 
 PHASES = ("softmax", "triplet", "probe")
@@ -21,6 +21,20 @@ STRATEGIES = ("none", "mirrored", "multiworker")
 # What feeds the softmax phase's random crops: today's Keras PyDataset batcher, tf.data, or worker processes over
 # shared memory (train.pipeline).
 INPUT_PIPELINES = ("pydataset", "tfdata", "processes")
+# --strategy multiworker (train.multiworker) runs Trainer's recipe, so every option behaves as in one process
+# except these, refused with one line before any worker starts: (what the configuration holds, why).
+MULTIWORKER_REFUSED: tuple[tuple[Callable[["TrainConfig"], bool], str], ...] = (
+    (lambda c: c.phase == "probe",
+     "multi-worker training runs the softmax and triplet phases, not the probe: train the probe on one machine"),
+    (lambda c: c.phase == "softmax" and c.random_crops and c.input_pipeline == "tfdata",
+     "--input_pipeline tfdata is not available with --strategy multiworker: use pydataset or processes (the same "
+     "batches)"),
+    (lambda c: c.batch_size % c.workers != 0,
+     "--strategy multiworker: --batch_size is the global batch, a multiple of --workers"),
+    (lambda c: c.phase == "triplet" and (c.batch_size // c.workers) % 3 != 0,
+     "--strategy multiworker, triplet phase: each worker's share of --batch_size must be a multiple of 3 rows "
+     "(anchors, positives, negatives)"),
+)
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -139,13 +153,23 @@ class TrainConfig:
         # NaN compares false with everything: unchecked, a NaN rate trains to NaN weights and saves them.
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise DeepSpeakerError(f"learning rate must be a positive number, got {self.learning_rate}")
-        if self.strategy == "multiworker" and self.coordinator is None:
-            raise DeepSpeakerError("--strategy multiworker needs --coordinator HOST:PORT (worker 0's address), "
-                                   "--workers N and --worker I")
+        if self.strategy == "multiworker":
+            if self.coordinator is None:
+                raise DeepSpeakerError("--strategy multiworker needs --coordinator HOST:PORT (worker 0's address), "
+                                       "--workers N and --worker I")
+            if self.workers < 1:
+                raise DeepSpeakerError(f"--workers must be at least 1, got {self.workers}")
+            for refused, reason in MULTIWORKER_REFUSED:
+                if refused(self):
+                    raise DeepSpeakerError(reason)
         if not (math.isfinite(self.width) and self.width > 0) or not 0 <= self.holdout < 1:
             raise DeepSpeakerError(f"need a positive width and 0 <= holdout < 1 (got {self.width}, {self.holdout})")
 
     @property
     def run_dir(self) -> Path:
         """``OUT/<phase>``, where this run's checkpoints, state and log go."""
+        # Imported here: model.checkpoints loads numpy (through validate), which the options built from this class
+        # (deep-speaker train --help) do not need.
+        from ..model.checkpoints import run_dir
+
         return run_dir(self.output_dir, self.phase)

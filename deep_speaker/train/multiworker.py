@@ -1,5 +1,9 @@
 """Training across processes (machines): the JAX backend with a Keras distribution that spans them.
 
+The phases' recipe is :class:`phases.Trainer`'s (heads, SpecAugment, random crops, input pipelines, resume
+checks): :class:`WorkerTrainer` overrides its hooks only. What runs across workers is checked with the
+configuration (config.MULTIWORKER): anything else is refused with one line before any worker starts.
+
 Every worker runs the same command with its own index. ``jax.distributed.initialize`` joins them through
 worker 0's coordinator (host:port), and ``keras.distribution.DataParallel`` over all devices of all workers
 shards each global batch. Every worker cuts the same global batch (a seeded function of the step, as
@@ -14,8 +18,8 @@ The triplet phase: each worker mines hard negatives from its own pool (TripletPo
 embedded with a copy of the current weights on the worker's own devices (:class:`LocalCopy`: Keras' predict under
 a distribution that spans processes cannot return outputs), and feeds its own [anchors; positives; negatives]
 block of each global batch; the loss is the mean over all workers' triplets (ShardedTripletLoss). The validation
-EER is computed the same way, on worker 0's numbers for all (the learning-rate plateau must decide alike).
-Not here yet: validation during the softmax phase.
+EER is computed the same way, on worker 0's numbers for all (the learning-rate plateau must decide alike), and so
+are the softmax phase's validation loss and accuracy (the held-out crops evaluated on a local copy).
 
     KERAS_BACKEND=jax deep-speaker train softmax --strategy multiworker --coordinator HOST:PORT --workers 2 \\
         --worker I --data-filename inputs.npz --output-dir runs --steps 1000
@@ -25,7 +29,7 @@ Not here yet: validation during the softmax phase.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import logging
 import math
 import os
@@ -33,21 +37,22 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
-from ..data.inputs import load_training_inputs
 from ..errors import DeepSpeakerError
-from ..model.checkpoints import LAST, remove_stale_temporaries, resume_state, save_checkpoint
+from ..model.checkpoints import LAST, resume_state
 from ..model.losses import ShardedTripletLoss
 from ..model.rescnn import build_rescnn
 from . import batching
-from .callbacks import PoolRefresh, StopAtStep, TripletValidation, optimizer_step, restore_seed_states, seed_states
+from .callbacks import PoolRefresh, TripletValidation, optimizer_step
 from .config import TrainConfig
-from .phases import Trainer
+from .phases import Trainer, Validation
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,13 @@ class Cluster:
         if not 0 <= self.worker < self.workers or not self.timeout > 0:
             raise DeepSpeakerError(f"worker {self.worker} of {self.workers} (timeout {self.timeout:g} s): need "
                                    "0 <= worker < workers and a positive timeout")
+
+    def rows(self, batch_size: int) -> slice:
+        """This worker's contiguous share of a global batch: rows [w B/W, (w+1) B/W)."""
+        if batch_size % self.workers:
+            raise DeepSpeakerError(f"batch size {batch_size} is not a multiple of the {self.workers} workers")
+        share = batch_size // self.workers
+        return slice(self.worker * share, (self.worker + 1) * share)
 
 
 def connect(cluster: Cluster) -> keras.distribution.DataParallel:
@@ -124,7 +136,7 @@ def connect(cluster: Cluster) -> keras.distribution.DataParallel:
 
 
 class LocalRows(keras.utils.PyDataset):
-    """This worker's contiguous share of each global batch of another PyDataset: rows [w B/W, (w+1) B/W)."""
+    """This worker's contiguous share of each global batch of another PyDataset (Cluster.rows)."""
 
     def __init__(self, batches: keras.utils.PyDataset, cluster: Cluster, **kwargs):
         super().__init__(**kwargs)
@@ -135,33 +147,8 @@ class LocalRows(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.batches[index]
-        if len(x) % self.cluster.workers:
-            raise DeepSpeakerError(f"batch size {len(x)} is not a multiple of the {self.cluster.workers} workers")
-        share = len(x) // self.cluster.workers
-        rows = slice(self.cluster.worker * share, (self.cluster.worker + 1) * share)
+        rows = self.cluster.rows(len(x))
         return x[rows], y[rows]
-
-
-class WorkerZeroCheckpoint(keras.callbacks.Callback):
-    """At the end of each epoch (save_every steps), worker 0 writes last.keras and state.json atomically.
-
-    Keras' save under a cross-process distribution is itself collective (its device_put checks that every
-    process holds the same value), so every worker saves at the same step: the others into a scratch folder.
-    """
-
-    def __init__(self, run_dir: Path, state: dict, worker: int):
-        super().__init__()
-        self.run_dir, self.state, self.worker = run_dir, state, worker
-
-    def on_epoch_end(self, epoch, logs=None):
-        step = optimizer_step(self.model)
-        self.state.update(step=step, epoch=epoch + 1, seed_states=seed_states(self.model),
-                          last_logs={k: float(v) for k, v in (logs or {}).items()})
-        if self.worker == 0:
-            save_checkpoint(self.model, self.run_dir, self.state)
-        else:
-            with tempfile.TemporaryDirectory(prefix="deep-speaker-worker-") as scratch:
-                save_checkpoint(self.model, scratch, self.state)
 
 
 class Throughput(keras.callbacks.Callback):
@@ -224,19 +211,35 @@ def this_worker_only():
 
 
 class LocalCopy:
-    """An embedding model on this worker's own devices, given the training model's current weights before each
-    use: Keras' predict under a distribution that spans processes cannot return outputs."""
+    """A model built on this worker's own devices, given the training model's current weights before each use:
+    Keras' predict under a distribution that spans processes cannot return outputs."""
 
-    def __init__(self, width: float, precision: str, batch_size: int):
+    def __init__(self, build: Callable[[], keras.Model], batch_size: int):
         with this_worker_only():
-            self.model = build_rescnn(width, precision=precision)
+            self.model = build()
         self.batch_size = batch_size
 
     def embed(self, trained: keras.Model, x: np.ndarray) -> np.ndarray:
-        """Embeddings of crops under trained's weights (replicated on every device, so each worker has them all)."""
+        """Outputs for crops under trained's weights (replicated on every device, so each worker has them all)."""
         with this_worker_only():
             self.model.set_weights(trained.get_weights())
             return self.model.predict(x, batch_size=self.batch_size, verbose=0)
+
+    def evaluate(self, trained: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """The compiled loss and metrics of crops and labels under trained's weights."""
+        with this_worker_only():
+            self.model.set_weights(trained.get_weights())
+            return self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+
+
+def worker_zero_values(logs: dict, keys: tuple[str, ...]) -> None:
+    """Replace the logs' values of keys by worker 0's on every worker: all must take the same learning-rate and
+    best-checkpoint decisions, even where their float arithmetic differs."""
+    from jax.experimental import multihost_utils
+
+    present = [k for k in keys if k in logs]
+    values = multihost_utils.broadcast_one_to_all(np.asarray([logs[k] for k in present], np.float64))
+    logs.update(zip(present, map(float, np.asarray(values))))
 
 
 class LocalPoolRefresh(PoolRefresh):
@@ -251,8 +254,7 @@ class LocalPoolRefresh(PoolRefresh):
 
 
 class SharedValidation(TripletValidation):
-    """TripletValidation on the local copy, with worker 0's val_eer and val_loss given to every worker: all must
-    take the same learning-rate and best-checkpoint decisions, even where their float arithmetic differs."""
+    """TripletValidation on the local copy, with worker 0's val_eer and val_loss given to every worker."""
 
     def __init__(self, x: np.ndarray, speakers: np.ndarray, seed: int, local: LocalCopy):
         super().__init__(x, speakers, local.batch_size, seed)
@@ -262,124 +264,115 @@ class SharedValidation(TripletValidation):
         return self.local.embed(self.model, x)
 
     def on_epoch_end(self, epoch, logs=None):
-        from jax.experimental import multihost_utils
-
         super().on_epoch_end(epoch, logs)
         if logs is not None:
-            keys = [k for k in ("val_eer", "val_loss") if k in logs]
-            values = multihost_utils.broadcast_one_to_all(np.asarray([logs[k] for k in keys], np.float64))
-            logs.update(zip(keys, map(float, np.asarray(values))))
+            worker_zero_values(logs, ("val_eer", "val_loss"))
 
 
-def train_softmax(config: TrainConfig, cluster: Cluster) -> dict:
-    """The softmax phase on all workers of a cluster (see the module doc); returns the last logs and the step."""
-    connect(cluster)
-    run_dir = config.run_dir
-    if cluster.worker == 0:
-        remove_stale_temporaries(run_dir)
-    keras.utils.set_random_seed(config.seed)  # the same initial weights and dropout seeds on every worker
-    if config.random_crops:
-        cache = Trainer(config)._cache()  # the phase's own checks of the cache (feature settings)
-        segments, _ = batching.speaker_segments(cache, config.holdout, config.seed)
-        speakers = sorted(segments)
-    else:
-        inputs = load_training_inputs(config.data, crop_frames=config.crop_frames)
-        speakers = list(inputs["speakers"])
-    state = agreed_resume_state(run_dir)
-    if state is not None:
-        model = keras.saving.load_model(run_dir / LAST, safe_mode=True)
-        restore_seed_states(model, state.get("seed_states", {}))
-    else:
-        model = build_rescnn(config.width, num_speakers=len(speakers), precision=config.precision)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        state = {}
-    state.update(phase="softmax", seed=config.seed, width=config.width, precision=config.precision,
-                 crop_frames=config.crop_frames, batch_size=config.batch_size, save_every=config.save_every,
-                 steps=config.steps, speakers=speakers, workers=cluster.workers, random_crops=config.random_crops)
-    start = optimizer_step(model)
-    if start >= config.steps:
-        return {**state.get("last_logs", {}), "step": start, "resumed_from": start}
-    remaining = config.steps - start
-    if config.random_crops:
-        batches = batching.RandomCropBatches(cache, segments, config.crop_frames, config.batch_size, remaining,
-                                             first_step=start, seed=config.seed)
-    else:
-        batches = batching.SoftmaxBatches(inputs["x_train"], inputs["y_train"], config.batch_size, remaining,
-                                          first_step=start, seed=config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    throughput = Throughput(config.batch_size)
-    with peers_watched(cluster, run_dir, lambda: state.get("step", start)):
-        history = model.fit(LocalRows(batches, cluster), steps_per_epoch=config.save_every,
-                            epochs=math.ceil(config.steps / config.save_every),
-                            initial_epoch=start // config.save_every, shuffle=False, verbose=config.verbose,
-                            callbacks=[StopAtStep(config.steps), WorkerZeroCheckpoint(run_dir, state, cluster.worker),
-                                       throughput])
-    return {**{k: float(v[-1]) for k, v in history.history.items()}, "step": optimizer_step(model),
-            "resumed_from": start, "samples_per_s": throughput.samples_per_s()}
+class SharedSoftmaxValidation(keras.callbacks.Callback):
+    """The softmax phase's val_loss and val_accuracy as Keras' own validation computes them (the compiled loss and
+    metrics of the held-out crops), on the local copy, with worker 0's values given to every worker."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, local: LocalCopy):
+        super().__init__()
+        self.x, self.y, self.local = x, y, local
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            results = self.local.evaluate(self.model, self.x, self.y)
+            logs.update({f"val_{k}": float(v) for k, v in results.items()})
+            worker_zero_values(logs, tuple(f"val_{k}" for k in sorted(results)))
 
 
-def train_triplet(config: TrainConfig, cluster: Cluster) -> dict:
-    """The triplet phase on all workers of a cluster (see the module doc); returns the last logs and the step."""
-    c = config
-    share = c.batch_size // cluster.workers
-    if c.batch_size % cluster.workers or share % 3:
-        raise DeepSpeakerError(f"triplet batch size {c.batch_size}: each of the {cluster.workers} workers needs a "
-                               "multiple of 3 rows (anchors, positives, negatives)")
-    connect(cluster)
-    if cluster.worker == 0:
-        remove_stale_temporaries(c.run_dir)
-    keras.utils.set_random_seed(c.seed)
-    reader = Trainer(c)  # the single-process phase's own data, checks and resume, on the shared run folder
-    cache = reader._cache()
-    train_segments, held_out = batching.triplet_segments(cache, c.crop_frames, c.holdout, c.seed)
-    x_val, y_val = reader._held_out_crops(cache, held_out)
-    agreed_resume_state(c.run_dir)
-    model = reader._load_resumable()
-    started_from = None
-    if model is not None and reader.resume_state.get("workers") != cluster.workers:
-        raise DeepSpeakerError(f"{c.run_dir}: a run of {reader.resume_state.get('workers')} workers is there "
-                               f"(its loss averages their triplet blocks); resume it on as many, or use another "
-                               "--output_dir")
-    if model is None:
-        source_model, source = reader._initial_embedding("softmax")
-        model = build_rescnn(c.width, precision=c.precision)
-        if source_model is not None:
-            model.set_weights(source_model.get_weights())
-        reader._compile(model, ShardedTripletLoss(cluster.workers), None)
-        started_from = str(source) if source else None
-    state = reader._state(model, started_from=started_from, workers=cluster.workers,
-                          **({"spec_augment": list(reader._masks())} if c.spec_augment else {}))
-    start = optimizer_step(model)
-    # A pool per worker (its own speakers and crops), new on each resume as in single-process training.
-    pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
-                                seed=[c.seed, start, cluster.worker], masks=reader._masks())
-    local = LocalCopy(c.width, c.precision, c.batch_size)
-    refresh = LocalPoolRefresh(pool, c.refresh_every, local)
-    refresh.set_model(model)
-    pool.fill(refresh.embed)
-    validation = SharedValidation(x_val, y_val, c.seed, local)
-    throughput = Throughput(c.batch_size)
-    with tempfile.TemporaryDirectory(prefix="deep-speaker-worker-") as scratch:
-        # Saving is collective: workers other than 0 write the same checkpoints into a scratch folder.
-        writer = Trainer(c if cluster.worker == 0 else dataclasses.replace(c, output_dir=Path(scratch)))
-        writer.resume_state = reader.resume_state
-        with peers_watched(cluster, c.run_dir, lambda: state.get("step", start)):
-            if start == 0:
-                writer._starting_point_as_best(model, validation, state)
-            logs = writer._fit(model, lambda first: batching.TripletBatches(pool, share, c.steps - first,
-                                                                            first_step=first, seed=c.seed),
-                               None, state, extra_callbacks=(refresh, validation, throughput))
-    return {**logs, "step": optimizer_step(model), "resumed_from": start, "samples_per_s": throughput.samples_per_s()}
+class WorkerTrainer(Trainer):
+    """This worker's part of the softmax or triplet phase: Trainer's recipe, through its hooks (see the module doc).
+
+    The strategy joins the cluster; the resume state is agreed by all workers; the softmax phase feeds this
+    worker's rows of every global batch and validates on a local copy; the triplet phase mines its own pool, fed
+    as its own block of each batch under a loss averaged over the workers' blocks; workers other than 0 write their
+    (collective) checkpoints into a scratch folder.
+    """
+
+    def __init__(self, config: TrainConfig, cluster: Cluster):
+        self.cluster = cluster
+        self.throughput = Throughput(config.batch_size)
+        super().__init__(config)
+
+    def make_strategy(self) -> keras.distribution.DataParallel:
+        return connect(self.cluster)
+
+    def resumable_state(self) -> dict | None:
+        state = agreed_resume_state(self.run_dir)
+        if state is not None and self.config.phase == "triplet" and state.get("workers") != self.cluster.workers:
+            raise DeepSpeakerError(f"{self.run_dir}: a run of {state.get('workers')} workers is there (its loss "
+                                   "averages their triplet blocks); resume it on as many, or use another --output_dir")
+        return state
+
+    def run_state(self, model: keras.Model, **extra) -> dict:
+        return super().run_state(model, workers=self.cluster.workers, **extra)
+
+    def triplet_loss(self) -> ShardedTripletLoss:
+        return ShardedTripletLoss(self.cluster.workers)
+
+    def feed(self, batches: Any) -> Any:
+        if isinstance(batches, keras.utils.PyDataset):
+            return LocalRows(batches, self.cluster)
+        return local_rows(batches, self.cluster)  # --input_pipeline processes: an iterator
+
+    def triplet_part(self, start: int) -> tuple[list[int], int]:
+        # A pool per worker (its own speakers and crops), new on each resume as in single-process training.
+        seed, rows = super().triplet_part(start)
+        return [*seed, self.cluster.worker], rows // self.cluster.workers
+
+    @functools.cached_property
+    def local_embedding(self) -> LocalCopy:
+        """One local copy of the embedding model for the pool and the validation EER (built on first use: after
+        the training model, whose initial weights the global seed decides)."""
+        return LocalCopy(lambda: build_rescnn(self.config.width, precision=self.config.precision),
+                         self.config.batch_size)
+
+    def pool_refresh(self, pool: batching.TripletPool) -> PoolRefresh:
+        return LocalPoolRefresh(pool, self.config.refresh_every, self.local_embedding)
+
+    def triplet_validation(self, x: np.ndarray, speakers: np.ndarray) -> TripletValidation:
+        return SharedValidation(x, speakers, self.config.seed, self.local_embedding)
+
+    def softmax_validation(self, model: keras.Model, validation: Validation
+                           ) -> tuple[Validation, list[keras.callbacks.Callback]]:
+        if validation is None:
+            return None, []
+        local = LocalCopy(lambda: self.softmax_model(model.output_shape[-1]), self.config.batch_size)
+        return None, [SharedSoftmaxValidation(*validation, local)]
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        return [self.throughput]
+
+    def train(self) -> dict:
+        """Trainer.train on this worker; also the step it resumed from and the global samples/s."""
+        with contextlib.ExitStack() as stack:
+            if self.cluster.worker != 0:
+                # Saving is collective: the other workers write the same checkpoints into a scratch folder.
+                self.checkpoint_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="deep-speaker-worker-")))
+            stack.enter_context(peers_watched(self.cluster, self.run_dir,
+                                              lambda: self.state.get("step", self.first_step)))
+            result = super().train()
+        return {**result, "step": optimizer_step(self.model), "resumed_from": self.first_step,
+                "samples_per_s": self.throughput.samples_per_s()}
+
+
+def local_rows(batches: Iterator[tuple[np.ndarray, np.ndarray]], cluster: Cluster
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """LocalRows of an iterator of global batches; closing it closes theirs (ProcessBatches' processes)."""
+    try:
+        for x, y in batches:
+            yield x[cluster.rows(len(x))], y[cluster.rows(len(x))]
+    finally:
+        batches.close()
 
 
 def train_worker(config: TrainConfig) -> dict:
     """This worker's part of a --strategy multiworker run of the softmax or triplet phase (config.coordinator,
     .workers, .worker); returns the last logs, the step, the step resumed from and the global samples/s."""
     cluster = Cluster(config.coordinator, config.workers, config.worker, config.worker_timeout)
-    single = dataclasses.replace(config, strategy="none")  # what Trainer's checks and helpers see
-    phases = {"softmax": train_softmax, "triplet": train_triplet}
-    if config.phase not in phases:
-        raise DeepSpeakerError(f"multi-worker training runs the softmax and triplet phases, not {config.phase}: "
-                               "train the probe on one machine")
-    return phases[config.phase](single, cluster)
+    return WorkerTrainer(config, cluster).train()

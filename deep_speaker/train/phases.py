@@ -4,6 +4,9 @@ Each phase trains with `model.fit` in "epochs" of `save_every` steps; at the end
 logs (`log.csv`, `tensorboard/`), halves the learning rate on a plateau and writes `OUT/<phase>/last.keras`
 (model + optimizer state) and `state.json` atomically, and `best.keras` when the validation metric improved.
 Started again with the same command, a run resumes from `last.keras` (step, optimizer state, learning rate).
+
+The recipe of each phase is written once, here; training across processes (train.multiworker) overrides the
+hooks of :class:`Trainer` only, and :mod:`train.run` picks which one runs.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
-from ..data.cache import FeatureCache
+from ..data.sources import FeatureSource, open_features
 from ..data.features import FEATURE_SETTINGS
 from ..data.inputs import load_training_inputs
 from ..errors import DeepSpeakerError
@@ -54,6 +58,9 @@ from .config import OPTIMIZERS, TrainConfig
 from .pipeline import ProcessBatches, RandomCropSampler, tf_dataset
 from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 
+# What Keras' fit takes as validation_data: (crops, labels), or None for none.
+Validation = tuple[np.ndarray, np.ndarray] | None
+
 log = logging.getLogger(__name__)
 
 
@@ -76,16 +83,82 @@ def _checked_width(model: keras.Model, path: Path, width: float) -> keras.Model:
 
 
 class Trainer:
-    """One phase of training: prepares data and model (fresh, from a previous phase, or resumed), then fits."""
+    """One phase of training: prepares data and model (fresh, from a previous phase, or resumed), then fits.
+
+    Hooks: the methods a runner that trains one phase across processes overrides (train.multiworker's
+    ``WorkerTrainer``), so that every phase's recipe (heads, SpecAugment, crops, input pipelines, checks) is
+    written once. Here, in one process:
+
+    - where the model is built and compiled: :meth:`make_strategy` (the devices, in whose scope models are built),
+      :meth:`compile` (optimizer and loss of a fresh model) and :meth:`triplet_loss`;
+    - where batches come from: :meth:`feed` (what fit gets of the softmax phase's global batches: all) and
+      :meth:`triplet_part` (the seed of the hard-negative pool and the rows it feeds to each batch);
+    - where checkpoints are written: :attr:`checkpoint_dir` (last.keras, best.keras, state.json, log.csv),
+      :meth:`run_state` (what state.json records) and :meth:`resumable_state` (the state to resume from, checked
+      against this run by :meth:`load_resumable`);
+    - how validation is shared: :meth:`softmax_validation`, :meth:`triplet_validation` and :meth:`pool_refresh`
+      (the callbacks that embed or evaluate with the current weights), and :meth:`callbacks` (more callbacks).
+    """
 
     def __init__(self, config: TrainConfig):
         self.config = config
         self.run_dir = config.run_dir
-        self.strategy = make_strategy(config.strategy)
+        self.checkpoint_dir = self.run_dir
+        self.strategy = self.make_strategy()
         self.devices = device_count(self.strategy)
         self.loss_shards = loss_shards(self.strategy)  # triplet batches: each shard is [anchors; positives; negatives]
         self.resume_state: dict | None = None
+        # Kept for callers (tests, the quality recipe, the multi-worker runner) once fit starts: the model, the step
+        # it started from and the state its checkpoints write.
         self.model: keras.Model | None = None
+        self.first_step = 0
+        self.state: dict = {}
+
+    # ----- hooks (see the class doc) -----
+
+    def make_strategy(self) -> Any:
+        """The device strategy of --strategy (none or mirrored): see strategy.make_strategy."""
+        return make_strategy(self.config.strategy)
+
+    def resumable_state(self) -> dict | None:
+        """The saved state of the run folder to resume from, None when the run is fresh (resume_state's checks)."""
+        return resume_state(self.run_dir)
+
+    def compile(self, model: keras.Model, loss: Any, metrics: list[str] | None) -> None:
+        """Give a freshly built model the phase's optimizer (the original's: Adam, SGD for triplet) and loss."""
+        kind, _ = OPTIMIZERS[self.config.phase]
+        lr = self.config.learning_rate
+        optimizer = keras.optimizers.Adam(lr) if kind == "adam" else keras.optimizers.SGD(lr)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+    def triplet_loss(self) -> Any:
+        """The triplet phase's loss, over the batch (a tf.distribute replica computes it over its own shard)."""
+        return triplet_loss
+
+    def feed(self, batches: Any) -> Any:
+        """What fit gets from the softmax phase's global batches (a PyDataset, tf.data Dataset or iterator)."""
+        return batches
+
+    def triplet_part(self, start: int) -> tuple[list[int], int]:
+        """The seed of the hard-negative pool (new on each resume: seeded by the step) and its rows of each batch."""
+        return [self.config.seed, start], self.config.batch_size
+
+    def softmax_validation(self, model: keras.Model, validation: Validation
+                           ) -> tuple[Validation, list[keras.callbacks.Callback]]:
+        """Fit's validation_data and the callbacks that add val_* to the logs: Keras' own validation here."""
+        return validation, []
+
+    def triplet_validation(self, x: np.ndarray, speakers: np.ndarray) -> TripletValidation:
+        """The callback that adds the validation EER and loss of held-out crops to the logs."""
+        return TripletValidation(x, speakers, self.config.batch_size, self.config.seed)
+
+    def pool_refresh(self, pool: batching.TripletPool) -> PoolRefresh:
+        """The callback that embeds new rounds of the hard-negative pool with the current weights."""
+        return PoolRefresh(pool, self.config.refresh_every, self.config.batch_size)
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        """Callbacks for fit besides the run's own (run_callbacks) and the phase's: none here."""
+        return []
 
     # ----- data -----
 
@@ -98,20 +171,20 @@ class Trainer:
                                    f"found {len(inputs['speakers'])}")
         return inputs
 
-    def _cache(self) -> FeatureCache:
+    def _cache(self) -> FeatureSource:
         c = self.config
         cache_dir = c.cache_dir or (Path(c.data).parent if c.data is not None else None)
         if cache_dir is None:
             raise DeepSpeakerError("the triplet phase needs a feature cache (--cache_dir or --data_filename beside it)")
-        cache = FeatureCache(cache_dir)
+        cache = open_features(cache_dir)
         _check_features(cache.settings, str(cache_dir))
         return cache
 
     # ----- model -----
 
-    def _load_resumable(self) -> keras.Model | None:
+    def load_resumable(self) -> keras.Model | None:
         """The model of last.keras with its optimizer, after checking state.json against this run; None if fresh."""
-        state = resume_state(self.run_dir)
+        state = self.resumable_state()
         if state is None:
             return None
         path = self.run_dir / LAST
@@ -133,11 +206,13 @@ class Trainer:
         self.resume_state = state
         return model
 
-    def _compile(self, model: keras.Model, loss, metrics) -> None:
-        kind, _ = OPTIMIZERS[self.config.phase]
-        lr = self.config.learning_rate
-        optimizer = keras.optimizers.Adam(lr) if kind == "adam" else keras.optimizers.SGD(lr)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    def softmax_model(self, num_speakers: int) -> keras.Model:
+        """A fresh ResCNN with the configured softmax head over num_speakers, compiled."""
+        c = self.config
+        model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
+        loss = "sparse_categorical_crossentropy" if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin, c.scale)
+        self.compile(model, loss, ["accuracy"])
+        return model
 
     def _initial_embedding(self, default_phase: str) -> tuple[keras.Model | None, Path | None]:
         """The embedding model of --init_model or of the best checkpoint of default_phase (None when neither)."""
@@ -152,7 +227,8 @@ class Trainer:
         """SpecAugment's (max_frames, max_bins) when --spec-augment, else None."""
         return (self.config.mask_frames, self.config.mask_bins) if self.config.spec_augment else None
 
-    def _state(self, model: keras.Model, **extra) -> dict:
+    def run_state(self, model: keras.Model, **extra) -> dict:
+        """What the run's state.json records (the resumed run's state, updated), with extra fields."""
         c = self.config
         state = dict(self.resume_state or {})
         state.setdefault("started_from", extra.pop("started_from", None))
@@ -164,9 +240,9 @@ class Trainer:
     def _fit(self, model, data, validation, state, extra_callbacks=(), identity_model=None) -> dict:
         """model.fit from the saved step to config.steps, in epochs of save_every steps; returns the last logs."""
         c = self.config
-        self.model = model  # kept for callers (tests, the quality recipe) after training
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        start = optimizer_step(model)
+        self.model, self.state = model, state
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.first_step = start = optimizer_step(model)
         if start >= c.steps:
             log.info("%s: already at step %d of %d; nothing to do", self.run_dir, start, c.steps)
             return dict(state.get("last_logs", {}))
@@ -182,7 +258,8 @@ class Trainer:
                 initial_epoch=start // c.save_every,
                 shuffle=False,  # batches are already a seeded function of the step
                 verbose=c.verbose,
-                callbacks=[*extra_callbacks, *run_callbacks(c, state, identity_model)],
+                callbacks=[*extra_callbacks, *self.callbacks(),
+                           *run_callbacks(c, state, self.checkpoint_dir, identity_model)],
             )
         finally:  # an iterator over worker processes stops them (a Dataset or PyDataset has nothing to close)
             if hasattr(batches, "close"):
@@ -191,7 +268,7 @@ class Trainer:
 
     def train(self) -> dict:
         """Run the phase; returns the final logs (loss, accuracy or EER) plus best_value and step."""
-        remove_stale_temporaries(self.run_dir)
+        remove_stale_temporaries(self.checkpoint_dir)
         keras.utils.set_random_seed(self.config.seed)
         # The whole phase in the strategy's scope: models are built in it and a Keras distribution (JAX) shards
         # the batches of fit and predict only while it is the current one.
@@ -211,7 +288,7 @@ class Trainer:
         else:
             inputs = self._inputs()
         num_speakers = len(inputs["speakers"])
-        model = self._load_resumable()
+        model = self.load_resumable()
         if model is not None and model.output_shape[-1] != num_speakers:
             raise DeepSpeakerError(f"{self.run_dir}: its softmax has {model.output_shape[-1]} speakers, "
                                    f"the inputs {num_speakers}")
@@ -219,20 +296,18 @@ class Trainer:
             raise DeepSpeakerError(f"{self.run_dir}: a run with the {head_of(model)} head is there; this run uses "
                                    f"{c.softmax_head} (--softmax-head)")
         if model is None:
-            model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
-            loss = "sparse_categorical_crossentropy" if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin,
-                                                                                                         c.scale)
-            self._compile(model, loss, ["accuracy"])
+            model = self.softmax_model(num_speakers)
         # Recorded only when used, so that the original's runs keep the original's state.
         extra = {"softmax_head": c.softmax_head, "margin": c.margin, "scale": c.scale} if c.softmax_head != "softmax" \
             else {}
         if c.spec_augment:
             extra["spec_augment"] = list(self._masks())
-        state = self._state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops, **extra)
+        state = self.run_state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops, **extra)
         if c.random_crops:
             validation = (x_val, y_val)
         else:
             validation = (inputs["x_test"], inputs["y_test"]) if len(inputs["x_test"]) else None
+        validation, validators = self.softmax_validation(model, validation)
 
         def data(start):
             if c.random_crops and c.input_pipeline != "pydataset":
@@ -246,9 +321,9 @@ class Trainer:
             return batching.SoftmaxBatches(inputs["x_train"], inputs["y_train"], c.batch_size, c.steps - start,
                                            first_step=start, seed=c.seed, masks=self._masks())
 
-        return self._fit(model, data, validation, state)
+        return self._fit(model, lambda start: self.feed(data(start)), validation, state, extra_callbacks=validators)
 
-    def _held_out_crops(self, cache: FeatureCache, held_out: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _held_out_crops(self, cache: FeatureSource, held_out: dict) -> tuple[np.ndarray, np.ndarray]:
         """Held-out crops (about one per crop length of held-out audio) and their speaker indices."""
         rng = np.random.default_rng([self.config.seed, 1])
         crops, labels = [], []
@@ -268,31 +343,32 @@ class Trainer:
         cache = self._cache()
         train_segments, held_out = batching.triplet_segments(cache, c.crop_frames, c.holdout, c.seed)
         x_val, y_val = self._held_out_crops(cache, held_out)
-        model = self._load_resumable()
+        model = self.load_resumable()
         started_from = None
         if model is None:
             source_model, source = self._initial_embedding("softmax")
             model = build_rescnn(c.width, precision=c.precision)
             if source_model is not None:  # weights by layer name: the same builder, so the same order
                 model.set_weights(source_model.get_weights())
-            self._compile(model, triplet_loss, None)
+            self.compile(model, self.triplet_loss(), None)
             started_from = str(source) if source else None
             if source:
                 log.info("triplet training starts from %s", source)
-        state = self._state(model, started_from=started_from,
+        state = self.run_state(model, started_from=started_from,
                             **({"spec_augment": list(self._masks())} if c.spec_augment else {}))
-        start = optimizer_step(model)
+        pool_seed, rows = self.triplet_part(optimizer_step(model))
         pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
-                                    seed=[c.seed, start], masks=self._masks())
-        refresh = PoolRefresh(pool, c.refresh_every, c.batch_size)
+                                    seed=pool_seed, masks=self._masks())
+        refresh = self.pool_refresh(pool)
         refresh.set_model(model)
         pool.fill(refresh.embed)
 
         def data(first):
-            return batching.TripletBatches(pool, c.batch_size, c.steps - first, first_step=first, seed=c.seed,
+            return batching.TripletBatches(pool, rows, c.steps - first, first_step=first, seed=c.seed,
                                            replicas=self.loss_shards)
 
-        validation = TripletValidation(x_val, y_val, c.batch_size, c.seed)
+        validation = self.triplet_validation(x_val, y_val)
+        start = optimizer_step(model)
         if start == 0:
             self._starting_point_as_best(model, validation, state)
         return self._fit(model, data, None, state, extra_callbacks=(refresh, validation))
@@ -305,9 +381,9 @@ class Trainer:
         log.info("starting point: val_eer %.4f", logs["val_eer"])
         state.update(best_value=logs["val_eer"], best_step=0, start_logs=finite_logs(logs), step=0, epoch=0,
                      seed_states=seed_states(model))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # A checkpoint at step 0 too: killed before the first save, the run resumes instead of being refused.
-        save_checkpoint(model, self.run_dir, state, best=True)
+        save_checkpoint(model, self.checkpoint_dir, state, best=True)
 
     def _train_probe(self) -> dict:
         c = self.config
@@ -318,7 +394,7 @@ class Trainer:
                                    "or give --init_model")
         embedder = _checked_width(to_embedding_model(load_model(source)), source, c.width)
         identity = model_identity(embedder)
-        model = self._load_resumable()
+        model = self.load_resumable()
         if model is not None and self.resume_state.get("embedding_identity") != identity:
             raise DeepSpeakerError(f"{self.run_dir}: probe of another embedding model than {source}; "
                                    "use another --output_dir")
@@ -329,8 +405,8 @@ class Trainer:
             model = keras.Sequential([keras.Input((EMBEDDING_SIZE,)),
                                       keras.layers.Dense(len(inputs["speakers"]), activation="softmax",
                                                          name=HEAD_NAME)], name="probe")
-            self._compile(model, "sparse_categorical_crossentropy", ["accuracy"])
-        state = self._state(model, started_from=str(source), embedding_identity=identity)
+            self.compile(model, "sparse_categorical_crossentropy", ["accuracy"])
+        state = self.run_state(model, started_from=str(source), embedding_identity=identity)
         validation = (x_test, inputs["y_test"]) if len(x_test) else None
 
         def data(start):
@@ -339,11 +415,3 @@ class Trainer:
 
         return self._fit(model, data, validation, state, identity_model=embedder)
 
-
-def train(config: TrainConfig) -> dict:
-    """Run one training phase (see Trainer.train); with --strategy multiworker, this worker's part of it."""
-    if config.strategy == "multiworker":
-        from .multiworker import train_worker  # it builds on Trainer
-
-        return train_worker(config)
-    return Trainer(config).train()

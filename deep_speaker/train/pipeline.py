@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..data.cache import FeatureCache
+from ..data.sources import open_features
 from ..data.features import NUM_FILTERS
 from ..data.inputs import Segment
 from ..errors import DeepSpeakerError
@@ -203,7 +203,7 @@ def _serve(spec: dict, memory_name: str, slots: int, tasks: Any, done: Any) -> N
     when the task pipe is closed (by ``close``, or by the training process ending, even by SIGKILL)."""
     threadpool_limits(limits=1, user_api="blas")  # parallel by processes
     spec = dict(spec)
-    sampler = RandomCropSampler(FeatureCache(spec.pop("cache")), **spec)
+    sampler = RandomCropSampler(open_features(spec.pop("cache")), **spec)
     memory = SharedMemory(memory_name)
     views = _slot_views(memory, sampler.shape, slots)
     while True:
