@@ -240,7 +240,7 @@ def test_cli_stats_compare_degrade(work: Path, tmp_path: Path, capsys: pytest.Ca
     assert "different models" in capsys.readouterr().err
 
 
-def test_paired_mr_stft_for_two_folders(work: Path) -> None:
+def test_paired_mr_stft_for_two_folders(work: Path, noisy) -> None:  # noisy: writes the snr0 copies
     from deep_speaker.eval.generated import _mr_stft
 
     messages: list[str] = []

@@ -332,7 +332,7 @@ def test_unlabelled_generated_set_and_too_few_speakers(spaces):
     json.dumps(report, allow_nan=False)
 
 
-def test_command_line_refusals_are_one_line(work, capsys):
+def test_command_line_refusals_are_one_line(work, runs, capsys):  # runs: writes the statistics files
     real, noisy = str(work / "real.{encoder}.npz"), str(work / "noisy")
     cases = [
         (["--encoder", f"deep-speaker,{TOY},deep-speaker"], "give distinct names"),
