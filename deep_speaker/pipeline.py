@@ -19,6 +19,7 @@ from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from .errors import DeepSpeakerError
 from .eval.verification import ci_text, evaluate, write_plots
 from .job_config import TEST_SUBSET, TRAIN_SUBSET, JobConfig
+from .machine import describe, machine_text
 from .model.checkpoints import best_checkpoint
 from .train import TrainConfig, train
 
@@ -146,6 +147,8 @@ def run_main_job(cfg: JobConfig) -> dict[str, Any]:
         "degradations": degradation_summary(reports),
         "pngs": pngs,
         "wall_seconds": time.perf_counter() - started,
+        # The CPU kind and versions that made these numbers: the same on this machine every run, not across kinds.
+        "machine": describe(),
     }
     write_json(out / "summary.json", summary)
     return summary
@@ -155,6 +158,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The few lines the main job ends with."""
     v = summary["verification"]
     lines = [f"Done in {summary['wall_seconds'] / 60:.1f} min. Model: {summary['checkpoint']}",
+             f"Machine: {machine_text(summary['machine'])}",
              f"Unseen speakers: SAP {v['sap']:.3f} vs SAN {v['san']:.3f} (cosine similarity), "
              f"EER {100 * v['eer']:.2f} %{ci_text(v, 'eer', 100)}, "
              f"minDCF(0.01) {v['min_dcf']['p_target=0.01']['min_dcf']:.3f}{ci_text(v, 'min_dcf_0.01')}"]

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ from deep_speaker.atomic import json_text, save_model, write_json
 from deep_speaker.cli import configure_logging
 from deep_speaker.encoders import get_encoder
 from deep_speaker.eval.verification import calibrate, evaluate
+from deep_speaker.machine import cpu_text, describe
 from deep_speaker.model.checkpoints import read_state, run_dir
 from deep_speaker.model.rescnn import load_model, model_identity, to_embedding_model
 from deep_speaker.pipeline import JobConfig, run_main_job
@@ -75,12 +74,9 @@ def training_data() -> str:
 
 
 def machine() -> str:
-    """The CPU the training ran on, for the card (its minutes differ several times between the 2-core machines used here)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return f"{os.cpu_count()}-core {name} ({'AVX-512' if 'avx512f' in flags else 'no AVX-512'})"
+    """The CPU the training ran on, for the card (its minutes differ several times between the 2-core machines used
+    here): deep_speaker.machine's, as the main job's summary.json records it."""
+    return cpu_text(describe())
 
 
 def train_job(cfg: JobConfig, model_path: Path) -> tuple[dict, keras.Model, float]:

@@ -7,11 +7,13 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..data.cluster import check_scheduler
 from ..data.constants import (AUDIO_AUGMENTATIONS, DEFAULT_CROP_FRAMES, DEFAULT_SHARD_SIZE, DEFAULT_TRIM, LAYOUTS,
-                              MIC_CHOICES, MIN_SPEECH_SECONDS, TRIM_MODES)
+                              MIC_CHOICES, MIN_SPEECH_SECONDS, TRIM_MODES, check_shard_size)
 from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
@@ -54,47 +56,86 @@ def cache_format(cache_dir: str | os.PathLike, fmt: str | None) -> str:
     return "sharded" if folder_format(cache_dir) == "sharded" else "files"
 
 
-def run_build(audio_dir: str, cache_dir: str, update: bool, workers: int, yes: bool = False, layout: str = "auto",
-              trim: str = DEFAULT_TRIM, min_seconds: float = MIN_SPEECH_SECONDS, shard: str | None = None,
-              mic: str = "mic1", progress: bool = True, augment: str | None = None, copies: int = 1,
-              augment_seed: int = 0, fmt: str | None = None, float16: bool = False,
-              shard_size: int = DEFAULT_SHARD_SIZE, scheduler: str | None = None) -> int:
+@dataclass(frozen=True)
+class BuildConfig:
+    """What ``cache build`` / ``cache update`` do (:func:`run_build`): the folders, then by keyword the options, each
+    default written here once (the command line's are the same)."""
+
+    audio_dir: str
+    cache_dir: str
+    update: bool = False
+    workers: int = 1
+    _: KW_ONLY
+    yes: bool = False  # no countdown before a rebuild wipes the folder
+    layout: str = "auto"
+    trim: str = DEFAULT_TRIM
+    min_seconds: float = MIN_SPEECH_SECONDS
+    shard: str | None = None  # "I/N": compute only that part
+    mic: str = "mic1"
+    progress: bool = True
+    augment: str | None = None  # then add augmented copies of these kinds (comma list)
+    copies: int = 1
+    augment_seed: int = 0
+    fmt: str | None = None  # "files" or "sharded"; None: what the folder holds, else files
+    float16: bool = False
+    shard_size: int = DEFAULT_SHARD_SIZE
+    scheduler: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, update: bool) -> "BuildConfig":
+        """The configuration of a parsed ``cache build`` / ``cache update`` command line."""
+        return cls(args.audio_dir, args.cache_dir, update, worker_count(args.workers, args.multi_threading),
+                   yes=getattr(args, "yes", False), layout=args.layout, trim=args.trim, min_seconds=args.min_seconds,
+                   shard=args.shard, mic=args.mic, progress=not args.no_progress,
+                   augment=getattr(args, "augment", None), copies=getattr(args, "copies", 1),
+                   augment_seed=getattr(args, "augment_seed", 0), fmt=args.format, float16=args.float16,
+                   shard_size=args.shard_size, scheduler=args.scheduler)
+
+
+def run_build(config: BuildConfig | str, *args: Any, **options: Any) -> int:
     """Build or update a cache or a sharded store (then add augmented copies with ``augment``), print the summary;
-    exit code 1 when some files failed."""
+    exit code 1 when some files failed. Takes a :class:`BuildConfig`, or its fields as it does
+    (``run_build(audio_dir, cache_dir, update, workers, yes=True)``)."""
     from ..data.augment import check_augmentations
     from ..data.build import parse_shard
     from ..data.sources import augment_features, build_features, open_features
 
-    fmt = cache_format(cache_dir, fmt)
-    if fmt == "files" and (float16 or scheduler):
-        raise DeepSpeakerError(f"{'--float16' if float16 else '--scheduler'} needs a sharded store (--format sharded)")
+    c = config if isinstance(config, BuildConfig) else BuildConfig(config, *args, **options)
+    audio_dir, cache_dir, update, workers, augment, scheduler = (c.audio_dir, c.cache_dir, c.update, c.workers,
+                                                                 c.augment, c.scheduler)
+    fmt = cache_format(cache_dir, c.fmt)
+    if fmt == "files" and (c.float16 or scheduler):
+        raise DeepSpeakerError(f"{'--float16' if c.float16 else '--scheduler'} needs a sharded store (--format "
+                               f"sharded)")
+    if fmt == "sharded":
+        check_shard_size(c.shard_size)  # before the wipe warning, not after it
     if scheduler:
         check_scheduler(scheduler)  # a typo is refused now, not after the wipe warning and the corpus scan
     if augment:
         augment = ",".join(check_augmentations(augment))  # a typo is refused before the build, not after it
-    if augment and shard is not None:
+    if augment and c.shard is not None:
         raise DeepSpeakerError("--augment works on the whole cache: build the shards, update, then build --augment")
-    if not update and shard is None:
-        confirm_wipe(Path(cache_dir), yes)
-    shard_part = parse_shard(shard) if shard else None
-    store_options = {"dtype": "float16" if float16 else None, "shard_size": shard_size, "scheduler": scheduler}
-    summary = build_features(audio_dir, cache_dir, fmt == "sharded", update=update, shard=shard_part, layout=layout,
-                             workers=workers, trim=trim, min_seconds=min_seconds, progress=progress, mic=mic,
-                             **(store_options if fmt == "sharded" else {}))
+    if not update and c.shard is None:
+        confirm_wipe(Path(cache_dir), c.yes)
+    shard_part = parse_shard(c.shard) if c.shard else None
+    store_options = {"dtype": "float16" if c.float16 else None, "shard_size": c.shard_size, "scheduler": scheduler}
+    summary = build_features(audio_dir, cache_dir, fmt == "sharded", update=update, shard=shard_part,
+                             layout=c.layout, workers=workers, trim=c.trim, min_seconds=c.min_seconds,
+                             progress=c.progress, mic=c.mic, **(store_options if fmt == "sharded" else {}))
     for line in summary.lines():
         print(line)
     failed = bool(summary.failed)
     if augment:
-        added = augment_features(cache_dir, augment, copies, augment_seed, progress=progress, workers=workers,
-                              scheduler=scheduler, shard_size=shard_size)
-        print(f"augmented copies ({augment}, seed {augment_seed}): {added} entries added")
+        added = augment_features(cache_dir, augment, c.copies, c.augment_seed, progress=c.progress,
+                                 workers=workers, scheduler=scheduler, shard_size=c.shard_size)
+        print(f"augmented copies ({augment}, seed {c.augment_seed}): {added} entries added")
         for failure in open_features(cache_dir).manifest.get("augment", {}).get("failures", []):
             print(f"{Failure.from_dict(failure)} (no augmented copy)")
             failed = True
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEFAULT_CROP_FRAMES,
+def run_inputs(cache_dir: str, output: str | None = None, *, crop_frames: int = DEFAULT_CROP_FRAMES,
                holdout: float = 0.2, seed: int = 0) -> int:
     """Generate the training inputs of a cache and say where they are."""
     from ..data.inputs import generate_training_inputs
@@ -104,11 +145,12 @@ def run_inputs(cache_dir: str, output: str | None = None, crop_frames: int = DEF
     return EXIT_OK
 
 
-def run_convert(cache_dir: str, store_dir: str, float16: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+def run_convert(cache_dir: str, store_dir: str, *, float16: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
                 yes: bool = False, progress: bool = True) -> int:
     """Convert a cache into a sharded store, print the summary; exit code 1 when some arrays could not be kept."""
     from ..data.sources import convert_features
 
+    check_shard_size(shard_size)  # before the wipe warning, not after it
     confirm_wipe(Path(store_dir), yes)
     summary = convert_features(cache_dir, store_dir, "float16" if float16 else "float32", shard_size=shard_size,
                                progress=progress)
@@ -175,12 +217,7 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
 def dispatch_build(update: bool):
     """The ``func`` of build / update."""
     def run(args: argparse.Namespace) -> int:
-        return run_build(args.audio_dir, args.cache_dir, update, worker_count(args.workers, args.multi_threading),
-                         yes=getattr(args, "yes", False), layout=args.layout, trim=args.trim,
-                         min_seconds=args.min_seconds, shard=args.shard, mic=args.mic,
-                         progress=not args.no_progress, augment=getattr(args, "augment", None),
-                         copies=getattr(args, "copies", 1), augment_seed=getattr(args, "augment_seed", 0),
-                         fmt=args.format, float16=args.float16, shard_size=args.shard_size, scheduler=args.scheduler)
+        return run_build(BuildConfig.from_args(args, update))
     return run
 
 
@@ -226,8 +263,8 @@ def register(subparsers) -> None:
                          help=f"utterances per shard (default {DEFAULT_SHARD_SIZE})")
     convert.add_argument("--yes", action="store_true", help="wipe an existing store without the 3 s warning")
     convert.add_argument("--no_progress", action="store_true", help="no progress bar")
-    convert.set_defaults(func=lambda a: run_convert(a.cache_dir, a.store_dir, a.float16, a.shard_size, a.yes,
-                                                    not a.no_progress))
+    convert.set_defaults(func=lambda a: run_convert(a.cache_dir, a.store_dir, float16=a.float16,
+                                                    shard_size=a.shard_size, yes=a.yes, progress=not a.no_progress))
     show = sub.add_parser("info", help="print speakers, utterances, hours, failures and settings of a cache")
     show.add_argument("cache_dir", help="folder of the cache")
     show.set_defaults(func=info)
@@ -241,4 +278,5 @@ def register(subparsers) -> None:
                         help=f"frames per crop (default {DEFAULT_CROP_FRAMES} = 1.6 s)")
     inputs.add_argument("--holdout", type=finite_float, default=0.2, help="fraction held out per speaker (default 0.2)")
     inputs.add_argument("--seed", type=int, default=0, help="random seed of the crop positions and the split")
-    inputs.set_defaults(func=lambda a: run_inputs(a.cache_dir, a.output, a.crop_frames, a.holdout, a.seed))
+    inputs.set_defaults(func=lambda a: run_inputs(a.cache_dir, a.output, crop_frames=a.crop_frames,
+                                                  holdout=a.holdout, seed=a.seed))

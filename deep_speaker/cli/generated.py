@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -12,13 +13,13 @@ from ..atomic import write_json
 from ..data.constants import LAYOUTS
 from ..encoders import DEFAULT_ENCODER, available_encoders
 from ..errors import DeepSpeakerError
+from ..eval.config import COMMAND_DEFAULTS, CompareConfig
 from ..eval.constants import DEGRADATION_KINDS
-from ..metrics.constants import DEFAULT_SET_REPLICATES, FAR_TARGET
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import (DEEP_SPEAKER_OPTIONS, add_embedder_options, add_scheduler_option, deep_speaker_options,
                     encoder_from_args)
-from .options import check_report_options, finite_float
+from .options import add_config_options, config_values, finite_float
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,24 +126,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument("--per-utterance", metavar="FILE.csv",
                      help="write every generated file's similarity to its speaker, acceptance and nearest real "
                           "speaker (one row per file and encoder)")
-    cmp.add_argument("--worst", type=int, default=5, metavar="N",
-                     help="list the N generated files least similar to their speaker (default 5)")
+    # The report's numbers: defaults, help texts and checks written once, on eval.config.CompareConfig.
+    add_config_options(cmp, CompareConfig, defaults=COMMAND_DEFAULTS, only=("worst",))
     cmp.add_argument("--plots", metavar="DIR",
                      help="write speaker_similarity.png and fd_infinity.png here (with several encoders: DIR/NAME/)")
-    cmp.add_argument("--seed", type=int, default=0, help="seed of every random split and subset (default 0)")
-    cmp.add_argument("--num-splits", type=int, default=5, metavar="K", help="disjoint splits for FD (default 5)")
-    cmp.add_argument("--subset-size", type=int, default=1000, metavar="M",
-                     help="KD subset size, shrunk to the smaller set when larger (default 1000)")
-    cmp.add_argument("--num-subsets", type=int, default=100, metavar="S", help="KD subsets (default 100)")
-    cmp.add_argument("--ndb-bins", type=int, default=50, metavar="K", help="NDB k-means bins (default 50)")
-    cmp.add_argument("--fd-inf-points", type=int, default=15, metavar="P",
-                     help="subset sizes N in the FD∞ fit (default 15)")
-    cmp.add_argument("--far", type=finite_float, default=FAR_TARGET, metavar="RATE",
-                     help=f"false-accept rate of the second acceptance threshold, on real trials (default "
-                          f"{FAR_TARGET:g})")
-    cmp.add_argument("--bootstrap", type=int, default=DEFAULT_SET_REPLICATES, metavar="N",
-                     help=f"resamples for the 95 %% intervals of SECS, acceptance, FD, KD and EER (default "
-                          f"{DEFAULT_SET_REPLICATES}; 0: none; seeded by --seed)")
+    add_config_options(cmp, CompareConfig, defaults=COMMAND_DEFAULTS,
+                       only=[f.name for f in fields(CompareConfig) if f.name != "worst"])
     cmp.add_argument("--probs", metavar="GEN.npy",
                      help="p(y|x) rows [n, classes] of the generated set from any classifier: adds IS and mIS")
     cmp.add_argument("--ref-probs", metavar="REAL.npy", help="p(y|x) rows of real speech: adds the AM score")
@@ -232,13 +221,15 @@ def _once(make: Callable[[], Encoder]) -> Callable[[], Encoder]:
     return get
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    """Refuse bad numbers and output names before anything is embedded (one-line errors)."""
+def _check_options(args: argparse.Namespace) -> CompareConfig:
+    """The report's numbers (checked by the config) and the output names, refused before anything is embedded
+    (one-line errors)."""
     from ..eval.tables import table_format
 
-    check_report_options(args)
+    config = CompareConfig(**config_values(args, CompareConfig))
     for path in args.table + ([args.per_utterance] if args.per_utterance else []):
         table_format(path)
+    return config
 
 
 def load_spaces(args: argparse.Namespace) -> dict:
@@ -266,7 +257,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..eval.plots import plot_report
     from ..eval.tables import write_table
 
-    _check_options(args)
+    config = _check_options(args)
     spaces = load_spaces(args)
     real, generated = next(iter(spaces.values()))
     both_folders = os.path.isdir(args.real) and os.path.isdir(args.generated)
@@ -278,12 +269,10 @@ def run_compare(args: argparse.Namespace) -> int:
         # The classifier is a ResCNN with a softmax head, whatever --encoder is: it windows as deep-speaker does.
         classifier = SpeakerClassifier(args.classifier, **deep_speaker_options(args))
         gen_probs, ref_probs = classifier_probabilities(classifier, real, generated)
-    options = dict(seed=args.seed, num_splits=args.num_splits, subset_size=args.subset_size,
-                   num_subsets=args.num_subsets, ndb_bins=args.ndb_bins, fd_inf_points=args.fd_inf_points,
-                   far=args.far, bootstrap=args.bootstrap, worst=args.worst, gen_probs=gen_probs, ref_probs=ref_probs,
-                   paired_folders=(args.real, args.generated) if both_folders else None)
+    shared = dict(gen_probs=gen_probs, ref_probs=ref_probs,
+                  paired_folders=(args.real, args.generated) if both_folders else None)
     several = len(spaces) > 1
-    report = compare_spaces(spaces, **options) if several else compare(real, generated, **options)
+    report = compare_spaces(spaces, config, **shared) if several else compare(real, generated, config, **shared)
     print(format_table(report))
     if args.output:
         write_json(args.output, report)
@@ -292,7 +281,7 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"table: {write_table(path, *report_table(report))}")
     if args.per_utterance:
         rows = [[name] + [int(v) if isinstance(v, bool) else v for v in (row[c] for c in UTTERANCE_COLUMNS)]
-                for name, (r, g) in spaces.items() for row in utterance_results(r, g, args.far)]
+                for name, (r, g) in spaces.items() for row in utterance_results(r, g, config.far)]
         print(f"per-utterance results: {write_table(args.per_utterance, ['encoder', *UTTERANCE_COLUMNS], rows)}")
     if args.plots:
         for name, space_report in (report["spaces"].items() if several else [(None, report)]):

@@ -2,7 +2,8 @@
 
 A field becomes an option when its metadata has a ``help`` text. Other metadata keys: ``option`` (the option's
 name when it is not the field's), ``flags`` (more option strings, e.g. ``-o``), ``metavar``, ``choices``, and
-``default_help`` (the default in words, where it is not one value: a default factory, or one per phase).
+``default_help`` (the default in words, where it is not one value: a default factory, or one per phase),
+``formatted`` (the help is an argparse format string that states its default itself: ``%(default)s``, ``%%``).
 The type comes from the annotation (``Path | None`` gives ``Path``); a ``bool`` field is a flag.
 """
 
@@ -13,11 +14,11 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
-def _option_fields(config: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(config) if "help" in f.metadata]
+def _option_fields(config: type, only: Sequence[str] | None = None) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(config) if "help" in f.metadata and (only is None or f.name in only)]
 
 
 def _dest(f: dataclasses.Field) -> str:
@@ -53,19 +54,21 @@ def _default(f: dataclasses.Field) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def add_config_options(parser: argparse.ArgumentParser, config: type, *,
-                       underscores: bool = False, defaults: Mapping[str, Any] | None = None) -> None:
+def add_config_options(parser: argparse.ArgumentParser, config: type, *, underscores: bool = False,
+                       defaults: Mapping[str, Any] | None = None, only: Sequence[str] | None = None) -> None:
     """One option per field of the dataclass ``config`` with a help text: ``--batch-size`` for ``batch_size``
-    (and ``--batch_size`` too with ``underscores``); ``defaults`` replaces field defaults, by field name."""
+    (and ``--batch_size`` too with ``underscores``); ``defaults`` replaces field defaults, by field name; ``only``
+    (field names) adds those fields' options alone, in the config's order."""
     hints = typing.get_type_hints(config)
     defaults = defaults or {}
-    for f in _option_fields(config):
+    for f in _option_fields(config, only):
         meta, name = f.metadata, _dest(f)
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if underscores and "_" in name else [])
         flags += list(meta.get("flags", ()))
         default = defaults.get(f.name, _default(f))
         kwargs: dict[str, Any] = {"dest": name, "default": default}
-        help_text = meta["help"].replace("%", "%%")
+        formatted = meta.get("formatted", False)
+        help_text = meta["help"] if formatted else meta["help"].replace("%", "%%")
         value_type = _value_type(hints[f.name])
         if value_type is bool:
             kwargs["action"] = "store_true"
@@ -74,9 +77,9 @@ def add_config_options(parser: argparse.ArgumentParser, config: type, *,
             for key in ("metavar", "choices"):
                 if key in meta:
                     kwargs[key] = meta[key]
-            if f.name in defaults or default is not None:
+            if not formatted and (f.name in defaults or default is not None):
                 help_text += "; default: %(default)s"
-            elif "default_help" in meta:
+            elif not formatted and "default_help" in meta:
                 help_text += f"; default: {meta['default_help']}".replace("%", "%%")
         parser.add_argument(*flags, help=help_text, **kwargs)
 
@@ -89,14 +92,7 @@ def config_values(args: argparse.Namespace, config: type) -> dict[str, Any]:
 
 
 def check_report_options(args: argparse.Namespace) -> None:
-    """``--far``, ``--bootstrap`` and ``--worst`` as the report commands (compare, similarity) take them: refused in
-    one line before anything is embedded."""
-    from ..errors import DeepSpeakerError
+    """``--far``, ``--bootstrap`` and ``--worst`` of a report command, by ``eval.config.check_report_numbers``."""
+    from ..eval.config import check_report_numbers
 
-    if not 0.0 < args.far < 1.0:
-        raise DeepSpeakerError(f"--far must lie in (0, 1), got {args.far:g}")
-    if args.bootstrap and args.bootstrap < 100:
-        raise DeepSpeakerError(f"--bootstrap needs at least 100 resamples for a 95 % interval (or 0), got "
-                               f"{args.bootstrap}")
-    if args.worst < 0:
-        raise DeepSpeakerError(f"--worst must be 0 or more, got {args.worst}")
+    check_report_numbers(args.far, args.bootstrap, args.worst)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DeepSpeakerError
 from ..eval.constants import DEFAULT_PRIOR
-from ..metrics.constants import DEFAULT_REPLICATES, DEFAULT_SEED, DEFAULT_TOP_K, SCORE_NORMS
+from ..metrics.constants import DEFAULT_REPLICATES, DEFAULT_SEED, DEFAULT_TOP_K, SCORE_NORMS, check_replicates
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import add_embedder_options, encoder_from_args, report_failures
 from .options import finite_float, probability
@@ -127,6 +127,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..eval.verification import (compare_with, evaluate, format_table, save_trial_scores, table_rows,
                                      trial_scores_path, verification_source, write_plots)
 
+    check_replicates(args.bootstrap, "--bootstrap", zero=True)  # a usage error now, not after the embedding
     source = verification_source(args.audio_dir, args.trials, args.root, args.cache)  # before the model loads
     for path in args.table:
         table_format(path)  # an unknown suffix is a usage error before anything is embedded

@@ -16,3 +16,13 @@ LAYOUTS = ("auto", "vctk", "librispeech", "folders")
 MIC_CHOICES = ("mic1", "mic2")
 DEFAULT_CROP_FRAMES = 160  # 1.6 s, the original NUM_FRAMES
 DEFAULT_SHARD_SIZE = 1000
+
+
+def check_shard_size(shard_size: int) -> int:
+    """``shard_size`` (utterances per shard of a sharded store) when it is at least 1; one line otherwise. The one
+    check of every store build, conversion and augmentation, and of the command line's --shard_size."""
+    if shard_size < 1:
+        from ..errors import DeepSpeakerError
+
+        raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
+    return shard_size

@@ -51,7 +51,7 @@ from .build import (INPUTS_NAME, BuildSummary, QuietBar, build_lock, cache_setti
                     compute_features, delete_planned, in_shard, init_worker, is_training_inputs, pool_context,
                     recordable, refuse_links, save_array_atomic, stat_utterances)
 from .cluster import check_scheduler, connect
-from .constants import DEFAULT_SHARD_SIZE, DEFAULT_TRIM
+from .constants import DEFAULT_SHARD_SIZE, DEFAULT_TRIM, check_shard_size
 from .corpus import Utterance, gc_paused, id_failure, is_plain_id, plain_ids, scan_corpus
 from .features import NUM_FILTERS
 
@@ -752,8 +752,7 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
     started = time.perf_counter()
     if dtype is not None:
         check_choice(dtype, DTYPES, "store dtype")
-    if shard_size < 1:
-        raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
+    check_shard_size(shard_size)
     if scheduler is not None:
         check_scheduler(scheduler)  # a malformed address is refused before the scan, not after it
     audio_dir, store_dir = Path(audio_dir).resolve(), Path(store_dir)
@@ -907,6 +906,7 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
     from .augment import check_recipe, copy_draws, speaker_blocks
 
     kinds, store_dir = check_recipe(kinds, copies), Path(store_dir)
+    check_shard_size(shard_size)
     if scheduler is not None:
         check_scheduler(scheduler)
     # Every check that can refuse (the lock, a link, the scheduler) runs before the old copies are deleted.
@@ -985,8 +985,7 @@ def convert_to_store(cache: FeatureSource, store_dir: str | os.PathLike, dtype: 
     the store updates from the same audio as the cache did. (A folder: :func:`~.sources.convert_features`.)"""
     started = time.perf_counter()
     check_choice(dtype, DTYPES, "store dtype")
-    if shard_size < 1:
-        raise DeepSpeakerError(f"--shard_size must be at least 1, got {shard_size}")
+    check_shard_size(shard_size)
     store_dir = Path(store_dir)
     if store_dir.resolve() == cache.path.resolve():
         raise DeepSpeakerError(f"{store_dir}: convert into another folder than the cache's")

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,6 +26,7 @@ from ..errors import DeepSpeakerError, Failure
 from ..metrics.distances import split_per_label
 from ..metrics.moments import Moments, merge_moments, moments, moments_gaussian
 from ..metrics.similarity import FAR_TARGET
+from .config import CompareConfig
 from .tables import text_table
 from ..settings import settings_difference
 from ..validate import checked_array, checked_text, load_npz, loads_json
@@ -388,16 +389,28 @@ def _shared(messages: list[str], gen_probs: np.ndarray | None, ref_probs: np.nda
     return out
 
 
-def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5, subset_size: int = 1000,
-            num_subsets: int = 100, ndb_bins: int = 50, fd_inf_points: int = 15, gen_probs: np.ndarray | None = None,
-            ref_probs: np.ndarray | None = None, paired_folders: tuple[str, str] | None = None,
-            far: float = FAR_TARGET, bootstrap: int = 0, worst: int = 5) -> dict:
+def _config(config: CompareConfig | None, options: Mapping[str, Any]) -> CompareConfig:
+    """``config`` (default: :class:`CompareConfig`'s defaults) with the keyword ``options`` of the older API
+    (``seed=3, bootstrap=100``, ...) in place of its fields; checked either way."""
+    config = config if config is not None else CompareConfig()
+    return replace(config, **options) if options else config
+
+
+def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, *,
+            gen_probs: np.ndarray | None = None, ref_probs: np.ndarray | None = None,
+            paired_folders: tuple[str, str] | None = None, **options: Any) -> dict:
     """The comparison report (JSON-ready): every distance for generated vs real and for the real-halves baseline.
 
+    ``config`` holds the numbers (:class:`~deep_speaker.eval.config.CompareConfig`: seeds, subset sizes, ``far``,
+    ``bootstrap``, ``worst``); its fields may also be given as keywords (``compare(real, gen, seed=3)``).
     ``paired_folders`` = (real_dir, generated_dir) adds the paired MR-STFT distance; ``gen_probs`` (and
     ``ref_probs``) [n, K] softmax rows add IS, mIS (and AM). Acceptance is at the real EER threshold and at the
     ``far`` false-accept threshold; ``bootstrap`` replicates (0: none) give 95 % intervals; ``worst`` files are listed.
     """
+    config = _config(config, options)
+    seed, num_splits, subset_size = config.seed, config.num_splits, config.subset_size
+    num_subsets, ndb_bins, fd_inf_points = config.num_subsets, config.ndb_bins, config.fd_inf_points
+    far, bootstrap, worst = config.far, config.bootstrap, config.worst
     check_compatible(real, generated)
     msgs: list[str] = []
     x, y = real.embeddings, generated.embeddings
@@ -408,9 +421,7 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
                           real.labels, far)
     rows = _utterance_rows(generated, similarity.pop("per_utterance")) if similarity else []
     report: dict[str, Any] = {
-        "settings": {"seed": seed, "num_splits": num_splits, "subset_size": subset_size, "num_subsets": num_subsets,
-                     "ndb_bins": ndb_bins, "fd_inf_points": fd_inf_points, "far_target": far, "bootstrap": bootstrap,
-                     "encoder": real.encoder, "model_identity": real.model_identity,
+        "settings": {**config.report_settings(), "encoder": real.encoder, "model_identity": real.model_identity,
                      "feature_settings": real.feature_settings},
         "real": _describe(real),
         "generated": _describe(generated),
@@ -448,15 +459,16 @@ def compare(real: Stats, generated: Stats, *, seed: int = 0, num_splits: int = 5
     return safe
 
 
-def compare_spaces(spaces: Mapping[str, tuple[Stats, Stats]], *, gen_probs: np.ndarray | None = None,
-                   ref_probs: np.ndarray | None = None, paired_folders: tuple[str, str] | None = None,
-                   **options: Any) -> dict:
+def compare_spaces(spaces: Mapping[str, tuple[Stats, Stats]], config: CompareConfig | None = None, *,
+                   gen_probs: np.ndarray | None = None, ref_probs: np.ndarray | None = None,
+                   paired_folders: tuple[str, str] | None = None, **options: Any) -> dict:
     """One report of several embedding spaces, ``spaces[encoder] = (real, generated)``: each a :func:`compare`
-    report beside its own real baseline (``options`` as there); classifier scores and MR-STFT, which no space
-    changes, once."""
+    report beside its own real baseline (``config`` and ``options`` as there); classifier scores and MR-STFT, which
+    no space changes, once."""
+    config = _config(config, options)
     msgs: list[str] = []
     report: dict[str, Any] = {"encoders": list(spaces),
-                              "spaces": {name: compare(real, gen, **options) for name, (real, gen) in spaces.items()}}
+                              "spaces": {name: compare(real, gen, config) for name, (real, gen) in spaces.items()}}
     report.update(to_json_safe(_shared(msgs, gen_probs, ref_probs, paired_folders), msgs))
     report["messages"] = msgs
     return report

@@ -27,6 +27,7 @@ import numpy as np
 from ..encoders import Encoder
 from ..errors import DeepSpeakerError, Failure, failures_message
 from ..metrics.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED, MIN_SPEAKERS, Interval, percentile_interval
+from ..metrics.constants import check_replicates
 from ..metrics.resample import two_level_indices
 from ..metrics.similarity import FAR_TARGET, far_threshold
 from ..metrics.verification import equal_error_rate_threshold, pair_scores, trial_scores
@@ -183,8 +184,7 @@ def mean_interval(values: Any, groups: Any | None = None, replicates: int = DEFA
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
         raise DeepSpeakerError("a mean needs at least one value")
-    if replicates < 100:
-        raise DeepSpeakerError(f"a 95 % bootstrap interval needs at least 100 replicates, got {replicates}")
+    check_replicates(replicates)
     rng = np.random.default_rng(seed)
     if groups is None:
         means = np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(replicates)])

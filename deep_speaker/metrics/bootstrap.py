@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import DeepSpeakerError
-from .constants import DEFAULT_REPLICATES, DEFAULT_SEED
+from .constants import DEFAULT_REPLICATES, DEFAULT_SEED, check_replicates
 from .verification import OperatingPoints, equal_error_rate_threshold, min_dcf_threshold, sort_trials, weighted_points
 
 MIN_SPEAKERS = 3  # with fewer, resampling speakers cannot vary the non-target trials
@@ -61,8 +61,7 @@ def bootstrap_replicates(systems: Sequence[Any], labels: Any, first_speakers: Se
     first, second, n_speakers = speaker_codes(first_speakers, second_speakers)
     if n_speakers < MIN_SPEAKERS:
         raise DeepSpeakerError(f"a speaker bootstrap needs at least {MIN_SPEAKERS} speakers, the trials have {n_speakers}")
-    if replicates < 100:
-        raise DeepSpeakerError(f"a 95 % bootstrap interval needs at least 100 replicates, got {replicates}")
+    check_replicates(replicates)
     sorted_systems = [sort_trials(s, labels) for s in systems]
     rng = np.random.default_rng(seed)
     values = np.empty((replicates, len(systems), len(metrics)))

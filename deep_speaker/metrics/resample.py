@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DeepSpeakerError
 from .bootstrap import MIN_SPEAKERS, Interval, percentile_interval
-from .constants import DEFAULT_SET_REPLICATES
+from .constants import DEFAULT_SET_REPLICATES, check_replicates
 from .distances import SampleSizeWarning, frechet_distance, gaussian_stats, kernel_distance
 from .similarity import FAR_TARGET, comparable_similarity
 
@@ -89,8 +89,7 @@ def bootstrap_sets(real_labels: Any, gen_labels: Any, statistic: SetStatistic,
     if n_real < MIN_SPEAKERS:
         raise DeepSpeakerError(f"a speaker bootstrap needs at least {MIN_SPEAKERS} speakers with real utterances, "
                                f"the real set has {n_real}")
-    if replicates < 100:
-        raise DeepSpeakerError(f"a 95 % bootstrap interval needs at least 100 replicates, got {replicates}")
+    check_replicates(replicates)
     rng = np.random.default_rng(seed)
     rows: list[Mapping[str, Any]] = []
     redrawn = 0

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeepSpeakerError
-from .constants import FAR_TARGET
+from .constants import FAR_TARGET, check_far
 from .verification import equal_error_rate_threshold, normalize_rows, operating_points
 
 
@@ -62,8 +62,7 @@ def real_trials(real: Any, real_labels: Any, origins: Any | None = None) -> tupl
 
 def far_threshold(scores: Any, labels: Any, far: float = FAR_TARGET) -> float:
     """The lowest ROC threshold θ (accept ``score > θ``) whose false-accept rate is at most ``far``."""
-    if not 0.0 < far < 1.0:
-        raise DeepSpeakerError(f"the false-accept target must lie in (0, 1), got {far}")
+    check_far(far)
     p = operating_points(scores, labels)
     # FAR falls along the ascending thresholds and reaches 0 at the largest score, so a threshold always exists.
     return float(p.thresholds[int(np.argmax(p.false_accepts <= far * p.n_nontarget))])

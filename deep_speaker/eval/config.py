@@ -1,0 +1,71 @@
+"""What a comparison of generated with real speech depends on: :class:`CompareConfig`, each field's default, help
+text and range check written once, in a module that imports nothing heavy (the command line derives ``compare``'s
+options from it, ``deep_speaker.cli.options``, and must answer ``--help`` without numpy).
+
+The checks of the report numbers every report command takes (``--far``, ``--bootstrap``, ``--worst``) are
+:func:`check_report_numbers`: ``compare`` through this config, ``similarity`` directly; the ranges themselves are
+``metrics.constants.check_far`` / ``check_replicates``, which the metrics apply too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import DeepSpeakerError
+from ..metrics.constants import DEFAULT_SET_REPLICATES, FAR_TARGET, check_far, check_replicates
+
+# The help texts below are argparse format strings that state their default themselves ("formatted"): %(default)s,
+# and a literal percent sign as %%.
+
+
+def check_report_numbers(far: float, bootstrap: int, worst: int) -> None:
+    """``--far``, ``--bootstrap`` and ``--worst`` as the report commands (compare, similarity) take them: refused in
+    one line before anything is embedded."""
+    check_far(far, "--far")
+    check_replicates(bootstrap, "--bootstrap", zero=True)
+    if worst < 0:
+        raise DeepSpeakerError(f"--worst must be 0 or more, got {worst}")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The numbers of a comparison report (``eval.generated.compare``); the defaults are the command's, but
+    ``bootstrap``: none from Python (each replicate recomputes FD and KD), :data:`COMMAND_DEFAULTS` on the command
+    line."""
+
+    worst: int = field(default=5, metadata={
+        "metavar": "N", "formatted": True,
+        "help": "list the N generated files least similar to their speaker (default %(default)s)"})
+    seed: int = field(default=0, metadata={
+        "formatted": True, "help": "seed of every random split and subset (default %(default)s)"})
+    num_splits: int = field(default=5, metadata={
+        "metavar": "K", "formatted": True, "help": "disjoint splits for FD (default %(default)s)"})
+    subset_size: int = field(default=1000, metadata={
+        "metavar": "M", "formatted": True,
+        "help": "KD subset size, shrunk to the smaller set when larger (default %(default)s)"})
+    num_subsets: int = field(default=100, metadata={
+        "metavar": "S", "formatted": True, "help": "KD subsets (default %(default)s)"})
+    ndb_bins: int = field(default=50, metadata={
+        "metavar": "K", "formatted": True, "help": "NDB k-means bins (default %(default)s)"})
+    fd_inf_points: int = field(default=15, metadata={
+        "metavar": "P", "formatted": True, "help": "subset sizes N in the FD∞ fit (default %(default)s)"})
+    far: float = field(default=FAR_TARGET, metadata={
+        "metavar": "RATE", "formatted": True,
+        "help": "false-accept rate of the second acceptance threshold, on real trials (default %(default)g)"})
+    bootstrap: int = field(default=0, metadata={
+        "metavar": "N", "formatted": True,
+        "help": "resamples for the 95 %% intervals of SECS, acceptance, FD, KD and EER (default %(default)s; 0: "
+                "none; seeded by --seed)"})
+
+    def __post_init__(self) -> None:
+        check_report_numbers(self.far, self.bootstrap, self.worst)
+
+    def report_settings(self) -> dict:
+        """The settings a report records (the names its JSON has always used)."""
+        return {"seed": self.seed, "num_splits": self.num_splits, "subset_size": self.subset_size,
+                "num_subsets": self.num_subsets, "ndb_bins": self.ndb_bins, "fd_inf_points": self.fd_inf_points,
+                "far_target": self.far, "bootstrap": self.bootstrap}
+
+
+# Where ``deep-speaker compare`` differs from the Python defaults: intervals by default.
+COMMAND_DEFAULTS = {"bootstrap": DEFAULT_SET_REPLICATES}
