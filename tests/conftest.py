@@ -78,6 +78,22 @@ def reference_checkpoint() -> Path:
     return REFERENCE_CHECKPOINT
 
 
+def roc_thresholds(scores: np.ndarray, labels: np.ndarray, far: float) -> dict:
+    """The EER (with its threshold, interpolated between ROC points) and the threshold at ``far`` false accepts,
+    from scikit-learn's ROC curve: the independent reference of the thresholds our verifiers report."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    frr = 1.0 - tpr
+    # sklearn's point j accepts score >= thr[j], which is "score > thr[j + 1]" (the next lower distinct score).
+    theta = np.append(thr[1:], np.nextafter(scores.min(), -np.inf))
+    i = np.flatnonzero(fpr - frr >= 0)[0]
+    d_hi, d_lo = fpr[i] - frr[i], fpr[i - 1] - frr[i - 1]
+    return {"theta_eer": theta[i] + d_hi / (d_hi - d_lo) * (theta[i - 1] - theta[i]),
+            "eer": fpr[i - 1] + (d_lo / (d_lo - d_hi)) * (fpr[i] - fpr[i - 1]),
+            "theta_far": theta[np.flatnonzero(fpr <= far)[-1]]}
+
+
 @pytest.fixture(scope="session")
 def mfcc_vectors(libri_mini):
     """Per-utterance mean and std of the fbank features of test-other (10 speakers x 10): 128-d real vectors."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from sklearn.metrics import roc_curve
+from conftest import roc_thresholds
 from test_encoders import HELD_OUT, TOY, MeanFbank, link_speakers
 from test_metrics_verification import sklearn_eer
 
@@ -105,16 +105,8 @@ def by_loops(real, generated, far: float = 0.01) -> dict:
                 scores.append(unit(e) @ centroid[s])
                 labels.append(0)
     scores, labels = np.array(scores), np.array(labels)
-    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
-    frr = 1.0 - tpr
-    # sklearn's point j accepts score >= thr[j], which is "score > thr[j + 1]" (the next lower distinct score).
-    theta = np.append(thr[1:], np.nextafter(scores.min(), -np.inf))
-    i = np.flatnonzero(fpr - frr >= 0)[0]
-    d_hi, d_lo = fpr[i] - frr[i], fpr[i - 1] - frr[i - 1]
-    t = d_hi / (d_hi - d_lo)
-    theta_eer = theta[i] + t * (theta[i - 1] - theta[i])
-    eer = fpr[i - 1] + (d_lo / (d_lo - d_hi)) * (fpr[i] - fpr[i - 1])
-    theta_far = theta[np.flatnonzero(fpr <= far)[-1]]
+    thresholds = roc_thresholds(scores, labels, far)
+    theta_eer, eer, theta_far = thresholds["theta_eer"], thresholds["eer"], thresholds["theta_far"]
     rows = []
     for e, lab, path in zip(generated.embeddings, generated.labels, generated.paths):
         cos = {s: unit(e) @ centroid[s] for s in speakers}

@@ -50,6 +50,21 @@ def start_workers(port: int, out, data, **options) -> list[subprocess.Popen]:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in (0, 1)]
 
 
+def finish_workers(workers: list[subprocess.Popen], steps: int, resumed_from: int) -> None:
+    """Wait for the workers (killed on a timeout: nothing is left running); each must end at ``steps``, having
+    started from ``resumed_from``."""
+    try:
+        outputs = [w.communicate(timeout=600) for w in workers]
+    finally:
+        for w in workers:  # on a timeout: stop what is left
+            if w.poll() is None:
+                w.kill()
+                w.communicate()
+    for index, (w, (stdout, stderr)) in enumerate(zip(workers, outputs)):
+        assert w.returncode == 0, stdout + stderr[-3000:]
+        assert f"worker {index}: step {steps} (from step {resumed_from})" in stdout
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("deep-speaker: error:")]
 
@@ -102,11 +117,7 @@ def test_killed_and_resumed_workers_equal_one_process(data, tmp_path):
     assert len(errors) == 1 and "lost the other workers" in errors[0] and f"step {killed_at}:" in errors[0], \
         survivor_err[-3000:]
     # The same command on both workers resumes from the last checkpoint and finishes.
-    workers = start_workers(port, out, data)
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for index, (w, (stdout, stderr)) in enumerate(zip(workers, outputs)):
-        assert w.returncode == 0, stdout + stderr[-3000:]
-        assert f"worker {index}: step {STEPS} (from step {killed_at})" in stdout  # no saved step lost or redone
+    finish_workers(start_workers(port, out, data), STEPS, killed_at)  # no saved step lost or redone
     assert saved_step(run_dir) == STEPS and not list(run_dir.glob(".*.tmp.keras"))
     # The reference: Keras' own fit in one process, no distribution, on the same seeded global batches, unbroken.
     ratio, noise = compare_with_one_process(run_dir, f"""
@@ -133,18 +144,8 @@ def test_aam_spec_augment_random_crops_on_workers_equal_one_process(data, tmp_pa
     """The shipped model's softmax recipe across 2 workers: the AAM head, SpecAugment masks and random crops (cut by
     an input worker process per training worker), against one process fitting RandomCropBatches, the reference."""
     port, out = free_port(), tmp_path / "mw"
-    workers = start_workers(port, out, data, softmax_head="aam", spec_augment=True, random_crops=True,
-                            input_pipeline="processes", input_workers=1)
-    try:
-        outputs = [w.communicate(timeout=600) for w in workers]
-    finally:
-        for w in workers:  # on a timeout: stop what is left
-            if w.poll() is None:
-                w.kill()
-                w.communicate()
-    for index, (w, (stdout, stderr)) in enumerate(zip(workers, outputs)):
-        assert w.returncode == 0, stdout + stderr[-3000:]
-        assert f"worker {index}: step {STEPS} (from step 0)" in stdout
+    finish_workers(start_workers(port, out, data, softmax_head="aam", spec_augment=True, random_crops=True,
+                                 input_pipeline="processes", input_workers=1), STEPS, 0)
     run_dir = out / "softmax"
     state = json.loads((run_dir / "state.json").read_text())
     assert state["softmax_head"] == "aam" and state["spec_augment"] == [20, 8] and state["random_crops"]
@@ -254,17 +255,7 @@ def test_triplet_phase_per_worker_pools_equal_one_process(data, tmp_path):
     port, out, cache = free_port(), tmp_path / "mw", data.parent
     options = {"phase": "triplet", "cache_dir": cache, "refresh_every": 1, "save_every": 2}
     for steps, resumed_from in ((2, 0), (4, 2)):
-        workers = start_workers(port, out, data, **{**options, "steps": steps})
-        try:
-            outputs = [w.communicate(timeout=600) for w in workers]
-        finally:
-            for w in workers:  # on a timeout: stop what is left
-                if w.poll() is None:
-                    w.kill()
-                    w.communicate()
-        for index, (w, (stdout, stderr)) in enumerate(zip(workers, outputs)):
-            assert w.returncode == 0, stdout + stderr[-3000:]
-            assert f"worker {index}: step {steps} (from step {resumed_from})" in stdout
+        finish_workers(start_workers(port, out, data, **{**options, "steps": steps}), steps, resumed_from)
     run_dir = out / "triplet"
     state = json.loads((run_dir / "state.json").read_text())
     assert state["step"] == 4 and state["workers"] == 2 and state["best_value"] is not None

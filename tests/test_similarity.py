@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from sklearn.metrics import roc_curve
+from conftest import roc_thresholds
 from test_encoders import HELD_OUT, TOY, MeanFbank, by_hand
 
 from deep_speaker.cli import main
@@ -153,14 +153,8 @@ def real_by_sklearn(space: str, far: float = 0.01) -> dict:
             scores.append(unit[i] @ unit[j])
             labels.append(int(speakers[i] == speakers[j]))
     scores, labels = np.array(scores), np.array(labels)
-    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
-    frr = 1.0 - tpr
-    # sklearn's point j accepts score >= thr[j], which is "score > thr[j + 1]" (the next lower distinct score).
-    theta = np.append(thr[1:], np.nextafter(scores.min(), -np.inf))
-    i = np.flatnonzero(fpr - frr >= 0)[0]
-    d_hi, d_lo = fpr[i] - frr[i], fpr[i - 1] - frr[i - 1]
-    theta_eer = theta[i] + d_hi / (d_hi - d_lo) * (theta[i - 1] - theta[i])
-    return {"theta_eer": theta_eer, "theta_far": theta[np.flatnonzero(fpr <= far)[-1]],
+    thresholds = roc_thresholds(scores, labels, far)
+    return {"theta_eer": thresholds["theta_eer"], "theta_far": thresholds["theta_far"],
             "same": scores[labels == 1], "different": scores[labels == 0]}
 
 
