@@ -1,7 +1,8 @@
-"""The main job is deterministic on one machine (#34): run twice into two folders at the same thread count it writes
-the same summary.json (every number) and the same weights, bit for bit; another thread count moves the training
-sums (measured and said in test_what_the_thread_count_moves). Across CPU kinds it need not be the same either (the
-vector extensions choose the kernels), so summary.json names the machine (``deep_speaker.machine``)."""
+"""The main job end to end, through the CLI as a user runs it, and deterministic on one machine (#34): run twice into
+two folders at the same thread count it writes the same summary.json (every number) and the same weights, bit for
+bit; another thread count moves the training sums (measured and said in test_what_the_thread_count_moves). Across
+CPU kinds it need not be the same either (the vector extensions choose the kernels), so summary.json names the
+machine (``deep_speaker.machine``). The end-to-end checks read the first of the determinism runs (one job fewer)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import numpy as np
 import pytest
 
 from deep_speaker.machine import VECTOR_FLAGS, cpu_kind, machine_text
-from test_pipeline import small_corpus
+from test_pipeline import PNG_MAGIC, small_corpus
 
-# As small as test_pipeline's job or smaller: every stage runs (caches, both phases, checkpoints, verification,
+# Every stage runs (caches, both phases, checkpoints, verification,
 # the five degraded copies), with few steps.
 SMALL_JOB = ["--width", "0.0625", "--softmax-steps", "6", "--triplet-steps", "4", "--batch-size", "24",
              "--workers", "2"]
@@ -39,6 +40,7 @@ def run_job(data: Path, out: Path, threads: int) -> Path:
     cmd = [sys.executable, "-m", "deep_speaker", "run", "--data", str(data), "-o", str(out), *SMALL_JOB]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    out.with_suffix(".stdout").write_text(done.stdout)
     return out
 
 
@@ -48,6 +50,50 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("determinism")
     data = small_corpus(root / "data", train_speakers=8, test_speakers=3)
     return {name: run_job(data, root / name, threads) for name, threads in (("first", 2), ("again", 2), ("one", 1))}
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end(runs) -> None:
+    out = runs["first"]
+    data = out.parent / "data"
+    assert "Unseen speakers: SAP" in out.with_suffix(".stdout").read_text()
+
+    summary = json.loads((out / "summary.json").read_text())
+    pngs = [Path(p) for p in summary["pngs"]]
+    assert {p.name for p in pngs} >= {"det.png", "similarity_matrix.png", "projection_tsne.png"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+
+    v = summary["verification"]
+    # 3 speakers of 10 utterances: 3 x C(10, 2) same-speaker pairs, C(3, 2) x 10 x 10 different-speaker pairs.
+    assert v["n_target"] == 3 * 45 and v["n_nontarget"] == 3 * 100
+    assert v["sap"] > v["san"]
+    assert 0.0 <= v["eer"] <= 0.5
+
+    # The reported SAP/SAN are those of the embeddings the job's checkpoint gives (independent numpy cosine).
+    from deep_speaker.encoders.deepspeaker import Embedder
+
+    embedder = Embedder(summary["checkpoint"])
+    speakers = sorted(p.name for p in (data / "test-other").iterdir())
+    files = [f for s in speakers for f in sorted((data / "test-other" / s).rglob("*.flac"))]
+    labels = [f.parent.parent.name for f in files]
+    emb = embedder.embed_files(files).astype(np.float64)
+    sims = emb @ emb.T
+    same = np.equal.outer(labels, labels)
+    upper = np.triu(np.ones_like(same), 1).astype(bool)
+    assert v["sap"] == pytest.approx(sims[same & upper].mean(), abs=1e-3)
+    assert v["san"] == pytest.approx(sims[~same & upper].mean(), abs=1e-3)
+
+    rows = {r["set"]: r for r in summary["degradations"]}
+    assert set(rows) == {"noise@30", "noise@10", "lowpass@2000", "melvocoder@80", "melvocoder@20"}
+    # More damage, larger distances and lower speaker similarity.
+    assert rows["noise@10"]["fd"] > rows["noise@30"]["fd"] > 0
+    assert rows["noise@10"]["kd"] > rows["noise@30"]["kd"]
+    assert rows["noise@10"]["secs"] < rows["noise@30"]["secs"]
+    assert rows["melvocoder@20"]["fd"] > rows["melvocoder@80"]["fd"] > 0
+    for name in rows:
+        report = json.loads((out / "report" / f"compare_{name}.json").read_text())
+        assert report["fd"]["full"] == pytest.approx(rows[name]["fd"])
 
 
 def leaves(value: Any, path: str = "") -> dict[str, Any]:

@@ -1,13 +1,10 @@
-"""The main job end to end at a reduced size, through the CLI as a user runs it."""
+"""The main job's configuration and its degraded copies; the job itself runs end to end, through the CLI as a user
+runs it, in test_determinism.py (its runs are shared by the end-to-end and the determinism checks)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,53 +19,6 @@ def small_corpus(root: Path, train_speakers: int, test_speakers: int) -> Path:
             (root / subset).mkdir(parents=True, exist_ok=True)
             (root / subset / speaker.name).symlink_to(speaker)
     return root
-
-
-@pytest.mark.slow
-def test_main_job_end_to_end(tmp_path: Path) -> None:
-    data = small_corpus(tmp_path / "data", train_speakers=12, test_speakers=4)
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "deep_speaker", "run", "--data", str(data), "-o", str(out), "--width", "0.0625",
-           "--softmax-steps", "10", "--triplet-steps", "6", "--batch-size", "24", "--workers", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Unseen speakers: SAP" in done.stdout
-
-    summary = json.loads((out / "summary.json").read_text())
-    pngs = [Path(p) for p in summary["pngs"]]
-    assert {p.name for p in pngs} >= {"det.png", "similarity_matrix.png", "projection_tsne.png"}
-    for png in pngs:
-        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
-
-    v = summary["verification"]
-    assert v["n_target"] == 4 * 45 and v["n_nontarget"] == 6 * 100
-    assert v["sap"] > v["san"]
-    assert 0.0 <= v["eer"] <= 0.5
-
-    # The reported SAP/SAN are those of the embeddings the job's checkpoint gives (independent numpy cosine).
-    from deep_speaker.encoders.deepspeaker import Embedder
-
-    embedder = Embedder(summary["checkpoint"])
-    speakers = sorted(p.name for p in (data / "test-other").iterdir())
-    files = [f for s in speakers for f in sorted((data / "test-other" / s).rglob("*.flac"))]
-    labels = [f.parent.parent.name for f in files]
-    emb = embedder.embed_files(files).astype(np.float64)
-    sims = emb @ emb.T
-    same = np.equal.outer(labels, labels)
-    upper = np.triu(np.ones_like(same), 1).astype(bool)
-    assert v["sap"] == pytest.approx(sims[same & upper].mean(), abs=1e-3)
-    assert v["san"] == pytest.approx(sims[~same & upper].mean(), abs=1e-3)
-
-    rows = {r["set"]: r for r in summary["degradations"]}
-    assert set(rows) == {"noise@30", "noise@10", "lowpass@2000", "melvocoder@80", "melvocoder@20"}
-    # More damage, larger distances and lower speaker similarity.
-    assert rows["noise@10"]["fd"] > rows["noise@30"]["fd"] > 0
-    assert rows["noise@10"]["kd"] > rows["noise@30"]["kd"]
-    assert rows["noise@10"]["secs"] < rows["noise@30"]["secs"]
-    assert rows["melvocoder@20"]["fd"] > rows["melvocoder@80"]["fd"] > 0
-    for name in rows:
-        report = json.loads((out / "report" / f"compare_{name}.json").read_text())
-        assert report["fd"]["full"] == pytest.approx(rows[name]["fd"])
 
 
 def test_run_options_default_to_the_job_config() -> None:

@@ -22,7 +22,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = REPO / "samples" / "librispeech" / "test-other"
 NOT_RUN = {
-    "bash quickstart.sh": "tests/test_pipeline.py runs the same job at a reduced size",
+    "bash quickstart.sh": "tests/test_determinism.py runs the same job at a reduced size",
     "bash scripts/test.sh": "this suite (CI runs it: .ci/run)",
     "bash scripts/install.sh": "CI runs it",
     ". .venv/bin/activate": "environment set-up",
