@@ -19,7 +19,7 @@ from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import (DEEP_SPEAKER_OPTIONS, add_embedder_options, add_scheduler_option, deep_speaker_options,
                     encoder_from_args)
-from .options import add_config_options, config_values, finite_float
+from .options import add_config_options, add_html_option, check_html_option, config_values, finite_float
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_options(cmp, CompareConfig, defaults=COMMAND_DEFAULTS, only=("worst",))
     cmp.add_argument("--plots", metavar="DIR",
                      help="write speaker_similarity.png and fd_infinity.png here (with several encoders: DIR/NAME/)")
+    add_html_option(cmp)
     add_config_options(cmp, CompareConfig, defaults=COMMAND_DEFAULTS,
                        only=[f.name for f in fields(CompareConfig) if f.name != "worst"])
     cmp.add_argument("--probs", metavar="GEN.npy",
@@ -229,6 +230,7 @@ def _check_options(args: argparse.Namespace) -> CompareConfig:
     config = CompareConfig(**config_values(args, CompareConfig))
     for path in args.table + ([args.per_utterance] if args.per_utterance else []):
         table_format(path)
+    check_html_option(args)
     return config
 
 
@@ -279,16 +281,46 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"report: {args.output}")
     for path in args.table:
         print(f"table: {write_table(path, *report_table(report))}")
-    if args.per_utterance:
+    if args.per_utterance or args.html:
+        # Only for the page alone are rows that cannot be computed left out (--per-utterance fails as it did).
+        results = utterance_results if args.per_utterance else _or_none(utterance_results)
         rows = [[name] + [int(v) if isinstance(v, bool) else v for v in (row[c] for c in UTTERANCE_COLUMNS)]
-                for name, (r, g) in spaces.items() for row in utterance_results(r, g, config.far)]
+                for name, (r, g) in spaces.items() for row in results(r, g, config.far)]
+    if args.per_utterance:
         print(f"per-utterance results: {write_table(args.per_utterance, ['encoder', *UTTERANCE_COLUMNS], rows)}")
     if args.plots:
         for name, space_report in (report["spaces"].items() if several else [(None, report)]):
             for png in plot_report(space_report, Path(args.plots) / name if name else args.plots):
                 print(f"plot: {png}")
+    if args.html:
+        print(f"html report: {_write_html(args.html, report, spaces, (['encoder', *UTTERANCE_COLUMNS], rows))}")
     failures = _reported([f for r, g in spaces.values() for f in r.failures + g.failures])
     return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def _or_none(results: Callable[..., list]) -> Callable[..., list]:
+    """``results`` answering no rows where it fails as the report's own metrics may (degenerate input)."""
+    def rows(*args):
+        try:
+            return results(*args)
+        except (DeepSpeakerError, ValueError):
+            return []
+    return rows
+
+
+def _write_html(folder: str, report: dict, spaces: dict, per_file: tuple) -> Path:
+    """The compare page (eval.html): the table, the PNGs of --plots, the per-file rows and the real files of each
+    speaker to listen to beside the least similar generated files."""
+    from ..eval.generated import report_table
+    from ..eval.html import compare_page, compare_plots, write_page
+    from ..eval.plots import plot_report
+
+    real_files: dict = {}
+    for name, (real, _) in spaces.items():
+        for path, speaker in zip(real.paths.tolist(), real.labels.tolist()):
+            real_files.setdefault(name, {}).setdefault(speaker, []).append(path)
+    page = compare_page(report, report_table(report), per_file, real_files)
+    return write_page(folder, page, compare_plots(report, per_file, plot_report))
 
 
 def run_degrade(args: argparse.Namespace) -> int:

@@ -96,3 +96,20 @@ def check_report_options(args: argparse.Namespace) -> None:
     from ..eval.config import check_report_numbers
 
     check_report_numbers(args.far, args.bootstrap, args.worst)
+
+
+def add_html_option(parser: argparse.ArgumentParser) -> None:
+    """``--html DIR`` of a report command: a self-contained page (``eval.html``), refused before any work when DIR
+    is a non-empty folder that an earlier page did not write."""
+    parser.add_argument("--html", metavar="DIR",
+                        help="also write a self-contained HTML page DIR/index.html: the summary with its intervals, "
+                             "the plots, a sortable table and audio players for the worst items (plots and audio "
+                             "copied beside it); DIR must be new, empty or an earlier page's")
+
+
+def check_html_option(args: argparse.Namespace) -> None:
+    """Refuse ``--html DIR`` (one line, exit 2) before anything is embedded when DIR is not ours to write."""
+    if getattr(args, "html", None):
+        from ..eval.html import check_html_dir
+
+        check_html_dir(args.html)

@@ -9,7 +9,7 @@ from ..metrics.constants import DEFAULT_REPLICATES, FAR_TARGET
 from . import EXIT_OK, EXIT_PARTIAL
 from .embed import add_scheduler_option, report_failures
 from .generated import add_encoders_options, add_layout_option, encoder_factories
-from .options import check_report_options, finite_float
+from .options import add_html_option, check_html_option, check_report_options, finite_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
                         help=f"resamples for the 95 %% intervals (default {DEFAULT_REPLICATES}; 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    add_html_option(parser)
     add_layout_option(parser)
     add_encoders_options(parser)  # the other embedding commands' options: each works here the same way
     add_scheduler_option(parser)
@@ -60,6 +61,7 @@ def _check_options(args: argparse.Namespace) -> None:
     check_report_options(args)
     if args.per_pair:
         table_format(args.per_pair)
+    check_html_option(args)
 
 
 def run_similarity(args: argparse.Namespace) -> int:
@@ -78,4 +80,10 @@ def run_similarity(args: argparse.Namespace) -> int:
         print(f"report: {args.output}")
     if args.per_pair:
         print(f"per-pair results: {write_table(args.per_pair, *result.per_pair_rows())}")
+    if args.html:
+        from ..eval.html import similarity_page, similarity_plots, write_page
+
+        header, rows = result.per_pair_rows()
+        page = similarity_page(result.report, header, rows)
+        print(f"html report: {write_page(args.html, page, similarity_plots(result.report, header, rows))}")
     return EXIT_PARTIAL if report_failures(result.failures) else EXIT_OK

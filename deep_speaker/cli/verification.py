@@ -12,7 +12,7 @@ from ..eval.constants import DEFAULT_PRIOR
 from ..metrics.constants import DEFAULT_REPLICATES, DEFAULT_SEED, DEFAULT_TOP_K, SCORE_NORMS, check_replicates
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import add_embedder_options, encoder_from_args, report_failures
-from .options import finite_float, probability
+from .options import add_html_option, check_html_option, finite_float, probability
 
 if TYPE_CHECKING:
     from ..encoders import Encoder
@@ -134,6 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.compare and not trial_scores_path(args.compare).is_file():
         raise DeepSpeakerError(f"--compare {args.compare}: no trial scores beside it "
                                f"({trial_scores_path(args.compare)})")
+    check_html_option(args)
     encoder = encoder_from_args(args)
     score_norm = score_norm_from_args(args, encoder)
     calibration = calibration_from_args(args, encoder, score_norm)
@@ -155,7 +156,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for path in write_plots(args.plots, result.scores, result.labels, result.report["eer"], result.labelled,
                                 args.projection):
             print(f"picture written to {path}")
+    if args.html:
+        print(f"html report: {_write_html(args.html, result, args.projection)}")
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _write_html(folder: str, result, projection: str) -> Path:
+    """The evaluate-verification page (eval.html): the table, the --plots pictures, one row per trial and the
+    hardest trials to listen to."""
+    from ..eval.html import verification_page, write_page
+    from ..eval.verification import table_rows, write_plots
+
+    trials = result.trials
+    first, second = result.trial_speakers()
+    rows = [[trials.sources[a], trials.sources[b], sa, sb, int(label), float(score)]
+            for a, b, sa, sb, label, score in zip(trials.first.tolist(), trials.second.tolist(), first, second,
+                                                  result.labels.tolist(), result.scores.tolist())]
+    page = verification_page(result.report, table_rows(result.report), rows)
+    return write_page(folder, page, lambda out: write_plots(out, result.scores, result.labels, result.report["eer"],
+                                                            result.labelled, projection))
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -265,6 +284,7 @@ def register(subparsers) -> None:
     p.add_argument("--plots", metavar="DIR", help="write det.png (and, for labelled sets, similarity_matrix.png "
                                                   "and projection_*.png) here")
     p.add_argument("--projection", choices=("tsne", "pca"), default="tsne", help="2-D projection (default tsne)")
+    add_html_option(p)
     p.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
                    help=f"speaker-bootstrap resamples for the 95 %% intervals of EER and minDCF (default "
                         f"{DEFAULT_REPLICATES}; 0: none)")

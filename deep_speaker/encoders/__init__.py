@@ -1,9 +1,9 @@
 """Speaker encoders: audio in, embeddings out, behind one interface (:class:`Encoder`) and a registry of names.
 
 ``get_encoder("deep-speaker", model=PATH)`` is the Deep Speaker ResCNN (:class:`deepspeaker.Embedder`); the
-pretrained encoders of the field (``resemblyzer``, ``wespeaker``, ``wavlm-sv``) are optional extras; other
-encoders plug in with ``register_encoder(name, factory)``. A module is imported only when its encoder is asked
-for, so listing the encoders (or importing this package) loads no model framework.
+pretrained encoders of the field (``resemblyzer``, ``wespeaker``, ``wavlm-sv``, ``wavlm-large-sv``) are
+optional extras; other encoders plug in with ``register_encoder(name, factory)``. A module is imported only when
+its encoder is asked for, so listing the encoders (or importing this package) loads no model framework.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ _FACTORIES: dict[str, Callable[..., Encoder]] = {
     "resemblyzer": _Lazy("resemblyzer", "ResemblyzerEncoder"),
     "wespeaker": _Lazy("wespeaker", "WeSpeakerEncoder"),
     "wavlm-sv": _Lazy("wavlm", "WavLMEncoder"),
+    "wavlm-large-sv": _Lazy("wavlm_large_sv", "WavLMLargeSVEncoder"),
 }
 
 

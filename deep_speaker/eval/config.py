@@ -56,6 +56,11 @@ class CompareConfig:
         "metavar": "N", "formatted": True,
         "help": "resamples for the 95 %% intervals of SECS, acceptance, FD, KD and EER (default %(default)s; 0: "
                 "none; seeded by --seed)"})
+    anchor_noise: bool = field(default=False, metadata={
+        "formatted": True,
+        "help": "also score FD and speaker similarity 0-100 between the real set (100) and the nearest of four noise "
+                "sets made from it (0): white, pink, babble of other speakers, near-silence (TTSDS' noise-anchored "
+                "score; embeds each noise set, four times the real set's embedding time; off by default)"})
 
     def __post_init__(self) -> None:
         check_report_numbers(self.far, self.bootstrap, self.worst)
@@ -64,7 +69,8 @@ class CompareConfig:
         """The settings a report records (the names its JSON has always used)."""
         return {"seed": self.seed, "num_splits": self.num_splits, "subset_size": self.subset_size,
                 "num_subsets": self.num_subsets, "ndb_bins": self.ndb_bins, "fd_inf_points": self.fd_inf_points,
-                "far_target": self.far, "bootstrap": self.bootstrap}
+                "far_target": self.far, "bootstrap": self.bootstrap,
+                **({"anchor_noise": True} if self.anchor_noise else {})}  # absent when off: reports as before
 
 
 # Where ``deep-speaker compare`` differs from the Python defaults: intervals by default.

@@ -53,6 +53,9 @@ class Stats:
     source: str = ""  # the folder or file it came from, for messages
     failures: list[Failure] = field(default_factory=list)  # files that gave no embedding (not saved in the .npz)
     encoder: str = DEFAULT_ENCODER  # the registry name of the encoder
+    # The encoder that made (or can make) these embeddings, called only when noise references must be embedded
+    # (CompareConfig.anchor_noise); never saved, and None for statistics made without one.
+    embedder: Callable[[], Encoder] | None = field(default=None, repr=False, compare=False)
 
     @property
     def speakers(self) -> list[str]:
@@ -98,8 +101,10 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encod
         raise DeepSpeakerError(f"{name}: no audio files")
     result = encoder.embed_files_with_failures(paths)
     label_of = dict(zip(paths, labels))
-    return make_stats(result.embeddings, [label_of[p] for p in result.paths], result.paths, encoder.identity,
-                      encoder.settings, name, sorted(rejected) + result.failures, encoder.name)
+    stats = make_stats(result.embeddings, [label_of[p] for p in result.paths], result.paths, encoder.identity,
+                       encoder.settings, name, sorted(rejected) + result.failures, encoder.name)
+    stats.embedder = lambda: encoder
+    return stats
 
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
@@ -208,7 +213,9 @@ def load_side(source: str | os.PathLike, encoder: Encoder | Callable[[], Encoder
     if path.is_dir():
         return compute_stats(path, encoder() if callable(encoder) else encoder, layout)
     if path.is_file():
-        return load_stats(path)
+        stats = load_stats(path)
+        stats.embedder = encoder if callable(encoder) else (lambda: encoder)  # for noise references, if asked
+        return stats
     raise DeepSpeakerError(f"{path}: no such folder or statistics file")
 
 
@@ -389,6 +396,140 @@ def _shared(messages: list[str], gen_probs: np.ndarray | None, ref_probs: np.nda
     return out
 
 
+NOISE_BATCH = 64  # noise signals prepared and embedded at once
+
+
+def noise_references(real: Stats, encoder: Encoder, seed: int = 0,
+                     kinds: Sequence[str] | None = None) -> dict[str, Stats]:
+    """The noise sets of ``real`` (:mod:`.noise`: one file per real file, its length, rate and speaker label),
+    embedded by ``encoder`` as files are (decoded at its rate, then ``prepare_signal``), as ``{kind: Stats}``.
+
+    A noise file the encoder refuses is a failure of its set; a set of fewer than 2 embeddings is left out."""
+    from ..data.audio import AudioError, resample
+    from .noise import NOISE_KINDS, noise_set
+
+    out: dict[str, Stats] = {}
+    for kind in (NOISE_KINDS if kinds is None else kinds):
+        rows, labels, paths, failures, batch = [], [], [], [], []
+
+        def flush() -> None:
+            if batch:
+                rows.append(encoder.embed_prepared([b[2] for b in batch]))
+                labels.extend(b[1] for b in batch)
+                paths.extend(b[0] for b in batch)
+                batch.clear()
+
+        for item in noise_set(kind, real.paths.tolist(), real.labels.tolist(), seed):
+            where = f"{kind} noise of {item.path}"
+            try:
+                prepared = encoder.prepare_signal(resample(item.signal, item.sample_rate, encoder.sample_rate),
+                                                  encoder.sample_rate, where)
+            except AudioError as exc:
+                failures.append(exc.failure)
+                continue
+            batch.append((where, item.label, prepared))
+            if len(batch) >= NOISE_BATCH:
+                flush()
+        flush()
+        if sum(len(r) for r in rows) < 2:
+            continue
+        out[kind] = make_stats(np.concatenate(rows), labels, paths, encoder.identity, encoder.settings,
+                               f"{kind} noise of {real.source}", failures, encoder.name)
+    return out
+
+
+ANCHOR_SIM_DISTANCE = ("2-Wasserstein distance between per-utterance cosines to the speaker's real centroid; "
+                       "reference: the real utterances' leave-one-out cosines")
+
+
+def _anchor(d_real: float, d_noise: Mapping[str, float]) -> dict:
+    """The anchored score of one distance to real and the distances to each noise set (metrics.anchored)."""
+    from ..metrics.anchored import nearest_noise, noise_anchored_score
+
+    kinds = list(d_noise)
+    # FD is reported as computed and can be a rounding-size negative for (nearly) equal sets: 0 here.
+    real = max(float(d_real), 0.0)
+    noise = np.maximum(np.array([d_noise[k] for k in kinds], dtype=np.float64), 0.0)
+    return {"score": noise_anchored_score(real, noise), "d_real": float(d_real),
+            "d_noise": {k: float(d_noise[k]) for k in kinds}, "nearest_noise": kinds[nearest_noise(noise)]}
+
+
+def _fd_to_each(x: np.ndarray, others: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """FD of the set ``x`` to each set of ``others`` (metrics.frechet_distance; ``x``'s square root taken once)."""
+    from ..metrics.distances import _frechet_with_root, _sqrt_psd
+
+    mu, sigma = metrics.gaussian_stats(x)
+    root = _sqrt_psd(sigma)
+    return {k: _frechet_with_root(mu, sigma, root, *metrics.gaussian_stats(y)) for k, y in others.items()}
+
+
+def _anchored_sim(real: Stats, generated: Stats, noise: Mapping[str, Stats]) -> dict:
+    """SIM anchored: W2 of the generated set's SECS terms to the real leave-one-out target scores and to each noise
+    set's cosines to its (real file's) speaker's real centroid."""
+    from ..metrics.anchored import wasserstein_1d
+    from ..metrics.distances import _centroid_cosines
+    from ..metrics.similarity import real_trials
+
+    x = real.embeddings.astype(np.float64)
+    gen, known = _centroid_cosines(generated.embeddings.astype(np.float64), generated.labels, x, real.labels)
+    if not known.any():
+        raise DeepSpeakerError("no generated speaker has real utterances")
+    scores, is_target = real_trials(x, real.labels)
+    reference = scores[is_target == 1]
+    if reference.size == 0:
+        raise DeepSpeakerError("no real speaker has 2 utterances for the leave-one-out reference")
+    d_noise = {}
+    for kind, stats in noise.items():
+        cos, _ = _centroid_cosines(stats.embeddings.astype(np.float64), stats.labels, x, real.labels)
+        if cos.size:
+            d_noise[kind] = wasserstein_1d(gen, cos)
+    if not d_noise:
+        raise DeepSpeakerError("no noise set has utterances of the real speakers")
+    return {**_anchor(wasserstein_1d(gen, reference), d_noise), "distance": ANCHOR_SIM_DISTANCE,
+            "n_generated": int(gen.size), "n_reference": int(reference.size)}
+
+
+def _anchored(messages: list[str], real: Stats, generated: Stats, noise: Mapping[str, Stats] | None,
+              seed: int) -> dict | None:
+    """The noise-anchored FD and SIM scores (docs metrics.md) beside the raw ones, or None with a message."""
+    if noise is None:
+        if real.embedder is None:
+            messages.append("anchored scores: not computed: no encoder to embed the noise sets with (statistics "
+                            "made without one; pass noise= to compare)")
+            return None
+        try:
+            encoder = real.embedder()
+            noise = noise_references(real, encoder, seed)
+        except DeepSpeakerError as exc:
+            messages.append(f"anchored scores: not computed: {exc}")
+            return None
+    for kind, stats in noise.items():
+        check_compatible(real, stats)
+        messages.extend(f"anchored scores: {kind} noise: skipped {f}" for f in stats.failures)
+    if not noise:
+        messages.append("anchored scores: not computed: no noise set has 2 embeddings")
+        return None
+    x, y = real.embeddings, generated.embeddings
+    noise_sets = {k: s.embeddings for k, s in noise.items()}
+    out: dict[str, Any] = {"noise_kinds": list(noise), "seed": seed,
+                           "noise_n": {k: int(s.embeddings.shape[0]) for k, s in noise.items()}}
+    # d_real is the report's "FD, full sets"; the baseline anchors one real half against the other (as the
+    # baseline FD) and against the noise sets.
+    out["fd"] = _attempt(messages, "anchored FD", lambda: _anchor(
+        metrics.frechet_distance(real.mu, real.sigma, generated.mu, generated.sigma), _fd_to_each(y, noise_sets)))
+    half_a, half_b = split_per_label(real.labels, np.random.default_rng(seed))
+    a, b = x[half_a], x[half_b]
+
+    def baseline() -> dict:
+        d = _fd_to_each(a, {"": b, **noise_sets})
+        return _anchor(d.pop(""), d)
+
+    out["fd_baseline"] = (_attempt(messages, "anchored FD baseline", baseline) if min(len(a), len(b)) >= 2
+                          else None)
+    out["sim"] = _attempt(messages, "anchored SIM", _anchored_sim, real, generated, noise)
+    return out
+
+
 def _config(config: CompareConfig | None, options: Mapping[str, Any]) -> CompareConfig:
     """``config`` (default: :class:`CompareConfig`'s defaults) with the keyword ``options`` of the older API
     (``seed=3, bootstrap=100``, ...) in place of its fields; checked either way."""
@@ -398,7 +539,8 @@ def _config(config: CompareConfig | None, options: Mapping[str, Any]) -> Compare
 
 def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, *,
             gen_probs: np.ndarray | None = None, ref_probs: np.ndarray | None = None,
-            paired_folders: tuple[str, str] | None = None, **options: Any) -> dict:
+            paired_folders: tuple[str, str] | None = None, noise: Mapping[str, Stats] | None = None,
+            **options: Any) -> dict:
     """The comparison report (JSON-ready): every distance for generated vs real and for the real-halves baseline.
 
     ``config`` holds the numbers (:class:`~deep_speaker.eval.config.CompareConfig`: seeds, subset sizes, ``far``,
@@ -406,6 +548,8 @@ def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, 
     ``paired_folders`` = (real_dir, generated_dir) adds the paired MR-STFT distance; ``gen_probs`` (and
     ``ref_probs``) [n, K] softmax rows add IS, mIS (and AM). Acceptance is at the real EER threshold and at the
     ``far`` false-accept threshold; ``bootstrap`` replicates (0: none) give 95 % intervals; ``worst`` files are listed.
+    ``anchor_noise`` adds the noise-anchored FD and SIM scores (``anchored``), against ``noise`` (``{kind: Stats}``)
+    or, when not given, the noise sets of :func:`noise_references` embedded by ``real.embedder``.
     """
     config = _config(config, options)
     seed, num_splits, subset_size = config.seed, config.num_splits, config.subset_size
@@ -453,6 +597,8 @@ def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, 
     }
     if bootstrap:
         report["intervals"] = _intervals(msgs, real, generated, far, num_subsets, subset_size, seed, bootstrap)
+    if config.anchor_noise:  # no key at all when off: reports stay as they were
+        report["anchored"] = _anchored(msgs, real, generated, noise, seed)
     report.update(_shared(msgs, gen_probs, ref_probs, paired_folders))
     safe = to_json_safe(report, msgs)
     safe["messages"] = list(msgs)
@@ -577,7 +723,20 @@ def _space_rows(report: dict) -> list[tuple[str, str, str, str]]:
          _fmt(_get(base, "sap_san", "san"))),
         ("ndb", f"NDB/K, {s['ndb_bins']} k-means bins on real",
          _fmt(_get(report, "ndb", "ndb_over_k")), _fmt(_get(base, "ndb", "ndb_over_k"))),
-    ]
+    ] + (_anchored_rows(report) if "anchored" in report else [])
+
+
+def _anchored_cell(value: dict | None) -> str:
+    return "n/a" if value is None else f"{value['score']:.1f} (nearest: {value['nearest_noise']})"
+
+
+def _anchored_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """The noise-anchored scores' rows, only in a report that asked for them."""
+    anchored = report.get("anchored") or {}
+    return [("fd_anchored", "FD anchored: 100 = real, 0 = nearest noise set (TTSDS)",
+             _anchored_cell(anchored.get("fd")), _anchored_cell(anchored.get("fd_baseline"))),
+            ("sim_anchored", "SIM anchored: W2 of cosines to the centroid, 100 = real, 0 = noise",
+             _anchored_cell(anchored.get("sim")), "")]
 
 
 def _shared_rows(report: dict) -> list[tuple[str, str]]:
