@@ -16,6 +16,7 @@ import sys
 
 from deep_speaker.cli import EXIT_USAGE, native_stderr_silenced, run_command
 from deep_speaker.cli.cache import run_build, run_inputs, worker_count
+from deep_speaker.data.config import BuildConfig
 from deep_speaker.errors import DeepSpeakerError
 
 # The folders each action needs (the original required both always).
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     code = 0
     workers = worker_count(args.workers, args.multi_threading)
     if args.regenerate_full_cache or args.update_cache:
-        code = run_build(args.audio_dir, args.cache_output_dir, update=args.update_cache, workers=workers, yes=args.yes)
+        code = run_build(BuildConfig(args.audio_dir, args.cache_output_dir, args.update_cache, workers, yes=args.yes))
     if args.generate_training_inputs:
         code = max(code, run_inputs(args.cache_output_dir))
     for name in ("unseen_speakers", "get_embeddings"):

@@ -36,8 +36,8 @@ def main() -> None:
     calibrated = evaluate(encoder, TEST, calibration=record).report
     rows.append(("cosine, calibrated on the training speakers", calibrated, f"{calibrated['cllr']:.3f}"))
     for method, top_k in (("snorm", 300), ("asnorm", 20)):
-        norm = load_cohort(encoder, TRAIN, method, top_k)
-        report = evaluate(encoder, TEST, norm).report
+        norm = load_cohort(encoder, TRAIN, method, top_k=top_k)
+        report = evaluate(encoder, TEST, score_norm=norm).report
         name = f"{method}{f' (top {top_k})' if method == 'asnorm' else ''}"
         rows.append((f"{name}, cohort: {len(speakers)} training speakers", report, "-"))
     print("| scores | EER % [95 % CI] | minDCF 0.01 [95 % CI] | minDCF 0.05 | actDCF 0.01 / 0.05 | Cllr | minCllr |")

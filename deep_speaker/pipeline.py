@@ -4,12 +4,13 @@ generated-speech metrics of degraded copies. ``deep-speaker run`` and ``scripts/
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .atomic import write_json
 from .data.augment import check_augmentations
@@ -17,7 +18,8 @@ from .data.cache import FeatureCache, augment_cache, build_cache
 from .data.inputs import generate_training_inputs
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from .errors import DeepSpeakerError
-from .eval.verification import ci_text, evaluate, write_plots
+from .eval.verification import evaluate
+from .eval.verification_report import ci_text, write_plots
 from .job_config import TEST_SUBSET, TRAIN_SUBSET, JobConfig
 from .machine import describe, machine_text
 from .model.checkpoints import best_checkpoint
@@ -28,6 +30,17 @@ log = logging.getLogger(__name__)
 
 def _step(title: str) -> None:
     log.info("\n== %s", title)
+
+
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Adds the wall seconds of the block to ``phases[name]``: summary.json's per-phase profile (#34: where the
+    job's minutes go on each CPU kind; benchmarks/bench_job_phases.py compares them)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = round(phases.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def build_caches(cfg: JobConfig) -> tuple[FeatureCache, FeatureCache]:
@@ -54,18 +67,23 @@ def augmented(cfg: JobConfig, cache_dir: str | os.PathLike) -> None:
         augment_cache(cache_dir, recipe["kinds"], cfg.augment_copies, cfg.seed)
 
 
-def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
-    """Softmax pre-training then triplet training on the training speakers; the best triplet checkpoint."""
-    inputs = generate_training_inputs(train_cache, seed=cfg.seed)
+def train_phases(cfg: JobConfig, train_cache: FeatureCache, phases: dict[str, float] | None = None) -> Path:
+    """Softmax pre-training then triplet training on the training speakers; the best triplet checkpoint. Each
+    phase's wall seconds are added to ``phases`` (keys ``softmax``, ``triplet``) when given."""
+    phases = {} if phases is None else phases
+    with _timed(phases, "softmax"):
+        inputs = generate_training_inputs(train_cache, seed=cfg.seed)
     common = dict(output_dir=cfg.output_dir / "checkpoints", width=cfg.width, batch_size=cfg.batch_size,
                   save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose,
                   spec_augment=cfg.spec_augment)
     # Fresh random crops each step: the few fixed crops of one utterance per speaker are memorised within
     # hundreds of steps. The original's triplet rate (SGD 0.01) undoes the softmax start on data this small.
-    train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True,
-                      softmax_head=cfg.softmax_head, **common))
-    train(TrainConfig(phase="triplet", data=inputs, cache_dir=train_cache.path, steps=cfg.triplet_steps,
-                      learning_rate=cfg.triplet_learning_rate, **common))
+    with _timed(phases, "softmax"):
+        train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True,
+                          softmax_head=cfg.softmax_head, **common))
+    with _timed(phases, "triplet"):
+        train(TrainConfig(phase="triplet", data=inputs, cache_dir=train_cache.path, steps=cfg.triplet_steps,
+                          learning_rate=cfg.triplet_learning_rate, **common))
     found = best_checkpoint(cfg.output_dir / "checkpoints", "triplet")
     if found is None:
         raise DeepSpeakerError(f"triplet training wrote no checkpoint under {cfg.output_dir / 'checkpoints'}")
@@ -75,7 +93,7 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache) -> Path:
 def evaluate_unseen(encoder: Encoder, test_cache: FeatureCache, out_dir: Path) -> tuple[dict, list[str]]:
     """Verification report (SAP/SAN, EER, minDCF, F) over all pairs of the held-out speakers, and its PNGs."""
     result = evaluate(encoder, {"cache": str(test_cache.path)})
-    pngs = write_plots(out_dir, result.scores, result.labels, result.report["eer"], result.labelled)
+    pngs = write_plots(out_dir, result.scores, result.labels, eer=result.report["eer"], labelled=result.labelled)
     return result.report, pngs
 
 
@@ -120,24 +138,28 @@ def degradation_summary(reports: dict[str, dict]) -> list[dict[str, Any]]:
 def run_main_job(cfg: JobConfig) -> dict[str, Any]:
     """Run every stage, write ``summary.json`` and the PNGs under ``cfg.output_dir``; return the summary."""
     started = time.perf_counter()
+    phases: dict[str, float] = {}
     out = cfg.output_dir
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     _step(f"1/5 feature caches of {cfg.data_dir}")
-    train_cache, test_cache = build_caches(cfg)
+    with _timed(phases, "caches"):
+        train_cache, test_cache = build_caches(cfg)
     _step(f"2-3/5 softmax pre-training ({cfg.softmax_steps} steps), then triplet training "
           f"({cfg.triplet_steps} steps), width {cfg.width:g}")
-    checkpoint = train_phases(cfg, train_cache)
-    encoder = get_encoder(DEFAULT_ENCODER, model=checkpoint)
+    checkpoint = train_phases(cfg, train_cache, phases)
     _step(f"4/5 speaker verification on {len(test_cache.speakers)} speakers never seen in training")
-    verification, pngs = evaluate_unseen(encoder, test_cache, report_dir)
+    with _timed(phases, "verification"):
+        encoder = get_encoder(DEFAULT_ENCODER, model=checkpoint)
+        verification, pngs = evaluate_unseen(encoder, test_cache, report_dir)
     log.info("  SAP %.3f  SAN %.3f (mean cosine similarity, same / different speaker)  EER %.2f %%  over %d + %d "
              "trials", verification["sap"], verification["san"], 100 * verification["eer"], verification["n_target"],
              verification["n_nontarget"])
     reports = {}
     if cfg.degradations:
         _step("5/5 generated-speech metrics: held-out speech against degraded copies")
-        reports, compare_pngs = compare_degraded(encoder, cfg, report_dir)
+        with _timed(phases, "generated"):
+            reports, compare_pngs = compare_degraded(encoder, cfg, report_dir)
         pngs += compare_pngs
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
@@ -147,6 +169,7 @@ def run_main_job(cfg: JobConfig) -> dict[str, Any]:
         "degradations": degradation_summary(reports),
         "pngs": pngs,
         "wall_seconds": time.perf_counter() - started,
+        "phase_seconds": phases,
         # The CPU kind and versions that made these numbers: the same on this machine every run, not across kinds.
         "machine": describe(),
     }
@@ -157,7 +180,8 @@ def run_main_job(cfg: JobConfig) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """The few lines the main job ends with."""
     v = summary["verification"]
-    lines = [f"Done in {summary['wall_seconds'] / 60:.1f} min. Model: {summary['checkpoint']}",
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["phase_seconds"].items())
+    lines = [f"Done in {summary['wall_seconds'] / 60:.1f} min ({phases}). Model: {summary['checkpoint']}",
              f"Machine: {machine_text(summary['machine'])}",
              f"Unseen speakers: SAP {v['sap']:.3f} vs SAN {v['san']:.3f} (cosine similarity), "
              f"EER {100 * v['eer']:.2f} %{ci_text(v, 'eer', 100)}, "

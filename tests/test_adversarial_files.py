@@ -20,7 +20,8 @@ from deep_speaker.cli import EXIT_OK, EXIT_USAGE, main
 from deep_speaker.encoders import register_encoder
 from deep_speaker.errors import DeepSpeakerError, InternalError
 from deep_speaker.eval.export import save_embeddings
-from deep_speaker.eval.generated import load_moments, load_stats
+from deep_speaker.eval.formats import read_moments as load_moments
+from deep_speaker.eval.formats import read_stats as load_stats
 from deep_speaker.eval.scoring import CalibrationRecord, read_calibration, save_calibration
 from deep_speaker.metrics import Calibration
 from deep_speaker.model.checkpoints import LAST, STATE, STATE_ENTRY, resume_state, save_checkpoint

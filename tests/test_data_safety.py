@@ -193,8 +193,9 @@ def hooked(path, **kwargs):
 build.extract_features = hooked
 from deep_speaker.cli import run_command
 from deep_speaker.cli.cache import run_build
+from deep_speaker.data.config import BuildConfig
 import argparse
-sys.exit(run_command(lambda a: run_build(sys.argv[1], sys.argv[2], False, 2, yes=True, progress=False),
+sys.exit(run_command(lambda a: run_build(BuildConfig(sys.argv[1], sys.argv[2], False, 2, yes=True, progress=False)),
                      argparse.Namespace(verbose=False)))
 """
 

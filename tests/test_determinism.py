@@ -59,6 +59,11 @@ def test_main_job_end_to_end(runs) -> None:
     assert "Unseen speakers: SAP" in out.with_suffix(".stdout").read_text()
 
     summary = json.loads((out / "summary.json").read_text())
+    # The per-phase profile covers the job's stages in order and adds up to no more than its wall time.
+    phases = summary["phase_seconds"]
+    assert list(phases) == ["caches", "softmax", "triplet", "verification", "generated"]
+    assert all(seconds > 0 for seconds in phases.values())
+    assert sum(phases.values()) <= summary["wall_seconds"] + 0.005  # each phase is rounded to 1 ms
     pngs = [Path(p) for p in summary["pngs"]]
     assert {p.name for p in pngs} >= {"det.png", "similarity_matrix.png", "projection_tsne.png"}
     for png in pngs:
@@ -107,13 +112,13 @@ def leaves(value: Any, path: str = "") -> dict[str, Any]:
 
 def results(out: Path) -> dict[str, Any]:
     """The leaves of summary.json and of every report JSON, the run folder's name replaced (paths differ by it)
-    and the wall time left out: everything else must be equal."""
+    and the wall times left out: everything else must be equal."""
     found = {}
     for path in [out / "summary.json", *sorted((out / "report").glob("*.json"))]:
         text = path.read_text().replace(str(out), "<OUT>")
         found.update({f"{path.name}{k}": v for k, v in leaves(json.loads(text)).items()})
     del found["summary.json/wall_seconds"]
-    return found
+    return {k: v for k, v in found.items() if not k.startswith("summary.json/phase_seconds/")}
 
 
 def weights(checkpoint: Path) -> dict[str, np.ndarray]:

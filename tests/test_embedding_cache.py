@@ -62,9 +62,7 @@ def counting_toy():
 
 def run(paths, cache=None, **options):
     """embed_files_with_failures of a fresh Counting encoder (a new process would build a new one too)."""
-    encoder = Counting(**options)
-    encoder.embedding_cache = cache
-    return encoder.embed_files_with_failures(paths)
+    return ec.with_embedding_cache(Counting(**options), cache).embed_files_with_failures(paths)
 
 
 def database(folder: Path) -> Path:
@@ -170,8 +168,7 @@ def test_another_identity_misses(tmp_path):
             names.add(opened.path.name)
     assert len(names) == 3 and ec.cache_key(base)["precision"] == ["float32"]
     assert {"keras", "tensorflow"} <= set(ec.cache_key(base)["runtime"])
-    base.embedding_cache = cache
-    first, second = (base.embed_files(FILES[:3]) for _ in range(2))
+    first, second = (ec.with_embedding_cache(base, cache).embed_files(FILES[:3]) for _ in range(2))
     assert np.array_equal(first, Embedder(model).embed_files(FILES[:3])) and np.array_equal(first, second)
     with sqlite3.connect(ec.EmbeddingCache(cache, base).path) as db:
         assert db.execute("SELECT count(*) FROM embeddings").fetchone() == (3,)
@@ -208,11 +205,11 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from deep_speaker.encoders import base
+from deep_speaker.encoders.embedding_cache import with_embedding_cache
 from test_embedding_cache import Counting, embedded
 base.FILES_PER_CHUNK = 4  # a commit every 4 files: the two processes interleave their writes
 cache, out, ready, go, *paths = sys.argv[1:]
-encoder = Counting()
-encoder.embedding_cache = cache
+encoder = with_embedding_cache(Counting(), cache)
 Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.01)
@@ -332,7 +329,6 @@ def test_a_process_killed_while_writing_leaves_a_valid_cache(tmp_path):
 def test_cli_option_on_embed_and_stats_and_the_environment(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(ec.EMBEDDING_CACHE_ENV, raising=False)
     folder, cache = str(HELD_OUT / "1688"), tmp_path / "cache"
-    assert Counting().embedding_cache is None  # off unless asked for
     assert main(["embed", folder, "-o", str(tmp_path / "plain.npz"), "--encoder", TOY]) == 0
     assert embedded() == 10 and not cache.exists()
     for k in range(2):

@@ -119,7 +119,7 @@ def test_registry_lists_and_refuses_unknown_names(capsys):
     err = capsys.readouterr().err
     assert "unknown encoder 'wavlm'" in err and err.count("\n") == 1
     assert main(["verify", a, a, "--encoder", TOY, "--window", "2"]) == 2
-    assert "does not take" in capsys.readouterr().err
+    assert "--window applies to deep-speaker only" in capsys.readouterr().err
 
 
 def test_embedder_is_an_encoder(tmp_path):

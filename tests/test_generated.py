@@ -18,11 +18,11 @@ from deep_speaker.eval.generated import (
     check_compatible,
     compare,
     compute_stats,
-    format_table,
-    load_stats,
-    make_stats,
-    save_stats,
 )
+from deep_speaker.eval.embedded import Embedded, make_stats
+from deep_speaker.eval.formats import read_stats as load_stats
+from deep_speaker.eval.formats import write_stats as save_stats
+from deep_speaker.eval.generated_report import format_table
 
 REAL_SPEAKERS = ("1688", "2414", "3005", "533")
 GEN_SPEAKERS = REAL_SPEAKERS[:2]  # the other two are the "other conditioning" of cFD/cKD
@@ -129,7 +129,7 @@ def test_different_models_or_settings_are_refused(work: Path, real, tmp_path: Pa
     with pytest.raises(DeepSpeakerError, match="different models"):
         compare(real, load_stats(tmp_path / "other.npz"))
     changed = load_stats(tmp_path / "other.npz")
-    changed.model_identity = real.model_identity
+    changed.embedded.identity = real.model_identity
     changed.feature_settings = {**changed.feature_settings, "trim": "none"}
     with pytest.raises(DeepSpeakerError, match="feature settings.*trim"):
         check_compatible(real, changed)
@@ -196,8 +196,8 @@ def test_report_equals_metrics_called_directly(real, noisy) -> None:
 def test_too_few_samples_give_messages_not_nan(real, noisy) -> None:
     gen = noisy[20.0]
     idx = np.arange(3)
-    few = make_stats(gen.embeddings[idx], gen.labels[idx], gen.paths[idx], gen.model_identity, gen.feature_settings,
-                     "three files")
+    few = make_stats(Embedded(gen.embeddings[idx], gen.labels[idx].tolist(), gen.paths[idx].tolist(),
+                              identity=gen.model_identity), gen.feature_settings, "three files")
     report = compare(real, few, **SMALL)
     assert_finite_json(report)
     json.dumps(report, allow_nan=False)

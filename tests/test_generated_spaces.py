@@ -25,7 +25,10 @@ from deep_speaker.cli import main
 from deep_speaker.encoders import register_encoder
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.eval.degrade import degrade_folder
-from deep_speaker.eval.generated import compare, compute_stats, format_table, load_stats, make_stats, report_table
+from deep_speaker.eval.embedded import Embedded, make_stats
+from deep_speaker.eval.formats import read_stats as load_stats
+from deep_speaker.eval.generated import compare, compute_stats
+from deep_speaker.eval.generated_report import format_table, report_table
 from deep_speaker.eval.tables import render_table, write_table
 
 ENCODERS = ("deep-speaker", TOY)
@@ -309,15 +312,15 @@ def test_tables_parse_back(runs, work, tmp_path):
 
 def test_unlabelled_generated_set_and_too_few_speakers(spaces):
     real, generated = spaces[TOY]
-    flat = make_stats(generated.embeddings, [""] * len(generated.paths), generated.paths, generated.model_identity,
-                      generated.feature_settings, "flat folder", encoder=TOY)
+    flat = make_stats(Embedded(generated.embeddings, [""] * len(generated.paths), generated.paths.tolist(), [], TOY,
+                               generated.model_identity), generated.feature_settings, "flat folder")
     report = compare(real, flat, num_subsets=5, ndb_bins=5, fd_inf_points=5, bootstrap=100)
     assert report["similarity"]["generated"]["secs"] is None and report["worst"] == []
     assert set(report["intervals"]["values"]) == {"fd", "kd", "real_eer", "real_accept_eer", "real_accept_far"}
     assert report["similarity"]["real"]["eer"] == pytest.approx(by_loops(real, generated)["eer"], abs=1e-12)
     two = np.isin(real.labels, sorted(set(real.labels))[:2])
-    few = make_stats(real.embeddings[two], real.labels[two], real.paths[two], real.model_identity,
-                     real.feature_settings, "two speakers", encoder=TOY)
+    few = make_stats(Embedded(real.embeddings[two], real.labels[two].tolist(), real.paths[two].tolist(), [], TOY,
+                              real.model_identity), real.feature_settings, "two speakers")
     report = compare(few, generated, num_subsets=5, ndb_bins=5, fd_inf_points=5, bootstrap=100)
     assert report["intervals"]["skipped"].startswith("a speaker bootstrap needs at least 3 speakers")
     assert "no intervals: a speaker bootstrap needs at least 3 speakers" in format_table(report)

@@ -12,7 +12,10 @@ import pytest
 from deep_speaker.cli import main
 from deep_speaker.encoders.deepspeaker import packaged_model
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.eval.generated import load_moments, load_stats, make_stats, save_stats
+from deep_speaker.eval.embedded import Embedded, make_stats
+from deep_speaker.eval.formats import read_moments as load_moments
+from deep_speaker.eval.formats import read_stats as load_stats
+from deep_speaker.eval.formats import write_stats as save_stats
 from deep_speaker.metrics import frechet_distance, gaussian_stats
 from deep_speaker.metrics.moments import merge_moments, moments, moments_gaussian
 
@@ -56,8 +59,9 @@ def real(tmp_path_factory) -> Path:
 
 
 def _part(stats, rows, path):
-    save_stats(path, make_stats(stats.embeddings[rows], stats.labels[rows], stats.paths[rows], stats.model_identity,
-                                stats.feature_settings, encoder=stats.encoder))
+    save_stats(path, make_stats(Embedded(stats.embeddings[rows], stats.labels[rows].tolist(),
+                                         stats.paths[rows].tolist(), [], stats.encoder, stats.model_identity),
+                                stats.feature_settings))
     return str(path)
 
 

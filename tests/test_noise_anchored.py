@@ -16,7 +16,8 @@ from scipy.signal import welch
 from deep_speaker import metrics
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.eval.degrade import degrade_folder
-from deep_speaker.eval.generated import compare, compute_stats, format_table, noise_references
+from deep_speaker.eval.generated import compare, compute_stats, noise_references
+from deep_speaker.eval.generated_report import format_table
 from deep_speaker.eval.noise import NOISE_KINDS, babble_sources, noise_set, pink_noise, white_noise
 from deep_speaker.metrics.anchored import nearest_noise, noise_anchored_score, wasserstein_1d
 
@@ -221,18 +222,19 @@ def test_option_off_leaves_the_report_unchanged(reports: dict) -> None:
 
 
 def test_noise_sets_embedded_through_the_real_sets_encoder(spaces: dict) -> None:
-    from deep_speaker.eval.generated import _anchored, make_stats
+    from deep_speaker.eval.embedded import Embedded, make_stats
+    from deep_speaker.eval.generated import _anchored
 
     real = spaces["real"]
-    few = make_stats(real.embeddings[::5], real.labels[::5], real.paths[::5], real.model_identity,
-                     real.feature_settings, "8 real files")
+    few = make_stats(Embedded(real.embeddings[::5], real.labels[::5].tolist(), real.paths[::5].tolist(),
+                              identity=real.model_identity), real.feature_settings, "8 real files")
     messages: list[str] = []
     assert _anchored(messages, few, spaces["snr5"], None, 0) is None  # made without an encoder
     assert messages == ["anchored scores: not computed: no encoder to embed the noise sets with (statistics made "
                         "without one; pass noise= to compare)"]
     few.embedder = real.embedder  # as compute_stats and load_side set it
     made = _anchored(messages, few, spaces["snr5"], None, 0)
-    given = _anchored(messages, few, spaces["snr5"], noise_references(few, spaces["embedder"], 0), 0)
+    given = _anchored(messages, few, spaces["snr5"], noise_references(few, spaces["embedder"], seed=0), 0)
     assert made["noise_n"] == {kind: 8 for kind in NOISE_KINDS} and len(messages) == 1
     assert json.dumps(made) == json.dumps(given)  # the same noise sets, seeded
 

@@ -16,6 +16,7 @@ from deep_speaker.cli import main
 from deep_speaker.encoders import register_encoder
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.eval.scoring import NO_NORM, ScoreNorm, read_calibration
+from deep_speaker.eval.config import EvaluateConfig
 from deep_speaker.eval.verification import embed_segments, evaluate, folder_utterances, load_cohort
 from deep_speaker.metrics import cllr, fit_calibration, verification_intervals
 from test_encoders import TOY, MeanFbank, by_hand
@@ -52,7 +53,7 @@ def calibration_file(tmp_path_factory):
 def test_segments_are_the_halves_of_each_file():
     utterances, _ = folder_utterances(TRAIN)
     labelled = embed_segments(MeanFbank(), utterances[:3], 2)
-    assert labelled.sources == [f"{u.path}#{k}" for u in utterances[:3] for k in (1, 2)]
+    assert labelled.paths == [f"{u.path}#{k}" for u in utterances[:3] for k in (1, 2)]
     from deep_speaker.data.audio import read_audio
     for row, u in enumerate(utterances[:3]):
         signal = read_audio(u.path, 16000, trim=False)
@@ -79,7 +80,8 @@ def test_calibrate_fits_the_pairs_of_the_training_halves(calibration_file):
 def test_calibrated_report_on_unseen_speakers(calibration_file, by_hand_pairs, tmp_path, capsys):
     e, spk, i, j, scores, labels = by_hand_pairs
     record = read_calibration(calibration_file)
-    result = evaluate(MeanFbank(), {"audio_dir": str(TEST_OTHER)}, NO_NORM, record, replicates=200, seed=3)
+    result = evaluate(MeanFbank(), {"audio_dir": str(TEST_OTHER)}, EvaluateConfig(bootstrap=200, seed=3),
+                      score_norm=NO_NORM, calibration=record)
     report = result.report
     np.testing.assert_allclose(result.scores, scores, atol=1e-6)
     llr = record.calibration.scale * scores + record.calibration.offset
@@ -101,7 +103,7 @@ def test_asnorm_report_matches_the_published_formula(by_hand_pairs):
     cohort = load_cohort(MeanFbank(), TRAIN, "asnorm", top_k=20)
     train_files = sorted(TRAIN.rglob("*.flac"))
     assert cohort.cohort.shape[0] == len(train_files)  # one utterance per speaker: the speaker means are the rows
-    result = evaluate(MeanFbank(), {"audio_dir": str(TEST_OTHER)}, cohort, replicates=0)
+    result = evaluate(MeanFbank(), {"audio_dir": str(TEST_OTHER)}, EvaluateConfig(bootstrap=0), score_norm=cohort)
     cohort_by_hand = np.stack([by_hand(f) for f in train_files])
     pick = np.random.default_rng(0).choice(i.size, 300, replace=False)
     np.testing.assert_allclose(result.scores[pick], loop_snorm(e, i[pick], j[pick], cohort_by_hand, top_k=20),
@@ -109,7 +111,8 @@ def test_asnorm_report_matches_the_published_formula(by_hand_pairs):
     assert result.report["score_norm"] == {"method": "asnorm", "cohort": str(TRAIN), "n_cohort": len(train_files),
                                            "top_k": 20, "cohort_files_also_in_these_trials": 0}
     overlapping = load_cohort(MeanFbank(), TEST_OTHER, "snorm")
-    report = evaluate(MeanFbank(), {"audio_dir": str(TEST_OTHER)}, overlapping, replicates=0).report
+    report = evaluate(MeanFbank(), {"audio_dir": str(TEST_OTHER)}, EvaluateConfig(bootstrap=0),
+                      score_norm=overlapping).report
     assert report["score_norm"]["cohort_files_also_in_these_trials"] == 100
 
 

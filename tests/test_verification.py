@@ -16,6 +16,7 @@ from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.encoders import deepspeaker as embed
 from deep_speaker.encoders.deepspeaker import Embedder
 from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.eval.config import EvaluateConfig
 from deep_speaker.eval.scoring import ScoreNorm
 from deep_speaker.eval.trials import read_trials
 from deep_speaker.eval.verification import (
@@ -93,7 +94,7 @@ def test_sap_san_agree_with_plain_cosine(embedder, corpus):
     e, spk = labelled.embeddings.astype(np.float64), labelled.speakers
     same = [plain_cosine(e[i], e[j]) for i in range(9) for j in range(i + 1, 9) if spk[i] == spk[j]]
     diff = [plain_cosine(e[i], e[j]) for i in range(9) for j in range(i + 1, 9) if spk[i] != spk[j]]
-    report = evaluate(embedder, {"audio_dir": str(corpus)}, replicates=0).report
+    report = evaluate(embedder, {"audio_dir": str(corpus)}, EvaluateConfig(bootstrap=0)).report
     assert report["sap"] == pytest.approx(np.mean(same), abs=1e-9)
     assert report["san"] == pytest.approx(np.mean(diff), abs=1e-9)
     assert (report["n_target"], report["n_nontarget"]) == (len(same), len(diff))
@@ -130,8 +131,8 @@ def test_trials_score_each_file_once_and_drop_failed(embedder, corpus, tmp_path)
     trials = tmp_path / "trials.txt"
     trials.write_text(f"1 {files[0]} {files[1]}\n0 {files[0]} {files[3]}\n0 {files[1]} missing.flac\n")
     scored = trial_list_set(embedder, read_trials(trials, corpus), corpus)
-    scores = ScoreNorm().scores(scored.embeddings, scored.first, scored.second)
-    labels, failures = scored.labels, scored.failures
+    scores = ScoreNorm().scores(scored.items.embeddings, scored.first, scored.second)
+    labels, failures = scored.labels, scored.items.failures
     e = embedder.embed_files([corpus / files[i] for i in (0, 1, 3)])
     np.testing.assert_allclose(scores, [plain_cosine(e[0], e[1]), plain_cosine(e[0], e[2])], atol=1e-6)
     assert labels.tolist() == [1, 0]

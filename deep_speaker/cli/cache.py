@@ -7,20 +7,17 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Any
 
 from ..data.cluster import check_scheduler
-from ..data.constants import (AUDIO_AUGMENTATIONS, DEFAULT_CROP_FRAMES, DEFAULT_SHARD_SIZE, DEFAULT_TRIM, LAYOUTS,
-                              MIC_CHOICES, MIN_SPEECH_SECONDS, TRIM_MODES, check_shard_size)
+from ..data.config import FORMATS, BuildConfig, build_options
+from ..data.constants import DEFAULT_CROP_FRAMES, DEFAULT_SHARD_SIZE, check_shard_size
 from ..errors import DeepSpeakerError, Failure
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL
-from .options import finite_float
+from .options import add_config_options, config_values, finite_float
 
 WIPE_COUNTDOWN_S = 3
-FORMATS = ("files", "sharded")
 
 
 def worker_count(workers: int | None, multi_threading: bool) -> int:
@@ -56,79 +53,49 @@ def cache_format(cache_dir: str | os.PathLike, fmt: str | None) -> str:
     return "sharded" if folder_format(cache_dir) == "sharded" else "files"
 
 
-@dataclass(frozen=True)
-class BuildConfig:
-    """What ``cache build`` / ``cache update`` do (:func:`run_build`): the folders, then by keyword the options, each
-    default written here once (the command line's are the same)."""
-
-    audio_dir: str
-    cache_dir: str
-    update: bool = False
-    workers: int = 1
-    _: KW_ONLY
-    yes: bool = False  # no countdown before a rebuild wipes the folder
-    layout: str = "auto"
-    trim: str = DEFAULT_TRIM
-    min_seconds: float = MIN_SPEECH_SECONDS
-    shard: str | None = None  # "I/N": compute only that part
-    mic: str = "mic1"
-    progress: bool = True
-    augment: str | None = None  # then add augmented copies of these kinds (comma list)
-    copies: int = 1
-    augment_seed: int = 0
-    fmt: str | None = None  # "files" or "sharded"; None: what the folder holds, else files
-    float16: bool = False
-    shard_size: int = DEFAULT_SHARD_SIZE
-    scheduler: str | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, update: bool) -> "BuildConfig":
-        """The configuration of a parsed ``cache build`` / ``cache update`` command line."""
-        return cls(args.audio_dir, args.cache_dir, update, worker_count(args.workers, args.multi_threading),
-                   yes=getattr(args, "yes", False), layout=args.layout, trim=args.trim, min_seconds=args.min_seconds,
-                   shard=args.shard, mic=args.mic, progress=not args.no_progress,
-                   augment=getattr(args, "augment", None), copies=getattr(args, "copies", 1),
-                   augment_seed=getattr(args, "augment_seed", 0), fmt=args.format, float16=args.float16,
-                   shard_size=args.shard_size, scheduler=args.scheduler)
+def build_config(args: argparse.Namespace, update: bool) -> BuildConfig:
+    """The :class:`~deep_speaker.data.config.BuildConfig` of a parsed ``cache build`` / ``cache update`` command
+    line (the options ``update`` lacks keep their defaults)."""
+    return BuildConfig(args.audio_dir, args.cache_dir, update, worker_count(args.workers, args.multi_threading),
+                       progress=not args.no_progress, **config_values(args, BuildConfig))
 
 
-def run_build(config: BuildConfig | str, *args: Any, **options: Any) -> int:
+def run_build(config: BuildConfig) -> int:
     """Build or update a cache or a sharded store (then add augmented copies with ``augment``), print the summary;
-    exit code 1 when some files failed. Takes a :class:`BuildConfig`, or its fields as it does
-    (``run_build(audio_dir, cache_dir, update, workers, yes=True)``)."""
+    exit code 1 when some files failed."""
     from ..data.augment import check_augmentations
     from ..data.build import parse_shard
     from ..data.sources import augment_features, build_features, open_features
 
-    c = config if isinstance(config, BuildConfig) else BuildConfig(config, *args, **options)
-    audio_dir, cache_dir, update, workers, augment, scheduler = (c.audio_dir, c.cache_dir, c.update, c.workers,
-                                                                 c.augment, c.scheduler)
-    fmt = cache_format(cache_dir, c.fmt)
-    if fmt == "files" and (c.float16 or scheduler):
-        raise DeepSpeakerError(f"{'--float16' if c.float16 else '--scheduler'} needs a sharded store (--format "
+    audio_dir, cache_dir, update, workers = config.audio_dir, config.cache_dir, config.update, config.workers
+    augment, scheduler = config.augment, config.scheduler
+    fmt = cache_format(cache_dir, config.fmt)
+    if fmt == "files" and (config.float16 or scheduler):
+        raise DeepSpeakerError(f"{'--float16' if config.float16 else '--scheduler'} needs a sharded store (--format "
                                f"sharded)")
     if fmt == "sharded":
-        check_shard_size(c.shard_size)  # before the wipe warning, not after it
+        check_shard_size(config.shard_size)  # before the wipe warning, not after it
     if scheduler:
         check_scheduler(scheduler)  # a typo is refused now, not after the wipe warning and the corpus scan
     if augment:
         augment = ",".join(check_augmentations(augment))  # a typo is refused before the build, not after it
-    if augment and c.shard is not None:
+    if augment and config.shard is not None:
         raise DeepSpeakerError("--augment works on the whole cache: build the shards, update, then build --augment")
-    if not update and c.shard is None:
-        confirm_wipe(Path(cache_dir), c.yes)
-    shard_part = parse_shard(c.shard) if c.shard else None
-    store_options = {"dtype": "float16" if c.float16 else None, "shard_size": c.shard_size, "scheduler": scheduler}
+    if not update and config.shard is None:
+        confirm_wipe(Path(cache_dir), config.yes)
+    shard_part = parse_shard(config.shard) if config.shard else None
+    store_options = {"dtype": "float16" if config.float16 else None, "shard_size": config.shard_size,
+                     "scheduler": scheduler}
     summary = build_features(audio_dir, cache_dir, fmt == "sharded", update=update, shard=shard_part,
-                             layout=c.layout, workers=workers, trim=c.trim, min_seconds=c.min_seconds,
-                             progress=c.progress, mic=c.mic, **(store_options if fmt == "sharded" else {}))
+                             layout=config.layout, workers=workers, trim=config.trim, min_seconds=config.min_seconds,
+                             progress=config.progress, mic=config.mic, **(store_options if fmt == "sharded" else {}))
     for line in summary.lines():
         print(line)
     failed = bool(summary.failed)
     if augment:
-        added = augment_features(cache_dir, augment, c.copies, c.augment_seed, progress=c.progress,
-                                 workers=workers, scheduler=scheduler, shard_size=c.shard_size)
-        print(f"augmented copies ({augment}, seed {c.augment_seed}): {added} entries added")
+        added = augment_features(cache_dir, augment, config.copies, config.augment_seed, progress=config.progress,
+                                 workers=workers, scheduler=scheduler, shard_size=config.shard_size)
+        print(f"augmented copies ({augment}, seed {config.augment_seed}): {added} entries added")
         for failure in open_features(cache_dir).manifest.get("augment", {}).get("failures", []):
             print(f"{Failure.from_dict(failure)} (no augmented copy)")
             failed = True
@@ -187,37 +154,15 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
                                           "(store.json + shards/)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="processes to use (default 1)")
     parser.add_argument("--multi_threading", action="store_true", help="use every CPU core (like --workers $(nproc))")
-    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
-                        help="how file paths give speaker and utterance ids (default: detected)")
-    parser.add_argument("--trim", choices=TRIM_MODES, default=DEFAULT_TRIM,
-                        help="silence trim: percentile = the original (default, what the released model saw), "
-                             "vad = energy voice-activity trim, none")
-    parser.add_argument("--min_seconds", type=finite_float, default=MIN_SPEECH_SECONDS,
-                        help=f"skip (and report) files shorter than this after trimming (default {MIN_SPEECH_SECONDS})")
-    parser.add_argument("--mic", choices=MIC_CHOICES, default="mic1",
-                        help="VCTK 0.92 microphone to keep (the other is used only where it is missing)")
-    parser.add_argument("--shard", metavar="I/N", default=None,
-                        help="compute only the I-th of N parts of the files (0-based) into a part manifest or "
-                             "listing: a batch scheduler's job array runs the N parts anywhere on a shared folder "
-                             "(e.g. --shard $SLURM_ARRAY_TASK_ID/N), then 'update' merges them")
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="files = manifest.json + one .npy per utterance; sharded = shards of --shard_size "
-                             "utterances with an Arrow index each, for large corpora (docs/STORE.md). Default: "
-                             "what the folder holds, else files")
-    parser.add_argument("--float16", action="store_true", help="sharded store: keep the frames as float16 (half "
-                                                               "the size; the model reads them as float32)")
-    parser.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
-                        help=f"sharded store: utterances per shard (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
-                        help="sharded store: run one task per shard on this Dask cluster (its workers must see the "
-                             "folders); default: --workers local processes")
+    # Defaults, help texts and choices written once, on data.config.BuildConfig.
+    add_config_options(parser, BuildConfig, dashes=False, only=build_options(only_build=False))
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def dispatch_build(update: bool):
     """The ``func`` of build / update."""
     def run(args: argparse.Namespace) -> int:
-        return run_build(BuildConfig.from_args(args, update))
+        return run_build(build_config(args, update))
     return run
 
 
@@ -235,14 +180,7 @@ def register(subparsers) -> None:
                                        "An existing cache there is wiped after a 3 s warning.",
                            epilog="example: deep-speaker cache build ~/VCTK-Corpus ~/ds-cache --multi_threading")
     add_build_options(build)
-    build.add_argument("--yes", action="store_true", help="wipe an existing cache without the 3 s warning")
-    build.add_argument("--augment", metavar="KINDS", default=None,
-                       help=f"then add augmented copies of every utterance, for training: a comma list of "
-                            f"{', '.join(AUDIO_AUGMENTATIONS)} (noise: babble of other speakers or coloured noise at "
-                            f"a random SNR; reverb: simulated room; band: a 3.4-6 kHz narrowband channel; "
-                            f"speed: 0.9/1.1, new speaker ids SPK-speed90/110)")
-    build.add_argument("--copies", type=int, default=1, metavar="K", help="augmented copies per utterance (default 1)")
-    build.add_argument("--augment_seed", type=int, default=0, help="seed of the augmented copies (default 0)")
+    add_config_options(build, BuildConfig, dashes=False, only=build_options(only_build=True))
     build.set_defaults(func=dispatch_build(update=False))
     update = sub.add_parser("update", help="add only new or changed files, keep the rest",
                             description="Compute the features of the files of AUDIO_DIR that CACHE_DIR lacks "

@@ -10,48 +10,55 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..data.constants import AUDIO_EXTENSIONS
-from ..encoders import DEFAULT_ENCODER, available_encoders
-from ..encoders.constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, EMBEDDING_CACHE_ENV
-from ..errors import Failure
+from ..encoders import DEFAULT_ENCODER, available_encoders, encoder_declaration
+from ..encoders.constants import EMBEDDING_CACHE_ENV
+from ..errors import DeepSpeakerError, Failure
 from ..eval.constants import EXPORT_SUFFIXES, KALDI_SUFFIX
-from ..model.constants import PRECISIONS
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .options import finite_float
 
 if TYPE_CHECKING:
     from ..encoders import Encoder
     from ..encoders.distributed import EncoderSpec
+    from ..encoders.options import EncoderOption
 
-# The Deep Speaker options: (argparse dest, Embedder keyword). Given ones are passed to the encoder's factory;
-# unset ones (None) are left out, so the Embedder's own defaults apply and other encoders are not handed them.
-DEEP_SPEAKER_OPTIONS = (("window", "window_seconds"), ("hop", "hop_seconds"), ("batch_size", "batch_size"),
-                        ("precision", "precision"))
+
+def declared_options() -> dict[str, list[tuple[str, EncoderOption]]]:
+    """Each option flag the registered encoders declare, with every (encoder, option) that takes it."""
+    flags: dict[str, list[tuple[str, EncoderOption]]] = {}
+    for name in available_encoders():
+        for option in encoder_declaration(name).options:
+            flags.setdefault(option.flag, []).append((name, option))
+    return flags
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _option_help(takers: list[tuple[str, EncoderOption]]) -> str:
+    """The help of one flag: each encoder taking it with its own text and default."""
+    parts = [f"{name}: {option.help}" + ("" if option.default is None else f" (default {option.default})")
+             for name, option in takers]
+    return "; ".join(parts).replace("%", "%%")
 
 
 def add_embedder_options(parser: argparse.ArgumentParser) -> None:
-    """--encoder, --model, --embedding-cache, and Deep Speaker's --window, --hop, --batch-size, --precision: how
-    embeddings are made."""
+    """--encoder, --embedding-cache and the options every registered encoder declares (deep-speaker's --model,
+    --window, --hop, --batch-size, --precision; the pretrained encoders' --model): how embeddings are made."""
     group = parser.add_argument_group("embedding")
     # No argparse choices: encoders registered later (plug-ins) count, and an unknown name is a one-line error.
     group.add_argument("--encoder", metavar="NAME", default=DEFAULT_ENCODER,
                        help=f"speaker encoder: {', '.join(available_encoders())} (default {DEFAULT_ENCODER})")
-    group.add_argument("--model", metavar="PATH", default=None,
-                       help="the encoder's model; for deep-speaker: .keras, original .h5, or a training run folder "
-                            "(default: the newest triplet checkpoint under checkpoints/, else the packaged demo model)")
+    for flag, takers in declared_options().items():
+        first = takers[0][1]  # encoders sharing a flag share its type (--model: a path)
+        # Default None: an option not given is not passed, so each encoder's own default applies.
+        group.add_argument(flag, dest=_dest(flag), default=None, metavar=first.metavar, choices=first.choices,
+                           type=finite_float if first.type is float else first.type, help=_option_help(takers))
     group.add_argument("--embedding-cache", metavar="DIR", default=os.environ.get(EMBEDDING_CACHE_ENV) or None,
                        help="keep embeddings in DIR (one SQLite file per encoder, model and settings) by each file's "
                             "content hash, so files embedded before are not decoded or embedded again (default: "
                             f"${EMBEDDING_CACHE_ENV} if set, else off; '' turns it off)")
-    group.add_argument("--window", type=finite_float, default=None, metavar="SECONDS",
-                       help=f"deep-speaker: window of long utterances, averaged (default {DEFAULT_WINDOW_SECONDS:g} "
-                            f"s, the training crop)")
-    group.add_argument("--hop", type=finite_float, default=None, metavar="SECONDS",
-                       help=f"deep-speaker: step between windows (default {DEFAULT_HOP_SECONDS:g} s)")
-    group.add_argument("--batch-size", type=int, default=None, metavar="N",
-                       help=f"deep-speaker: windows per forward pass (default {DEFAULT_BATCH_SIZE})")
-    group.add_argument("--precision", choices=PRECISIONS, default=None,
-                       help="deep-speaker: compute precision (default float32; mixed_bfloat16 is faster on recent "
-                            "CPUs/GPUs)")
 
 
 def add_scheduler_option(parser: argparse.ArgumentParser) -> None:
@@ -62,27 +69,55 @@ def add_scheduler_option(parser: argparse.ArgumentParser) -> None:
                              "in one process")
 
 
-def deep_speaker_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Deep Speaker options given on the command line, as Embedder keywords."""
-    return {key: getattr(args, dest) for dest, key in DEEP_SPEAKER_OPTIONS if getattr(args, dest, None) is not None}
+def check_encoder_options(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse an encoder option given on the command line that none of the encoders ``names`` takes (one line,
+    exit 2); with several encoders, an option declared for one encoder alone (a weights path) counts only where
+    it applies with several."""
+    several = len(names) > 1
+    for flag, takers in declared_options().items():
+        if getattr(args, _dest(flag), None) is None:
+            continue
+        owners = [name for name, option in takers if option.several or not several]
+        if not set(owners) & set(names):
+            raise DeepSpeakerError(f"{flag} applies to {', '.join(owners) or 'no encoder'} only, which is not among "
+                                   f"--encoder {getattr(args, 'encoder', DEFAULT_ENCODER)}")
 
 
-def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = None) -> EncoderSpec:
-    """The description of the encoder the options give (``model`` overrides --model)."""
+def encoder_options(args: argparse.Namespace, name: str, several: bool = False) -> dict[str, Any]:
+    """The options given on the command line that encoder ``name`` takes, as its factory's keywords, each checked
+    by its declaration (one line before any model loads); ``several``: one of several encoders."""
+    values = {}
+    for option in encoder_declaration(name).options:
+        value = getattr(args, _dest(option.flag), None)
+        if value is None or (several and not option.several):
+            continue
+        reason = option.check(value) if option.check else None
+        if reason:
+            raise DeepSpeakerError(f"{option.flag} {value}: {reason}")
+        values[option.name] = value
+    return values
+
+
+def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = None, name: str | None = None,
+                 several: bool = False) -> EncoderSpec:
+    """The description of encoder ``name`` (default --encoder) with the options given that it takes (``model``
+    overrides --model); ``several``: one of several encoders."""
     from ..encoders.distributed import EncoderSpec
 
-    model = model or getattr(args, "model", None)
-    options = {**deep_speaker_options(args), **({} if model is None else {"model": model})}
-    return EncoderSpec(getattr(args, "encoder", DEFAULT_ENCODER), options,
-                       getattr(args, "embedding_cache", None) or None)
+    name = name or getattr(args, "encoder", DEFAULT_ENCODER)
+    if not several:
+        check_encoder_options(args, [name])
+    options = {**encoder_options(args, name, several), **({} if model is None else {"model": model})}
+    return EncoderSpec(name, options, getattr(args, "embedding_cache", None) or None)
 
 
-def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> Encoder:
-    """The encoder the options describe (``model`` overrides --model; the original's queries have only --model);
-    with --scheduler, one that embeds files on that Dask cluster."""
+def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None, name: str | None = None,
+                      several: bool = False) -> Encoder:
+    """The encoder the options describe (``model`` overrides --model; the original's queries have only --model;
+    ``name``, ``several``: one of several encoders); with --scheduler, one that embeds files on that Dask cluster."""
     from ..encoders.distributed import DaskEncoder
 
-    spec = encoder_spec(args, model)
+    spec = encoder_spec(args, model, name, several)
     scheduler = getattr(args, "scheduler", None)
     if scheduler:
         return DaskEncoder(spec, scheduler)
@@ -137,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = save_embeddings(args.output, result.embeddings, result.paths, encoder.identity, encoder=encoder.name)
     print(f"wrote {len(result.paths)} embeddings ({result.embeddings.shape[1]}-d, L2-normalised) to {out} "
-          f"(model {encoder.identity}){f'; {failed} file(s) skipped' if failed else ''}")
+          f"(model {encoder.weights}){f'; {failed} file(s) skipped' if failed else ''}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 

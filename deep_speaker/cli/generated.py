@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from dataclasses import fields
@@ -10,15 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..atomic import write_json
-from ..data.constants import LAYOUTS
 from ..encoders import DEFAULT_ENCODER, available_encoders
 from ..errors import DeepSpeakerError
-from ..eval.config import COMMAND_DEFAULTS, CompareConfig
+from ..eval.config import COMMAND_DEFAULTS, CompareConfig, StatsConfig
 from ..eval.constants import DEGRADATION_KINDS
 from ..settings import check_choice
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
-from .embed import (DEEP_SPEAKER_OPTIONS, add_embedder_options, add_scheduler_option, deep_speaker_options,
-                    encoder_from_args)
+from .embed import (add_embedder_options, add_scheduler_option, check_encoder_options, encoder_from_args,
+                    encoder_options)
 from .options import add_config_options, add_html_option, check_html_option, config_values, finite_float
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ SIDE_HELP = (f"a folder of audio files (speakers from its layout) or a statistic
              f"several encoders: a name with {PLACEHOLDER}, e.g. real.{PLACEHOLDER}.npz)")
 ENCODERS_HELP = (f"speaker encoder(s), comma-separated for several spaces in one run: "
                  f"{', '.join(available_encoders())} "
-                 f"(default {DEFAULT_ENCODER}). With several, --model and the deep-speaker options apply to "
-                 f"deep-speaker only; the others use their defaults")
+                 f"(default {DEFAULT_ENCODER}). With several, each takes the options it declares (--model: "
+                 f"deep-speaker only); the others use their defaults")
 
 
 def add_encoders_options(parser: argparse.ArgumentParser) -> None:
@@ -52,24 +52,14 @@ def encoder_names(args: argparse.Namespace) -> list[str]:
 
 
 def encoder_factories(args: argparse.Namespace) -> dict[str, Callable[[], Encoder]]:
-    """A factory per encoder named (models load only when a side is a folder): one encoder gets every option as
-    before; of several, deep-speaker gets --model and its options, the others their defaults."""
+    """A factory per encoder named (models load only when a side is a folder), each with the options given that
+    it declares; an option no named encoder takes is refused now."""
     names = encoder_names(args)
-    if len(names) == 1:
-        return {names[0]: lambda: encoder_from_args(args)}
-    if args.model is not None and DEFAULT_ENCODER not in names:
-        raise DeepSpeakerError(f"--model applies to {DEFAULT_ENCODER} only, which is not among --encoder "
-                               f"{args.encoder}")
-    for name in names:  # an unknown name is an error now, even when no side needs embedding
+    several = len(names) > 1
+    for name in names if several else ():  # an unknown one of several is an error now, before any side loads
         check_choice(name, available_encoders(), "encoder")
-    deep_speaker_only = {"model": None, **{dest: None for dest, _ in DEEP_SPEAKER_OPTIONS}}
-
-    def factory(name: str) -> Callable[[], Encoder]:
-        own = argparse.Namespace(**{**vars(args), **({} if name == DEFAULT_ENCODER else deep_speaker_only),
-                                    "encoder": name})
-        return lambda: encoder_from_args(own)
-
-    return {name: factory(name) for name in names}
+    check_encoder_options(args, names)
+    return {name: functools.partial(encoder_from_args, args, name=name, several=several) for name in names}
 
 
 def encoder_path(path: str, name: str, several: bool) -> str:
@@ -84,8 +74,8 @@ def encoder_path(path: str, name: str, several: bool) -> str:
 
 
 def add_layout_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
-                        help="how speaker labels are read from folder paths (default auto)")
+    """``--layout``: eval.config.StatsConfig's (how a folder is read by stats, compare and similarity)."""
+    add_config_options(parser, StatsConfig)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -169,22 +159,24 @@ def _reported(failures: list) -> list:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from ..eval.generated import compute_stats, merge_stats, save_stats
+    from ..eval.formats import write_stats
+    from ..eval.generated import compute_stats, merge_stats
 
     if (args.dir is None) == (args.merge is None):
         raise DeepSpeakerError("stats: give a folder DIR or --merge FILE.npz ..., not both")
     if args.merge:
         merged = merge_stats(args.merge)
-        save_stats(args.output, merged)
+        write_stats(args.output, merged)
         print(f"{args.output}: {len(merged.paths)} utterances, {len(merged.speakers)} speakers merged from "
               f"{len(args.merge)} files, encoder {merged.encoder}, model {merged.model_identity}")
         return EXIT_OK
+    config = StatsConfig(**config_values(args, StatsConfig))
     factories = encoder_factories(args)
     failures = []
     for name, make in factories.items():
-        stats = compute_stats(args.dir, make(), args.layout)
+        stats = compute_stats(args.dir, make(), config)
         out = encoder_path(args.output, name, len(factories) > 1)
-        save_stats(out, stats)
+        write_stats(out, stats)
         failures += stats.failures
         print(f"{out}: {len(stats.paths)} utterances, {len(stats.speakers)} speakers, encoder {name}, "
               f"model {stats.model_identity}")
@@ -239,12 +231,13 @@ def load_spaces(args: argparse.Namespace) -> dict:
     encoder's (a name with {encoder} gives each its own)."""
     from ..eval.generated import load_side
 
+    config = StatsConfig(**config_values(args, StatsConfig))
     factories = encoder_factories(args)
     several = len(factories) > 1
     spaces = {}
     for name, make in factories.items():
         get = _once(make)
-        sides = [load_side(encoder_path(src, name, False), get, args.layout) for src in (args.real, args.generated)]
+        sides = [load_side(encoder_path(src, name, False), get, config) for src in (args.real, args.generated)]
         for side in sides:
             if several and side.encoder != name:
                 raise DeepSpeakerError(f"{side.source} holds statistics of encoder {side.encoder}, not {name}; with "
@@ -254,8 +247,8 @@ def load_spaces(args: argparse.Namespace) -> dict:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..eval.generated import (UTTERANCE_COLUMNS, classifier_probabilities, compare, compare_spaces, format_table,
-                                  report_table, utterance_results)
+    from ..eval.generated import UTTERANCE_COLUMNS, classifier_probabilities, compare, compare_spaces, utterance_results
+    from ..eval.generated_report import format_table, report_table
     from ..eval.plots import plot_report
     from ..eval.tables import write_table
 
@@ -269,7 +262,8 @@ def run_compare(args: argparse.Namespace) -> int:
             from ..encoders.deepspeaker import SpeakerClassifier
 
         # The classifier is a ResCNN with a softmax head, whatever --encoder is: it windows as deep-speaker does.
-        classifier = SpeakerClassifier(args.classifier, **deep_speaker_options(args))
+        options = {k: v for k, v in encoder_options(args, DEFAULT_ENCODER).items() if k != "model"}
+        classifier = SpeakerClassifier(args.classifier, **options)
         gen_probs, ref_probs = classifier_probabilities(classifier, real, generated)
     shared = dict(gen_probs=gen_probs, ref_probs=ref_probs,
                   paired_folders=(args.real, args.generated) if both_folders else None)
@@ -311,7 +305,7 @@ def _or_none(results: Callable[..., list]) -> Callable[..., list]:
 def _write_html(folder: str, report: dict, spaces: dict, per_file: tuple) -> Path:
     """The compare page (eval.html): the table, the PNGs of --plots, the per-file rows and the real files of each
     speaker to listen to beside the least similar generated files."""
-    from ..eval.generated import report_table
+    from ..eval.generated_report import report_table
     from ..eval.html import compare_page, compare_plots, write_page
     from ..eval.plots import plot_report
 

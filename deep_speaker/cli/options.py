@@ -3,8 +3,9 @@
 A field becomes an option when its metadata has a ``help`` text. Other metadata keys: ``option`` (the option's
 name when it is not the field's), ``flags`` (more option strings, e.g. ``-o``), ``metavar``, ``choices``, and
 ``default_help`` (the default in words, where it is not one value: a default factory, or one per phase),
-``formatted`` (the help is an argparse format string that states its default itself: ``%(default)s``, ``%%``).
-The type comes from the annotation (``Path | None`` gives ``Path``); a ``bool`` field is a flag.
+``formatted`` (the help is an argparse format string that states its default itself: ``%(default)s``, ``%%``),
+``value`` (the name of a checked argparse type of this module, e.g. ``"probability"``, where the annotation's is not
+enough). The type comes from the annotation (``Path | None`` gives ``Path``); a ``bool`` field is a flag.
 """
 
 from __future__ import annotations
@@ -49,21 +50,30 @@ def probability(text: str) -> float:
     return value
 
 
+# The checked types a field's ``value`` metadata names (a config module imports nothing of the command line).
+VALUE_TYPES = {"probability": probability}
+
+
 def _default(f: dataclasses.Field) -> Any:
     """The field's default, or None where a factory (computed when the config is made) stands for it."""
     return None if f.default is dataclasses.MISSING else f.default
 
 
 def add_config_options(parser: argparse.ArgumentParser, config: type, *, underscores: bool = False,
-                       defaults: Mapping[str, Any] | None = None, only: Sequence[str] | None = None) -> None:
+                       dashes: bool = True, defaults: Mapping[str, Any] | None = None,
+                       only: Sequence[str] | None = None) -> None:
     """One option per field of the dataclass ``config`` with a help text: ``--batch-size`` for ``batch_size``
-    (and ``--batch_size`` too with ``underscores``); ``defaults`` replaces field defaults, by field name; ``only``
-    (field names) adds those fields' options alone, in the config's order."""
+    (and ``--batch_size`` too with ``underscores``; ``--batch_size`` alone without ``dashes``); ``defaults``
+    replaces field defaults, by field name; ``only`` (field names) adds those fields' options alone, in the
+    config's order."""
     hints = typing.get_type_hints(config)
     defaults = defaults or {}
     for f in _option_fields(config, only):
         meta, name = f.metadata, _dest(f)
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if underscores and "_" in name else [])
+        if not dashes:
+            flags = [f"--{name}"]
+        else:
+            flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if underscores and "_" in name else [])
         flags += list(meta.get("flags", ()))
         default = defaults.get(f.name, _default(f))
         kwargs: dict[str, Any] = {"dest": name, "default": default}
@@ -73,7 +83,8 @@ def add_config_options(parser: argparse.ArgumentParser, config: type, *, undersc
         if value_type is bool:
             kwargs["action"] = "store_true"
         else:
-            kwargs["type"] = finite_float if value_type is float else value_type
+            kwargs["type"] = (VALUE_TYPES[meta["value"]] if "value" in meta
+                              else finite_float if value_type is float else value_type)
             for key in ("metavar", "choices"):
                 if key in meta:
                     kwargs[key] = meta[key]
@@ -85,9 +96,9 @@ def add_config_options(parser: argparse.ArgumentParser, config: type, *, undersc
 
 
 def config_values(args: argparse.Namespace, config: type) -> dict[str, Any]:
-    """The values of the options :func:`add_config_options` made, by field name; unset ones (None) left out so
-    that the config's own default applies."""
-    values = {f.name: getattr(args, _dest(f)) for f in _option_fields(config)}
+    """The values of the options :func:`add_config_options` made, by field name; unset ones (None, or options this
+    command does not have) left out so that the config's own default applies."""
+    values = {f.name: getattr(args, _dest(f), None) for f in _option_fields(config)}
     return {name: value for name, value in values.items() if value is not None}
 
 

@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DeepSpeakerError
+from ..eval.config import CalibrateConfig, EvaluateConfig
 from ..eval.constants import DEFAULT_PRIOR
-from ..metrics.constants import DEFAULT_REPLICATES, DEFAULT_SEED, DEFAULT_TOP_K, SCORE_NORMS, check_replicates
+from ..metrics.constants import DEFAULT_REPLICATES, DEFAULT_TOP_K, SCORE_NORMS
 from . import EXIT_OK, EXIT_PARTIAL, native_stderr_silenced
 from .embed import add_embedder_options, encoder_from_args, report_failures
-from .options import add_html_option, check_html_option, finite_float, probability
+from .options import (add_config_options, add_html_option, check_html_option, config_values, finite_float,
+                      probability)
 
 if TYPE_CHECKING:
     from ..encoders import Encoder
     from ..eval.scoring import CalibrationRecord, ScoreNorm
-    from ..eval.verification import Labelled
+    from ..eval.embedded import Embedded
 
 # Cosine similarity midway between unrelated (0) and identical (1) voices; calibrate a model's own threshold
 # with evaluate-verification (its EER threshold).
@@ -54,12 +56,13 @@ def score_norm_from_args(args: argparse.Namespace, encoder: Encoder) -> ScoreNor
     if not args.cohort:
         raise DeepSpeakerError(f"--score-norm {args.score_norm} needs --cohort (a folder of other speakers, a "
                                f"feature cache, or an embedding .npz)")
-    return load_cohort(encoder, args.cohort, args.score_norm, args.top_k)
+    return load_cohort(encoder, args.cohort, args.score_norm, top_k=args.top_k)
 
 
 def calibration_from_args(args: argparse.Namespace, encoder: Encoder,
                           score_norm: ScoreNorm) -> CalibrationRecord | None:
-    """--calibration FILE (checked against the model and normalisation), or the one found beside the model."""
+    """--calibration FILE (checked against the model and normalisation), or the one found beside the weights the
+    encoder loaded."""
     from ..eval.scoring import find_calibration, read_calibration
 
     if args.calibration == "none":
@@ -68,7 +71,8 @@ def calibration_from_args(args: argparse.Namespace, encoder: Encoder,
         record = read_calibration(args.calibration)
         record.check_applies(encoder.name, encoder.identity, score_norm)
         return record
-    record, note = find_calibration(encoder.name, encoder.identity, getattr(args, "model", None), score_norm)
+    # Beside the weights the encoder loaded: --model, or the default it resolved (the newest checkpoint).
+    record, note = find_calibration(encoder.name, encoder.identity, encoder.weights.path, score_norm)
     if record is None and note.startswith("calibration not used"):
         print(note, file=sys.stderr)  # one was found beside the model but does not fit these scores: say so
     return record
@@ -110,25 +114,17 @@ def verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_comparison(c: dict) -> str:
-    lines = [f"this system minus {c['other']} (paired speaker bootstrap, {c['replicates']} resamples, 95 %):"]
-    for name, v in c.items():
-        if isinstance(v, dict):
-            scale, unit = (100, " %") if name == "eer" else (1, "")
-            lines.append(f"  {name:<14s} {scale * v['value']:+.4f}{unit}  [{scale * v['low']:+.4f}, "
-                         f"{scale * v['high']:+.4f}]{'  (interval excludes 0)' if v['low'] > 0 or v['high'] < 0 else ''}")
-    return "\n".join(lines)
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     """All-pairs or trial-list verification report: table on stdout, JSON (+ trial scores) and PNGs on request."""
     from ..atomic import write_json
+    from ..eval.formats import trial_scores_path, write_trial_scores
     from ..eval.tables import table_format, write_table
-    from ..eval.verification import (compare_with, evaluate, format_table, save_trial_scores, table_rows,
-                                     trial_scores_path, verification_source, write_plots)
+    from ..eval.verification import compare_with, evaluate, verification_source
+    from ..eval.verification_report import format_comparison, format_table, table_rows, write_plots
 
-    check_replicates(args.bootstrap, "--bootstrap", zero=True)  # a usage error now, not after the embedding
-    source = verification_source(args.audio_dir, args.trials, args.root, args.cache)  # before the model loads
+    config = EvaluateConfig(**config_values(args, EvaluateConfig))  # a usage error now, not after the embedding
+    # before the model loads
+    source = verification_source(args.audio_dir, trials=args.trials, root=args.root, cache=args.cache)
     for path in args.table:
         table_format(path)  # an unknown suffix is a usage error before anything is embedded
     if args.compare and not trial_scores_path(args.compare).is_file():
@@ -138,10 +134,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     encoder = encoder_from_args(args)
     score_norm = score_norm_from_args(args, encoder)
     calibration = calibration_from_args(args, encoder, score_norm)
-    result = evaluate(encoder, source, score_norm, calibration, args.bootstrap, args.seed)
+    result = evaluate(encoder, source, config, score_norm=score_norm, calibration=calibration)
     if args.compare:
-        result.report["comparison"] = compare_with(result, args.compare, args.bootstrap or DEFAULT_REPLICATES,
-                                                   args.seed)
+        result.report["comparison"] = compare_with(result, args.compare, seed=config.seed,
+                                                   replicates=config.bootstrap or DEFAULT_REPLICATES)
     failed = report_failures(result.failures)
     print(format_table(result.report))
     if args.compare:
@@ -149,15 +145,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for path in args.table:
         print(f"table written to {write_table(path, ['metric', 'value'], table_rows(result.report))}")
     if args.output:
-        scores_path = save_trial_scores(args.output, result)
+        scores_path = write_trial_scores(args.output, scores=result.scores, labels=result.labels,
+                                         keys=result.trial_keys(), speakers=result.trial_speakers())
         write_json(args.output, result.report)
         print(f"report written to {args.output} (trial scores: {scores_path})")
     if args.plots:
-        for path in write_plots(args.plots, result.scores, result.labels, result.report["eer"], result.labelled,
-                                args.projection):
+        for path in write_plots(args.plots, result.scores, result.labels, eer=result.report["eer"],
+                                labelled=result.labelled, projection=config.projection):
             print(f"picture written to {path}")
     if args.html:
-        print(f"html report: {_write_html(args.html, result, args.projection)}")
+        print(f"html report: {_write_html(args.html, result, config.projection)}")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
@@ -165,16 +162,18 @@ def _write_html(folder: str, result, projection: str) -> Path:
     """The evaluate-verification page (eval.html): the table, the --plots pictures, one row per trial and the
     hardest trials to listen to."""
     from ..eval.html import verification_page, write_page
-    from ..eval.verification import table_rows, write_plots
+    from ..eval.verification_report import table_rows, write_plots
 
     trials = result.trials
+    paths = trials.items.paths
     first, second = result.trial_speakers()
-    rows = [[trials.sources[a], trials.sources[b], sa, sb, int(label), float(score)]
+    rows = [[paths[a], paths[b], sa, sb, int(label), float(score)]
             for a, b, sa, sb, label, score in zip(trials.first.tolist(), trials.second.tolist(), first, second,
                                                   result.labels.tolist(), result.scores.tolist())]
     page = verification_page(result.report, table_rows(result.report), rows)
-    return write_page(folder, page, lambda out: write_plots(out, result.scores, result.labels, result.report["eer"],
-                                                            result.labelled, projection))
+    return write_page(folder, page, lambda out: write_plots(out, result.scores, result.labels,
+                                                            eer=result.report["eer"], labelled=result.labelled,
+                                                            projection=projection))
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -182,13 +181,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..eval.scoring import beside_model, save_calibration
     from ..eval.verification import calibrate, verification_source
 
-    source = verification_source(args.audio_dir, args.trials, args.root, args.cache, args.segments)
+    config = CalibrateConfig(**config_values(args, CalibrateConfig))
+    source = verification_source(args.audio_dir, trials=args.trials, root=args.root, cache=args.cache,
+                                 segments=config.segments)
     if args.output is None and not args.model:
         raise DeepSpeakerError("give -o FILE: the calibration of the packaged model cannot be written beside it")
     out = Path(args.output) if args.output else beside_model(args.model)
     encoder = encoder_from_args(args)
     score_norm = score_norm_from_args(args, encoder)
-    record, failures = calibrate(encoder, source, score_norm, args.prior)
+    record, failures = calibrate(encoder, source, config, score_norm=score_norm)
     failed = report_failures(failures)
     save_calibration(out, record)
     c, fit = record.calibration, record.fitted_on
@@ -199,7 +200,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Labelled, Encoder]:
+def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Embedded, Encoder]:
     """Embeddings of the speakers' utterances (from the feature cache, else the audio folder) and their encoder.
 
     The speaker ids are checked before the model is loaded, so a typo is answered at once; the folder is walked once.
@@ -249,8 +250,9 @@ def get_embeddings(args: argparse.Namespace) -> int:
     labelled, encoder = _speakers_source(args, [speaker])
     failed = report_failures(labelled.failures)
     out = Path(getattr(args, "output", None) or f"{speaker}_embeddings.npz")
-    save_embeddings(out, labelled.embeddings, labelled.sources, encoder.identity, labelled.speakers, encoder.name)
-    print(f"wrote the embeddings of {len(labelled.sources)} utterances of speaker {speaker} "
+    save_embeddings(out, labelled.embeddings, labelled.paths, encoder.identity, speakers=labelled.speakers,
+                    encoder=encoder.name)
+    print(f"wrote the embeddings of {len(labelled.paths)} utterances of speaker {speaker} "
           f"({labelled.embeddings.shape[1]}-d, L2-normalised) to {out.resolve()}")
     print(f"load them with: np.load({str(out)!r})['embeddings']")
     return EXIT_PARTIAL if failed else EXIT_OK
@@ -283,12 +285,10 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="REPORT.json", help="write the report as JSON")
     p.add_argument("--plots", metavar="DIR", help="write det.png (and, for labelled sets, similarity_matrix.png "
                                                   "and projection_*.png) here")
-    p.add_argument("--projection", choices=("tsne", "pca"), default="tsne", help="2-D projection (default tsne)")
+    # The report's numbers: defaults, help texts and checks written once, on eval.config.EvaluateConfig.
+    add_config_options(p, EvaluateConfig, only=("projection",))
     add_html_option(p)
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
-                   help=f"speaker-bootstrap resamples for the 95 %% intervals of EER and minDCF (default "
-                        f"{DEFAULT_REPLICATES}; 0: none)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
+    add_config_options(p, EvaluateConfig, only=("bootstrap", "seed"))
     p.add_argument("--table", action="append", default=[], metavar="FILE",
                    help="also write the table to FILE as .csv, .md, .tex or .txt (by suffix; repeatable)")
     p.add_argument("--compare", metavar="OTHER.json",
@@ -306,10 +306,7 @@ def register(subparsers) -> None:
     p.add_argument("--trials", metavar="FILE", help="VoxCeleb-format trial list")
     p.add_argument("--root", metavar="DIR", help="folder the trial paths are relative to (default: the list's)")
     p.add_argument("--cache", metavar="DIR", help="feature cache (deep-speaker cache build)")
-    p.add_argument("--segments", type=int, default=0, metavar="N",
-                   help="cut each file of DIR into N parts (same-speaker trials from one utterance per speaker)")
-    p.add_argument("--prior", type=probability, default=DEFAULT_PRIOR,
-                   help=f"target prior the fit weights the classes by (default {DEFAULT_PRIOR:g})")
+    add_config_options(p, CalibrateConfig)  # --segments, --prior: eval.config.CalibrateConfig
     p.add_argument("-o", "--output", metavar="FILE.json", help="where to write it (default: beside --model)")
     add_embedder_options(p)
     add_scoring_options(p, calibration=False)

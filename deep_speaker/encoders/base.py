@@ -5,23 +5,24 @@ In the spirit of fadtk's ``ModelLoader``: an encoder says what it is (``name``, 
 of inputs becomes embeddings (``embed_prepared``). Reading files (in threads, one chunk ahead of the model),
 turning unusable files into :class:`~deep_speaker.errors.Failure` records and batching are done here once, so
 every encoder reports bad inputs the same way and every workflow (verification, generated-speech statistics,
-the main job) depends on this interface only.
+the main job) depends on this interface only. An encoder declares its options and capabilities
+(:attr:`Encoder.declaration`) and says which weights it loaded (:attr:`Encoder.weights`); an
+:class:`EncoderWrapper` (the embedding cache, a Dask cluster) changes how files are embedded and nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..data.audio import AudioError, read_audio
 from ..errors import DeepSpeakerError, Failure, failures_message
-from .embedding_cache import EmbeddingCache
+from .options import NO_DECLARATION, EncoderDeclaration
 
 FILES_PER_CHUNK = 256  # files read ahead (in threads) while the model embeds the previous chunk
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # reading threads: decoding is mostly in C, four keep a CPU model fed
@@ -36,14 +37,29 @@ class EmbedResult:
     failures: list[Failure]
 
 
+@dataclass(frozen=True)
+class Weights:
+    """The weights an encoder loaded: a file or folder (``path``), or a package's own (``package``, with its
+    version), or neither (built from a model object or no weights at all); ``identity`` is the encoder's."""
+
+    identity: str
+    path: str | None = None
+    package: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path or self.package or 'weights in memory'}, identity {self.identity}"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"identity": self.identity, "path": self.path, "package": self.package}
+
+
 class Encoder(ABC):
     """A speaker encoder: ``name``, ``identity``, ``embedding_size``, ``sample_rate``, ``settings`` and batched
     embedding of files (:meth:`embed_files_with_failures`) and signals (:meth:`embed_signals`)."""
 
     workers: int = DEFAULT_WORKERS
-    # A folder: embeddings of files are kept there per (file content, encoder) and not computed again
-    # (:mod:`.embedding_cache`); None: off. The CLI sets it from --embedding-cache.
-    embedding_cache: str | os.PathLike | None = None
+    # Its options and capabilities; the registry keeps the same object, readable without importing the class.
+    declaration: ClassVar[EncoderDeclaration] = NO_DECLARATION
 
     @property
     @abstractmethod
@@ -78,11 +94,22 @@ class Encoder(ABC):
     def embed_prepared(self, inputs: Sequence[Any]) -> np.ndarray:
         """Embeddings float32 ``[n, embedding_size]`` of prepared inputs, one row each, in order."""
 
+    @property
+    def weights(self) -> Weights:
+        """The weights this encoder loaded (calibration files sit beside that path; reports and Dask workers name
+        it); an encoder that loads a file or folder says which."""
+        return Weights(self.identity)
+
+    def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings ``[n, d]`` of Deep Speaker's cached filterbank features ``[T_i, 64]``: the capability an
+        encoder declares as ``embeds_cached_features`` (callers check the declaration, not this method)."""
+        raise NotImplementedError(f"encoder {self.name!r} does not declare embeds_cached_features")
+
     def read(self, path: str) -> Any:
         """The model input of a file: decoded at :attr:`sample_rate` (untrimmed), then :meth:`prepare_signal`."""
         return self.prepare_signal(read_audio(path, self.sample_rate, trim=False), self.sample_rate, path)
 
-    def _read_or_failure(self, path: str) -> Any:
+    def read_or_failure(self, path: str) -> Any:
         """:meth:`read`, or the file's Failure (never raises for bad audio)."""
         try:
             return self.read(path)
@@ -101,25 +128,22 @@ class Encoder(ABC):
                 yield chunk, results
 
     def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
-        """Embed every readable file; missing, corrupt, silent or too-short ones are returned as failures.
+        """Embed every readable file; missing, corrupt, silent or too-short ones are returned as failures."""
+        return self.embed_reads(paths, self.read_or_failure, self.embed_prepared)
 
-        With :attr:`embedding_cache` set, a file whose bytes this encoder embedded before is not decoded again:
-        its stored row is returned (equal to the row computed then), and new rows are stored.
-        """
+    def embed_reads(self, paths: Iterable[str | os.PathLike], read: Callable[[str], Any],
+                    embed: Callable[[list[Any]], np.ndarray]) -> EmbedResult:
+        """The file loop of :meth:`embed_files_with_failures` with its two steps given: ``read`` of a path (in
+        threads, a chunk ahead: an input or a Failure) and ``embed`` of a chunk's inputs (rows in order); a
+        wrapper such as the embedding cache passes its own."""
         paths = [str(p) for p in paths]
         rows, done, failures = [], [], []
-        with contextlib.ExitStack() as stack:
-            cache = None if self.embedding_cache is None else stack.enter_context(
-                EmbeddingCache(self.embedding_cache, self))
-            read = self._read_or_failure if cache is None else lambda p: cache.lookup(p, self._read_or_failure)
-            for chunk, results in self._chunks(paths, read):
-                good = [(p, r) for p, r in zip(chunk, results) if not isinstance(r, Failure)]
-                failures += [r for r in results if isinstance(r, Failure)]
-                if good:
-                    inputs = [r for _, r in good]
-                    rows.append(self.embed_prepared(inputs) if cache is None else
-                                cache.complete(inputs, self.embed_prepared))
-                    done += [p for p, _ in good]
+        for chunk, results in self._chunks(paths, read):
+            good = [(p, r) for p, r in zip(chunk, results) if not isinstance(r, Failure)]
+            failures += [r for r in results if isinstance(r, Failure)]
+            if good:
+                rows.append(embed([r for _, r in good]))
+                done += [p for p, _ in good]
         embeddings = np.concatenate(rows) if rows else np.zeros((0, self.embedding_size), np.float32)
         return EmbedResult(embeddings, done, failures)
 
@@ -139,3 +163,31 @@ class Encoder(ABC):
     def embed_signal(self, signal: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Embedding ``[d]`` of one mono signal (any rate the encoder accepts)."""
         return self.embed_signals([signal], sample_rate)[0]
+
+
+class EncoderWrapper(Encoder):
+    """An encoder that is ``inner`` in everything (name, identity, settings, weights, declaration, signals,
+    features) but may embed files its own way (:meth:`embed_files_with_failures`)."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+
+    name = property(lambda self: self.inner.name)
+    identity = property(lambda self: self.inner.identity)
+    embedding_size = property(lambda self: self.inner.embedding_size)
+    sample_rate = property(lambda self: self.inner.sample_rate)
+    settings = property(lambda self: self.inner.settings)
+    weights = property(lambda self: self.inner.weights)
+    declaration = property(lambda self: self.inner.declaration)  # type: ignore[assignment]
+
+    def prepare_signal(self, signal: np.ndarray, sample_rate: int, where: str) -> Any:
+        return self.inner.prepare_signal(signal, sample_rate, where)
+
+    def embed_prepared(self, inputs: Sequence[Any]) -> np.ndarray:
+        return self.inner.embed_prepared(inputs)
+
+    def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        return self.inner.embed_features_batch(features)
+
+    def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
+        return self.inner.embed_files_with_failures(paths)

@@ -32,8 +32,9 @@ from ..metrics import normalize_rows
 from ..model.checkpoints import latest_checkpoint
 from ..model.rescnn import load_model, model_identity, num_speakers_of, to_embedding_model, with_precision
 from . import DEFAULT_ENCODER
-from .base import DEFAULT_WORKERS, Encoder
+from .base import DEFAULT_WORKERS, Encoder, Weights
 from .constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from .options import DEEP_SPEAKER
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
 DEFAULT_PAD_SECONDS = 1.6
@@ -121,11 +122,13 @@ def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_
                            f"{PACKAGED_MODEL_DIR}: pass --model PATH")
 
 
-def resolve_model(model: keras.Model | str | os.PathLike | None) -> keras.Model:
-    """A Keras model from a model, a path (.keras, original .h5, run dir) or None (the default model)."""
+def resolve_model(model: keras.Model | str | os.PathLike | None) -> tuple[keras.Model, str | None]:
+    """A Keras model from a model, a path (.keras, original .h5, run dir) or None (the default model), and the
+    path it was loaded from (None for a model object)."""
     if isinstance(model, keras.Model):
-        return model
-    return load_model(default_model_path() if model is None else model)
+        return model, None
+    path = default_model_path() if model is None else model
+    return load_model(path), str(path)
 
 
 def forward_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
@@ -153,6 +156,7 @@ class Embedder(Encoder):
 
     name = DEFAULT_ENCODER
     sample_rate = SAMPLE_RATE
+    declaration = DEEP_SPEAKER
 
     def __init__(self, model: keras.Model | str | os.PathLike | None = None,
                  window_seconds: float = DEFAULT_WINDOW_SECONDS, hop_seconds: float = DEFAULT_HOP_SECONDS,
@@ -166,7 +170,8 @@ class Embedder(Encoder):
         check_trim(trim)
         if batch_size < 1:
             raise DeepSpeakerError(f"batch size must be at least 1, got {batch_size}")
-        self.model = with_precision(self._prepare(resolve_model(model)), precision)
+        network, self.model_path = resolve_model(model)
+        self.model = with_precision(self._prepare(network), precision)
         self.window = _frames(window_seconds)
         self.hop = _frames(hop_seconds)
         self.min_frames = min(_frames(min_seconds), self.window)
@@ -196,6 +201,11 @@ class Embedder(Encoder):
         if self._identity is None:
             self._identity = model_identity(self.model)
         return self._identity
+
+    @property
+    def weights(self) -> Weights:
+        """The checkpoint loaded (the default one resolved), or none for a model object."""
+        return Weights(self.identity, self.model_path)
 
     @property
     def settings(self) -> dict[str, Any]:

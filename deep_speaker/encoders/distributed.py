@@ -21,22 +21,22 @@ import numpy as np
 
 from ..data.cluster import check_scheduler, connect
 from ..errors import DeepSpeakerError, Failure
-from . import DEFAULT_ENCODER, get_encoder
-from .base import FILES_PER_CHUNK, EmbedResult, Encoder
+from . import DEFAULT_ENCODER, encoder_declaration, get_encoder
+from .base import FILES_PER_CHUNK, EmbedResult, Encoder, EncoderWrapper, Weights
+from .embedding_cache import with_embedding_cache
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What an encoder is built from: ``get_encoder(name, **options)`` with ``embedding_cache`` set."""
+    """What an encoder is built from: ``get_encoder(name, **options)``, through the embedding cache in
+    ``embedding_cache`` when one is named."""
 
     name: str = DEFAULT_ENCODER
     options: dict[str, Any] = field(default_factory=dict)
     embedding_cache: str | None = None
 
     def build(self) -> Encoder:
-        encoder = get_encoder(self.name, **self.options)
-        encoder.embedding_cache = self.embedding_cache
-        return encoder
+        return with_embedding_cache(get_encoder(self.name, **self.options), self.embedding_cache)
 
     def key(self) -> str:
         """A text naming the spec exactly (the worker's cache key and the form sent over the wire)."""
@@ -47,14 +47,13 @@ class EncoderSpec:
         name, options, cache = json.loads(key)
         return cls(name, options, cache)
 
-    def portable(self) -> "EncoderSpec":
-        """The same spec with paths made absolute and the deep-speaker default model resolved here, so that a
-        worker started elsewhere (another folder, no checkpoints/) loads the very model this process would."""
+    def portable(self, weights: Weights) -> "EncoderSpec":
+        """The same spec with paths made absolute and, where no weights were named, the ``weights`` the encoder
+        loaded here (a default resolved in this process), so that a worker started elsewhere (another folder, no
+        checkpoints/) loads the very model this process did."""
         options = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in self.options.items()}
-        if self.name == DEFAULT_ENCODER and options.get("model") is None:
-            from .deepspeaker import default_model_path
-
-            options["model"] = str(default_model_path())
+        if options.get("model") is None and weights.path is not None and encoder_declaration(self.name).takes("model"):
+            options["model"] = weights.path
         if isinstance(options.get("model"), str) and os.path.exists(options["model"]):
             options["model"] = os.path.abspath(options["model"])
         cache = None if self.embedding_cache is None else os.path.abspath(self.embedding_cache)
@@ -86,18 +85,20 @@ def chunk_size(num_files: int, num_workers: int, largest: int = FILES_PER_CHUNK)
 
 
 def embed_files_on_cluster(spec: EncoderSpec, paths: Iterable[str | os.PathLike], scheduler: str,
-                           identity: str | None = None, files_per_task: int | None = None) -> EmbedResult:
+                           weights: Weights | None = None, files_per_task: int | None = None) -> EmbedResult:
     """Embed files on the Dask cluster at ``scheduler``, as ``spec.build().embed_files_with_failures`` would.
 
     The workers must see the files and the model under the same paths (relative ones are made absolute here);
-    rows and failures name the paths as given. ``identity``: the encoder identity every chunk must have.
+    rows and failures name the paths as given. ``weights``: what the encoder loaded here (default: build it
+    here); every worker loads that path and every chunk must have its identity.
     """
     from distributed import KilledWorker
 
     given = [str(p) for p in paths]
     absolute = [os.path.abspath(p) for p in given]
     as_given = dict(zip(absolute, given))
-    spec_key = spec.portable().key()
+    weights = weights or spec.build().weights
+    spec_key = spec.portable(weights).key()
     with connect(scheduler) as client:
         size = files_per_task or chunk_size(len(given), len(client.scheduler_info().get("workers", {})))
         chunks = [absolute[i:i + size] for i in range(0, len(absolute), size)]
@@ -109,9 +110,9 @@ def embed_files_on_cluster(spec: EncoderSpec, paths: Iterable[str | os.PathLike]
             raise DeepSpeakerError(f"Dask workers died embedding a chunk of files ({exc})") from None
     rows, done, failures = [], [], []
     for worker_identity, embeddings, chunk_paths, chunk_failures in results:
-        if identity is not None and worker_identity != identity:
+        if worker_identity != weights.identity:
             raise DeepSpeakerError(f"a Dask worker loaded a different model (identity {worker_identity}, here "
-                                   f"{identity}): give every worker the same model file")
+                                   f"{weights}): give every worker the same model file")
         rows.append(np.asarray(embeddings, np.float32))
         done += [as_given[p] for p in chunk_paths]
         failures += [Failure(as_given.get(p, p), reason) for p, reason in chunk_failures]
@@ -119,29 +120,17 @@ def embed_files_on_cluster(spec: EncoderSpec, paths: Iterable[str | os.PathLike]
     return EmbedResult(np.concatenate(rows) if rows else np.zeros((0, width), np.float32), done, failures)
 
 
-class DaskEncoder(Encoder):
+class DaskEncoder(EncoderWrapper):
     """An encoder whose file embedding runs on a Dask cluster; everything else (name, identity, settings, signals)
     is that of the same encoder built here."""
 
     def __init__(self, spec: EncoderSpec, scheduler: str, files_per_task: int | None = None):
         # A malformed address is refused now, before the encoder is built, not after the files are read.
         self.spec, self.scheduler, self.files_per_task = spec, check_scheduler(scheduler), files_per_task
-        self.local = spec.build()
-
-    name = property(lambda self: self.local.name)
-    identity = property(lambda self: self.local.identity)
-    embedding_size = property(lambda self: self.local.embedding_size)
-    sample_rate = property(lambda self: self.local.sample_rate)
-    settings = property(lambda self: self.local.settings)
-
-    def prepare_signal(self, signal: np.ndarray, sample_rate: int, where: str) -> Any:
-        return self.local.prepare_signal(signal, sample_rate, where)
-
-    def embed_prepared(self, inputs: Sequence[Any]) -> np.ndarray:
-        return self.local.embed_prepared(inputs)
+        super().__init__(spec.build())
 
     def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
-        result = embed_files_on_cluster(self.spec, paths, self.scheduler, self.local.identity, self.files_per_task)
+        result = embed_files_on_cluster(self.spec, paths, self.scheduler, self.weights, self.files_per_task)
         if not result.paths:  # a width for the empty result, as one process gives
             result.embeddings = np.zeros((0, self.embedding_size), np.float32)
         return result

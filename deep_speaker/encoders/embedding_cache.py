@@ -37,17 +37,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from ..errors import DeepSpeakerError, Failure, InternalError
+from .base import EmbedResult, Encoder, EncoderWrapper
 from .constants import EMBEDDING_CACHE_ENV
-
-if TYPE_CHECKING:
-    from .base import Encoder
 
 FORMAT = 1  # the database layout; a database of another format is refused, not guessed at
 DTYPE = "<f4"
@@ -71,7 +69,7 @@ BY_INDEX = ("SELECT e.content, e.dtype, e.dim, e.vector, e.digest FROM files f J
 logger = logging.getLogger(__name__)
 
 
-def _runtime(encoder: "Encoder") -> dict[str, str]:
+def _runtime(encoder: Encoder) -> dict[str, str]:
     """Versions of the code an embedding goes through: libsndfile, soxr, numpy, and the packages (with a
     ``__version__``) that the encoder's class and its model's class come from, e.g. keras and tensorflow."""
     model = getattr(encoder, "model", None)
@@ -81,7 +79,7 @@ def _runtime(encoder: "Encoder") -> dict[str, str]:
     return {**versions, "libsndfile": sf.__libsndfile_version__, "soxr": soxr.__version__, "numpy": np.__version__}
 
 
-def cache_key(encoder: "Encoder") -> dict[str, Any]:
+def cache_key(encoder: Encoder) -> dict[str, Any]:
     """What must be equal for a cached row to stand for a new one (JSON-ready): name, class, identity, width,
     settings, compute precision and :func:`_runtime` versions."""
     # Keras computes in each layer's dtype policy; mixed_bfloat16 keeps the float32 weights, hence the identity.
@@ -136,7 +134,7 @@ class Miss:
 class EmbeddingCache:
     """The cache of one encoder in ``folder``: :meth:`lookup` (in reading threads) and :meth:`complete`."""
 
-    def __init__(self, folder: str | os.PathLike, encoder: "Encoder"):
+    def __init__(self, folder: str | os.PathLike, encoder: Encoder):
         self.key = cache_key(encoder)
         key_text = json.dumps(self.key, sort_keys=True)
         name = re.sub(r"[^A-Za-z0-9._-]", "_", encoder.name)
@@ -289,3 +287,23 @@ class EmbeddingCache:
         repaired = f", {len(self.corrupt)} corrupt entr(ies) recomputed" if self.corrupt else ""
         return (f"embedding cache {self.path}: {self.found} file(s) found, {self.embedded} embedded, "
                 f"{self.kept} kept{repaired}")
+
+
+class CachedEncoder(EncoderWrapper):
+    """``inner`` whose files are embedded through the embedding cache in ``folder``: a file whose bytes it embedded
+    before is not decoded again (its stored row, equal to the row computed then, is returned), new rows are kept."""
+
+    def __init__(self, inner: Encoder, folder: str | os.PathLike) -> None:
+        super().__init__(inner)
+        self.folder = folder
+
+    def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
+        inner = self.inner
+        with EmbeddingCache(self.folder, inner) as cache:
+            return inner.embed_reads(paths, lambda p: cache.lookup(p, inner.read_or_failure),
+                                     lambda items: cache.complete(items, inner.embed_prepared))
+
+
+def with_embedding_cache(encoder: Encoder, folder: str | os.PathLike | None) -> Encoder:
+    """``encoder`` embedding files through the cache in ``folder`` (:class:`CachedEncoder`); None or '': as is."""
+    return CachedEncoder(encoder, folder) if folder else encoder

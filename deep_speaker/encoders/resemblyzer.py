@@ -22,7 +22,8 @@ import numpy as np
 
 from ..data.audio import MIN_SPEECH_SECONDS, SILENCE_PEAK, AudioError
 from ..errors import DeepSpeakerError
-from .base import DEFAULT_WORKERS, Encoder
+from .base import DEFAULT_WORKERS, Encoder, Weights
+from .options import RESEMBLYZER
 
 NAME = "resemblyzer"
 INSTALL = "pip install 'deep-speaker[resemblyzer]'"
@@ -56,6 +57,7 @@ class ResemblyzerEncoder(Encoder):
     """Resemblyzer's VoiceEncoder: 256-d unit embeddings, the package's preprocessing and partial averaging."""
 
     name = NAME
+    declaration = RESEMBLYZER
     sample_rate = 16000  # resemblyzer.hparams.sampling_rate (checked when built)
 
     def __init__(self, model: str | os.PathLike | None = None, device: str | None = None,
@@ -80,6 +82,7 @@ class ResemblyzerEncoder(Encoder):
             if model is None:
                 raise
             raise DeepSpeakerError(f"{model}: not a Resemblyzer weights file ({str(exc).splitlines()[0]})") from None
+        self.model_path = None if model is None else str(model)
         self.batch_size = batch_size
         self.threads = threads
         self.min_audio_seconds = min_audio_seconds
@@ -98,6 +101,12 @@ class ResemblyzerEncoder(Encoder):
                 "partial_frames": hp.partials_n_frames, "mel_channels": hp.mel_n_channels,
                 "partials_per_second": DEFAULT_RATE, "min_coverage": DEFAULT_MIN_COVERAGE,
                 "min_audio_seconds": self.min_audio_seconds}
+
+    @property
+    def weights(self) -> Weights:
+        """The weights file given, else the package's own."""
+        package = None if self.model_path else f"resemblyzer {version('resemblyzer')}"
+        return Weights(self.identity, self.model_path, package)
 
     @property
     def identity(self) -> str:

@@ -27,7 +27,8 @@ import numpy as np
 from ..data.audio import MIN_SPEECH_SECONDS, AudioError, resample
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
-from .base import Encoder
+from .base import Encoder, Weights
+from .options import WAVLM_SV
 
 NAME = "wavlm-sv"
 DEFAULT_MODEL = "microsoft/wavlm-base-plus-sv"
@@ -92,6 +93,7 @@ class WavLMEncoder(Encoder):
     """``WavLMForXVector`` speaker embeddings (512-d for wavlm-base-plus-sv), L2-normalised, one utterance per pass."""
 
     name = NAME
+    declaration = WAVLM_SV
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu"):
         torch, transformers, _ = _require()
@@ -137,6 +139,11 @@ class WavLMEncoder(Encoder):
         return {"sample_rate": self.sample_rate, "trim": "none",
                 "min_audio_seconds": self.min_samples / self.sample_rate,
                 "embedding": "WavLMForXVector embeddings, L2-normalised, one utterance per forward pass"}
+
+    @property
+    def weights(self) -> Weights:
+        """The model folder loaded (in the Hugging Face cache for a model id)."""
+        return Weights(self.identity, str(self.folder))
 
     @property
     def identity(self) -> str:

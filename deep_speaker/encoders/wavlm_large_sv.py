@@ -35,7 +35,8 @@ import numpy as np
 from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, resample
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
-from .base import Encoder
+from .base import Encoder, Weights
+from .options import WAVLM_LARGE_SV
 
 NAME = "wavlm-large-sv"
 INSTALL = f"encoder '{NAME}' needs the wavlm extra: pip install 'deep-speaker[wavlm]'"
@@ -393,6 +394,7 @@ class WavLMLargeSVEncoder(Encoder):
     """UniSpeech's WavLM-Large ECAPA-TDNN speaker embeddings (256-d), L2-normalised, one utterance per pass."""
 
     name = NAME
+    declaration = WAVLM_LARGE_SV
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu"):
@@ -423,6 +425,11 @@ class WavLMLargeSVEncoder(Encoder):
                 "front_end": "waveform layer-norm over the utterance",
                 "embedding": "ECAPA-TDNN over softmax-weighted WavLM hidden states, L2-normalised, one utterance "
                              "per forward pass", "architecture": asdict(self.architecture)}
+
+    @property
+    def weights(self) -> Weights:
+        """The checkpoint file loaded."""
+        return Weights(self.identity, str(self.path))
 
     @property
     def identity(self) -> str:

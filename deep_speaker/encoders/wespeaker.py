@@ -26,7 +26,8 @@ import numpy as np
 from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, SILENCE_PEAK, AudioError, apply_trim, check_trim, resample
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
-from .base import DEFAULT_WORKERS, Encoder
+from .base import DEFAULT_WORKERS, Encoder, Weights
+from .options import WESPEAKER
 
 NAME = "wespeaker"
 INSTALL = "pip install 'deep-speaker[wespeaker]'"
@@ -97,6 +98,7 @@ class WeSpeakerEncoder(Encoder):
     """A WeSpeaker ONNX speaker model with WeSpeaker's fbank + CMN front end; rows L2-normalised."""
 
     name = NAME
+    declaration = WESPEAKER
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model: str | os.PathLike | None = None, trim: str = "none",
@@ -138,6 +140,11 @@ class WeSpeakerEncoder(Encoder):
         """WeSpeaker's front end, the trim and the minimum speech."""
         return {**FEATURE_SETTINGS, "sample_rate": SAMPLE_RATE, "trim": self.trim,
                 "min_audio_seconds": self.min_audio_seconds, "rows": "l2-normalised"}
+
+    @property
+    def weights(self) -> Weights:
+        """The .onnx file loaded."""
+        return Weights(self.identity, str(self.path))
 
     @property
     def identity(self) -> str:

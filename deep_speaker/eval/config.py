@@ -1,6 +1,8 @@
-"""What a comparison of generated with real speech depends on: :class:`CompareConfig`, each field's default, help
-text and range check written once, in a module that imports nothing heavy (the command line derives ``compare``'s
-options from it, ``deep_speaker.cli.options``, and must answer ``--help`` without numpy).
+"""What each evaluation command depends on, each field's default, help text and range check written once, in a module
+that imports nothing heavy (the command line derives the commands' options from them, ``deep_speaker.cli.options``,
+and must answer ``--help`` without numpy): :class:`CompareConfig` (``compare``), :class:`StatsConfig` (``stats``, and
+how ``compare`` reads a folder), :class:`EvaluateConfig` (``evaluate-verification``), :class:`CalibrateConfig`
+(``calibrate``). The Python API takes the same objects.
 
 The checks of the report numbers every report command takes (``--far``, ``--bootstrap``, ``--worst``) are
 :func:`check_report_numbers`: ``compare`` through this config, ``similarity`` directly; the ranges themselves are
@@ -11,8 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..data.constants import LAYOUTS
 from ..errors import DeepSpeakerError
-from ..metrics.constants import DEFAULT_SET_REPLICATES, FAR_TARGET, check_far, check_replicates
+from ..metrics.constants import (DEFAULT_REPLICATES, DEFAULT_SEED, DEFAULT_SET_REPLICATES, FAR_TARGET, check_far,
+                                 check_replicates)
+from ..settings import check_choice
+from .constants import DEFAULT_PRIOR
 
 # The help texts below are argparse format strings that state their default themselves ("formatted"): %(default)s,
 # and a literal percent sign as %%.
@@ -75,3 +81,60 @@ class CompareConfig:
 
 # Where ``deep-speaker compare`` differs from the Python defaults: intervals by default.
 COMMAND_DEFAULTS = {"bootstrap": DEFAULT_SET_REPLICATES}
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How a folder becomes a statistics set (``eval.generated.compute_stats``): ``stats`` and each folder side of
+    ``compare``."""
+
+    layout: str = field(default="auto", metadata={
+        "choices": LAYOUTS, "formatted": True,
+        "help": "how speaker labels are read from folder paths (default %(default)s)"})
+
+    def __post_init__(self) -> None:
+        check_choice(self.layout, LAYOUTS, "layout")
+
+
+PROJECTIONS = ("tsne", "pca")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The numbers and pictures of a verification report (``eval.verification.evaluate``, ``evaluate-verification``)
+    beyond its trials, scoring and calibration: the speaker bootstrap and the 2-D projection of the plots."""
+
+    projection: str = field(default="tsne", metadata={
+        "choices": PROJECTIONS, "formatted": True, "help": "2-D projection (default %(default)s)"})
+    bootstrap: int = field(default=DEFAULT_REPLICATES, metadata={
+        "metavar": "N", "formatted": True,
+        "help": "speaker-bootstrap resamples for the 95 %% intervals of EER and minDCF (default %(default)s; 0: none)"})
+    seed: int = field(default=DEFAULT_SEED, metadata={
+        "formatted": True, "help": "bootstrap seed (default %(default)s)"})
+
+    def __post_init__(self) -> None:
+        check_choice(self.projection, PROJECTIONS, "projection")
+        check_replicates(self.bootstrap, "--bootstrap", zero=True)  # a usage error before anything is embedded
+
+
+def check_prior(prior: float) -> None:
+    """A target prior strictly between 0 and 1 (the command line's ``--prior`` is refused as a usage error by
+    ``cli.options.probability``, its ``value`` type)."""
+    if not 0.0 < prior < 1.0:
+        raise DeepSpeakerError(f"the prior must lie strictly between 0 and 1, got {prior:g}")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """How a calibration is fitted (``eval.verification.calibrate``, ``calibrate``): on the trials of each file of a
+    folder cut into ``segments`` parts (0: the files whole), the classes weighted by ``prior``."""
+
+    segments: int = field(default=0, metadata={
+        "metavar": "N", "formatted": True,
+        "help": "cut each file of DIR into N parts (same-speaker trials from one utterance per speaker)"})
+    prior: float = field(default=DEFAULT_PRIOR, metadata={
+        "value": "probability", "formatted": True,
+        "help": "target prior the fit weights the classes by (default %(default)g)"})
+
+    def __post_init__(self) -> None:
+        check_prior(self.prior)  # segments: checked where they are cut (eval.verification.embed_segments)

@@ -14,24 +14,27 @@ from ..atomic import atomic_write
 from ..encoders import DEFAULT_ENCODER
 from ..errors import DeepSpeakerError
 from .constants import EXPORT_SUFFIXES
+from .embedded import Embedded
+from .formats import write_embeddings
 
 
-def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], model_id: str,
+def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], model_id: str, *,
                     speakers: Sequence[str] | None = None, encoder: str = DEFAULT_ENCODER) -> Path:
-    """Write embeddings by suffix: .npz (embeddings, paths, model_identity, encoder[, speakers]), .npy, .csv."""
+    """Write embeddings by suffix: .npz (``formats.write_embeddings``: embeddings, paths, model_identity,
+    encoder[, speakers]), .npy, .csv."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EXPORT_SUFFIXES:
         raise DeepSpeakerError(f"{path}: unknown output format; use one of {', '.join(EXPORT_SUFFIXES)}")
     embeddings = np.asarray(embeddings, dtype=np.float32)
+    if suffix == ".npz":
+        rows = Embedded(embeddings, list(speakers) if speakers is not None else [], list(sources), [], encoder,
+                        model_id)
+        write_embeddings(path, rows, speakers=speakers is not None)
+        return path
     with atomic_write(path) as out:
         if suffix == ".npy":
             np.save(out, embeddings, allow_pickle=False)
-        elif suffix == ".npz":
-            # Unicode arrays (dtype <U), never object arrays: the file loads with allow_pickle=False.
-            extra = {} if speakers is None else {"speakers": np.asarray(list(speakers), dtype=str)}
-            np.savez(out, embeddings=embeddings, paths=np.asarray(list(sources), dtype=str),
-                     model_identity=np.asarray(model_id), encoder=np.asarray(encoder), **extra)
         else:
             f = io.TextIOWrapper(out, encoding="utf8", newline="", write_through=True)
             writer = csv.writer(f)

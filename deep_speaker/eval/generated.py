@@ -1,4 +1,5 @@
-"""Evaluating generated speech: statistics files, and the comparison report of a generated set against real speech.
+"""Evaluating generated speech, the numbers: statistics of a set (files: ``eval.formats``) and the comparison report
+of a generated set against real speech (its words and tables: ``eval.generated_report``).
 
 Every number comes from :mod:`deep_speaker.metrics` (definitions in metrics.md); this module picks the sets,
 adds the real-data baseline (two disjoint per-speaker halves of the real set, or the real trials for acceptance
@@ -8,81 +9,33 @@ only. Several embedding spaces compare in one report (:func:`compare_spaces`), e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .. import metrics
-from ..atomic import atomic_write
 from ..data.corpus import find_audio_files, scan_corpus
-from ..encoders import DEFAULT_ENCODER, Encoder
-from ..errors import DeepSpeakerError, Failure
+from ..encoders import Encoder
+from ..errors import DeepSpeakerError
 from ..metrics.distances import split_per_label
-from ..metrics.moments import Moments, merge_moments, moments, moments_gaussian
+from ..metrics.moments import merge_moments, moments_gaussian
 from ..metrics.similarity import FAR_TARGET
-from .config import CompareConfig
-from .tables import text_table
 from ..settings import settings_difference
-from ..validate import checked_array, checked_text, load_npz, loads_json
-
-STATS_FORMAT = 1
-STATS_KEYS = ("mu", "sigma", "embeddings", "labels", "paths", "model_identity", "feature_settings")
-# Written since the Encoder interface; a file without it was made by the only encoder there was.
-ENCODER_KEY = "encoder"
-# The mergeable sums (metrics.moments), written since statistics merge; older files get them from their embeddings.
-MOMENT_KEYS = ("count", "sum", "outer")
-
-
-@dataclass
-class Stats:
-    """Embeddings of one set of utterances with their Gaussian statistics and what made them."""
-
-    embeddings: np.ndarray  # [n, d] float32, L2-normalised
-    labels: np.ndarray  # [n] unicode speaker labels ("" when the layout gives none)
-    paths: np.ndarray  # [n] unicode source paths
-    model_identity: str  # the encoder's identity (the name the files have always used)
-    feature_settings: dict  # the encoder's settings
-    mu: np.ndarray  # [d] float64
-    sigma: np.ndarray  # [d, d] float64, unbiased
-    source: str = ""  # the folder or file it came from, for messages
-    failures: list[Failure] = field(default_factory=list)  # files that gave no embedding (not saved in the .npz)
-    encoder: str = DEFAULT_ENCODER  # the registry name of the encoder
-    # The encoder that made (or can make) these embeddings, called only when noise references must be embedded
-    # (CompareConfig.anchor_noise); never saved, and None for statistics made without one.
-    embedder: Callable[[], Encoder] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def speakers(self) -> list[str]:
-        return sorted(set(self.labels.tolist()) - {""})
-
-    @property
-    def moments(self) -> Moments:
-        """Count, sum and sum of outer products of the embeddings (float64), mergeable across files."""
-        return moments(self.embeddings)
-
-
-def make_stats(embeddings: np.ndarray, labels: Sequence[str], paths: Sequence[str], model_identity: str,
-               feature_settings: dict, source: str = "", failures: Sequence[Failure] | None = None,
-               encoder: str = DEFAULT_ENCODER) -> Stats:
-    """Stats from embeddings (mean and unbiased covariance by ``metrics.gaussian_stats``)."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[0] < 2:
-        raise DeepSpeakerError(f"{source or 'the set'}: need at least 2 embedded utterances, got "
-                               f"{emb.shape[0] if emb.ndim == 2 else 0}")
-    mu, sigma = metrics.gaussian_stats(emb)
-    return Stats(emb, np.asarray(labels, dtype=str), np.asarray(paths, dtype=str), model_identity,
-                 dict(feature_settings), mu, sigma, source, list(failures or []), encoder)
+from .config import CompareConfig, StatsConfig
+from .embedded import Embedded, Stats, make_stats
+from .formats import read_stats
 
 
 def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encoder: Encoder,
-                  layout: str = "auto") -> Stats:
-    """Embed a folder (speaker labels from its layout) or a list of files (unlabelled) into :class:`Stats`."""
+                  config: StatsConfig | None = None) -> Stats:
+    """Embed a folder (speaker labels from its layout, ``config.layout``) or a list of files (unlabelled) into
+    :class:`Stats`."""
+    layout = (config or StatsConfig()).layout
     if isinstance(source, (str, os.PathLike)):
         folder = Path(source)
         if not folder.is_dir():
@@ -101,85 +54,11 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encod
         raise DeepSpeakerError(f"{name}: no audio files")
     result = encoder.embed_files_with_failures(paths)
     label_of = dict(zip(paths, labels))
-    stats = make_stats(result.embeddings, [label_of[p] for p in result.paths], result.paths, encoder.identity,
-                       encoder.settings, name, sorted(rejected) + result.failures, encoder.name)
+    rows = Embedded(result.embeddings, [label_of[p] for p in result.paths], result.paths,
+                    sorted(rejected) + result.failures, encoder.name, encoder.identity)
+    stats = make_stats(rows, encoder.settings, name)
     stats.embedder = lambda: encoder
     return stats
-
-
-def save_stats(path: str | os.PathLike, stats: Stats) -> None:
-    """Write a statistics ``.npz`` (plain arrays and JSON strings, no objects), atomically."""
-    m = stats.moments
-    with atomic_write(path) as f:
-        np.savez(f, format_version=np.int64(STATS_FORMAT), mu=stats.mu, sigma=stats.sigma,
-                 embeddings=stats.embeddings, labels=stats.labels.astype(str), paths=stats.paths.astype(str),
-                 model_identity=np.str_(stats.model_identity), encoder=np.str_(stats.encoder),
-                 feature_settings=np.str_(json.dumps(stats.feature_settings, sort_keys=True)),
-                 count=np.int64(m.count), sum=m.total, outer=m.outer)
-
-
-def load_stats(path: str | os.PathLike) -> Stats:
-    """Read a statistics file written by :func:`save_stats` (``allow_pickle=False``), checked against what
-    :func:`save_stats` writes: the shape, dtype and finiteness of every array, the settings JSON, and mu, sigma
-    and the moments those of the embeddings. One line naming the file otherwise."""
-    where = str(path)
-    data = load_npz(path, STATS_KEYS, (ENCODER_KEY, *MOMENT_KEYS), "statistics file")
-    embeddings = checked_array(data["embeddings"], where, "embeddings", (None, None))
-    n, d = embeddings.shape
-    if n < 2 or d < 1:  # make_stats never writes fewer: no covariance without two rows
-        raise DeepSpeakerError(f"{where}: a statistics file holds at least 2 embeddings of at least 1 value, got "
-                               f"shape {embeddings.shape}")
-    settings = loads_json(checked_text(data["feature_settings"], where, "feature_settings"), where,
-                          "feature_settings JSON")
-    if not isinstance(settings, dict):
-        raise DeepSpeakerError(f"{where}: feature_settings must be a JSON object, got {type(settings).__name__}")
-    stats = Stats(embeddings, checked_array(data["labels"], where, "labels", (n,), "text"),
-                  checked_array(data["paths"], where, "paths", (n,), "text"),
-                  checked_text(data["model_identity"], where, "model_identity"), settings,
-                  checked_array(data["mu"], where, "mu", (d,)), checked_array(data["sigma"], where, "sigma", (d, d)),
-                  where, [], checked_text(data[ENCODER_KEY], where, ENCODER_KEY) if ENCODER_KEY in data
-                  else DEFAULT_ENCODER)
-    _check_derived(stats, data)
-    return stats
-
-
-def _stored_moments(data: Mapping[str, np.ndarray], where: str) -> Moments:
-    """The count, sum and outer products of a statistics file, checked for shape, dtype and finiteness."""
-    count = int(checked_array(data["count"], where, "count", (), "int"))
-    total = checked_array(data["sum"], where, "sum", (None,)).astype(np.float64)
-    outer = checked_array(data["outer"], where, "outer", (total.size, total.size)).astype(np.float64)
-    if count < 0:
-        raise DeepSpeakerError(f"{where}: count must not be negative, got {count}")
-    return Moments(count, total, outer)
-
-
-def _check_derived(stats: Stats, data: Mapping[str, np.ndarray]) -> None:
-    """mu, sigma and the stored moments must be those of the file's embeddings, as save_stats derived them: a
-    file whose numbers were changed (or mixed from several files) would give silently wrong distances and merges.
-    Compared within 1e-6 of each array's scale: rounding (moments vs gaussian_stats, summation order) is ~1e-15."""
-    m = stats.moments
-    mu, sigma = moments_gaussian(m)
-    derived = {"mu": (stats.mu, mu), "sigma": (stats.sigma, sigma)}
-    if all(k in data for k in MOMENT_KEYS):
-        stored = _stored_moments(data, stats.source)
-        if stored.count != m.count:
-            raise DeepSpeakerError(f"{stats.source}: count is {stored.count}, but the file holds {m.count} "
-                                   f"embeddings; recompute it")
-        derived.update(sum=(stored.total, m.total), outer=(stored.outer, m.outer))
-    for name, (found, expected) in derived.items():
-        scale = float(np.abs(expected).max(initial=0.0))
-        if found.shape != expected.shape or not np.allclose(found, expected, rtol=1e-6, atol=1e-6 * scale):
-            raise DeepSpeakerError(f"{stats.source}: {name} is not that of the file's embeddings (changed after it "
-                                   f"was written?); recompute it")
-
-
-def load_moments(path: str | os.PathLike) -> Moments:
-    """The moments of a statistics file, reading only them (the embeddings stay on disk) when the file has them;
-    checked for shape, dtype and finiteness (one line naming the file)."""
-    data = load_npz(path, (), MOMENT_KEYS, "statistics file")
-    if all(k in data for k in MOMENT_KEYS):
-        return _stored_moments(data, str(path))
-    return load_stats(path).moments  # written before the moments were saved
 
 
 def merge_stats(paths: Sequence[str | os.PathLike]) -> Stats:
@@ -188,7 +67,7 @@ def merge_stats(paths: Sequence[str | os.PathLike]) -> Stats:
     from the same encoder, model and settings, and no utterance may appear twice."""
     if not paths:
         raise DeepSpeakerError("no statistics files to merge")
-    parts = [load_stats(p) for p in paths]  # each checked whole, so a bad part stops the merge before any write
+    parts = [read_stats(p) for p in paths]  # each checked whole, so a bad part stops the merge before any write
     for other in parts[1:]:
         check_compatible(parts[0], other)
     seen: dict[str, str] = {}
@@ -197,23 +76,25 @@ def merge_stats(paths: Sequence[str | os.PathLike]) -> Stats:
             if path in seen:
                 raise DeepSpeakerError(f"{seen[path]} and {part.source} both hold {path}: merge disjoint sets only")
             seen[path] = part.source
-    # The moments of the embeddings just checked and concatenated (the same sums save_stats stored, to the bit),
+    # The moments of the embeddings just checked and concatenated (the same sums write_stats stored, to the bit),
     # not a second read of the files, which could differ from what was checked.
     merged = merge_moments(p.moments for p in parts)
     mu, sigma = moments_gaussian(merged)
     first = parts[0]
-    return Stats(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
-                 np.concatenate([p.paths for p in parts]), first.model_identity, first.feature_settings, mu, sigma,
-                 " + ".join(p.source for p in parts), [], first.encoder)
+    rows = Embedded(np.concatenate([p.embeddings for p in parts]), [s for p in parts for s in p.embedded.speakers],
+                    [f for p in parts for f in p.embedded.paths], [], first.encoder, first.model_identity)
+    return Stats(rows, first.feature_settings, mu, sigma, " + ".join(p.source for p in parts))
 
 
-def load_side(source: str | os.PathLike, encoder: Encoder | Callable[[], Encoder], layout: str = "auto") -> Stats:
-    """A folder (embedded now) or a statistics ``.npz``; ``encoder`` may be a factory, called only for folders."""
+def load_side(source: str | os.PathLike, encoder: Encoder | Callable[[], Encoder],
+              config: StatsConfig | None = None) -> Stats:
+    """A folder (embedded now, as ``config`` says) or a statistics ``.npz``; ``encoder`` may be a factory, called only
+    for folders."""
     path = Path(source)
     if path.is_dir():
-        return compute_stats(path, encoder() if callable(encoder) else encoder, layout)
+        return compute_stats(path, encoder() if callable(encoder) else encoder, config)
     if path.is_file():
-        stats = load_stats(path)
+        stats = read_stats(path)
         stats.embedder = encoder if callable(encoder) else (lambda: encoder)  # for noise references, if asked
         return stats
     raise DeepSpeakerError(f"{path}: no such folder or statistics file")
@@ -399,7 +280,7 @@ def _shared(messages: list[str], gen_probs: np.ndarray | None, ref_probs: np.nda
 NOISE_BATCH = 64  # noise signals prepared and embedded at once
 
 
-def noise_references(real: Stats, encoder: Encoder, seed: int = 0,
+def noise_references(real: Stats, encoder: Encoder, *, seed: int = 0,
                      kinds: Sequence[str] | None = None) -> dict[str, Stats]:
     """The noise sets of ``real`` (:mod:`.noise`: one file per real file, its length, rate and speaker label),
     embedded by ``encoder`` as files are (decoded at its rate, then ``prepare_signal``), as ``{kind: Stats}``.
@@ -433,8 +314,8 @@ def noise_references(real: Stats, encoder: Encoder, seed: int = 0,
         flush()
         if sum(len(r) for r in rows) < 2:
             continue
-        out[kind] = make_stats(np.concatenate(rows), labels, paths, encoder.identity, encoder.settings,
-                               f"{kind} noise of {real.source}", failures, encoder.name)
+        out[kind] = make_stats(Embedded(np.concatenate(rows), labels, paths, failures, encoder.name, encoder.identity),
+                               encoder.settings, f"{kind} noise of {real.source}")
     return out
 
 
@@ -499,7 +380,7 @@ def _anchored(messages: list[str], real: Stats, generated: Stats, noise: Mapping
             return None
         try:
             encoder = real.embedder()
-            noise = noise_references(real, encoder, seed)
+            noise = noise_references(real, encoder, seed=seed)
         except DeepSpeakerError as exc:
             messages.append(f"anchored scores: not computed: {exc}")
             return None
@@ -643,182 +524,3 @@ def to_json_safe(value: Any, messages: list[str], where: str = "") -> Any:
     if value is None or isinstance(value, str):
         return value
     return str(value)
-
-
-def _interval_text(interval: dict | None, scale: float = 1.0, digits: str = ".3g") -> str:
-    return "" if interval is None else f" [{scale * interval['low']:{digits}}, {scale * interval['high']:{digits}}]"
-
-
-def _fmt(value: Any, std: Any = None, interval: dict | None = None) -> str:
-    """``value ± std [low, high]`` (4 significant digits), "n/a" for a missing value."""
-    if value is None:
-        return "n/a"
-    text = f"{value:.4g}" + ("" if std is None else f" ± {std:.2g}")
-    return text + _interval_text(interval)
-
-
-def _pct(value: Any, interval: dict | None = None) -> str:
-    """A share as ``12.3 % [low, high]``."""
-    return "n/a" if value is None else f"{100 * value:.1f} %" + _interval_text(interval, 100.0, ".1f")
-
-
-def _get(report: dict, *keys: str) -> Any:
-    """``report[k1][k2]...``, None where a level is missing or None."""
-    for key in keys:
-        if not isinstance(report, dict) or report.get(key) is None:
-            return None
-        report = report[key]
-    return report
-
-
-def _space_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """``(key, label, generated cell, baseline cell)`` of one space's report, in table order."""
-    s, base, cond = report["settings"], report["baseline"], report.get("conditional") or {}
-    fd_split = _get(report, "fd", "splits") or {}
-    kd = report.get("kd") or {}
-    fit = report.get("fd_inf") or {}
-    dsd = report.get("conditional_all") or {}
-    g, r = _get(report, "similarity", "generated") or {}, _get(report, "similarity", "real") or {}
-
-    def iv(key: str) -> dict | None:
-        return _get(report, "intervals", "values", key)
-
-    return [
-        ("fd_splits", f"FD, mean ± std over {s['num_splits']} splits (of {fd_split.get('split_size', '?')})",
-         _fmt(fd_split.get("fd"), fd_split.get("fd_std")),
-         _fmt(_get(base, "fd", "splits", "fd"), _get(base, "fd", "splits", "fd_std"))),
-        ("fd", "FD, full sets", _fmt(_get(report, "fd", "full"), interval=iv("fd")), _fmt(_get(base, "fd", "full"))),
-        ("fd_inf", f"FD∞, fit of FD(N) = FD∞ + c/N, N = {min(fit.get('ns', [0]))}..{max(fit.get('ns', [0]))}",
-         _fmt(fit.get("fd_inf")), _fmt(_get(base, "fd_inf", "fd_inf"))),
-        ("kd", f"KD, {kd.get('num_subsets', s['num_subsets'])} subsets of {kd.get('subset_size', s['subset_size'])}",
-         _fmt(kd.get("kd"), kd.get("kd_std"), iv("kd")), _fmt(_get(base, "kd", "kd"), _get(base, "kd", "kd_std"))),
-        ("cfd", "cFD, vs a per-speaker half of real of the same speakers", _fmt(_get(cond, "generated", "cfd")),
-         _fmt(_get(cond, "real_baseline", "cfd"))),
-        ("fd_other", "FD, vs real of other speakers", _fmt(_get(cond, "generated", "fd")),
-         _fmt(_get(cond, "real_baseline", "fd"))),
-        ("ckd", "cKD, vs a per-speaker half of real of the same speakers",
-         _fmt(_get(cond, "generated", "ckd"), _get(cond, "generated", "ckd_std")),
-         _fmt(_get(cond, "real_baseline", "ckd"), _get(cond, "real_baseline", "ckd_std"))),
-        ("kd_other", "KD, vs real of other speakers",
-         _fmt(_get(cond, "generated", "kd"), _get(cond, "generated", "kd_std")),
-         _fmt(_get(cond, "real_baseline", "kd"), _get(cond, "real_baseline", "kd_std"))),
-        ("cfd_all", "cFD, vs all real of the same speakers (DeepSpeechDistances)", _fmt(dsd.get("cfd")), ""),
-        ("ckd_all", "cKD, vs all real of the same speakers (DeepSpeechDistances)",
-         _fmt(dsd.get("ckd"), dsd.get("ckd_std")), ""),
-        ("secs", "SECS, cosine to the speaker's real centroid",
-         _fmt(_get(report, "speaker_similarity", "secs"), _get(report, "speaker_similarity", "secs_std"), iv("secs")),
-         _fmt(_get(base, "speaker_similarity", "secs"), _get(base, "speaker_similarity", "secs_std"))),
-        ("secs_rescaled", "SECS rescaled: 0 = real different-, 1 = same-speaker mean",
-         _fmt(g.get("secs_rescaled"), interval=iv("secs_rescaled")), "1" if g.get("secs_rescaled") is not None else ""),
-        ("accept_eer", "accepted as its speaker at the real EER threshold",
-         _pct(g.get("accept_eer"), iv("accept_eer")), _pct(r.get("accept_eer"), iv("real_accept_eer"))),
-        ("accept_far", f"accepted at the real {100 * s.get('far_target', FAR_TARGET):g} % false-accept threshold",
-         _pct(g.get("accept_far"), iv("accept_far")), _pct(r.get("accept_far"), iv("real_accept_far"))),
-        ("eer", "EER, verified against the real speakers' centroids", _pct(g.get("eer"), iv("eer")),
-         _pct(r.get("eer"), iv("real_eer"))),
-        ("identified", "nearest real speaker is its own", _pct(g.get("identified")), ""),
-        ("sap", "SAP, same-speaker cosine (within the set)", _fmt(_get(report, "sap_san", "sap")),
-         _fmt(_get(base, "sap_san", "sap"))),
-        ("san", "SAN, different-speaker cosine", _fmt(_get(report, "sap_san", "san")),
-         _fmt(_get(base, "sap_san", "san"))),
-        ("ndb", f"NDB/K, {s['ndb_bins']} k-means bins on real",
-         _fmt(_get(report, "ndb", "ndb_over_k")), _fmt(_get(base, "ndb", "ndb_over_k"))),
-    ] + (_anchored_rows(report) if "anchored" in report else [])
-
-
-def _anchored_cell(value: dict | None) -> str:
-    return "n/a" if value is None else f"{value['score']:.1f} (nearest: {value['nearest_noise']})"
-
-
-def _anchored_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """The noise-anchored scores' rows, only in a report that asked for them."""
-    anchored = report.get("anchored") or {}
-    return [("fd_anchored", "FD anchored: 100 = real, 0 = nearest noise set (TTSDS)",
-             _anchored_cell(anchored.get("fd")), _anchored_cell(anchored.get("fd_baseline"))),
-            ("sim_anchored", "SIM anchored: W2 of cosines to the centroid, 100 = real, 0 = noise",
-             _anchored_cell(anchored.get("sim")), "")]
-
-
-def _shared_rows(report: dict) -> list[tuple[str, str]]:
-    """``(label, value)`` of the classifier scores and MR-STFT: numbers of the audio, not of a space."""
-    rows = []
-    if "classifier" in report:
-        c = report["classifier"]
-        rows += [("IS (class score)", _fmt(c.get("is"), c.get("is_std"))), ("mIS", _fmt(c.get("mis"))),
-                 ("AM score", "inf" if c.get("am_unbounded") else _fmt(c.get("am")))]
-    if report.get("mr_stft"):
-        m = report["mr_stft"]
-        rows += [(f"MR-STFT spectral convergence ({m['pairs']} pairs)",
-                  _fmt(m["spectral_convergence"], m["spectral_convergence_std"])),
-                 ("MR-STFT log-magnitude distance", _fmt(m["log_magnitude"], m["log_magnitude_std"]))]
-    return rows
-
-
-def _spaces(report: dict) -> list[tuple[str, dict]]:
-    """``(encoder, report)`` of each space: one for a :func:`compare` report, several for :func:`compare_spaces`."""
-    if "spaces" in report:
-        return [(name, report["spaces"][name]) for name in report["encoders"]]
-    return [(report["settings"]["encoder"], report)]
-
-
-def report_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    """The table of a :func:`compare` or :func:`compare_spaces` report as ``(header, rows)`` (for ``tables``):
-    one generated and one baseline column per space, then the numbers shared by all spaces."""
-    spaces = _spaces(report)
-    if "spaces" in report:
-        header = ["metric"] + [f"{name}: {col}" for name, _ in spaces for col in ("generated vs real", "real baseline")]
-    else:
-        header = ["metric", "generated vs real", "real half vs half"]
-    cells = [{key: (gen, base) for key, _, gen, base in _space_rows(sp)} for _, sp in spaces]
-    rows = [[label] + [c for space in cells for c in space.get(key, ("n/a", "n/a"))]
-            for key, label, _, _ in _space_rows(spaces[0][1])]
-    rows += [[label, value] + [""] * (len(header) - 2) for label, value in _shared_rows(report)]
-    return header, rows
-
-
-def _space_lines(name: str, report: dict, several: bool) -> list[str]:
-    """What was compared in one space: the sets, the encoder, the baseline and the verifier's thresholds."""
-    s, real, gen = report["settings"], report["real"], report["generated"]
-    th = _get(report, "similarity", "thresholds")
-    verifier = (f"; verifier thresholds on real trials: EER {th['eer']:.4g}, {100 * th['far_target']:g} % false "
-                f"accepts {th['far']:.4g}" if th else "")
-    lines = [f"generated: {gen['source']} ({gen['n']} utterances, {gen['speakers']} speakers)",
-             f"real:      {real['source']} ({real['n']} utterances, {real['speakers']} speakers)",
-             f"encoder {s['encoder']}, model {s['model_identity']}, seed {s['seed']}; baseline = two disjoint "
-             f"per-speaker halves of the real set ({report['baseline_halves']['n_a']} + "
-             f"{report['baseline_halves']['n_b']}){verifier}"]
-    return [f"[{name}] {line}" for line in lines] if several else lines
-
-
-def _worst_lines(name: str, report: dict, several: bool) -> list[str]:
-    if not report.get("worst"):
-        return []
-    lines = [f"{f'[{name}] ' if several else ''}least similar generated files (cosine to their speaker's real "
-             f"centroid; nearest real speaker):"]
-    lines += [f"  {w['similarity']:.4f}  {w['path']}  (speaker {w['speaker']}; nearest {w['nearest_speaker']}, "
-              f"{w['nearest_similarity']:.4f})" for w in report["worst"]]
-    return lines
-
-
-def format_table(report: dict) -> str:
-    """The report as a table for people: generated vs real beside each space's real baseline, then the least
-    similar files and the messages. Takes a :func:`compare` or a :func:`compare_spaces` report."""
-    spaces = _spaces(report)
-    several = "spaces" in report
-    lines = [line for name, sp in spaces for line in _space_lines(name, sp, several)] + [""]
-    lines.append(text_table(*report_table(report)))
-    lines.append("similarities: cosine similarity, higher is closer; distances: lower is closer; acceptance and "
-                 "EER baselines: the real trials that set the thresholds")
-    for name, sp in spaces:
-        iv = sp.get("intervals")
-        if iv:
-            lines.append(f"{f'[{name}] ' if several else ''}" + (
-                f"[low, high]: 95 % bootstrap interval, {iv['replicates']} resamples of the speakers, then of each "
-                f"speaker's utterances (seed {iv['seed']})" if "values" in iv else f"no intervals: {iv['skipped']}"))
-    for name, sp in spaces:
-        lines += _worst_lines(name, sp, several)
-    notes = [f"{f'[{name}] ' if several else ''}{m}" for name, sp in spaces for m in sp.get("messages", [])]
-    notes += report.get("messages", []) if several else []
-    if notes:
-        lines += ["", "notes:"] + [f"  - {m}" for m in notes]
-    return "\n".join(lines)
