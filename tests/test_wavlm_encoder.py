@@ -4,6 +4,7 @@ encoder interface against the original's outputs."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -183,6 +184,9 @@ def test_bad_model_folders_and_devices_are_one_line_errors(tiny, tmp_path):
 
 def test_missing_package_is_one_line(monkeypatch, capsys):
     # A fresh import of the module with transformers absent: the module itself imports; the encoder says what to do.
+    # Imported first, whatever ran before (a shuffled order may run this test first, seed 3492315515): monkeypatch
+    # then puts the real module back afterwards, so later tests never get the one imported without transformers.
+    importlib.import_module("deep_speaker.encoders.wavlm")
     monkeypatch.setitem(sys.modules, "transformers", None)
     monkeypatch.delitem(sys.modules, "deep_speaker.encoders.wavlm")
     with pytest.raises(DeepSpeakerError) as exc:
