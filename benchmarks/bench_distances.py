@@ -81,9 +81,11 @@ def main() -> None:
 
     for n_kd in args.kd_sizes:
         xs, ys = x[:n_kd], y[:n_kd]
-        m, subsets = kernel_subsets(n_kd, n_kd, args.num_subsets, args.subset_size, args.seed)
-        t_ours, (kd_ours, _) = best_of(lambda: kernel_distance(xs, ys, args.num_subsets, args.subset_size,
-                                                               args.seed), 1)
+        m, subsets = kernel_subsets(n_kd, n_kd, num_subsets=args.num_subsets, subset_size=args.subset_size,
+                                    seed=args.seed)
+        t_ours, (kd_ours, _) = best_of(lambda: kernel_distance(xs, ys, num_subsets=args.num_subsets,
+                                                               subset_size=args.subset_size,
+                                                               seed=args.seed), 1)
         t_ref, kd_ref = best_of(lambda: plain_kd(xs, ys, subsets), 1)
         n_all, s = 2 * n_kd, args.num_subsets
         all_subsets = n_all * n_all * (d + 2 * s) < 2 * s * m * m * d  # the rule kernel_distance applies

@@ -110,7 +110,8 @@ def main() -> None:
     features = [extract_features(p) for p in paths]
     print(f"frames through the model: original {sum(len(f) for f in features)} (each file once, whole)")
     for name, e in embedders.items():
-        frames = sum(w.shape[0] for f in features for w in split_windows(f, e.window, e.hop, e.min_frames))
+        frames = sum(w.shape[0] for f in features for w in split_windows(f, window=e.window, hop=e.hop,
+                                                                         min_frames=e.min_frames))
         print(f"  {name}: {frames} ({e.window}-frame windows every {e.hop} frames)")
 
     original_embed(model, paths[:2])  # warm-up: the first predict traces the graph

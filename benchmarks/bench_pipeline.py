@@ -113,7 +113,7 @@ def main() -> None:
         figures: dict[str, list[float]] = {k: [] for k in names}
         faults: dict[str, list[float]] = {k: [] for k in names}
         # Built before the timing, as training builds its dataset once; its iterator starts in the timing.
-        datasets = [tf_dataset(sampler, base + r * n, n) for r in range(args.rounds)]
+        datasets = [tf_dataset(sampler, first_step=base + r * n, num_batches=n) for r in range(args.rounds)]
         for r in range(args.rounds):
             steps = range(base + r * n, base + (r + 1) * n)
             batches = {"today": lambda steps=steps: (today[step] for step in steps),

@@ -121,7 +121,7 @@ def synthetic_index(folder: Path, entries: int, shard_size: int = 1000) -> Path:
                                   "mtime_ns": 1_700_000_000_000_000_000 + k,
                                   "source": f"/data/LibriSpeech/train-other-500/{speaker}/{chapter}/{utt}.flac"}))
         name = shard_name(1, [e for _, e in items], "float16")
-        shards.append(write_shard(folder, name, items, "float16", settings))
+        shards.append(write_shard(folder, name, items, dtype="float16", settings=settings))
     listing = {"format": "deep-speaker-feature-store", "format_version": 1, "settings": settings, "dtype": "float16",
                "generation": 1, "shards": shards, "failures": []}
     (folder / "store.json").write_text(json.dumps(listing))

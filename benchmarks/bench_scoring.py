@@ -85,7 +85,7 @@ def score_normalisation(args: argparse.Namespace, rng: np.random.Generator) -> N
     trial_scores(items, first, second)
     t_cosine = time.perf_counter() - start
     start = time.perf_counter()
-    normed = snorm_trials(items, first, second, cohort, "asnorm", args.top_k)
+    normed = snorm_trials(items, first, second, cohort=cohort, method="asnorm", top_k=args.top_k)
     t_asnorm = time.perf_counter() - start
     print(f"\n{args.trials} trials between {args.items} embeddings, cohort {args.cohort}, top {args.top_k}")
     print(f"plain cosine scoring: {t_cosine:.3f} s; AS-norm: {t_asnorm:.3f} s ({t_asnorm / t_cosine:.1f}x the cosine "
@@ -94,7 +94,8 @@ def score_normalisation(args: argparse.Namespace, rng: np.random.Generator) -> N
     labels = (speakers[first] == speakers[second]).astype(np.int8)
     labels[:1000] = 1  # a few targets, so both classes exist
     start = time.perf_counter()
-    verification_intervals(normed, labels, speakers[first], speakers[second], replicates=args.replicates)
+    verification_intervals(normed, labels, first_speakers=speakers[first], second_speakers=speakers[second],
+                           replicates=args.replicates)
     t_boot = time.perf_counter() - start
     print(f"speaker bootstrap, {args.replicates} replicates of {args.trials} trials: {t_boot:.2f} s "
           f"({1000 * t_boot / args.replicates:.0f} ms per replicate)")

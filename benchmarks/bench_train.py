@@ -167,8 +167,8 @@ def main() -> None:
 
     models = {
         "original float32": build_original(args.width),
-        "ours float32": build_rescnn(args.width),
-        "ours mixed_bfloat16": build_rescnn(args.width, precision="mixed_bfloat16"),
+        "ours float32": build_rescnn(width=args.width),
+        "ours mixed_bfloat16": build_rescnn(width=args.width, precision="mixed_bfloat16"),
     }
     forward = conv_flops(models["ours float32"], args.frames)
     # The original never used XLA; --jit applies to our models only.

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Keras {keras.__version__} on {keras.backend.backend()} (jax {jax.__version__}), devices: "
               f"{', '.join(f'{d.platform}:{d.device_kind}' for d in devices)}", flush=True)
         keras.utils.set_random_seed(0)
-        model = build_rescnn(args.width, num_speakers=len(segments), precision=args.precision)
+        model = build_rescnn(width=args.width, num_speakers=len(segments), precision=args.precision)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
         dataset = batching.RandomCropBatches(cache, segments, args.frames, args.batch, args.warmup + args.steps)
         sampler = GpuSampler()

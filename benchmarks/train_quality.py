@@ -76,7 +76,7 @@ def eer_of(embeddings: np.ndarray, speakers: list[str]) -> float:
 def scores_of(embeddings: np.ndarray, speakers: list[str]) -> dict:
     """EER and minDCF (p_target 0.01) over all unordered pairs, cosine scores."""
     scores, labels = pair_scores(embeddings, speakers)
-    return {"eer": equal_error_rate(scores, labels), "min_dcf": min_dcf(scores, labels, 0.01)}
+    return {"eer": equal_error_rate(scores, labels), "min_dcf": min_dcf(scores, labels, p_target=0.01)}
 
 
 def mean_mfcc(signal: np.ndarray) -> np.ndarray:
@@ -128,7 +128,7 @@ def augmented(train_audio: Path, cache_dir: Path, kinds: str, copies: int, seed:
     cache = cached(train_audio, cache_dir)
     wanted = {"kinds": list(augment.check_augmentations(kinds)), "copies": copies, "seed": seed}
     if cache.manifest.get("augment") != wanted:
-        augment_cache(cache_dir, kinds, copies, seed, progress=False)
+        augment_cache(cache_dir, kinds, copies, seed=seed, progress=False)
     return FeatureCache(cache_dir)
 
 
@@ -198,7 +198,7 @@ def main() -> None:
         "min_dcf_trained": scores_of(trained.embed_features_batch(features), speakers)["min_dcf"],
         "eer_softmax_only": eer_of(Embedder(load_model(best_checkpoint(runs, "softmax"))).embed_features_batch(
             features), speakers),
-        "eer_random_weights": eer_of(Embedder(build_rescnn(args.width)).embed_features_batch(features), speakers),
+        "eer_random_weights": eer_of(Embedder(build_rescnn(width=args.width)).embed_features_batch(features), speakers),
         "eer_mean_mfcc": eer_of(np.stack([mean_mfcc(x) for x in signals]), speakers),
         "out_of_domain": domains,
         "prepare_seconds": round(prepared_s, 1),

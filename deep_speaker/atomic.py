@@ -92,7 +92,7 @@ def read_json_document(path: Path, what: str, check: Callable[[object, Path], No
     return document
 
 
-def read_json_parts(folder: Path, main: str, parts: str, what: str,
+def read_json_parts(folder: Path, main: str, parts: str, *, what: str,
                     check: Callable[[object, Path], None]) -> list[tuple[Path, dict]]:
     """The folder's main JSON file (first, when there) and its part files (glob ``parts``, sorted), each read
     by read_json_document: the shape of a cache's manifests and of a store's listings."""

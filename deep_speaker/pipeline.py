@@ -64,7 +64,7 @@ def augmented(cfg: JobConfig, cache_dir: str | os.PathLike) -> None:
     recipe = {"kinds": list(check_augmentations(cfg.augment)), "copies": cfg.augment_copies, "seed": cfg.seed}
     if FeatureCache(cache_dir).manifest.get("augment") != recipe:
         log.info("augmented copies (%s) of the training speech", ", ".join(recipe["kinds"]))
-        augment_cache(cache_dir, recipe["kinds"], cfg.augment_copies, cfg.seed)
+        augment_cache(cache_dir, recipe["kinds"], cfg.augment_copies, seed=cfg.seed)
 
 
 def train_phases(cfg: JobConfig, train_cache: FeatureCache, phases: dict[str, float] | None = None) -> Path:
@@ -113,7 +113,7 @@ def compare_degraded(encoder: Encoder, cfg: JobConfig, out_dir: Path) -> tuple[d
             # Written beside and renamed whole: a folder under the final name is complete (a kill mid-way
             # leaves only the .partial one, which the next run writes again).
             partial = copy_dir.with_name(f"{name}.partial")
-            degrade_folder(real_dir, partial, kind, level, seed=cfg.seed)
+            degrade_folder(real_dir, partial, kind=kind, level=level, seed=cfg.seed)
             partial.rename(copy_dir)
         generated = compute_stats(copy_dir, encoder)
         reports[name] = compare(real, generated, seed=cfg.seed, num_subsets=cfg.compare_subsets)

@@ -29,7 +29,7 @@ KIND_NAMES = {"float": "float", "text": "text", "int": "integer", "label": "0/1 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # how an .npz (a zip archive, possibly empty) begins
 
 
-def load_npz(path: str | os.PathLike, required: Sequence[str], optional: Sequence[str] = (),
+def load_npz(path: str | os.PathLike, required: Sequence[str], *, optional: Sequence[str] = (),
              what: str = "file") -> dict[str, np.ndarray]:
     """The arrays ``required`` (and those of ``optional`` present) of an ``.npz``, loaded without pickle.
 
@@ -67,7 +67,7 @@ def _describe(shape: Sequence[int | None], kind: str) -> str:
     return f"a {len(shape)}-D {name} array [{dims}]" if shape else f"a single {name} value"
 
 
-def checked_array(array: Any, where: str | os.PathLike, name: str, shape: Sequence[int | None],
+def checked_array(array: Any, where: str | os.PathLike, name: str, *, shape: Sequence[int | None],
                   kind: str = "float") -> np.ndarray:
     """``array`` when it has ``shape`` (None: any length) and holds ``kind`` values ("float": finite floating
     point; "text": unicode; "int"; "label": bool or int); else one line naming ``where`` and the entry ``name``."""
@@ -83,7 +83,7 @@ def checked_array(array: Any, where: str | os.PathLike, name: str, shape: Sequen
 
 def checked_text(array: Any, where: str | os.PathLike, name: str) -> str:
     """The string of a single unicode value (how ``np.savez`` stores one), else one line naming the file."""
-    return str(checked_array(array, where, name, (), "text"))
+    return str(checked_array(array, where, name, shape=(), kind="text"))
 
 
 def loads_json(text: str | bytes, where: str | os.PathLike, what: str) -> Any:
@@ -113,7 +113,7 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def checked_field(record: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str | os.PathLike,
+def checked_field(record: Mapping[str, Any], key: str, types: type | tuple[type, ...], *, where: str | os.PathLike,
                   required: bool = True, low: float = -math.inf, high: float = math.inf) -> Any:
     """``record[key]`` when it is of ``types`` (a JSON bool is never taken for a number; an int is a float);
     numbers also finite and within ``[low, high]``. A missing optional key gives None. One line naming ``where``

@@ -288,7 +288,7 @@ def cohort(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cohort") / "cohort.npz"
     files = sorted((REPO / "samples" / "librispeech" / "train-clean-100").rglob("*.flac"))[:12]
     encoder = MeanFbank()
-    save_embeddings(path, encoder.embed_files(files), [str(f) for f in files], encoder.identity, encoder=TOY)
+    save_embeddings(path, encoder.embed_files(files), [str(f) for f in files], model_id=encoder.identity, encoder=TOY)
     return path
 
 

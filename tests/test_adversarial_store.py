@@ -146,7 +146,7 @@ def test_a_hostile_scan_record_is_ignored_and_rewritten(corpus_and_store, capsys
     assert all(store.entry(*key)["source"].startswith(f"{audio}/") for key in store.utterances())
     assert snapshot(audio) == audio_before and snapshot(outside) == outside_before
     # Rewritten from the scan: the same rows as the honest record, used again by the next update (no warning).
-    assert scan_corpus(audio, "librispeech", record=record) == scan_corpus(audio, "librispeech")
+    assert scan_corpus(audio, layout="librispeech", record=record) == scan_corpus(audio, layout="librispeech")
     with pa.OSFile(str(record)) as a, pa.BufferReader(honest) as b:
         assert pa.ipc.open_file(a).read_all().equals(pa.ipc.open_file(b).read_all())
     assert cli(capsys, "cache", "update", str(audio), str(store_dir), "--no_progress") == (0, [])
@@ -199,7 +199,7 @@ def test_ids_that_are_no_plain_names_never_reach_a_shard(corpus_and_store, monke
     assert isinstance(as_dtype((frame, entry), "float32"), Failure)
     out = tmp_path / "direct"
     with pytest.raises(DeepSpeakerError, match="not plain names"):
-        write_shard(out, "g000001-0000000000000000", [(frame, entry)], "float32", {})
+        write_shard(out, "g000001-0000000000000000", [(frame, entry)], dtype="float32", settings={})
     assert not out.exists() or not any(out.rglob("*.npy"))
 
 
@@ -398,12 +398,12 @@ def test_honest_records_of_every_layout_are_reused_and_a_misfit_row_is_not(tmp_p
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(flac, root / name)
         age(root)
-        scanned = scan_corpus(root, layout, record=record)
+        scanned = scan_corpus(root, layout=layout, record=record)
         assert scanned[0] and scanned[2] == layout
         count = len(walks)
         caplog.clear()
-        assert scan_corpus(root, layout, record=record) == scanned and len(walks) == count  # from the record
+        assert scan_corpus(root, layout=layout, record=record) == scanned and len(walks) == count  # from the record
         assert "not used" not in caplog.text
         rewrite_record(record, lambda rows, meta: [{**rows[0], "speaker": rows[0]["speaker"] + "0"}] + rows[1:])
-        assert scan_corpus(root, layout, record=record) == scanned and len(walks) == count + 1
+        assert scan_corpus(root, layout=layout, record=record) == scanned and len(walks) == count + 1
         assert f"does not fit the {layout} layout" in caplog.text

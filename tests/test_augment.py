@@ -99,7 +99,7 @@ def test_band_limit_keeps_the_band_and_removes_what_lies_above(rate):
 
 
 def test_a_band_copy_of_speech_is_narrowband_at_its_recorded_bandwidth(speech):
-    out, done = augment.augment_signal(speech[0], ("band",), [], np.random.default_rng(6))
+    out, done = augment.augment_signal(speech[0], ("band",), [], rng=np.random.default_rng(6))
     assert set(done) == {"band_hz"} and augment.BAND_RATES_HZ[0] / 2 <= done["band_hz"] <= augment.BAND_RATES_HZ[1] / 2
     edge = done["band_hz"]
     assert band_power_db(out, 300, edge - 300) == pytest.approx(band_power_db(speech[0], 300, edge - 300), abs=0.2)

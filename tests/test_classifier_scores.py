@@ -25,7 +25,7 @@ SPEAKERS = REPO / "samples" / "librispeech" / "test-other"
 def softmax_model(tmp_path_factory) -> Path:
     keras.utils.set_random_seed(3)
     path = tmp_path_factory.mktemp("clf") / "softmax.keras"
-    build_rescnn(0.125, num_speakers=7).save(path)
+    build_rescnn(width=0.125, num_speakers=7).save(path)
     return path
 
 
@@ -59,14 +59,14 @@ def test_probabilities_are_the_mean_softmax_over_windows(softmax_model, speech):
 
 def test_embedding_model_is_refused(speech, tmp_path):
     path = tmp_path / "emb.keras"
-    build_rescnn(0.125).save(path)
+    build_rescnn(width=0.125).save(path)
     with pytest.raises(DeepSpeakerError, match="softmax head"):
         SpeakerClassifier(path)
 
 
 def test_compare_with_classifier_reports_is_of_its_probabilities(softmax_model, speech, tmp_path):
     emb_model = tmp_path / "emb.keras"
-    build_rescnn(0.125).save(emb_model)
+    build_rescnn(width=0.125).save(emb_model)
     out = tmp_path / "report.json"
     assert main(["compare", str(speech), str(speech), "--model", str(emb_model), "--classifier",
                  str(softmax_model), "--num-splits", "2", "--num-subsets", "5", "--fd-inf-points", "3",

@@ -142,9 +142,9 @@ def test_a_recorded_scan_is_reused_until_a_folder_changes(tmp_path, walks):
     root, record = tmp_path / "audio", tmp_path / "scan.arrow"
     touch(root, "spk1/a.wav", "spk1/b.flac", "spk2/c.wav", "spk2/notes.wav/x.wav", "loose.wav")
     age_folders(root)
-    first = scan_corpus(root, "folders", record=record)
-    assert scan_corpus(root, "folders", record=record) == first and len(walks) == 1  # no walk: from the record
-    assert first == scan_corpus(root, "folders")  # and what a plain scan gives
+    first = scan_corpus(root, layout="folders", record=record)
+    assert scan_corpus(root, layout="folders", record=record) == first and len(walks) == 1  # no walk: from the record
+    assert first == scan_corpus(root, layout="folders")  # and what a plain scan gives
     assert {f.reason for f in first[1]} >= {"is a directory, not an audio file"}  # rejections are kept too
     changes = [lambda: touch(root, "spk1/d.wav"),  # a file added
                lambda: (root / "spk2" / "c.wav").unlink(),  # removed
@@ -154,8 +154,8 @@ def test_a_recorded_scan_is_reused_until_a_folder_changes(tmp_path, walks):
     for n, change in enumerate(changes):
         age_folders(root)
         change()
-        assert scan_corpus(root, "folders", record=record) == scan_corpus(root, "folders"), n
-        assert scan_corpus(root, "folders", record=record) == scan_corpus(root, "folders")
+        assert scan_corpus(root, layout="folders", record=record) == scan_corpus(root, layout="folders"), n
+        assert scan_corpus(root, layout="folders", record=record) == scan_corpus(root, layout="folders")
         assert len(walks) == 2 + 3 * (n + 1)  # the change made one full scan; the next one came from the record
 
 
@@ -163,14 +163,15 @@ def test_a_record_is_not_reused_for_another_scan_a_racy_folder_or_a_damaged_file
     root, record = tmp_path / "audio", tmp_path / "scan.arrow"
     touch(root, "spk1/spk1_001.wav", "spk1/spk1_002_mic2.wav")
     age_folders(root)
-    scan_corpus(root, "folders", record=record)
-    scan_corpus(root, "vctk", record=record)  # another layout
-    scan_corpus(root, "vctk", "mic2", record=record)  # another microphone
+    scan_corpus(root, layout="folders", record=record)
+    scan_corpus(root, layout="vctk", record=record)  # another layout
+    scan_corpus(root, layout="vctk", mic="mic2", record=record)  # another microphone
     assert len(walks) == 3
     record.write_bytes(record.read_bytes()[:100])  # damaged: ignored, then rewritten
-    assert scan_corpus(root, "vctk", "mic2", record=record) == scan_corpus(root, "vctk", "mic2")
-    assert scan_corpus(root, "vctk", "mic2", record=record) == scan_corpus(root, "vctk", "mic2") and len(walks) == 6
+    assert scan_corpus(root, layout="vctk", mic="mic2", record=record) == scan_corpus(root, layout="vctk", mic="mic2")
+    assert (scan_corpus(root, layout="vctk", mic="mic2", record=record) == scan_corpus(root, layout="vctk", mic="mic2")
+            and len(walks) == 6)
     monkeypatch.setattr(corpus, "RACY_NS", 10**12)  # every folder changed too shortly before the recorded scan
-    scan_corpus(root, "vctk", "mic2", record=record)
-    scan_corpus(root, "vctk", "mic2", record=record)
+    scan_corpus(root, layout="vctk", mic="mic2", record=record)
+    scan_corpus(root, layout="vctk", mic="mic2", record=record)
     assert len(walks) == 8

@@ -29,7 +29,7 @@ def measured_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 @pytest.mark.parametrize("snr", [30.0, 10.0, 0.0])
 def test_noise_folder_has_requested_snr_and_layout(speaker_dir: Path, tmp_path: Path, snr: float) -> None:
-    written = degrade_folder(speaker_dir, tmp_path, "noise", snr, seed=3)
+    written = degrade_folder(speaker_dir, tmp_path, kind="noise", level=snr, seed=3)
     sources = sorted(p.relative_to(speaker_dir) for p in speaker_dir.rglob("*.flac"))
     assert sorted(p.relative_to(tmp_path) for p in written) == sources
     assert not [p for p in tmp_path.rglob(".*")], "temporary files left behind"
@@ -46,7 +46,7 @@ def test_noise_is_seeded(speaker_dir: Path, tmp_path: Path) -> None:
     rel = sorted(speaker_dir.rglob("*.flac"))[0].relative_to(speaker_dir)
     runs = {}
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
-        degrade_folder(speaker_dir, tmp_path / name, "noise", 10.0, seed=seed)
+        degrade_folder(speaker_dir, tmp_path / name, kind="noise", level=10.0, seed=seed)
         runs[name] = sf.read(tmp_path / name / rel, dtype="float64")[0]
     np.testing.assert_array_equal(runs["a"], runs["b"])
     assert not np.array_equal(runs["a"], runs["c"])
@@ -54,7 +54,7 @@ def test_noise_is_seeded(speaker_dir: Path, tmp_path: Path) -> None:
 
 def test_lowpass_removes_energy_above_cutoff(speaker_dir: Path) -> None:
     signal, sr = sf.read(sorted(speaker_dir.rglob("*.flac"))[0], dtype="float32")
-    out = degrade_signal(signal, sr, "lowpass", 2000.0)
+    out = degrade_signal(signal, sr, kind="lowpass", level=2000.0)
     freqs = np.fft.rfftfreq(signal.size, 1 / sr)
     power_in, power_out = np.abs(np.fft.rfft(signal)) ** 2, np.abs(np.fft.rfft(out)) ** 2
     stop, passband = freqs > 3000, freqs < 1000
@@ -67,7 +67,7 @@ def test_griffin_lim_keeps_magnitude_changes_phase(speaker_dir: Path) -> None:
 
     signal, sr = sf.read(sorted(speaker_dir.rglob("*.flac"))[0], dtype="float32")
     signal = signal[: 2 * sr]
-    out = degrade_signal(signal, sr, "griffinlim", 16, seed=0)
+    out = degrade_signal(signal, sr, kind="griffinlim", level=16, seed=0)
     assert out.shape == signal.shape and np.all(np.isfinite(out))
     mag_in = np.abs(librosa.stft(signal, n_fft=1024, hop_length=256))
     mag_out = np.abs(librosa.stft(out, n_fft=1024, hop_length=256))
@@ -85,7 +85,7 @@ def test_mel_vocoder_loses_more_spectral_detail_with_fewer_bands(speaker_dir: Pa
     mag_in = np.abs(librosa.stft(signal, n_fft=512, hop_length=128))
 
     def convergence(n_mels: int) -> float:
-        out = degrade_signal(signal, sr, "melvocoder", n_mels, seed=0)
+        out = degrade_signal(signal, sr, kind="melvocoder", level=n_mels, seed=0)
         assert out.shape == signal.shape and np.all(np.isfinite(out))
         mag_out = np.abs(librosa.stft(out, n_fft=512, hop_length=128))
         return float(np.linalg.norm(mag_in - mag_out) / np.linalg.norm(mag_in))
@@ -96,10 +96,10 @@ def test_mel_vocoder_loses_more_spectral_detail_with_fewer_bands(speaker_dir: Pa
 
 def test_bad_arguments_are_user_errors(speaker_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DeepSpeakerError, match="cut-off"):
-        degrade_signal(np.ones(100, np.float32), 16000, "lowpass", 9000.0)
+        degrade_signal(np.ones(100, np.float32), 16000, kind="lowpass", level=9000.0)
     with pytest.raises(DeepSpeakerError, match="unknown degradation"):
-        degrade_signal(np.ones(100, np.float32), 16000, "reverb", 1.0)
+        degrade_signal(np.ones(100, np.float32), 16000, kind="reverb", level=1.0)
     with pytest.raises(DeepSpeakerError, match="outside"):
-        degrade_folder(speaker_dir, speaker_dir / "noisy", "noise", 10.0)
+        degrade_folder(speaker_dir, speaker_dir / "noisy", kind="noise", level=10.0)
     with pytest.raises(DeepSpeakerError, match="no audio"):
-        degrade_folder(tmp_path, tmp_path.parent / "empty-out", "noise", 10.0)
+        degrade_folder(tmp_path, tmp_path.parent / "empty-out", kind="noise", level=10.0)

@@ -122,20 +122,20 @@ def test_mixed_bfloat16_close_to_float32(model, files):
 def test_save_embeddings_formats(tmp_path):
     emb = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
     paths = ["a.wav", "dir/b.flac", "ü.wav"]
-    save_embeddings(tmp_path / "e.npz", emb, paths, "abc123", speakers=["s1", "s1", "s2"])
+    save_embeddings(tmp_path / "e.npz", emb, paths, model_id="abc123", speakers=["s1", "s1", "s2"])
     with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
         np.testing.assert_array_equal(data["embeddings"], emb)
         assert list(data["paths"]) == paths and str(data["model_identity"]) == "abc123"
         assert str(data["encoder"]) == "deep-speaker"
         assert list(data["speakers"]) == ["s1", "s1", "s2"]
-    save_embeddings(tmp_path / "e.npy", emb, paths, "abc123")
+    save_embeddings(tmp_path / "e.npy", emb, paths, model_id="abc123")
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy", allow_pickle=False), emb)
-    save_embeddings(tmp_path / "e.csv", emb, paths, "abc123")
+    save_embeddings(tmp_path / "e.csv", emb, paths, model_id="abc123")
     rows = (tmp_path / "e.csv").read_text(encoding="utf8").splitlines()
     assert rows[0].startswith("path,e0,e1") and len(rows) == 4
     np.testing.assert_allclose([float(v) for v in rows[2].split(",")[1:]], emb[1], rtol=1e-6)
     with pytest.raises(DeepSpeakerError, match="unknown output format"):
-        save_embeddings(tmp_path / "e.txt", emb, paths, "abc123")
+        save_embeddings(tmp_path / "e.txt", emb, paths, model_id="abc123")
 
 
 def test_bad_settings_are_clear_errors(model):

@@ -107,7 +107,7 @@ def work(tmp_path_factory) -> Path:
         (root / "real" / speaker).mkdir(parents=True)
         for flac in sorted((HELD_OUT / speaker).rglob("*.flac")):
             (root / "real" / speaker / flac.name).symlink_to(flac)
-    degrade_folder(root / "real", root / "noisy", "noise", 20.0, seed=1)
+    degrade_folder(root / "real", root / "noisy", kind="noise", level=20.0, seed=1)
     return root
 
 

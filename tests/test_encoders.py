@@ -89,7 +89,7 @@ def work(tmp_path_factory, all_speakers) -> Path:
     noisy/: their copies with white noise at 20 dB SNR."""
     root = tmp_path_factory.mktemp("toy")
     link_speakers(root / "real", all_speakers)
-    degrade_folder(root / "real", root / "noisy", "noise", 20.0, seed=1)
+    degrade_folder(root / "real", root / "noisy", kind="noise", level=20.0, seed=1)
     return root
 
 

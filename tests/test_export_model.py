@@ -50,7 +50,8 @@ def inputs(embedder, files) -> list[np.ndarray]:
     """Model inputs [n, T, 64, 1] of real speech: whole utterances, their 1.6 s windows, and odd-length crops."""
     features = [embedder.prepare_signal(load_audio(p), 16000, str(p)) for p in files]
     whole = [f[None, :, :, None] for f in features]
-    windows = [np.stack(split_windows(f, embedder.window, embedder.hop, embedder.min_frames))[..., None]
+    windows = [np.stack(split_windows(f, window=embedder.window, hop=embedder.hop,
+                                      min_frames=embedder.min_frames))[..., None]
                for f in features[:2]]
     crops = [features[2][None, :37, :, None], np.stack([f[:161] for f in features])[..., None]]
     batches = whole + windows + crops
@@ -61,7 +62,7 @@ def inputs(embedder, files) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def exported(embedder, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("export")
-    return {fmt: export_model(PACKAGED, folder / name, fmt, front_end=embedder.settings)
+    return {fmt: export_model(PACKAGED, folder / name, format=fmt, front_end=embedder.settings)
             for fmt, name in (("onnx", "deep_speaker.onnx"), ("savedmodel", "deep_speaker_savedmodel"))}
 
 
@@ -126,7 +127,8 @@ def test_documented_onnx_recipe_gives_the_embedders_embeddings_without_tensorflo
 
 EXPORT_SCRIPT = ("import sys\nfrom deep_speaker.encoders.deepspeaker import Embedder\n"
                  "from deep_speaker.model.export import export_model\n"
-                 "e = Embedder(sys.argv[1])\nexport_model(e.model, sys.argv[2], sys.argv[3], front_end=e.settings)\n")
+                 "e = Embedder(sys.argv[1])\n"
+                 "export_model(e.model, sys.argv[2], format=sys.argv[3], front_end=e.settings)\n")
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -200,10 +202,10 @@ def test_refusals_are_one_line_errors_and_touch_nothing(embedder, tmp_path):
     keep.mkdir()
     (keep / "notes.txt").write_text("not a SavedModel")
     with pytest.raises(DeepSpeakerError, match="not a SavedModel folder; refusing"):
-        export_model(embedder.model, keep, "savedmodel", front_end=embedder.settings)
+        export_model(embedder.model, keep, format="savedmodel", front_end=embedder.settings)
     assert (keep / "notes.txt").read_text() == "not a SavedModel"
     with pytest.raises(DeepSpeakerError, match="unknown export format 'tflite'"):
-        export_model(embedder.model, tmp_path / "m.tflite", "tflite", front_end=embedder.settings)
+        export_model(embedder.model, tmp_path / "m.tflite", format="tflite", front_end=embedder.settings)
     with pytest.raises(DeepSpeakerError, match="nfft: 1024 vs 512"):
-        export_model(embedder.model, tmp_path / "m.onnx", "onnx", front_end={**embedder.settings, "nfft": 1024})
+        export_model(embedder.model, tmp_path / "m.onnx", format="onnx", front_end={**embedder.settings, "nfft": 1024})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_notes"]

@@ -69,7 +69,7 @@ def noisy(work: Path, embedder) -> dict:
     """Stats of noisy copies of the generated speakers' utterances at each SNR."""
     out = {}
     for snr in SNRS:
-        degrade_folder(work / "clean", work / f"snr{snr:g}", "noise", snr, seed=1)
+        degrade_folder(work / "clean", work / f"snr{snr:g}", kind="noise", level=snr, seed=1)
         out[snr] = compute_stats(work / f"snr{snr:g}", embedder)
     return out
 
@@ -171,15 +171,16 @@ def test_report_equals_metrics_called_directly(real, noisy) -> None:
     xs, ys = x.astype(np.float64), y.astype(np.float64)
     assert r["fd"]["full"] == pytest.approx(metrics.frechet_distance(xs.mean(0), np.cov(xs, rowvar=False),
                                                                      ys.mean(0), np.cov(ys, rowvar=False)), rel=1e-9)
-    splits = metrics.frechet_distance_splits(x, y, 4, 3)
+    splits = metrics.frechet_distance_splits(x, y, num_splits=4, seed=3)
     assert r["fd"]["splits"]["fd"] == splits["fd"] and r["fd"]["splits"]["fd_std"] == splits["fd_std"]
-    kd_mean, kd_std = metrics.kernel_distance(x, y, 10, 15, 3)
+    kd_mean, kd_std = metrics.kernel_distance(x, y, num_subsets=10, subset_size=15, seed=3)
     assert (r["kd"]["kd"], r["kd"]["kd_std"], r["kd"]["subset_size"]) == (kd_mean, kd_std, 15)
-    assert r["fd_inf"]["fd_inf"] == metrics.fd_infinity(x, y, 5, seed=3)["fd_inf"]
-    cond = metrics.conditional_distances(x, real.labels, y, gen.labels, 10, 15, 3)
+    assert r["fd_inf"]["fd_inf"] == metrics.fd_infinity(x, y, num_points=5, seed=3)["fd_inf"]
+    cond = metrics.conditional_distances(x, real.labels, gen=y, gen_labels=gen.labels, num_subsets=10, subset_size=15,
+                                         seed=3)
     assert r["conditional"]["generated"] == cond["generated"]
     assert r["conditional"]["real_baseline"] == cond["real_baseline"]
-    secs = metrics.speaker_similarity(y, gen.labels, x, real.labels)
+    secs = metrics.speaker_similarity(y, gen.labels, real=x, real_labels=real.labels)
     assert r["speaker_similarity"]["secs"] == secs["secs"]
     assert r["speaker_similarity"]["per_speaker"] == secs["per_speaker"]
     ceiling = metrics.speaker_similarity_ceiling(x, real.labels, 3)

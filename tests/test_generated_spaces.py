@@ -48,7 +48,7 @@ def strict_json(path: Path) -> dict:
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("spaces")
     link_speakers(root / "real", sorted(p.name for p in HELD_OUT.iterdir() if p.is_dir()))
-    degrade_folder(root / "real", root / "noisy", "noise", 20.0, seed=1)
+    degrade_folder(root / "real", root / "noisy", kind="noise", level=20.0, seed=1)
     return root
 
 
@@ -209,10 +209,12 @@ def test_bootstrap_is_seeded_and_intervals_hold_the_values(runs, spaces):
     assert values["kd"]["value"] == report["kd"]["kd"]
     assert values["accept_eer"]["value"] == report["similarity"]["generated"]["accept_eer"]
     # The same seed gives the same intervals, another seed others.
-    args = (real.embeddings, real.labels, generated.embeddings, generated.labels, 0.01, 10, 1000)
-    again = metrics.set_intervals(*args, seed=3, replicates=100)
+    args = (real.embeddings, real.labels)
+    options = {"gen": generated.embeddings, "gen_labels": generated.labels, "far": 0.01, "num_subsets": 10,
+               "subset_size": 1000}
+    again = metrics.set_intervals(*args, **options, seed=3, replicates=100)
     assert {k: iv.to_dict() for k, iv in again.items()} == values
-    assert metrics.set_intervals(*args, seed=4, replicates=100)["secs"] != again["secs"]
+    assert metrics.set_intervals(*args, **options, seed=4, replicates=100)["secs"] != again["secs"]
     # The SECS interval recomputed by a loop over the same resamples: speakers, then each one's utterances.
     rng = np.random.default_rng(3)
     secs = []

@@ -178,7 +178,7 @@ def test_similarity_page(browser, tmp_path, capsys):
 
 def test_compare_page(browser, tmp_path, capsys):
     real = link_speakers(tmp_path / "real", list(SPEAKERS))
-    degrade_folder(real, tmp_path / "gen", "noise", 5.0, seed=1)
+    degrade_folder(real, tmp_path / "gen", kind="noise", level=5.0, seed=1)
     for extra in SPEAKERS[2:]:  # generated speech of two speakers only
         shutil.rmtree(tmp_path / "gen" / extra)
     out = tmp_path / "page"

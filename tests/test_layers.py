@@ -219,7 +219,7 @@ def test_aam_logits_and_loss_match_numpy_including_the_fallback_beyond_pi(activa
     labels = np.array([0, 0, 0, 0] + rng.integers(0, 6, len(x) - 4).tolist())
     expected = _aam_reference(cos, labels, m, s)
     assert (np.arccos(np.clip(cos[labels == 0, 0], -1, 1)) + m > np.pi).sum() >= 2  # the fallback is exercised
-    logits = keras.ops.convert_to_numpy(aam_logits(labels, cos, m, s))
+    logits = keras.ops.convert_to_numpy(aam_logits(labels, cos, margin=m, scale=s))
     np.testing.assert_allclose(logits, expected, atol=2e-3 * s)  # float32 arccos/cos round near |cos| = 1
     assert logits[1, 0] == pytest.approx(-s, abs=0.05)
     loss = float(AAMSoftmaxLoss(m, s)(labels, cos))

@@ -73,10 +73,10 @@ def test_cllr_and_act_dcf_match_loops(pairs):
         theta = math.log((1 - p) / p)
         miss = sum(1 for x, y in zip(llrs, labels) if y == 1 and not x > theta) / labels.sum()
         fa = sum(1 for x, y in zip(llrs, labels) if y == 0 and x > theta) / (labels == 0).sum()
-        assert act_dcf(llrs, labels, p) == pytest.approx((p * miss + (1 - p) * fa) / min(p, 1 - p))
+        assert act_dcf(llrs, labels, p_target=p) == pytest.approx((p * miss + (1 - p) * fa) / min(p, 1 - p))
         assert bayes_threshold(p) == pytest.approx(theta)
         # actDCF can never beat minDCF: the Bayes threshold is one of the thresholds minDCF searches.
-        assert act_dcf(llrs, labels, p) >= min_dcf(llrs, labels, p) - 1e-12
+        assert act_dcf(llrs, labels, p_target=p) >= min_dcf(llrs, labels, p_target=p) - 1e-12
 
 
 def test_min_cllr_matches_a_hand_written_pav(pairs):
@@ -127,9 +127,9 @@ def test_snorm_and_asnorm_match_the_formulas_on_real_vectors(mfcc_vectors):
     test, cohort = x[:60], x[60:]  # speakers 1-6 scored against a cohort of the other 4 speakers' utterances
     rng = np.random.default_rng(0)
     first, second = rng.integers(0, 60, 200), rng.integers(0, 60, 200)
-    np.testing.assert_allclose(snorm_trials(test, first, second, cohort, "snorm"),
+    np.testing.assert_allclose(snorm_trials(test, first, second, cohort=cohort, method="snorm"),
                                loop_snorm(test, first, second, cohort), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(snorm_trials(test, first, second, cohort, "asnorm", top_k=12),
+    np.testing.assert_allclose(snorm_trials(test, first, second, cohort=cohort, method="asnorm", top_k=12),
                                loop_snorm(test, first, second, cohort, top_k=12), rtol=1e-10, atol=1e-10)
 
 
@@ -165,14 +165,17 @@ def test_weighted_replicate_equals_the_literally_resampled_trials(pairs):
         rep_s, rep_l = np.concatenate(rep_s), np.concatenate(rep_l)
         points = weighted_points(sort_trials(scores, labels), speaker_weights(a, b, counts))
         assert equal_error_rate_threshold(points, None)[0] == pytest.approx(sklearn_eer(rep_s, rep_l), abs=1e-12)
-        assert min_dcf_threshold(points, None, 0.05)[0] == pytest.approx(min_dcf(rep_s, rep_l, 0.05), abs=1e-12)
+        expected = min_dcf(rep_s, rep_l, p_target=0.05)
+        assert min_dcf_threshold(points, None, p_target=0.05)[0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_intervals_are_seeded_and_hold_the_value(pairs):
     scores, labels, first, second = pairs
-    one = verification_intervals(scores, labels, first, second, replicates=200, seed=1)
-    assert one == verification_intervals(scores, labels, first, second, replicates=200, seed=1)
-    assert one != verification_intervals(scores, labels, first, second, replicates=200, seed=2)
+    one = verification_intervals(scores, labels, first_speakers=first, second_speakers=second, replicates=200, seed=1)
+    assert one == verification_intervals(scores, labels, first_speakers=first, second_speakers=second, replicates=200,
+                                         seed=1)
+    assert one != verification_intervals(scores, labels, first_speakers=first, second_speakers=second, replicates=200,
+                                         seed=2)
     assert one["eer"].value == pytest.approx(equal_error_rate(scores, labels))
     for interval in one.values():
         assert interval.low <= interval.value <= interval.high and interval.low < interval.high
@@ -180,10 +183,10 @@ def test_intervals_are_seeded_and_hold_the_value(pairs):
 
 def test_paired_difference(pairs):
     scores, labels, first, second = pairs
-    same = paired_difference(scores, scores, labels, first, second, replicates=200)
+    same = paired_difference(scores, scores, labels, first_speakers=first, second_speakers=second, replicates=200)
     assert all(v == (0.0, 0.0, 0.0) for v in same.values())
     worse = scores + np.random.default_rng(0).normal(0, 0.05, scores.size)  # a noisier copy of the same system
-    diff = paired_difference(worse, scores, labels, first, second, replicates=200)
+    diff = paired_difference(worse, scores, labels, first_speakers=first, second_speakers=second, replicates=200)
     assert diff["eer"].value == pytest.approx(equal_error_rate(worse, labels) - equal_error_rate(scores, labels))
     assert diff["eer"].low <= diff["eer"].value <= diff["eer"].high
 
@@ -192,4 +195,4 @@ def test_too_few_speakers_is_a_clear_error(pairs):
     scores, labels, first, second = pairs
     keep = np.isin(first, first[:1]) & np.isin(second, np.unique(first)[:2])
     with pytest.raises(DeepSpeakerError, match="at least 3 speakers"):
-        verification_intervals(scores[keep], labels[keep], first[keep], second[keep])
+        verification_intervals(scores[keep], labels[keep], first_speakers=first[keep], second_speakers=second[keep])

@@ -109,8 +109,8 @@ def test_fd_splits_report(speech_sets):
 def test_kd_matches_a_direct_loop(speech_sets, num_subsets, subset_size):
     clean, _, noisy = speech_sets
     x, y = clean[:100], noisy[10]
-    _, subsets = kernel_subsets(len(x), len(y), num_subsets, subset_size, seed=7)
-    mean, std = kernel_distance(x, y, num_subsets, subset_size, seed=7)
+    _, subsets = kernel_subsets(len(x), len(y), num_subsets=num_subsets, subset_size=subset_size, seed=7)
+    mean, std = kernel_distance(x, y, num_subsets=num_subsets, subset_size=subset_size, seed=7)
     ref_mean, ref_std = loop_kd(x, y, subsets)
     assert mean == pytest.approx(ref_mean, rel=1e-6)
     assert std == pytest.approx(ref_std, rel=1e-6)
@@ -170,7 +170,7 @@ def test_fd_infinity_on_real_speech_is_non_negative(speech_sets):
 def test_conditional_distances(speech_sets):
     clean, labels, noisy = speech_sets
     gen, gen_labels = noisy[0][:50], labels[:50]  # 0 dB copies of 5 test-other speakers
-    result = conditional_distances(clean, labels, gen, gen_labels, num_subsets=5, subset_size=40, seed=1)
+    result = conditional_distances(clean, labels, gen=gen, gen_labels=gen_labels, num_subsets=5, subset_size=40, seed=1)
     assert result["n_real_same_reference"] + result["n_real_same_held_out"] == 50
     assert result["n_real_other"] == len(clean) - 50 and result["seed"] == 1
     g, base = result["generated"], result["real_baseline"]
@@ -178,7 +178,8 @@ def test_conditional_distances(speech_sets):
         assert all(np.isfinite(side[k]) for k in ("cfd", "fd", "ckd", "kd", "ckd_std", "kd_std"))
     assert base["cfd"] < g["cfd"] and base["ckd"] < g["ckd"]  # real held-out half is closer than 0 dB noise
     assert base["cfd"] < base["fd"]  # same speakers are closer than other speakers
-    only_same = conditional_distances(clean[:50], labels[:50], gen, gen_labels, num_subsets=2, subset_size=20)
+    only_same = conditional_distances(clean[:50], labels[:50], gen=gen, gen_labels=gen_labels, num_subsets=2,
+                                      subset_size=20)
     assert only_same["generated"]["fd"] is None and only_same["generated"]["cfd"] is not None
     assert any("no other-conditioning" in m for m in only_same["messages"])
 
@@ -187,7 +188,7 @@ def test_speaker_similarity_matches_a_loop(speech_sets):
     clean, labels, noisy = speech_sets
     real, real_labels = clean[:100], labels[:100]
     gen, gen_labels = noisy[10][::3], labels[:100:3]
-    result = speaker_similarity(gen, gen_labels, real, real_labels)
+    result = speaker_similarity(gen, gen_labels, real=real, real_labels=real_labels)
     expected = []
     for g, lab in zip(gen, gen_labels):
         members = real[real_labels == lab]
@@ -199,5 +200,5 @@ def test_speaker_similarity_matches_a_loop(speech_sets):
     assert result["per_speaker"][first] == pytest.approx(np.mean(np.array(expected)[gen_labels == first]), rel=1e-12)
     ceiling = speaker_similarity_ceiling(real, real_labels, seed=2)
     assert ceiling["n"] == 50 and ceiling["seed"] == 2 and -1 <= ceiling["secs"] <= 1
-    noisy0 = speaker_similarity(noisy[0], real_labels, real, real_labels)
+    noisy0 = speaker_similarity(noisy[0], real_labels, real=real, real_labels=real_labels)
     assert ceiling["secs"] > noisy0["secs"]

@@ -105,7 +105,7 @@ def test_eer_exact_small_case():
 def test_min_dcf_matches_a_threshold_loop(real_trials, p_target, c_miss, c_fa):
     scores, labels = real_trials
     expected = loop_min_dcf(scores, labels, p_target, c_miss, c_fa)
-    assert min_dcf(scores, labels, p_target, c_miss, c_fa) == pytest.approx(expected, rel=1e-12)
+    assert min_dcf(scores, labels, p_target=p_target, c_miss=c_miss, c_fa=c_fa) == pytest.approx(expected, rel=1e-12)
     assert 0 < expected <= 1
 
 
@@ -142,10 +142,12 @@ def test_roc_endpoints_and_monotone(real_trials):
 
 def test_report_agrees_with_the_functions(mfcc_vectors, real_trials):
     scores, labels = real_trials
-    report = verification_report(None, None, *mfcc_vectors)
+    embeddings, speakers = mfcc_vectors
+    report = verification_report(None, None, embeddings=embeddings, speakers=speakers)
     assert report["n_target"] == labels.sum() and report["n_nontarget"] == (labels == 0).sum()
     assert report["eer"] == pytest.approx(equal_error_rate(scores, labels), rel=1e-12)
-    assert report["min_dcf"]["p_target=0.05"]["min_dcf"] == pytest.approx(min_dcf(scores, labels, 0.05), rel=1e-12)
+    expected = min_dcf(scores, labels, p_target=0.05)
+    assert report["min_dcf"]["p_target=0.05"]["min_dcf"] == pytest.approx(expected, rel=1e-12)
     assert report["best_f"] == pytest.approx(best_f_measure(scores, labels))
     assert report["sap"] == pytest.approx(report["mean_target_score"], rel=1e-10)
     assert report["san"] == pytest.approx(report["mean_nontarget_score"], rel=1e-10)

@@ -124,7 +124,7 @@ def test_killed_and_resumed_workers_equal_one_process(data, tmp_path):
         from deep_speaker.data.inputs import load_training_inputs
         from deep_speaker.train.batching import SoftmaxBatches
         inputs = load_training_inputs({str(data)!r}, crop_frames={CROP})
-        build = lambda: build_rescnn({WIDTH}, num_speakers=len(inputs["speakers"]))  # noqa: E731
+        build = lambda: build_rescnn(width={WIDTH}, num_speakers=len(inputs["speakers"]))  # noqa: E731
         loss = "sparse_categorical_crossentropy"
         batches = SoftmaxBatches(inputs["x_train"], inputs["y_train"], {BATCH}, {STEPS}, seed={SEED})
     """, f"2 workers (killed at step {killed_at}, resumed)")
@@ -158,7 +158,7 @@ def test_aam_spec_augment_random_crops_on_workers_equal_one_process(data, tmp_pa
         from deep_speaker.train.batching import RandomCropBatches, speaker_segments
         cache = FeatureCache({str(data.parent)!r})
         segments, _ = speaker_segments(cache, 0.2, {SEED})
-        build = lambda: build_rescnn({WIDTH}, num_speakers=len(segments), head="aam")  # noqa: E731
+        build = lambda: build_rescnn(width={WIDTH}, num_speakers=len(segments), head="aam")  # noqa: E731
         loss = AAMSoftmaxLoss(0.2, 32.0)
         batches = RandomCropBatches(cache, segments, {CROP}, {BATCH}, {STEPS}, seed={SEED}, masks=(20, 8))
     """, "AAM + SpecAugment + random crops on 2 workers", devices=2)
@@ -266,9 +266,9 @@ def test_triplet_phase_per_worker_pools_equal_one_process(data, tmp_path):
         from deep_speaker.model.rescnn import build_rescnn
         from deep_speaker.train import batching
         cache = FeatureCache({str(cache)!r})
-        segments, _ = batching.triplet_segments(cache, {CROP}, 0.2, {SEED})
+        segments, _ = batching.triplet_segments(cache, crop_frames={CROP}, holdout=0.2, seed={SEED})
         keras.utils.set_random_seed({SEED})
-        model = build_rescnn({WIDTH})
+        model = build_rescnn(width={WIDTH})
         start = [np.asarray(w) for w in model.weights]
         model.compile(optimizer=keras.optimizers.SGD(1e-2), loss=ShardedTripletLoss(2))
         embed = lambda x: model.predict(x, batch_size={BATCH}, verbose=0)  # noqa: E731

@@ -158,7 +158,7 @@ def spaces(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     keras.utils.set_random_seed(0)
     build_rescnn(width=0.25).save(root / "model.keras")
     embedder = Embedder(root / "model.keras")
-    degrade_folder(real_dir, root / "snr5", "noise", 5.0, seed=1)
+    degrade_folder(real_dir, root / "snr5", kind="noise", level=5.0, seed=1)
     real = compute_stats(real_dir, embedder)
     # The real set's own copy: a deterministic encoder gives a copied folder the real set's embeddings.
     copy = replace(real, source="copy of the real set")

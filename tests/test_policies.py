@@ -47,7 +47,7 @@ def test_corpus_rejections_are_failure_records(tmp_path):
     (tmp_path / "loose.wav").write_bytes(b"")
     (tmp_path / "spk").mkdir()
     (tmp_path / "spk" / "a.wav").write_bytes(b"")
-    _, rejected, _ = scan_corpus(tmp_path, "folders")
+    _, rejected, _ = scan_corpus(tmp_path, layout="folders")
     assert rejected == [Failure(str(tmp_path / "loose.wav"),
                                 "not inside a speaker folder (expected <speaker_id>/<audio file>)")]
 

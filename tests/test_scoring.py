@@ -56,7 +56,7 @@ def test_segments_are_the_halves_of_each_file():
     assert labelled.paths == [f"{u.path}#{k}" for u in utterances[:3] for k in (1, 2)]
     from deep_speaker.data.audio import read_audio
     for row, u in enumerate(utterances[:3]):
-        signal = read_audio(u.path, 16000, trim=False)
+        signal = read_audio(u.path, sample_rate=16000, trim=False)
         half = len(signal) - len(signal) // 2  # np.array_split gives the first part the extra sample
         enc = MeanFbank()
         for k, part in enumerate((signal[:half], signal[half:])):
@@ -87,7 +87,7 @@ def test_calibrated_report_on_unseen_speakers(calibration_file, by_hand_pairs, t
     llr = record.calibration.scale * scores + record.calibration.offset
     assert report["cllr"] == pytest.approx(cllr(llr, labels), rel=1e-5)
     assert report["calibration"]["files_also_in_these_trials"] == 0
-    ref = verification_intervals(scores, labels, spk[i], spk[j], replicates=200, seed=3)
+    ref = verification_intervals(scores, labels, first_speakers=spk[i], second_speakers=spk[j], replicates=200, seed=3)
     assert report["intervals"]["eer"]["low"] == pytest.approx(ref["eer"].low, abs=1e-4)
     assert report["intervals"]["eer"]["high"] == pytest.approx(ref["eer"].high, abs=1e-4)
     # A calibration evaluated on the audio it was fitted on says so in the calibration line.

@@ -202,8 +202,8 @@ def test_intervals_contain_the_mean_and_are_seeded(two_spaces, listed, capsys, t
     sims = np.random.default_rng(0).normal(0.6, 0.1, 300)
     groups = np.repeat(np.arange(30).astype(str), 10)
     for g in (None, groups):
-        iv = mean_interval(sims, g, 500, seed=1)
-        assert iv.low < sims.mean() < iv.high and iv == mean_interval(sims, g, 500, seed=1)
+        iv = mean_interval(sims, g, replicates=500, seed=1)
+        assert iv.low < sims.mean() < iv.high and iv == mean_interval(sims, g, replicates=500, seed=1)
 
 
 def test_without_a_speaker_column_there_is_no_speaker_interval(capsys, tmp_path):

@@ -365,8 +365,8 @@ def test_unchanged_matches_a_plain_loop_over_the_index():
              "/x/b1": SimpleNamespace(st_size=30, st_mtime_ns=3),  # same, in the adopted shard
              "/x/b2": SimpleNamespace(st_size=40, st_mtime_ns=4),  # the ids now come from another file
              "/x/d1": SimpleNamespace(st_size=1, st_mtime_ns=1), "/x/a3": SimpleNamespace(st_size=1, st_mtime_ns=1)}
-    kept, recovered = unchanged(index, utts, [stats[u.path].st_size for u in utts],
-                                [stats[u.path].st_mtime_ns for u in utts], adopted=[1])
+    kept, recovered = unchanged(index, utts, sizes=[stats[u.path].st_size for u in utts],
+                                mtimes_ns=[stats[u.path].st_mtime_ns for u in utts], adopted=[1])
     rows = {(s, u): (src, size, mt, shard) for s, u, src, size, mt, shard in zip(*index.to_pydict().values())}
     want_kept, want_recovered = [], []
     for utt in utts:

@@ -72,8 +72,9 @@ def test_hard_selection_matches_a_plain_loop():
     speakers = rng.integers(0, 6, size=60)
     anchors = rng.choice(60, size=15, replace=False)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    neg = batching.hardest_negatives(emb[anchors], emb, speakers, speakers[anchors])
-    pos = batching.hardest_positives(emb[anchors], emb, speakers, speakers[anchors], anchors)
+    neg = batching.hardest_negatives(emb[anchors], emb, candidate_speakers=speakers, anchor_speakers=speakers[anchors])
+    pos = batching.hardest_positives(emb[anchors], emb, candidate_speakers=speakers, anchor_speakers=speakers[anchors],
+                                     anchor_indices=anchors)
     for k, a in enumerate(anchors):
         best_neg, best_pos = None, None
         for j in range(60):
@@ -87,7 +88,7 @@ def test_hard_selection_matches_a_plain_loop():
 
 def test_replica_shards_are_each_anchor_positive_negative_thirds():
     a, p, n = np.arange(0, 8), np.arange(100, 108), np.arange(200, 208)
-    order = batching.arrange_for_replicas(a, p, n, 2)
+    order = batching.arrange_for_replicas(a, p, n, replicas=2)
     first, second = order[:12], order[12:]
     assert first.tolist() == [0, 1, 2, 3, 100, 101, 102, 103, 200, 201, 202, 203]
     assert second.tolist() == [4, 5, 6, 7, 104, 105, 106, 107, 204, 205, 206, 207]
@@ -95,7 +96,8 @@ def test_replica_shards_are_each_anchor_positive_negative_thirds():
 
 def test_single_speaker_pool_has_no_negative():
     with pytest.raises(DeepSpeakerError, match="single speaker"):
-        batching.hardest_negatives(np.ones((2, 3)), np.ones((4, 3)), np.zeros(4), np.zeros(2))
+        batching.hardest_negatives(np.ones((2, 3)), np.ones((4, 3)), candidate_speakers=np.zeros(4),
+                                   anchor_speakers=np.zeros(2))
 
 
 # ----- the three phases -----

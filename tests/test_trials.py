@@ -54,7 +54,7 @@ def all_pairs(files: list[str], keep) -> set[frozenset]:
 
 
 def test_balanced_without_self_or_repeated_trials_and_labels_are_speaker_equality(test_other, files):
-    trials = make_trials(test_other, 120, seed=3).trials
+    trials = make_trials(test_other, n_targets=120, seed=3).trials
     assert (trials.n_target, trials.n_nontarget, len(trials)) == (120, 120, 240)
     assert trials.labels.dtype == np.int8
     assert all(a != b for a, b in zip(trials.first, trials.second))
@@ -62,12 +62,12 @@ def test_balanced_without_self_or_repeated_trials_and_labels_are_speaker_equalit
     assert set(trials.first) | set(trials.second) <= set(files)
     same = [speaker(a, test_other) == speaker(b, test_other) for a, b in zip(trials.first, trials.second)]
     assert trials.labels.tolist() == [int(s) for s in same]
-    assert make_trials(test_other, 50, 80, seed=3).trials.n_nontarget == 80
+    assert make_trials(test_other, n_targets=50, n_nontargets=80, seed=3).trials.n_nontarget == 80
 
 
 def test_fewer_target_pairs_than_asked_gives_all_of_them_with_a_warning(test_other, files, caplog):
     with caplog.at_level(logging.WARNING, logger="deep_speaker"):
-        trials = make_trials(test_other, 10000, seed=0).trials
+        trials = make_trials(test_other, n_targets=10000, seed=0).trials
     targets = all_pairs(files, lambda a, b: speaker(a, test_other) == speaker(b, test_other))
     assert len(targets) == 10 * 45
     assert {p for p, label in zip(pairs(trials), trials.labels) if label == 1} == targets
@@ -80,12 +80,12 @@ def test_gender_rules_follow_speakers_txt(test_other, files, sexes, rule):
     sex = {f: sexes[speaker(f, test_other)] for f in files}
     assert sorted(set(sex.values())) == ["F", "M"]
     wanted = (lambda a, b: sex[a] == sex[b]) if rule == "same" else (lambda a, b: sex[a] != sex[b])
-    made = make_trials(test_other, 100, seed=1, nontarget_gender=rule)
+    made = make_trials(test_other, n_targets=100, seed=1, nontarget_gender=rule)
     assert made.gender_file == str((test_other.parent / "SPEAKERS.TXT").resolve())
     nontargets = [p for p, label in zip(pairs(made.trials), made.trials.labels) if label == 0]
     assert len(nontargets) == 100 and all(wanted(*p) for p in nontargets)
     # Asking for more than exist gives exactly the eligible pairs, counted here from the file list.
-    every = make_trials(test_other, 0, 10 ** 6, nontarget_gender=rule).trials
+    every = make_trials(test_other, n_targets=0, n_nontargets=10 ** 6, nontarget_gender=rule).trials
     eligible = all_pairs(files, lambda a, b: speaker(a, test_other) != speaker(b, test_other) and wanted(a, b))
     assert set(pairs(every)) == eligible and len(every) == len(eligible)
     # Each trial in corpus order, the list ordered by (first, second), as documented.
@@ -100,7 +100,8 @@ def test_pairs_are_drawn_uniformly(test_other, files, sexes):
     mixed = all_pairs(files, lambda a, b: sexes[speaker(a, test_other)] != sexes[speaker(b, test_other)])
     counts = {p: 0 for p in targets | mixed}
     for seed in range(100):
-        for p in pairs(make_trials(test_other, 45, 250, seed=seed, nontarget_gender="different").trials):
+        for p in pairs(make_trials(test_other, n_targets=45, n_nontargets=250, seed=seed,
+                                   nontarget_gender="different").trials):
             counts[p] += 1
     for group, drawn in ((targets, 45), (mixed, 250)):
         observed = [counts[p] for p in group]
@@ -114,9 +115,9 @@ def test_genders_from_a_file_and_unknown_speakers_named(test_other, sexes, tmp_p
     listed.write_text("# speaker gender\n" + "".join(f"{s} {'female' if sexes[s] == 'F' else 'male'}\n"
                                                      for s in speakers[1:]))
     with pytest.raises(DeepSpeakerError, match=f"^no gender known for speaker {speakers[0]} in {listed};"):
-        make_trials(test_other, 10, nontarget_gender="same", genders=listed)
+        make_trials(test_other, n_targets=10, nontarget_gender="same", genders=listed)
     listed.write_text(listed.read_text() + f"{speakers[0]} {sexes[speakers[0]]}\n")
-    made = make_trials(test_other, 10, nontarget_gender="same", genders=listed)
+    made = make_trials(test_other, n_targets=10, nontarget_gender="same", genders=listed)
     assert all(sexes[speaker(a, test_other)] == sexes[speaker(b, test_other)]
                for a, b in zip(made.trials.first, made.trials.second))
     listed.write_text("1688 m extra\n")
@@ -136,7 +137,7 @@ def test_vctk_speaker_info_gives_genders(files, tmp_path):
                                              "226  22  M    English    Surrey\n227  38  M    English    Cumbria\n")
     assert read_genders(corpus / "speaker-info.txt") == {"225": "f", "p225": "f", "226": "m", "p226": "m",
                                                          "227": "m", "p227": "m"}
-    made = make_trials(corpus / "wav48", 0, 100, nontarget_gender="different")
+    made = make_trials(corpus / "wav48", n_targets=0, n_nontargets=100, nontarget_gender="different")
     assert {Path(a).parent.name for a in made.trials.first} == {"p225"}  # the one female speaker is in every pair
     assert made.trials.n_nontarget == 3 * 6
 
@@ -144,7 +145,7 @@ def test_vctk_speaker_info_gives_genders(files, tmp_path):
 def test_min_seconds_against_decoded_durations(test_other, files):
     seconds = {f: len(sf.read(f)[0]) / sf.info(f).samplerate for f in files}
     limit = float(np.median(list(seconds.values())))
-    made = make_trials(test_other, 10000, min_seconds=limit)
+    made = make_trials(test_other, n_targets=10000, min_seconds=limit)
     used = set(made.trials.first) | set(made.trials.second)
     assert used and all(seconds[f] >= limit for f in used)
     assert sorted(made.too_short) == sorted(f for f in files if seconds[f] < limit)
@@ -157,7 +158,7 @@ def test_unreadable_headers_are_reported_not_drawn(files, tmp_path):
         for f in chosen:
             os.symlink(f, tmp_path / spk / Path(f).name)
     (tmp_path / "b" / "broken.flac").write_bytes(b"not audio")
-    made = make_trials(tmp_path, 100, min_seconds=0.5)
+    made = make_trials(tmp_path, n_targets=100, min_seconds=0.5)
     assert [f.path for f in made.failures] == [str(tmp_path / "b" / "broken.flac")]
     assert "unreadable audio header" in made.failures[0].reason
     assert str(tmp_path / "b" / "broken.flac") not in set(made.trials.first) | set(made.trials.second)
@@ -166,13 +167,13 @@ def test_unreadable_headers_are_reported_not_drawn(files, tmp_path):
 def test_the_same_seed_gives_the_same_bytes_another_seed_another_list(test_other, tmp_path):
     written = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        write_trials(tmp_path / f"{name}.txt", make_trials(test_other, 100, seed=seed).trials, test_other)
+        write_trials(tmp_path / f"{name}.txt", make_trials(test_other, n_targets=100, seed=seed).trials, test_other)
         written.append((tmp_path / f"{name}.txt").read_bytes())
     assert written[0] == written[1] and written[0] != written[2]
 
 
 def test_round_trip_voxceleb_and_nist_formats(test_other, tmp_path):
-    trials = make_trials(test_other, 60, seed=5).trials
+    trials = make_trials(test_other, n_targets=60, seed=5).trials
     out = write_trials(tmp_path / "lists" / "vox.txt", trials, test_other)
     first = out.read_text().splitlines()[0].split()
     assert first[0] in ("0", "1") and not os.path.isabs(first[1]) and first[1].endswith(".flac")
@@ -235,7 +236,7 @@ def test_an_id_naming_two_files_is_refused(files, tmp_path):
 
 
 def test_write_refuses_files_outside_the_root(test_other, files, tmp_path):
-    trials = make_trials(test_other, 5).trials
+    trials = make_trials(test_other, n_targets=5).trials
     with pytest.raises(DeepSpeakerError, match="not under"):
         write_trials(tmp_path / "t.txt", trials, test_other / "1688")
     assert not (tmp_path / "t.txt").exists()

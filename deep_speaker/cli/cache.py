@@ -93,7 +93,7 @@ def run_build(config: BuildConfig) -> int:
         print(line)
     failed = bool(summary.failed)
     if augment:
-        added = augment_features(cache_dir, augment, config.copies, config.augment_seed, progress=config.progress,
+        added = augment_features(cache_dir, augment, config.copies, seed=config.augment_seed, progress=config.progress,
                                  workers=workers, scheduler=scheduler, shard_size=config.shard_size)
         print(f"augmented copies ({augment}, seed {config.augment_seed}): {added} entries added")
         for failure in open_features(cache_dir).manifest.get("augment", {}).get("failures", []):

@@ -98,7 +98,7 @@ def encoder_options(args: argparse.Namespace, name: str, several: bool = False) 
     return values
 
 
-def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = None, name: str | None = None,
+def encoder_spec(args: argparse.Namespace, *, model: str | os.PathLike | None = None, name: str | None = None,
                  several: bool = False) -> EncoderSpec:
     """The description of encoder ``name`` (default --encoder) with the options given that it takes (``model``
     overrides --model); ``several``: one of several encoders."""
@@ -111,13 +111,13 @@ def encoder_spec(args: argparse.Namespace, model: str | os.PathLike | None = Non
     return EncoderSpec(name, options, getattr(args, "embedding_cache", None) or None)
 
 
-def encoder_from_args(args: argparse.Namespace, model: str | os.PathLike | None = None, name: str | None = None,
+def encoder_from_args(args: argparse.Namespace, *, model: str | os.PathLike | None = None, name: str | None = None,
                       several: bool = False) -> Encoder:
     """The encoder the options describe (``model`` overrides --model; the original's queries have only --model;
     ``name``, ``several``: one of several encoders); with --scheduler, one that embeds files on that Dask cluster."""
     from ..encoders.distributed import DaskEncoder
 
-    spec = encoder_spec(args, model, name, several)
+    spec = encoder_spec(args, model=model, name=name, several=several)
     scheduler = getattr(args, "scheduler", None)
     if scheduler:
         return DaskEncoder(spec, scheduler)
@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         out, scp = save_kaldi(args.output, result.embeddings, result.paths)
         out = f"{out} + {scp}"
     else:
-        out = save_embeddings(args.output, result.embeddings, result.paths, encoder.identity, encoder=encoder.name)
+        out = save_embeddings(args.output, result.embeddings, result.paths, model_id=encoder.identity,
+                              encoder=encoder.name)
     print(f"wrote {len(result.paths)} embeddings ({result.embeddings.shape[1]}-d, L2-normalised) to {out} "
           f"(model {encoder.weights}){f'; {failed} file(s) skipped' if failed else ''}")
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     # None: default_model_path(), as every command resolves it. The Embedder's settings are the front end recorded.
     embedder = Embedder(args.model)
-    out = export_model(embedder.model, args.output, args.format, front_end=embedder.settings)
+    out = export_model(embedder.model, args.output, format=args.format, front_end=embedder.settings)
     where = f"metadata_props['{METADATA_KEY}']" if args.format == "onnx" else f"{out / METADATA_FILE}"
     print(f"wrote the {args.format} embedding model {out} (model {embedder.identity}): input '{INPUT_NAME}' "
           f"float32 [batch, frames, 64, 1], output '{OUTPUT_NAME}' [batch, {embedder.embedding_size}]; "

@@ -196,7 +196,7 @@ def _load_probs(path: str | None) -> np.ndarray | None:
         raise DeepSpeakerError(f"{path}: cannot read a probability array ({one_line(exc)})") from None
     if not isinstance(probs, np.ndarray):  # an .npz archive: the array must be a plain .npy
         raise DeepSpeakerError(f"{path}: not a probability array (.npy of [n, classes])")
-    probs = checked_array(probs, path, "the probabilities", (None, None))
+    probs = checked_array(probs, path, "the probabilities", shape=(None, None))
     if probs.min(initial=0.0) < 0.0 or probs.max(initial=0.0) > 1.0:
         raise DeepSpeakerError(f"{path}: probabilities must lie in [0, 1]")
     return probs
@@ -313,7 +313,7 @@ def _write_html(folder: str, report: dict, spaces: dict, per_file: tuple) -> Pat
     for name, (real, _) in spaces.items():
         for path, speaker in zip(real.paths.tolist(), real.labels.tolist()):
             real_files.setdefault(name, {}).setdefault(speaker, []).append(path)
-    page = compare_page(report, report_table(report), per_file, real_files)
+    page = compare_page(report, report_table(report), per_file, real_files=real_files)
     return write_page(folder, page, compare_plots(report, per_file, plot_report))
 
 
@@ -322,6 +322,6 @@ def run_degrade(args: argparse.Namespace) -> int:
 
     meaning, default = LEVELS[args.kind]
     level = default if args.level is None else args.level
-    written = degrade_folder(args.src, args.dst, args.kind, level, args.seed)
+    written = degrade_folder(args.src, args.dst, kind=args.kind, level=level, seed=args.seed)
     print(f"{len(written)} files written to {args.dst} ({args.kind}, {meaning} {level:g})")
     return EXIT_OK

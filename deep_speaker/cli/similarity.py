@@ -72,8 +72,10 @@ def run_similarity(args: argparse.Namespace) -> int:
 
     _check_options(args)
     factories = encoder_factories(args)
-    pairs = read_pairs(args.pairs, args.generated_dir, args.reference_dir, args.speaker_column)
-    result = evaluate_pairs(pairs, factories, args.real, args.layout, args.bootstrap, args.seed, args.far, args.worst)
+    pairs = read_pairs(args.pairs, generated_dir=args.generated_dir, reference_dir=args.reference_dir,
+                       speaker_column=args.speaker_column)
+    result = evaluate_pairs(pairs, factories, real_dir=args.real, layout=args.layout, replicates=args.bootstrap,
+                            seed=args.seed, far=args.far, worst=args.worst)
     print(format_table(result.report))
     if args.output:
         write_json(args.output, result.report)

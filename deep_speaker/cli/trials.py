@@ -19,8 +19,8 @@ def run_make_trials(args: argparse.Namespace) -> int:
 
     if args.genders and args.nontarget_gender == "any":
         raise DeepSpeakerError("--genders is used by a gender rule: add --nontarget-gender same or different")
-    made = make_trials(args.audio_dir, args.targets, args.nontargets, args.seed, args.nontarget_gender,
-                       args.genders, args.min_seconds)
+    made = make_trials(args.audio_dir, n_targets=args.targets, n_nontargets=args.nontargets, seed=args.seed,
+                       nontarget_gender=args.nontarget_gender, genders=args.genders, min_seconds=args.min_seconds)
     # Printed here rather than with cli.embed.report_failures: that module loads the model framework.
     for failure in made.failures:
         print(f"skipped {failure}", file=sys.stderr)

@@ -72,7 +72,7 @@ def calibration_from_args(args: argparse.Namespace, encoder: Encoder,
         record.check_applies(encoder.name, encoder.identity, score_norm)
         return record
     # Beside the weights the encoder loaded: --model, or the default it resolved (the newest checkpoint).
-    record, note = find_calibration(encoder.name, encoder.identity, encoder.weights.path, score_norm)
+    record, note = find_calibration(encoder.name, encoder.identity, model=encoder.weights.path, score_norm=score_norm)
     if record is None and note.startswith("calibration not used"):
         print(note, file=sys.stderr)  # one was found beside the model but does not fit these scores: say so
     return record
@@ -215,7 +215,7 @@ def _speakers_source(args: argparse.Namespace, speakers: list[str]) -> tuple[Emb
         with native_stderr_silenced():  # Keras loads: TensorFlow's C++ start-up lines
             from ..encoders.deepspeaker import DEFAULT_CHECKPOINT_ROOT, default_model_path
         model = getattr(args, "model", None) or default_model_path([cache.path / "checkpoints", DEFAULT_CHECKPOINT_ROOT])
-        encoder = encoder_from_args(args, model)
+        encoder = encoder_from_args(args, model=model)
         return embed_cache(encoder, cache, speakers), encoder
     if not getattr(args, "audio_dir", None):
         raise DeepSpeakerError("give --cache_output_dir (a cache built with --update_cache) or --audio_dir")
@@ -250,7 +250,7 @@ def get_embeddings(args: argparse.Namespace) -> int:
     labelled, encoder = _speakers_source(args, [speaker])
     failed = report_failures(labelled.failures)
     out = Path(getattr(args, "output", None) or f"{speaker}_embeddings.npz")
-    save_embeddings(out, labelled.embeddings, labelled.paths, encoder.identity, speakers=labelled.speakers,
+    save_embeddings(out, labelled.embeddings, labelled.paths, model_id=encoder.identity, speakers=labelled.speakers,
                     encoder=encoder.name)
     print(f"wrote the embeddings of {len(labelled.paths)} utterances of speaker {speaker} "
           f"({labelled.embeddings.shape[1]}-d, L2-normalised) to {out.resolve()}")

@@ -108,7 +108,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     return resample(np.ascontiguousarray(mono), file_sr, sample_rate)
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, trim: TrimMode | bool = True,
+def read_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE, trim: TrimMode | bool = True,
                min_seconds: float = 0.0) -> np.ndarray:
     """Read a speech file as mono float32 at ``sample_rate``, trimmed (``True`` = the original percentile trim).
 

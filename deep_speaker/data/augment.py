@@ -120,7 +120,7 @@ def band_limit(signal: np.ndarray, rate: float, sample_rate: int = SAMPLE_RATE) 
     return np.pad(back, (0, len(signal) - len(back))).astype(np.float32)
 
 
-def spec_augment(features: np.ndarray, rng: np.random.Generator, masks: int = 2, max_frames: int = 20,
+def spec_augment(features: np.ndarray, rng: np.random.Generator, *, masks: int = 2, max_frames: int = 20,
                  max_bins: int = 8) -> np.ndarray:
     """A copy of [T, F, ...] features with `masks` time masks (widths 0..max_frames) and `masks` frequency masks
     (widths 0..max_bins) set to 0, the mean of the per-frame-normalised features (SpecAugment without warping)."""
@@ -155,7 +155,7 @@ def check_recipe(kinds: str | list[str] | tuple[str, ...], copies: int) -> tuple
 
 
 def augment_signal(signal: np.ndarray, kinds: tuple[str, ...], others: list[np.ndarray],
-                   rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
+                   *, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
     """One augmented copy and what was done: speed (a factor of SPEEDS, uniformly; 1.0 only when a channel effect
     is enabled too, so that no copy equals its source) when "speed" is in kinds, then a non-empty random subset
     (uniformly) of the enabled channel effects, in CHANNEL_EFFECTS order: reverberation (room RIR, RT60 in
@@ -190,7 +190,7 @@ def augment_signal(signal: np.ndarray, kinds: tuple[str, ...], others: list[np.n
     return signal, done
 
 
-def copy_generator(speaker: str, utt: str, k: int, seed: int, others: int,
+def copy_generator(speaker: str, utt: str, *, k: int, seed: int, others: int,
                    babble_speakers: int) -> tuple[np.random.Generator, list[int]]:
     """Copy k of speaker/utt: its generator, seeded by (seed, crc32 of the ids, k), and the positions among the
     ``others`` original utterances of other speakers of those its babble mixes, drawn from it first."""
@@ -200,12 +200,13 @@ def copy_generator(speaker: str, utt: str, k: int, seed: int, others: int,
 
 
 
-def copy_draws(originals: Sequence[tuple[str, str]], blocks: dict[str, tuple[int, int]], speaker: str, utt: str,
+def copy_draws(originals: Sequence[tuple[str, str]], blocks: dict[str, tuple[int, int]], *, speaker: str, utt: str,
                k: int, seed: int, babble_speakers: int) -> tuple[np.random.Generator, list[tuple[str, str]]]:
     """:func:`copy_generator` with the babble's utterance ids (``originals`` sorted, ``blocks[speaker]`` its rows;
     the pool is every original but the speaker's own, in order)."""
     a, b = blocks[speaker]
-    rng, picks = copy_generator(speaker, utt, k, seed, len(originals) - (b - a), babble_speakers)
+    rng, picks = copy_generator(speaker, utt, k=k, seed=seed, others=len(originals) - (b - a),
+                                babble_speakers=babble_speakers)
     return rng, [originals[i if i < a else i + b - a] for i in picks]
 
 
@@ -219,11 +220,11 @@ def speaker_blocks(originals: Sequence[tuple[str, str]]) -> dict[str, tuple[int,
 
 
 
-def make_copy(signal: np.ndarray, source: dict, k: int, seed: int, kinds: tuple[str, ...],
+def make_copy(signal: np.ndarray, source: dict, *, k: int, seed: int, kinds: tuple[str, ...],
               others: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Augmented copy k of a source utterance's signal: its features and entry (ids ``utt-aug<k>``, under a
     ``speaker-speed<90|110>`` pseudo-speaker when speed-perturbed; ``augment`` names the source and what was done)."""
-    augmented, done = augment_signal(signal, kinds, others, rng)
+    augmented, done = augment_signal(signal, kinds, others, rng=rng)
     speaker, utt = source["speaker"], source["utterance"]
     new_speaker = f"{speaker}-speed{round(100 * done['speed'])}" if "speed" in done else speaker
     features = fbank_features(augmented)

@@ -51,8 +51,8 @@ def _check_manifest(manifest: object, path: Path) -> None:
 def read_manifests(cache_dir: Path) -> Optional[dict]:
     """The cache's manifest merged with any shard manifests; None when there is none."""
     merged: Optional[dict] = None
-    for path, manifest in read_json_parts(cache_dir, MANIFEST, "manifest.shard-*.json", "cache manifest",
-                                          _check_manifest):
+    for path, manifest in read_json_parts(cache_dir, MANIFEST, "manifest.shard-*.json", what="cache manifest",
+                                          check=_check_manifest):
         if merged is None:
             merged = manifest
             continue
@@ -88,7 +88,7 @@ def check_entries(manifest: dict, path: Path) -> None:
         raise DeepSpeakerError(f"{path}: corrupt cache manifest (a failure lacks path or reason)")
 
 
-def write_manifest(path: Path, base: dict, entries: Iterable[dict], failures: Iterable[Failure]) -> None:
+def write_manifest(path: Path, base: dict, entries: Iterable[dict], *, failures: Iterable[Failure]) -> None:
     """Write a manifest atomically, entries sorted by ids and failures by path."""
     manifest = {**base,
                 "entries": sorted(entries, key=lambda e: (e["speaker"], e["utterance"])),
@@ -167,7 +167,7 @@ def array_relpath(speaker: str, utterance: str) -> str:
     return f"{FEATURES_DIR}/{speaker}/{utterance}.npy"
 
 
-def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float) -> dict | Failure:
+def compute_entry(utt: Utterance, array_path: str, *, trim: str, min_seconds: float) -> dict | Failure:
     """Worker: compute and atomically save one utterance's features; the manifest entry or why it failed."""
     result = compute_features(utt, trim, min_seconds)
     if isinstance(result, Failure):
@@ -179,7 +179,7 @@ def compute_entry(utt: Utterance, array_path: str, trim: str, min_seconds: float
     return {**entry, "array": array_relpath(utt.speaker, utt.utterance)}
 
 
-def is_current(entry: Optional[dict], utt: Utterance, st: os.stat_result, cache_dir: Path) -> bool:
+def is_current(entry: Optional[dict], utt: Utterance, st: os.stat_result, *, cache_dir: Path) -> bool:
     """Whether a manifest entry still describes this source file (same path, size, mtime) and its array exists."""
     return (entry is not None and entry["source"] == utt.path and entry["size"] == st.st_size
             and entry["mtime_ns"] == st.st_mtime_ns and (cache_dir / entry["array"]).is_file())
@@ -264,20 +264,20 @@ def remove_temporaries(features_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: float, workers: int,
+def run_jobs(todo: list[Utterance], cache_dir: Path, *, trim: str, min_seconds: float, workers: int,
              progress: bool) -> Iterator[dict | Failure]:
     """Compute the utterances with ``workers`` processes (in this one for 1), yielding results as they finish."""
-    jobs = [(utt, str(cache_dir / array_relpath(utt.speaker, utt.utterance)), trim, min_seconds) for utt in todo]
+    jobs = [(utt, str(cache_dir / array_relpath(utt.speaker, utt.utterance))) for utt in todo]
     if workers <= 1 or len(jobs) <= 1:
         with threadpool_limits(limits=1, user_api="blas"), \
                 QuietBar(total=len(jobs), unit="file", desc="features", disable=not progress or not jobs) as bar:
             for job in jobs:
-                yield compute_entry(*job)
+                yield compute_entry(*job, trim=trim, min_seconds=min_seconds)
                 bar.update()
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=init_worker,
                              initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(compute_entry, *job) for job in jobs]
+        futures = [pool.submit(compute_entry, *job, trim=trim, min_seconds=min_seconds) for job in jobs]
         try:
             with QuietBar(total=len(jobs), unit="file", desc=f"features ({workers} workers)",
                           disable=not progress) as bar:
@@ -295,7 +295,7 @@ def run_jobs(todo: list[Utterance], cache_dir: Path, trim: str, min_seconds: flo
                 future.cancel()
 
 
-def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layout: str = "auto",
+def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, *, layout: str = "auto",
                 workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
                 min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
                 progress: bool = True, mic: str = "mic1",
@@ -312,7 +312,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
     audio_dir, cache_dir = Path(audio_dir).resolve(), Path(cache_dir)
     settings = cache_settings(trim)
     check_not_overlapping(audio_dir, cache_dir)
-    utterances, rejected, layout = scan_corpus(audio_dir, layout, mic)
+    utterances, rejected, layout = scan_corpus(audio_dir, layout=layout, mic=mic)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
     utterances, rejected = recordable(audio_dir, utterances, rejected)
@@ -344,7 +344,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         failures += unopened
         for utt, st in zip(found, stats):
             key = (utt.speaker, utt.utterance)
-            if is_current(old.get(key), utt, st, cache_dir):
+            if is_current(old.get(key), utt, st, cache_dir=cache_dir):
                 entries[key] = old[key]
                 summary.skipped += 1
             elif existing is not None and key not in old and (found := recover_entry(utt, st, cache_dir)) is not None:
@@ -354,10 +354,11 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
             else:
                 entries.pop(key, None)
                 todo.append(utt)
-        write_manifest(manifest_path, base, entries.values(), failures)
+        write_manifest(manifest_path, base, entries.values(), failures=failures)
         last_save = time.perf_counter()
         try:
-            for result in run_jobs(todo, cache_dir, trim, min_seconds, workers, progress):
+            for result in run_jobs(todo, cache_dir, trim=trim, min_seconds=min_seconds, workers=workers,
+                                   progress=progress):
                 if isinstance(result, Failure):
                     failures.append(result)
                 else:
@@ -365,10 +366,10 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
                     summary.cached += 1
                     summary.hours += result["seconds"] / 3600
                 if time.perf_counter() - last_save > SAVE_INTERVAL_S:
-                    write_manifest(manifest_path, base, entries.values(), failures)
+                    write_manifest(manifest_path, base, entries.values(), failures=failures)
                     last_save = time.perf_counter()
         finally:
-            write_manifest(manifest_path, base, entries.values(), failures)
+            write_manifest(manifest_path, base, entries.values(), failures=failures)
         if shard is None:  # a full build or update consolidates the shards' work into manifest.json
             for path in cache_dir.glob("manifest.shard-*.json"):
                 path.unlink()
@@ -379,7 +380,7 @@ def build_cache(audio_dir: str | os.PathLike, cache_dir: str | os.PathLike, layo
         return summary
 
 
-def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, seed: int = 0,
+def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, *, seed: int = 0,
                   progress: bool = True, babble_speakers: int = 3) -> int:
     """Add `copies` augmented copies of every original utterance of a built per-file cache as extra entries; their
     number.
@@ -403,7 +404,7 @@ def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], co
         base = {k: v for k, v in cache.manifest.items() if k not in ("entries", "failures", "augment")}
         # The manifest drops the old copies before their arrays go: a kill in between leaves no entry without
         # its array, and the new copies are listed only once they are all written.
-        write_manifest(cache_dir / MANIFEST, base, entries.values(), cache.failures)
+        write_manifest(cache_dir / MANIFEST, base, entries.values(), failures=cache.failures)
         for old in set(cache._entries) - set(entries):
             (cache_dir / cache._entries[old]["array"]).unlink(missing_ok=True)
         originals = sorted(entries)
@@ -413,13 +414,14 @@ def augment_cache(cache_dir: str | os.PathLike, kinds: str | tuple[str, ...], co
             source = entries[(speaker, utt)]
             signal = read_audio(source["source"], trim=trim)
             for k in range(copies):
-                rng, babble = copy_draws(originals, blocks, speaker, utt, k, seed, babble_speakers)
+                rng, babble = copy_draws(originals, blocks, speaker=speaker, utt=utt, k=k, seed=seed,
+                                         babble_speakers=babble_speakers)
                 others = [read_audio(entries[key]["source"], trim=trim) for key in babble]
-                features, entry = make_copy(signal, source, k, seed, kinds, others, rng)
+                features, entry = make_copy(signal, source, k=k, seed=seed, kinds=kinds, others=others, rng=rng)
                 key = (entry["speaker"], entry["utterance"])
                 save_array_atomic(cache_dir / array_relpath(*key), features)
                 entries[key] = {**entry, "array": array_relpath(*key)}
         recipe = {"kinds": list(kinds), "copies": copies, "seed": seed}
         write_manifest(cache_dir / MANIFEST, {**base, "augment": recipe},
-                       entries.values(), cache.failures)
+                       entries.values(), failures=cache.failures)
     return len(originals) * copies

@@ -219,7 +219,7 @@ def _vctk_root(audio_dir: Path) -> Path:
     return audio_dir
 
 
-def scan_corpus(audio_dir: str | os.PathLike, layout: str = "auto", mic: str = "mic1",
+def scan_corpus(audio_dir: str | os.PathLike, *, layout: str = "auto", mic: str = "mic1",
                 record: Optional[Path] = None) -> tuple[list[Utterance], list[Failure], str]:
     """The utterances of ``audio_dir`` (sorted by ids), the rejected paths and the layout used.
 
@@ -492,4 +492,4 @@ def _scan(audio_dir: Path, layout: str,
 
 def list_utterances(audio_dir: str | os.PathLike, layout: str = "auto", mic: str = "mic1") -> list[Utterance]:
     """The utterances of ``audio_dir`` sorted by (speaker, utterance); files that fit no layout are left out."""
-    return scan_corpus(audio_dir, layout, mic)[0]
+    return scan_corpus(audio_dir, layout=layout, mic=mic)[0]

@@ -64,14 +64,14 @@ def segment_crops(segment: Segment, crop_frames: int, rng: np.random.Generator) 
     return [(utt, int(s), crop_frames) for s in starts]
 
 
-def fill_crops(cache: FeatureSource, speaker: str, crops: list[tuple[str, int, int]], out: np.ndarray) -> None:
+def fill_crops(cache: FeatureSource, speaker: str, crops: list[tuple[str, int, int]], *, out: np.ndarray) -> None:
     """Copy crops of a speaker's cached features into ``out`` [n, crop, 64, 1] (already zeroed)."""
     for row, (utt, start, length) in enumerate(crops):
         out[row, :length, :, 0] = cache.load(speaker, utt)[start:start + length]
 
 
 def generate_training_inputs(cache: FeatureSource | str | os.PathLike, output_path: str | os.PathLike | None = None,
-                             crop_frames: int = DEFAULT_CROP_FRAMES, holdout: float = 0.2, seed: int = 0,
+                             *, crop_frames: int = DEFAULT_CROP_FRAMES, holdout: float = 0.2, seed: int = 0,
                              speakers: Optional[Sequence[str]] = None) -> Path:
     """Cut fixed-length crops per speaker from a feature cache and save them as ``.npz``; returns its path.
 
@@ -100,7 +100,7 @@ def generate_training_inputs(cache: FeatureSource | str | os.PathLike, output_pa
         x = np.zeros((sum(counts), crop_frames, NUM_FILTERS, 1), dtype=np.float32)
         offsets = np.cumsum([0] + counts)
         for label, (speaker, plan) in enumerate(zip(chosen, plans)):
-            fill_crops(cache, speaker, plan[index], x[offsets[label]:offsets[label + 1]])
+            fill_crops(cache, speaker, plan[index], out=x[offsets[label]:offsets[label + 1]])
         arrays[f"x_{part}"] = x
         arrays[f"y_{part}"] = np.repeat(np.arange(len(chosen), dtype=np.int64), counts)
     path = inputs_path(output_path if output_path is not None else cache.path / INPUTS_NAME)

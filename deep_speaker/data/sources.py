@@ -83,7 +83,7 @@ def wipe_features(folder: Path) -> list[Path]:
     return wipe_store(folder) if is_store(folder) else wipe_cache(folder)
 
 
-def build_features(audio_dir: str | os.PathLike, folder: str | os.PathLike, sharded: bool, update: bool = False,
+def build_features(audio_dir: str | os.PathLike, folder: str | os.PathLike, sharded: bool, *, update: bool = False,
                    shard: Optional[tuple[int, int]] = None, **options: object) -> BuildSummary:
     """Build (wiping whichever format the folder held) or ``update`` a per-file cache, or a sharded store when
     ``sharded``; ``options`` are :func:`~.cache.build_cache`'s or :func:`~.store.build_store`'s."""
@@ -101,16 +101,17 @@ def convert_features(cache_dir: str | os.PathLike, store_dir: str | os.PathLike,
                      **options: object) -> BuildSummary:
     """Copy the features of ``cache_dir`` (either format) into a new sharded store (:func:`~.store.convert_to_store`;
     whatever ``store_dir`` held of ours is wiped first)."""
-    return convert_to_store(open_features(cache_dir), store_dir, dtype, wipe=wipe_features, **options)
+    return convert_to_store(open_features(cache_dir), store_dir, dtype=dtype, wipe=wipe_features, **options)
 
 
-def augment_features(folder: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, seed: int = 0,
+def augment_features(folder: str | os.PathLike, kinds: str | tuple[str, ...], copies: int, *, seed: int = 0,
                      progress: bool = True, babble_speakers: int = 3, workers: int = 1,
                      scheduler: Optional[str] = None, shard_size: Optional[int] = None) -> int:
     """Add ``copies`` augmented copies of every original utterance (:func:`~.cache.augment_cache`); a sharded store
     gets the same copies as new shards (:func:`~.store.augment_store`, with ``workers`` local processes or the Dask
     cluster at ``scheduler``, ``shard_size`` copies a shard). The number of copies made."""
     if is_store(Path(folder)):
-        return augment_store(folder, kinds, copies, seed, progress, babble_speakers, workers, scheduler,
+        return augment_store(folder, kinds, copies, seed=seed, progress=progress, babble_speakers=babble_speakers,
+                             workers=workers, scheduler=scheduler,
                              **({} if shard_size is None else {"shard_size": shard_size}))
-    return augment_cache(folder, kinds, copies, seed, progress, babble_speakers)
+    return augment_cache(folder, kinds, copies, seed=seed, progress=progress, babble_speakers=babble_speakers)

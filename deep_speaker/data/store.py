@@ -100,8 +100,8 @@ def read_listings(store_dir: Path) -> Optional[dict]:
     """The store's listing merged with any part listings (shards by name, ordered by generation); None if none."""
     merged: Optional[dict] = None
     first = None
-    for path, listing in read_json_parts(store_dir, LISTING, "store.shard-*-of-*.json", "store listing",
-                                         _check_listing):
+    for path, listing in read_json_parts(store_dir, LISTING, "store.shard-*-of-*.json", what="store listing",
+                                         check=_check_listing):
         if merged is None:
             merged, first = listing, path
             continue
@@ -410,7 +410,7 @@ def _finite(features: np.ndarray) -> bool:
 
 # ----- writing -----
 
-def shard_name(generation: int, entries: Sequence[dict], dtype: str, salt: str = "") -> str:
+def shard_name(generation: int, entries: Sequence[dict], dtype: str, *, salt: str = "") -> str:
     """A shard's name: its generation and a digest of what it holds (ids, sources, sizes, times, dtype, and
     ``salt``: an augmentation's recipe), so the same work gives the same name wherever it runs, and a rerun of a
     task overwrites its own shard only."""
@@ -437,7 +437,7 @@ def as_dtype(item: Item | Failure, dtype: str) -> Item | Failure:
     return cast, entry
 
 
-def write_shard(store_dir: Path, name: str, items: Sequence[Item], dtype: str, settings: dict,
+def write_shard(store_dir: Path, name: str, items: Sequence[Item], *, dtype: str, settings: dict,
                 augment: bool = False) -> dict:
     """Write a shard (frames, then index, each renamed into place whole); its listing record. ``augment``: a shard
     of augmented copies (so marked in its index and record: the next augmentation replaces it)."""
@@ -556,7 +556,7 @@ def _computed(item: object, compute: Compute, dtype: str) -> Item | Failure:
     return as_dtype(compute(item), dtype)
 
 
-def build_shard(store_dir: str, name: str, items: Sequence[object], compute: Compute, dtype: str, settings: dict,
+def build_shard(store_dir: str, name: str, items: Sequence[object], *, compute: Compute, dtype: str, settings: dict,
                 augment: bool = False) -> tuple[Optional[dict], list[dict]]:
     """One shard task (in this process or on a Dask worker): compute its items and write it; its listing record
     and the failures (as dicts)."""
@@ -568,14 +568,14 @@ def build_shard(store_dir: str, name: str, items: Sequence[object], compute: Com
 def _written(store_dir: Path, name: str, results: list, dtype: str, settings: dict,
              augment: bool) -> tuple[Optional[dict], list[dict]]:
     items = [r for r in results if not isinstance(r, Failure)]
-    record = write_shard(store_dir, name, items, dtype, settings, augment) if items else None
+    record = write_shard(store_dir, name, items, dtype=dtype, settings=settings, augment=augment) if items else None
     return record, [r.to_dict() for r in results if isinstance(r, Failure)]
 
 
 ShardTask = tuple[str, list]  # a shard's name and its work items
 
 
-def run_shards(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict,
+def run_shards(tasks: list[ShardTask], store_dir: Path, compute: Compute, *, dtype: str, settings: dict,
                workers: int = 1, client: Optional[object] = None,
                augment: bool = False) -> Iterator[tuple[Optional[dict], list[dict]]]:
     """The shard tasks on the Dask cluster of ``client`` (a ``distributed.Client`` from :func:`.cluster.connect`,
@@ -585,7 +585,8 @@ def run_shards(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype:
         return _run_dask(tasks, store_dir, compute, dtype, settings, client, augment)
     if workers > 1 and sum(len(items) for _, items in tasks) > 1:
         return _run_pool(tasks, store_dir, compute, dtype, settings, workers, augment)
-    return (build_shard(str(store_dir), name, items, compute, dtype, settings, augment) for name, items in tasks)
+    return (build_shard(str(store_dir), name, items, compute=compute, dtype=dtype, settings=settings,
+                        augment=augment) for name, items in tasks)
 
 
 def _run_pool(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: str, settings: dict, workers: int,
@@ -609,8 +610,9 @@ def _run_dask(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: 
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    futures = [client.submit(build_shard, str(store_dir.resolve()), name, items, compute, dtype, settings,
-                             augment, key=f"deep-speaker-shard-{name}", pure=False) for name, items in tasks]
+    futures = [client.submit(build_shard, str(store_dir.resolve()), name, items, compute=compute, dtype=dtype,
+                             settings=settings, augment=augment, key=f"deep-speaker-shard-{name}", pure=False)
+               for name, items in tasks]
     try:
         for future in as_completed(futures, loop=client.loop):
             try:
@@ -622,7 +624,7 @@ def _run_dask(tasks: list[ShardTask], store_dir: Path, compute: Compute, dtype: 
         client.cancel(futures)
 
 
-def plan_shards(todo: Sequence[Utterance], generation: int, shard_size: int, dtype: str,
+def plan_shards(todo: Sequence[Utterance], generation: int, *, shard_size: int, dtype: str,
                 stats: dict[str, os.stat_result]) -> list[ShardTask]:
     """The files to compute cut into blocks of ``shard_size`` in sorted order, each named by :func:`shard_name`."""
     tasks = []
@@ -711,7 +713,7 @@ def _adoptable(store_dir: Path, listed: set[str], generation: int, settings: dic
     return found
 
 
-def unchanged(index: pa.Table, utterances: Sequence[Utterance], sizes: Sequence[int], mtimes_ns: Sequence[int],
+def unchanged(index: pa.Table, utterances: Sequence[Utterance], *, sizes: Sequence[int], mtimes_ns: Sequence[int],
               adopted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per utterance (its file's ``sizes`` and ``mtimes_ns``), whether ``index`` holds its ids from the same file,
     size and modification time; and whether that entry is in one of the ``adopted`` shards (index ``shard``
@@ -736,7 +738,7 @@ def unchanged(index: pa.Table, utterances: Sequence[Utterance], sizes: Sequence[
     return kept, kept & recovered
 
 
-def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layout: str = "auto",
+def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, *, layout: str = "auto",
                 workers: int = 1, update: bool = False, trim: str = DEFAULT_TRIM,
                 min_seconds: float = MIN_SPEECH_SECONDS, shard: Optional[tuple[int, int]] = None,
                 progress: bool = True, mic: str = "mic1", dtype: Optional[str] = None,
@@ -764,7 +766,7 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
         if layout == "auto":
             # An update keeps the layout the store was built with (and skips detecting it: a pass over every file).
             layout = (read_listings(store_dir) or {}).get("layout", "auto")
-    utterances, rejected, layout = scan_corpus(audio_dir, layout, mic, record=record)
+    utterances, rejected, layout = scan_corpus(audio_dir, layout=layout, mic=mic, record=record)
     if not utterances and not rejected:
         raise DeepSpeakerError(f"{audio_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
     utterances, rejected = recordable(audio_dir, utterances, rejected)
@@ -814,8 +816,9 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
             found, found_stats, unopened = stat_utterances(utterances)
             failures += unopened
             index = index_read.result()
-            kept, recovered = unchanged(index, found, [st.st_size for st in found_stats],
-                                        [st.st_mtime_ns for st in found_stats], [readable.index(s) for s in adopted])
+            kept, recovered = unchanged(index, found, sizes=[st.st_size for st in found_stats],
+                                        mtimes_ns=[st.st_mtime_ns for st in found_stats],
+                                        adopted=[readable.index(s) for s in adopted])
         for name, problem in damaged.items():  # their rows are not in the index: their utterances are computed again
             _drop_damaged(store_dir, name, problem)
         own = [s for s in own if s["name"] not in damaged]
@@ -838,9 +841,9 @@ def build_store(audio_dir: str | os.PathLike, store_dir: str | os.PathLike, layo
                        indent=1)
 
         save()  # the new generation is recorded before any of its shards exists
-        tasks = plan_shards(todo, generation, shard_size, dtype, stats)
+        tasks = plan_shards(todo, generation, shard_size=shard_size, dtype=dtype, stats=stats)
         compute = functools.partial(compute_features, trim=trim, min_seconds=min_seconds)
-        results = run_shards(tasks, store_dir, compute, dtype, settings, workers, client)
+        results = run_shards(tasks, store_dir, compute, dtype=dtype, settings=settings, workers=workers, client=client)
         # closing: a failed run stops its tasks (cancels them on the cluster) before the client is closed.
         with contextlib.closing(results), \
                 QuietBar(total=len(todo), unit="file", desc="features", disable=not progress or not todo) as bar:
@@ -885,15 +888,16 @@ def make_store_copy(job: CopyJob, trim: str) -> Item | Failure:
                 mixed.append(read_audio(other, trim=trim))
             except InputError as exc:
                 return Failure(path, f"copy {k}: its babble {exc.failure.path}: {exc.failure.reason}")
-        rng, _ = copy_generator(source["speaker"], source["utterance"], k, seed, others, babble_speakers)
-        return make_copy(signal, source, k, seed, kinds, mixed, rng)
+        rng, _ = copy_generator(source["speaker"], source["utterance"], k=k, seed=seed, others=others,
+                                babble_speakers=babble_speakers)
+        return make_copy(signal, source, k=k, seed=seed, kinds=kinds, others=mixed, rng=rng)
     except InputError as exc:
         return Failure(path, f"copy {k}: {exc.failure.reason}")
     except Exception as exc:  # one bad source must never stop the run: report it and go on
         return Failure(path, f"copy {k}: {type(exc).__name__}: {exc}")
 
 
-def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: int, seed: int = 0,
+def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: int, *, seed: int = 0,
                   progress: bool = True, babble_speakers: int = 3, workers: int = 1,
                   scheduler: Optional[str] = None, shard_size: int = DEFAULT_SHARD_SIZE) -> int:
     """:func:`~.cache.augment_cache` on a sharded store (the same copies, :func:`~.augment.make_copy`): the copies
@@ -949,16 +953,18 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
             source = {f: entry[f] for f in fields}
             a, b = blocks[speaker]
             for k in range(copies):
-                _, babble = copy_draws(originals, blocks, speaker, utt, k, seed, babble_speakers)
+                _, babble = copy_draws(originals, blocks, speaker=speaker, utt=utt, k=k, seed=seed,
+                                       babble_speakers=babble_speakers)
                 jobs.append((source, k, seed, tuple(kinds), len(originals) - (b - a), babble_speakers,
                              [store.entry(*key)["source"] for key in babble]))
         for i in range(0, len(jobs), shard_size):
             block = jobs[i:i + shard_size]
             keys = [{**job[0], "utterance": f"{job[0]['utterance']}-aug{job[1]}"} for job in block]
-            tasks.append((shard_name(generation, keys, store.dtype, salt), block))
+            tasks.append((shard_name(generation, keys, store.dtype, salt=salt), block))
         save([name for name, _ in tasks])  # named before the first is written (on a cluster, any may be first)
         compute = functools.partial(make_store_copy, trim=store.settings["trim"])
-        results = run_shards(tasks, store_dir, compute, store.dtype, store.settings, workers, client, augment=True)
+        results = run_shards(tasks, store_dir, compute, dtype=store.dtype, settings=store.settings, workers=workers,
+                             client=client, augment=True)
         made, failed_copies = 0, []
         with contextlib.closing(results), \
                 QuietBar(total=len(jobs), unit="copy", desc="augmented copies", disable=not progress) as bar:
@@ -977,7 +983,7 @@ def augment_store(store_dir: str | os.PathLike, kinds: tuple[str, ...], copies: 
     return made
 
 
-def convert_to_store(cache: FeatureSource, store_dir: str | os.PathLike, dtype: str = "float32",
+def convert_to_store(cache: FeatureSource, store_dir: str | os.PathLike, *, dtype: str = "float32",
                      shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True,
                      wipe: Callable[[Path], object] = wipe_store) -> BuildSummary:
     """Copy an opened cache (per-file, or another store) into a new sharded store in ``dtype``; ``store_dir`` is
@@ -1009,8 +1015,8 @@ def convert_to_store(cache: FeatureSource, store_dir: str | os.PathLike, dtype: 
                     else:
                         items.append(item)
                 if items:
-                    record = write_shard(store_dir, shard_name(1, [e for _, e in items], dtype), items, dtype,
-                                         cache.settings)
+                    record = write_shard(store_dir, shard_name(1, [e for _, e in items], dtype), items, dtype=dtype,
+                                         settings=cache.settings)
                     shards.append(record)
                     summary.cached += record["utterances"]
                     summary.hours += record["seconds"] / 3600

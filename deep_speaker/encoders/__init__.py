@@ -63,7 +63,7 @@ _FACTORIES: dict[str, Callable[..., Encoder]] = {
 _DECLARATIONS: dict[str, EncoderDeclaration] = {name: f.declaration for name, f in _FACTORIES.items()}
 
 
-def register_encoder(name: str, factory: Callable[..., Encoder], replace: bool = False,
+def register_encoder(name: str, factory: Callable[..., Encoder], *, replace: bool = False,
                      declaration: EncoderDeclaration | None = None) -> None:
     """Make ``get_encoder(name, **options)`` return ``factory(**options)``; a taken name needs ``replace=True``.
 

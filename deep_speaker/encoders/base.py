@@ -107,7 +107,7 @@ class Encoder(ABC):
 
     def read(self, path: str) -> Any:
         """The model input of a file: decoded at :attr:`sample_rate` (untrimmed), then :meth:`prepare_signal`."""
-        return self.prepare_signal(read_audio(path, self.sample_rate, trim=False), self.sample_rate, path)
+        return self.prepare_signal(read_audio(path, sample_rate=self.sample_rate, trim=False), self.sample_rate, path)
 
     def read_or_failure(self, path: str) -> Any:
         """:meth:`read`, or the file's Failure (never raises for bad audio)."""

@@ -62,7 +62,7 @@ def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def split_windows(features: np.ndarray, window: int, hop: int, min_frames: int) -> list[np.ndarray]:
+def split_windows(features: np.ndarray, *, window: int, hop: int, min_frames: int) -> list[np.ndarray]:
     """The model inputs ``[t, 64]`` of one utterance: its windows, itself, or itself zero-padded to ``min_frames``."""
     n = features.shape[0]
     if n < min_frames:
@@ -230,7 +230,7 @@ class Embedder(Encoder):
             feats = np.asarray(feats, dtype=np.float32)
             if feats.ndim != 2 or feats.shape[1] != NUM_FILTERS or feats.shape[0] == 0:
                 raise DeepSpeakerError(f"features must be [T > 0, {NUM_FILTERS}], got shape {feats.shape}")
-            for w in split_windows(feats, self.window, self.hop, self.min_frames):
+            for w in split_windows(feats, window=self.window, hop=self.hop, min_frames=self.min_frames):
                 owners, windows = buckets[w.shape[0]]
                 owners.append(i)
                 windows.append(w)

@@ -85,7 +85,7 @@ def chunk_size(num_files: int, num_workers: int, largest: int = FILES_PER_CHUNK)
 
 
 def embed_files_on_cluster(spec: EncoderSpec, paths: Iterable[str | os.PathLike], scheduler: str,
-                           weights: Weights | None = None, files_per_task: int | None = None) -> EmbedResult:
+                           *, weights: Weights | None = None, files_per_task: int | None = None) -> EmbedResult:
     """Embed files on the Dask cluster at ``scheduler``, as ``spec.build().embed_files_with_failures`` would.
 
     The workers must see the files and the model under the same paths (relative ones are made absolute here);
@@ -130,7 +130,8 @@ class DaskEncoder(EncoderWrapper):
         super().__init__(spec.build())
 
     def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
-        result = embed_files_on_cluster(self.spec, paths, self.scheduler, self.weights, self.files_per_task)
+        result = embed_files_on_cluster(self.spec, paths, self.scheduler, weights=self.weights,
+                                        files_per_task=self.files_per_task)
         if not result.paths:  # a width for the empty result, as one process gives
             result.embeddings = np.zeros((0, self.embedding_size), np.float32)
         return result

@@ -50,7 +50,7 @@ def _require() -> tuple[Any, Any, Any]:
     return torch, transformers, huggingface_hub
 
 
-def min_samples(conv_kernel: Sequence[int], conv_stride: Sequence[int], tdnn_kernel: Sequence[int],
+def min_samples(conv_kernel: Sequence[int], conv_stride: Sequence[int], *, tdnn_kernel: Sequence[int],
                 tdnn_dilation: Sequence[int]) -> int:
     """The shortest input giving 2 frames to the x-vector pooling (its std needs 2): 2 + sum((k-1)*d) TDNN frames,
     then ``n -> (n-1)*stride + kernel`` back through the convolutions."""
@@ -119,7 +119,7 @@ class WavLMEncoder(Encoder):
             raise DeepSpeakerError(f"device {device!r} unusable for {NAME}: {str(exc).splitlines()[0]}") from None
         config = self.model.config
         self.min_samples = max(int(np.ceil(MIN_SPEECH_SECONDS * self.sample_rate)), min_samples(
-            config.conv_kernel, config.conv_stride, config.tdnn_kernel, config.tdnn_dilation))
+            config.conv_kernel, config.conv_stride, tdnn_kernel=config.tdnn_kernel, tdnn_dilation=config.tdnn_dilation))
         self._torch = torch
         self._identity: str | None = None
 

@@ -40,7 +40,7 @@ def add_noise(signal: np.ndarray, snr_db: float, seed: int | np.random.Generator
     return (x + noise).astype(np.float32)
 
 
-def lowpass(signal: np.ndarray, sample_rate: int, cutoff_hz: float, order: int = 8) -> np.ndarray:
+def lowpass(signal: np.ndarray, sample_rate: int, cutoff_hz: float, *, order: int = 8) -> np.ndarray:
     """Zero-phase Butterworth low-pass (sosfiltfilt), as a band-limited codec or vocoder would sound."""
     if not 0.0 < cutoff_hz < sample_rate / 2:
         raise DeepSpeakerError(f"low-pass cut-off must lie in (0, {sample_rate / 2:g}) Hz, got {cutoff_hz:g}")
@@ -48,7 +48,7 @@ def lowpass(signal: np.ndarray, sample_rate: int, cutoff_hz: float, order: int =
     return sosfiltfilt(sos, np.asarray(signal, dtype=np.float64)).astype(np.float32)
 
 
-def griffin_lim(signal: np.ndarray, n_iter: int, seed: int | np.random.Generator = 0,
+def griffin_lim(signal: np.ndarray, n_iter: int, *, seed: int | np.random.Generator = 0,
                 n_fft: int = 1024, hop_length: int = 256) -> np.ndarray:
     """Vocoder-like resynthesis: keep the STFT magnitude, re-estimate the phase with ``n_iter`` Griffin-Lim steps."""
     import librosa
@@ -63,7 +63,7 @@ def griffin_lim(signal: np.ndarray, n_iter: int, seed: int | np.random.Generator
     return out.astype(np.float32)
 
 
-def mel_vocoder(signal: np.ndarray, sample_rate: int, n_mels: int, seed: int | np.random.Generator = 0,
+def mel_vocoder(signal: np.ndarray, sample_rate: int, n_mels: int, *, seed: int | np.random.Generator = 0,
                 n_fft: int = 1024, hop_length: int = 256) -> np.ndarray:
     """Mel-vocoder-like resynthesis: STFT magnitude -> ``n_mels`` mel bands -> pseudo-inverse -> Griffin-Lim.
 
@@ -84,7 +84,7 @@ def mel_vocoder(signal: np.ndarray, sample_rate: int, n_mels: int, seed: int | n
     return out.astype(np.float32)
 
 
-def degrade_signal(signal: np.ndarray, sample_rate: int, kind: Kind, level: float,
+def degrade_signal(signal: np.ndarray, sample_rate: int, *, kind: Kind, level: float,
                    seed: int | np.random.Generator = 0) -> np.ndarray:
     """Apply one degradation: ``noise`` (level = SNR dB), ``lowpass`` (cut-off Hz), ``griffinlim`` (iterations),
     ``melvocoder`` (mel bands)."""
@@ -94,11 +94,11 @@ def degrade_signal(signal: np.ndarray, sample_rate: int, kind: Kind, level: floa
     if kind == "lowpass":
         return lowpass(signal, sample_rate, level)
     if kind == "griffinlim":
-        return griffin_lim(signal, int(level), seed)
-    return mel_vocoder(signal, sample_rate, int(level), seed)
+        return griffin_lim(signal, int(level), seed=seed)
+    return mel_vocoder(signal, sample_rate, int(level), seed=seed)
 
 
-def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind: Kind, level: float,
+def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *, kind: Kind, level: float,
                    seed: int = 0) -> list[Path]:
     """Write a degraded copy of every audio file under ``src_dir`` to the same relative path under ``dst_dir``.
 
@@ -119,7 +119,7 @@ def degrade_folder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, kind:
         info = sf.info(str(path))
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
         file_seed = np.random.default_rng([seed, zlib.crc32(rel.as_posix().encode())])
-        out = np.stack([degrade_signal(data[:, c], sample_rate, kind, level, file_seed)
+        out = np.stack([degrade_signal(data[:, c], sample_rate, kind=kind, level=level, seed=file_seed)
                         for c in range(data.shape[1])], axis=1)
         peak = float(np.max(np.abs(out)))
         if peak > MAX_PEAK:  # one gain for the whole file keeps the SNR and spectrum shape

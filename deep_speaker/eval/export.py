@@ -18,7 +18,7 @@ from .embedded import Embedded
 from .formats import write_embeddings
 
 
-def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], model_id: str, *,
+def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str], *, model_id: str,
                     speakers: Sequence[str] | None = None, encoder: str = DEFAULT_ENCODER) -> Path:
     """Write embeddings by suffix: .npz (``formats.write_embeddings``: embeddings, paths, model_identity,
     encoder[, speakers]), .npy, .csv."""

@@ -39,8 +39,8 @@ EMBEDDINGS_KEYS = ("embeddings", "paths", "model_identity")
 def _load(path: str | os.PathLike, required: Sequence[str], optional: Sequence[str], what: str,
           version: int) -> dict[str, np.ndarray]:
     """The arrays of one of our ``.npz`` files (``validate.load_npz``), its version checked: absent is the first."""
-    data = load_npz(path, required, (*optional, VERSION_KEY), what)
-    found = int(checked_array(data[VERSION_KEY], path, VERSION_KEY, (), "int")) if VERSION_KEY in data else 1
+    data = load_npz(path, required, optional=(*optional, VERSION_KEY), what=what)
+    found = int(checked_array(data[VERSION_KEY], path, VERSION_KEY, shape=(), kind="int")) if VERSION_KEY in data else 1
     if not 1 <= found <= version:
         raise DeepSpeakerError(f"{path}: {what} of format version {found}; this deep-speaker reads versions 1 to "
                                f"{version} (a newer one wrote it?)")
@@ -64,7 +64,7 @@ def read_stats(path: str | os.PathLike) -> Stats:
     and the moments those of the embeddings. One line naming the file otherwise."""
     where = str(path)
     data = _load(path, STATS_KEYS, (ENCODER_KEY, *MOMENT_KEYS), "statistics file", STATS_FORMAT)
-    embeddings = checked_array(data["embeddings"], where, "embeddings", (None, None))
+    embeddings = checked_array(data["embeddings"], where, "embeddings", shape=(None, None))
     n, d = embeddings.shape
     if n < 2 or d < 1:  # make_stats never writes fewer: no covariance without two rows
         raise DeepSpeakerError(f"{where}: a statistics file holds at least 2 embeddings of at least 1 value, got "
@@ -73,21 +73,21 @@ def read_stats(path: str | os.PathLike) -> Stats:
                           "feature_settings JSON")
     if not isinstance(settings, dict):
         raise DeepSpeakerError(f"{where}: feature_settings must be a JSON object, got {type(settings).__name__}")
-    rows = Embedded(embeddings, checked_array(data["labels"], where, "labels", (n,), "text").tolist(),
-                    checked_array(data["paths"], where, "paths", (n,), "text").tolist(), [],
+    rows = Embedded(embeddings, checked_array(data["labels"], where, "labels", shape=(n,), kind="text").tolist(),
+                    checked_array(data["paths"], where, "paths", shape=(n,), kind="text").tolist(), [],
                     checked_text(data[ENCODER_KEY], where, ENCODER_KEY) if ENCODER_KEY in data else DEFAULT_ENCODER,
                     checked_text(data["model_identity"], where, "model_identity"))
-    stats = Stats(rows, settings, checked_array(data["mu"], where, "mu", (d,)),
-                  checked_array(data["sigma"], where, "sigma", (d, d)), where)
+    stats = Stats(rows, settings, checked_array(data["mu"], where, "mu", shape=(d,)),
+                  checked_array(data["sigma"], where, "sigma", shape=(d, d)), where)
     _check_derived(stats, data)
     return stats
 
 
 def _stored_moments(data: Mapping[str, np.ndarray], where: str) -> Moments:
     """The count, sum and outer products of a statistics file, checked for shape, dtype and finiteness."""
-    count = int(checked_array(data["count"], where, "count", (), "int"))
-    total = checked_array(data["sum"], where, "sum", (None,)).astype(np.float64)
-    outer = checked_array(data["outer"], where, "outer", (total.size, total.size)).astype(np.float64)
+    count = int(checked_array(data["count"], where, "count", shape=(), kind="int"))
+    total = checked_array(data["sum"], where, "sum", shape=(None,)).astype(np.float64)
+    outer = checked_array(data["outer"], where, "outer", shape=(total.size, total.size)).astype(np.float64)
     if count < 0:
         raise DeepSpeakerError(f"{where}: count must not be negative, got {count}")
     return Moments(count, total, outer)
@@ -128,7 +128,7 @@ def trial_scores_path(report: str | os.PathLike) -> Path:
     return report.with_name(report.stem + ".trials.npz")
 
 
-def write_trial_scores(report: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, keys: np.ndarray,
+def write_trial_scores(report: str | os.PathLike, scores: np.ndarray, labels: np.ndarray, *, keys: np.ndarray,
                        speakers: tuple[Sequence[str], Sequence[str]]) -> Path:
     """Write the scores, labels, keys (``first<TAB>second``) and both sides' speakers of the trials of a report
     beside it (:func:`trial_scores_path`), atomically."""
@@ -147,12 +147,12 @@ def read_trial_scores(report: str | os.PathLike) -> dict[str, np.ndarray]:
     path = trial_scores_path(report)
     where = str(path)
     data = _load(path, TRIAL_SCORES_KEYS, SPEAKER_KEYS, "trial-score file", TRIAL_SCORES_FORMAT)
-    keys = checked_array(data["keys"], where, "keys", (None,), "text")
-    labels = checked_array(data["labels"], where, "labels", keys.shape, "label")
+    keys = checked_array(data["keys"], where, "keys", shape=(None,), kind="text")
+    labels = checked_array(data["labels"], where, "labels", shape=keys.shape, kind="label")
     if not np.isin(labels, (0, 1)).all():
         raise DeepSpeakerError(f"{where}: labels must be 0 or 1 (1 = same speaker)")
-    out = {"keys": keys, "labels": labels, "scores": checked_array(data["scores"], where, "scores", keys.shape)}
-    out.update({k: checked_array(data[k], where, k, keys.shape, "text") for k in SPEAKER_KEYS if k in data})
+    out = {"keys": keys, "labels": labels, "scores": checked_array(data["scores"], where, "scores", shape=keys.shape)}
+    out.update({k: checked_array(data[k], where, k, shape=keys.shape, kind="text") for k in SPEAKER_KEYS if k in data})
     return out
 
 
@@ -174,10 +174,11 @@ def read_embeddings(path: str | os.PathLike, width: int | None = None) -> tuple[
     where = str(path)
     data = _load(path, EMBEDDINGS_KEYS, ("speakers", ENCODER_KEY), "embedding file", EMBEDDINGS_FORMAT)
     identity = checked_text(data["model_identity"], where, "model_identity")
-    embeddings = checked_array(data["embeddings"], where, "embeddings", (None, width))
+    embeddings = checked_array(data["embeddings"], where, "embeddings", shape=(None, width))
     n = len(embeddings)
-    paths = checked_array(data["paths"], where, "paths", (n,), "text").tolist()
+    paths = checked_array(data["paths"], where, "paths", shape=(n,), kind="text").tolist()
     labelled = "speakers" in data
-    speakers = checked_array(data["speakers"], where, "speakers", (n,), "text").tolist() if labelled else [""] * n
+    speakers = checked_array(data["speakers"], where, "speakers", shape=(n,),
+                             kind="text").tolist() if labelled else [""] * n
     encoder = checked_text(data[ENCODER_KEY], where, ENCODER_KEY) if ENCODER_KEY in data else DEFAULT_ENCODER
     return Embedded(embeddings, speakers, paths, [], encoder, identity), labelled

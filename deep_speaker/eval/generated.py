@@ -40,7 +40,7 @@ def compute_stats(source: str | os.PathLike | Sequence[str | os.PathLike], encod
         folder = Path(source)
         if not folder.is_dir():
             raise DeepSpeakerError(f"{folder}: not a folder of audio files")
-        utterances, rejected, _ = scan_corpus(folder, layout)
+        utterances, rejected, _ = scan_corpus(folder, layout=layout)
         if utterances:  # files the layout rejects are reported as failures, as the cache build does
             paths, labels = [u.path for u in utterances], [u.speaker for u in utterances]
         else:  # a flat folder of generated files: usable for the unconditional metrics
@@ -135,7 +135,8 @@ def _attempt(messages: list[str], what: str, fn: Callable, *args: Any, **kwargs:
 def _kd(messages: list[str], what: str, x: np.ndarray, y: np.ndarray, num_subsets: int, subset_size: int,
         seed: int) -> dict | None:
     """KD as a dict with the subset size actually used (``m = min(subset_size, n_x, n_y)``)."""
-    value = _attempt(messages, what, metrics.kernel_distance, x, y, num_subsets, subset_size, seed)
+    value = _attempt(messages, what, metrics.kernel_distance, x, y, num_subsets=num_subsets,
+                     subset_size=subset_size, seed=seed)
     if value is None:
         return None
     return {"kd": value[0], "kd_std": value[1], "subset_size": min(subset_size, len(x), len(y)),
@@ -242,7 +243,8 @@ def utterance_results(real: Stats, generated: Stats, far: float = FAR_TARGET) ->
     """Every generated file: its similarity to its speaker's real centroid, its acceptance at the real EER and
     false-accept thresholds, and its nearest real speaker (``metrics.comparable_similarity``)."""
     check_compatible(real, generated)
-    sim = metrics.comparable_similarity(generated.embeddings, generated.labels, real.embeddings, real.labels, far)
+    sim = metrics.comparable_similarity(generated.embeddings, generated.labels, real=real.embeddings,
+                                        real_labels=real.labels, far=far)
     return _utterance_rows(generated, sim["per_utterance"])
 
 
@@ -258,8 +260,10 @@ def _intervals(messages: list[str], real: Stats, generated: Stats, far: float, n
                seed: int, replicates: int) -> dict:
     settings = {"replicates": replicates, "seed": seed, "level": 0.95, "method": INTERVAL_METHOD}
     try:
-        found = metrics.set_intervals(real.embeddings, real.labels, generated.embeddings, generated.labels, far,
-                                      num_subsets, subset_size, seed, replicates)
+        found = metrics.set_intervals(real.embeddings, real.labels, gen=generated.embeddings,
+                                      gen_labels=generated.labels, far=far,
+                                      num_subsets=num_subsets, subset_size=subset_size, seed=seed,
+                                      replicates=replicates)
     except DeepSpeakerError as exc:
         messages.append(f"intervals: not computed: {exc}")
         return {**settings, "skipped": str(exc)}
@@ -300,7 +304,7 @@ def noise_references(real: Stats, encoder: Encoder, *, seed: int = 0,
                 paths.extend(b[0] for b in batch)
                 batch.clear()
 
-        for item in noise_set(kind, real.paths.tolist(), real.labels.tolist(), seed):
+        for item in noise_set(kind, real.paths.tolist(), real.labels.tolist(), seed=seed):
             where = f"{kind} noise of {item.path}"
             try:
                 prepared = encoder.prepare_signal(resample(item.signal, item.sample_rate, encoder.sample_rate),
@@ -442,8 +446,8 @@ def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, 
     # The baseline halves are split per speaker, the same split (same seed) as the SECS ceiling's.
     half_a, half_b = split_per_label(real.labels, np.random.default_rng(seed))
     a, b = x[half_a], x[half_b]
-    similarity = _attempt(msgs, "acceptance/rescaled SECS", metrics.comparable_similarity, y, generated.labels, x,
-                          real.labels, far)
+    similarity = _attempt(msgs, "acceptance/rescaled SECS", metrics.comparable_similarity, y, generated.labels,
+                          real=x, real_labels=real.labels, far=far)
     rows = _utterance_rows(generated, similarity.pop("per_utterance")) if similarity else []
     report: dict[str, Any] = {
         "settings": {**config.report_settings(), "encoder": real.encoder, "model_identity": real.model_identity,
@@ -452,14 +456,16 @@ def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, 
         "generated": _describe(generated),
         "baseline_halves": {"n_a": int(a.shape[0]), "n_b": int(b.shape[0])},
         "fd": {"full": metrics.frechet_distance(real.mu, real.sigma, generated.mu, generated.sigma),
-               "splits": _attempt(msgs, "FD", metrics.frechet_distance_splits, x, y, num_splits, seed)},
+               "splits": _attempt(msgs, "FD", metrics.frechet_distance_splits, x, y, num_splits=num_splits,
+                                  seed=seed)},
         "kd": _kd(msgs, "KD", x, y, num_subsets, subset_size, seed),
-        "fd_inf": _attempt(msgs, "FD∞", metrics.fd_infinity, x, y, fd_inf_points, seed=seed),
-        "conditional": _attempt(msgs, "cFD/cKD", metrics.conditional_distances, x, real.labels, y,
-                                generated.labels, num_subsets, subset_size, seed),
+        "fd_inf": _attempt(msgs, "FD∞", metrics.fd_infinity, x, y, num_points=fd_inf_points, seed=seed),
+        "conditional": _attempt(msgs, "cFD/cKD", metrics.conditional_distances, x, real.labels, gen=y,
+                                gen_labels=generated.labels, num_subsets=num_subsets, subset_size=subset_size,
+                                seed=seed),
         "conditional_all": _conditional_all(msgs, x, real.labels, y, generated.labels, num_subsets, subset_size, seed),
-        "speaker_similarity": _attempt(msgs, "SECS", metrics.speaker_similarity, y, generated.labels, x,
-                                       real.labels),
+        "speaker_similarity": _attempt(msgs, "SECS", metrics.speaker_similarity, y, generated.labels, real=x,
+                                       real_labels=real.labels),
         "similarity": similarity,
         "worst": worst_utterances(rows, worst),
         "sap_san": _sap_san(msgs, "SAP/SAN generated", generated),
@@ -467,9 +473,11 @@ def compare(real: Stats, generated: Stats, config: CompareConfig | None = None, 
         "baseline": {
             "fd": {"full": metrics.frechet_distance(*metrics.gaussian_stats(a), *metrics.gaussian_stats(b))
                    if min(len(a), len(b)) >= 2 else None,
-                   "splits": _attempt(msgs, "baseline FD", metrics.frechet_distance_splits, a, b, num_splits, seed)},
+                   "splits": _attempt(msgs, "baseline FD", metrics.frechet_distance_splits, a, b,
+                                      num_splits=num_splits, seed=seed)},
             "kd": _kd(msgs, "baseline KD", a, b, num_subsets, subset_size, seed),
-            "fd_inf": _attempt(msgs, "baseline FD∞", metrics.fd_infinity, a, b, fd_inf_points, seed=seed),
+            "fd_inf": _attempt(msgs, "baseline FD∞", metrics.fd_infinity, a, b, num_points=fd_inf_points,
+                              seed=seed),
             "speaker_similarity": _attempt(msgs, "SECS ceiling", metrics.speaker_similarity_ceiling, x, real.labels,
                                            seed),
             "sap_san": _sap_san(msgs, "SAP/SAN real", real),

@@ -309,7 +309,7 @@ def _save_png(fig: Any, path: Path) -> Path:
     return path
 
 
-def histogram(values: dict[str, list[float]], path: Path, xlabel: str, title: str,
+def histogram(values: dict[str, list[float]], path: Path, *, xlabel: str, title: str,
               lines: Sequence[tuple[str, str, float]] = ()) -> Path | None:
     """Overlaid histograms of each named list of values, with vertical lines ``(name, label, x)`` in the colour
     of their name's histogram; None with no values."""
@@ -406,8 +406,8 @@ def similarity_plots(report: dict, header: Sequence[str], rows: Sequence[Sequenc
             if real is not None:
                 lines += [(name, f"{name}: real same-speaker mean", real["same_speaker"]["mean"]),
                           (name, f"{name}: real different-speaker mean", real["different_speaker"]["mean"])]
-        png = histogram(values, folder / "sim_histogram.png", "cosine similarity (SIM)",
-                        "SIM of the pairs, per encoder", lines)
+        png = histogram(values, folder / "sim_histogram.png", xlabel="cosine similarity (SIM)",
+                        title="SIM of the pairs, per encoder", lines=lines)
         return [png] if png else []
     return make
 
@@ -420,7 +420,7 @@ def _compare_spaces(report: dict) -> list[tuple[str, dict]]:
 
 def compare_page(report: dict, summary: tuple[Sequence[str], Sequence[Sequence[Cell]]],
                  per_file: tuple[Sequence[str], Sequence[Sequence[Cell]]],
-                 real_files: dict[str, dict[str, list[str]]]) -> Page:
+                 *, real_files: dict[str, dict[str, list[str]]]) -> Page:
     """The page of a ``compare`` report: its table (``report_table(report)``), the per-file rows (those of
     ``--per-utterance``), and ``real_files[encoder][speaker]``, the real files of each speaker to listen to
     beside the least similar generated files."""
@@ -484,8 +484,8 @@ def compare_plots(report: dict, per_file: tuple[Sequence[str], Sequence[Sequence
         for row in rows:
             if row[sim] is not None:
                 values.setdefault(str(row[enc]), []).append(float(row[sim]))
-        png = histogram(values, folder / "utterance_similarity.png", "cosine to the speaker's real centroid",
-                        "Generated files: similarity to their speaker")
+        png = histogram(values, folder / "utterance_similarity.png", xlabel="cosine to the speaker's real centroid",
+                        title="Generated files: similarity to their speaker")
         return written + ([png] if png else [])
     return make
 

@@ -36,7 +36,7 @@ def kaldi_ids(paths: Sequence[str], speakers: Sequence[str] | None = None) -> li
 
 
 def save_kaldi(path: str | os.PathLike, embeddings: np.ndarray, sources: Sequence[str],
-               speakers: Sequence[str] | None = None) -> tuple[Path, Path]:
+               *, speakers: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Write ``path`` (.ark, float32 vectors) and the ``.scp`` beside it, each atomically; their paths."""
     import kaldiio
 

@@ -55,7 +55,7 @@ def pink_noise(n: int, rms: float, rng: np.random.Generator) -> np.ndarray:
     return _scaled(np.fft.irfft(spectrum / np.sqrt(f), n), rms)
 
 
-def babble(n: int, rms: float, talkers: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def babble(n: int, rms: float, talkers: Sequence[np.ndarray], *, rng: np.random.Generator) -> np.ndarray:
     """The sum of ``talkers`` (each at unit RMS, from a random offset, looped to ``n`` samples), at ``rms``."""
     if not talkers:
         raise DeepSpeakerError("babble needs at least one other utterance")
@@ -70,7 +70,7 @@ def babble(n: int, rms: float, talkers: Sequence[np.ndarray], rng: np.random.Gen
 
 
 def babble_sources(index: int, labels: Sequence[str], rng: np.random.Generator,
-                   talkers: int = BABBLE_TALKERS) -> np.ndarray:
+                   *, talkers: int = BABBLE_TALKERS) -> np.ndarray:
     """Indices of the files mixed into file ``index``'s babble: ``talkers`` drawn without replacement from the
     files of other speakers (unlabelled sets, label "": from every other file)."""
     labels = np.asarray(labels, dtype=str)
@@ -95,7 +95,7 @@ def _native(path: str) -> tuple[np.ndarray, int]:
     return load_audio(path, rate), rate
 
 
-def noise_set(kind: str, paths: Sequence[str | os.PathLike], labels: Sequence[str], seed: int = 0,
+def noise_set(kind: str, paths: Sequence[str | os.PathLike], labels: Sequence[str], *, seed: int = 0,
               talkers: int = BABBLE_TALKERS) -> Iterator[NoiseFile]:
     """The noise files of one ``kind`` (:data:`NOISE_KINDS`) for the real files ``paths`` (speakers ``labels``),
     one per real file, in order; made as they are consumed (a set never sits in memory whole)."""
@@ -121,7 +121,7 @@ def noise_set(kind: str, paths: Sequence[str | os.PathLike], labels: Sequence[st
         elif kind == "silence":
             out = white_noise(signal.size, SILENCE_RMS, rng)
         else:
-            picked = babble_sources(int(rank[i]), sorted_labels, rng, talkers)  # ascending: in path order
+            picked = babble_sources(int(rank[i]), sorted_labels, rng, talkers=talkers)  # ascending: in path order
             sources = tuple(int(order[j]) for j in picked)
-            out = babble(signal.size, rms, [load_audio(paths[j], rate) for j in sources], rng)
+            out = babble(signal.size, rms, [load_audio(paths[j], rate) for j in sources], rng=rng)
         yield NoiseFile(path, labels[i], out, rate, sources)

@@ -42,7 +42,7 @@ def _grouped(speakers: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray
     return order, [str(n) for n in names], starts
 
 
-def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, path: str | os.PathLike,
+def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, *, path: str | os.PathLike,
              title: str = "DET curve", label: str | None = None) -> Path:
     """DET curve (false-reject against false-accept rate, probit axes) with the EER point marked."""
     lo, hi = DET_LOW, (0.5 if eer < 0.3 else 0.95)
@@ -72,7 +72,7 @@ def plot_det(far: np.ndarray, frr: np.ndarray, eer: float, path: str | os.PathLi
 
 
 def plot_similarity_matrix(embeddings: np.ndarray, speakers: Sequence[str], path: str | os.PathLike,
-                           title: str = "Cosine similarity, utterances grouped by speaker") -> Path:
+                           *, title: str = "Cosine similarity, utterances grouped by speaker") -> Path:
     """Cosine-similarity matrix of all utterances, grouped by speaker, with speaker boundaries and a colour bar."""
     order, names, starts = _grouped(speakers)
     x = normalize_rows(np.asarray(embeddings)[order])
@@ -120,7 +120,7 @@ def project_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> n
 
 
 def plot_projection(embeddings: np.ndarray, speakers: Sequence[str], path: str | os.PathLike,
-                    method: str = "tsne", seed: int = 0, title: str | None = None) -> Path:
+                    *, method: str = "tsne", seed: int = 0, title: str | None = None) -> Path:
     """Scatter of a 2-D projection (t-SNE or PCA) of the embeddings, coloured by speaker, with a legend."""
     points = project_2d(embeddings, method, seed)
     labels = np.asarray([str(s) for s in speakers])

@@ -56,7 +56,7 @@ class ScoreNorm:
         """The trials' scores: cosine of rows ``first[k]``, ``second[k]``, normalised unless ``method`` is none."""
         if self.method == "none":
             return trial_scores(embeddings, first, second)
-        return snorm_trials(embeddings, first, second, self.cohort, self.method, self.top_k)
+        return snorm_trials(embeddings, first, second, cohort=self.cohort, method=self.method, top_k=self.top_k)
 
 
 NO_NORM = ScoreNorm()
@@ -101,20 +101,20 @@ class CalibrationRecord:
         # fit, yet keeps scale * score + offset finite for every score a float64 holds below 1e302 in size.
         # The prior lies strictly inside (0, 1), where its logit is defined.
         bound = MAX_CALIBRATION_COEFFICIENT
-        cal = Calibration(float(checked_field(data, "scale", float, where, low=-bound, high=bound)),
-                          float(checked_field(data, "offset", float, where, low=-bound, high=bound)),
-                          float(checked_field(data, "prior", float, where, low=0.0, high=1.0)))
+        cal = Calibration(float(checked_field(data, "scale", float, where=where, low=-bound, high=bound)),
+                          float(checked_field(data, "offset", float, where=where, low=-bound, high=bound)),
+                          float(checked_field(data, "prior", float, where=where, low=0.0, high=1.0)))
         if not 0.0 < cal.prior < 1.0:
             raise DeepSpeakerError(f"{where}: field 'prior' must lie strictly between 0 and 1, got {cal.prior!r}")
-        score_norm = checked_field(data, "score_norm", dict, where)
-        checked_field(score_norm, "method", str, f"{where} score_norm")
-        fitted_on = checked_field(data, "fitted_on", dict, where)
-        checked_field(fitted_on, "source", (dict, str), f"{where} fitted_on")  # shown in every report
-        digests = checked_field(fitted_on, "file_digests", list, f"{where} fitted_on", required=False) or []
+        score_norm = checked_field(data, "score_norm", dict, where=where)
+        checked_field(score_norm, "method", str, where=f"{where} score_norm")
+        fitted_on = checked_field(data, "fitted_on", dict, where=where)
+        checked_field(fitted_on, "source", (dict, str), where=f"{where} fitted_on")  # shown in every report
+        digests = checked_field(fitted_on, "file_digests", list, where=f"{where} fitted_on", required=False) or []
         if not all(isinstance(d, str) for d in digests):
             raise DeepSpeakerError(f"{where}: fitted_on.file_digests must be a list of strings")
-        return cls(cal, checked_field(data, "encoder", str, where), checked_field(data, "model_identity", str, where),
-                   score_norm, fitted_on, where)
+        return cls(cal, checked_field(data, "encoder", str, where=where),
+                   checked_field(data, "model_identity", str, where=where), score_norm, fitted_on, where)
 
     def check_applies(self, encoder: str, model_identity: str, score_norm: ScoreNorm) -> None:
         """A one-line error unless this calibration was fitted for this encoder, model and normalisation."""
@@ -132,7 +132,7 @@ class CalibrationRecord:
         return sum(d in digests for d in file_digests(paths))
 
 
-def fit_record(scores: np.ndarray, labels: np.ndarray, paths: Sequence[str], source: dict[str, Any], encoder: str,
+def fit_record(scores: np.ndarray, labels: np.ndarray, paths: Sequence[str], *, source: dict[str, Any], encoder: str,
                model_identity: str, score_norm: ScoreNorm, prior: float = DEFAULT_PRIOR) -> CalibrationRecord:
     """Fit a calibration on trial scores and record what it applies to and what it was fitted on."""
     cal = fit_calibration(scores, labels, prior)
@@ -164,7 +164,7 @@ def beside_model(model: str | os.PathLike) -> Path:
 
 
 def calibrated_part(scores: np.ndarray, labels: np.ndarray, paths: Sequence[str],
-                    calibration: CalibrationRecord | None) -> dict[str, Any]:
+                    *, calibration: CalibrationRecord | None) -> dict[str, Any]:
     """minCllr always; with a calibration its Cllr and actDCF, and whether it saw any of these trials' files."""
     part: dict[str, Any] = {"min_cllr": min_cllr(scores, labels)}
     if calibration is None:
@@ -175,17 +175,18 @@ def calibrated_part(scores: np.ndarray, labels: np.ndarray, paths: Sequence[str]
     part["calibration"] = {"file": calibration.path, "fitted_on": calibration.fitted_on["source"],
                            "files_also_in_these_trials": seen, "n_files": len(set(paths))}
     part["cllr"] = cllr(llrs, labels)
-    part["act_dcf"] = {f"p_target={p}": act_dcf(llrs, labels, p) for p in P_TARGETS}
+    part["act_dcf"] = {f"p_target={p}": act_dcf(llrs, labels, p_target=p) for p in P_TARGETS}
     return part
 
 
-def interval_part(scores: np.ndarray, labels: np.ndarray, first_speakers: Sequence[str],
+def interval_part(scores: np.ndarray, labels: np.ndarray, *, first_speakers: Sequence[str],
                   second_speakers: Sequence[str], replicates: int = DEFAULT_REPLICATES,
                   seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """95 % speaker-bootstrap intervals of EER and minDCF, with how they were made; where the trials cannot be
     resampled by speaker (too few speakers), the reason instead, also logged as a warning."""
     try:
-        intervals = verification_intervals(scores, labels, first_speakers, second_speakers, replicates=replicates,
+        intervals = verification_intervals(scores, labels, first_speakers=first_speakers,
+                                           second_speakers=second_speakers, replicates=replicates,
                                            seed=seed)
     except DeepSpeakerError as e:
         logger.warning("no confidence intervals: %s", e)
@@ -195,17 +196,18 @@ def interval_part(scores: np.ndarray, labels: np.ndarray, first_speakers: Sequen
             **{name: interval.to_dict() for name, interval in intervals.items()}}
 
 
-def comparison_part(scores: np.ndarray, other_scores: np.ndarray, labels: np.ndarray, first_speakers: Sequence[str],
+def comparison_part(scores: np.ndarray, other_scores: np.ndarray, labels: np.ndarray, *, first_speakers: Sequence[str],
                     second_speakers: Sequence[str], other: str, replicates: int = DEFAULT_REPLICATES,
                     seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """This system minus ``other`` on the same trials, each difference with its paired bootstrap interval."""
-    diff = paired_difference(scores, other_scores, labels, first_speakers, second_speakers, replicates=replicates,
+    diff = paired_difference(scores, other_scores, labels, first_speakers=first_speakers,
+                             second_speakers=second_speakers, replicates=replicates,
                              seed=seed)
     return {"other": other, "level": 0.95, "replicates": replicates, "seed": seed, "resampled": "speakers",
             **{name: interval.to_dict() for name, interval in diff.items()}}
 
 
-def find_calibration(encoder: str, model_identity: str, model: str | os.PathLike | None,
+def find_calibration(encoder: str, model_identity: str, *, model: str | os.PathLike | None,
                      score_norm: ScoreNorm) -> tuple[CalibrationRecord | None, str]:
     """The calibration that applies without being named: ``MODEL.calibration.json`` beside ``model``, else the
     packaged model's card when that is the model; with a line saying what was found or why none applies."""

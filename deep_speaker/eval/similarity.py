@@ -146,7 +146,7 @@ def _check_folder(path: str, option: str) -> None:
         raise DeepSpeakerError(f"{option} {path}: no such folder")
 
 
-def read_pairs(path: str | os.PathLike, generated_dir: str | os.PathLike | None = None,
+def read_pairs(path: str | os.PathLike, *, generated_dir: str | os.PathLike | None = None,
                reference_dir: str | os.PathLike | None = None, speaker_column: str | None = None) -> PairList:
     """A pair list: a CSV (``.csv``, or any file whose first line has no ``|``) or a seed-tts-eval meta.lst (which
     needs ``generated_dir``); with ``reference_dir`` every reference becomes the file of its name there (SIM-r).
@@ -177,7 +177,7 @@ def read_pairs(path: str | os.PathLike, generated_dir: str | os.PathLike | None 
 
 # --- the math ------------------------------------------------------------------------------------------------
 
-def mean_interval(values: Any, groups: Any | None = None, replicates: int = DEFAULT_REPLICATES,
+def mean_interval(values: Any, groups: Any | None = None, *, replicates: int = DEFAULT_REPLICATES,
                   seed: int = DEFAULT_SEED, level: float = 0.95) -> Interval:
     """``mean(values)`` with the percentile interval of ``replicates`` resampled means: the rows with replacement,
     or with ``groups`` the groups with replacement, then each drawn group's rows (:func:`two_level_indices`)."""
@@ -208,7 +208,7 @@ def distribution(scores: np.ndarray) -> dict[str, Any]:
             "quantiles": {str(p): float(v) for p, v in zip(QUANTILES, q)}}
 
 
-def real_baseline(real: Any, speakers: Any, similarity: Any, far: float = FAR_TARGET) -> dict[str, Any]:
+def real_baseline(real: Any, speakers: Any, similarity: Any, *, far: float = FAR_TARGET) -> dict[str, Any]:
     """Where pair similarities sit among one space's real cosines (all unordered real pairs ``i < j``).
 
     Same-speaker mean ``C`` and different-speaker mean ``D``; ``position = (mean SIM - D) / (C - D)`` (0: as alike
@@ -295,7 +295,7 @@ def _pair_record(pairs: PairList, k: int, similarity: float) -> dict[str, Any]:
 
 
 def evaluate_pairs(pairs: PairList, encoders: Mapping[str, Callable[[], Encoder]],
-                   real_dir: str | os.PathLike | None = None, layout: str = "auto",
+                   *, real_dir: str | os.PathLike | None = None, layout: str = "auto",
                    replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED, far: float = FAR_TARGET,
                    worst: int = DEFAULT_WORST) -> SimilarityResult:
     """SIM of every pair in each encoder's space (``{name: factory}``), with the labelled folder ``real_dir``
@@ -342,16 +342,17 @@ def _space_report(space: Space, pairs: PairList, kept: np.ndarray, sims: np.ndar
         "n_pairs": int(sims.size), "sim": float(sims.mean()), "sim_std": float(sims.std()),
         "sim_median": float(np.median(sims)), "intervals": {}}
     if replicates:
-        part["intervals"]["pairs"] = mean_interval(sims, None, replicates, seed).to_dict()
+        part["intervals"]["pairs"] = mean_interval(sims, None, replicates=replicates, seed=seed).to_dict()
         if speakers is not None:
             try:
-                part["intervals"]["speakers"] = mean_interval(sims, speakers, replicates, seed).to_dict()
+                part["intervals"]["speakers"] = mean_interval(sims, speakers, replicates=replicates,
+                                                              seed=seed).to_dict()
             except DeepSpeakerError as exc:
                 messages.append(f"no speaker interval: {exc}")
     if real:
         embedded = [(space.row[p], s) for p, s in real if p in space.row]
         rows = np.array([r for r, _ in embedded], dtype=np.int64)
-        baseline = real_baseline(space.embeddings[rows], [s for _, s in embedded], sims, far)
+        baseline = real_baseline(space.embeddings[rows], [s for _, s in embedded], sims, far=far)
         messages += baseline.pop("messages")
         part["real"] = baseline
     order = np.argsort(sims, kind="stable")[:worst]

@@ -273,7 +273,7 @@ def _genders_of(speakers: list[str], genders: dict[str, str], source: str) -> li
     return [genders[s] for s in speakers]
 
 
-def make_trials(audio_dir: str | os.PathLike, n_targets: int = 10000, n_nontargets: int | None = None,
+def make_trials(audio_dir: str | os.PathLike, *, n_targets: int = 10000, n_nontargets: int | None = None,
                 seed: int = 0, nontarget_gender: str = "any", genders: str | os.PathLike | None = None,
                 min_seconds: float = 0.0, layout: str = "auto") -> MadeTrials:
     """A balanced trial list of a labelled folder: ``n_targets`` same-speaker pairs and ``n_nontargets`` (default:
@@ -289,7 +289,7 @@ def make_trials(audio_dir: str | os.PathLike, n_targets: int = 10000, n_nontarge
         raise DeepSpeakerError(f"trial counts must be at least 0, got {n_targets} target, {n_nontargets} non-target")
     if not np.isfinite(min_seconds) or min_seconds < 0:
         raise DeepSpeakerError(f"min_seconds must be a number of seconds at least 0, got {min_seconds}")
-    utterances, failures, _ = scan_corpus(audio_dir, layout)
+    utterances, failures, _ = scan_corpus(audio_dir, layout=layout)
     if not utterances:
         raise DeepSpeakerError(f"{audio_dir}: no audio files in a speaker layout found")
     too_short: list[str] = []

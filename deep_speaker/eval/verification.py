@@ -39,7 +39,7 @@ def folder_utterances(audio_dir: str | os.PathLike, layout: str = "auto", speake
                       ) -> tuple[list[Utterance], list[Failure]]:
     """The utterances of a labelled folder, one walk (of ``speakers`` when given; an unknown one lists the known),
     and the files its layout rejects (when all speakers are asked for: they are reported, not dropped)."""
-    utterances, rejected, _ = scan_corpus(audio_dir, layout)
+    utterances, rejected, _ = scan_corpus(audio_dir, layout=layout)
     if not utterances:
         raise DeepSpeakerError(f"{audio_dir}: no audio files in a speaker layout found")
     if speakers is not None:
@@ -67,7 +67,7 @@ def embed_segments(encoder: Encoder, utterances: Sequence[Utterance], segments: 
         inputs = []
         for u in utterances[start:start + FILES_PER_CHUNK]:
             try:
-                signal = read_audio(u.path, encoder.sample_rate, trim=False)
+                signal = read_audio(u.path, sample_rate=encoder.sample_rate, trim=False)
                 parts = [encoder.prepare_signal(part, encoder.sample_rate, f"{u.path}#{k + 1}")
                          for k, part in enumerate(np.array_split(signal, segments))]
             except AudioError as e:
@@ -185,7 +185,8 @@ def calibrate(encoder: Encoder, source: dict[str, Any], config: CalibrateConfig 
         raise DeepSpeakerError("no trial left to fit on: every trial has a file that could not be embedded")
     scores = score_norm.scores(trials.items.embeddings, trials.first, trials.second)
     files = [s.split("#")[0] if source.get("segments") else s for s in trials.items.paths]
-    record = fit_record(scores, trials.labels, files, source, encoder.name, encoder.identity, score_norm, prior)
+    record = fit_record(scores, trials.labels, files, source=source, encoder=encoder.name,
+                        model_identity=encoder.identity, score_norm=score_norm, prior=prior)
     return record, trials.items.failures
 
 
@@ -199,7 +200,7 @@ def load_cohort(encoder: Encoder, path: str | os.PathLike, method: str, *, top_k
             raise DeepSpeakerError(f"{path}: cohort embedded with model {cohort.identity}, not {encoder.identity}: a "
                                    f"cohort must come from the same encoder")
         # The same identity and yet another width: not what that encoder wrote.
-        checked_array(cohort.embeddings, str(path), "embeddings", (None, encoder.embedding_size))
+        checked_array(cohort.embeddings, str(path), "embeddings", shape=(None, encoder.embedding_size))
     elif path.is_dir():
         cohort, labelled = (embed_cache(encoder, open_features(path)) if is_feature_folder(path)
                             else embed_folder(encoder, path)), True
@@ -256,8 +257,9 @@ def compare_with(result: Evaluation, other_report: str | os.PathLike, *, replica
     rows = np.asarray([index[k] for k in keys.tolist()])
     if not np.array_equal(other["labels"][rows], result.labels):
         raise DeepSpeakerError(f"{other_report} labels the same trials differently")
-    return comparison_part(result.scores, other["scores"][rows], result.labels, *result.trial_speakers(),
-                           other=str(other_report), replicates=replicates, seed=seed)
+    first, second = result.trial_speakers()
+    return comparison_part(result.scores, other["scores"][rows], result.labels, first_speakers=first,
+                           second_speakers=second, other=str(other_report), replicates=replicates, seed=seed)
 
 
 def verification_source(audio_dir: str | os.PathLike | None = None, *, trials: str | os.PathLike | None = None,
@@ -291,7 +293,8 @@ def evaluate(encoder: Encoder, source: dict[str, Any], config: EvaluateConfig | 
         raise DeepSpeakerError("no trial left to score: every trial has a file that could not be embedded")
     scores = score_norm.scores(trials.items.embeddings, trials.first, trials.second)
     labelled = trials.labelled
-    report = verification_report(scores, trials.labels, *((labelled.embeddings, labelled.speakers) if labelled else ()))
+    spaces = {"embeddings": labelled.embeddings, "speakers": labelled.speakers} if labelled else {}
+    report = verification_report(scores, trials.labels, **spaces)
     if labelled is not None:
         report["n_utterances"], report["n_speakers"] = len(labelled.speakers), len(set(labelled.speakers))
     norm = score_norm.describe()
@@ -299,10 +302,12 @@ def evaluate(encoder: Encoder, source: dict[str, Any], config: EvaluateConfig | 
         resolved = {str(Path(p).resolve()) for p in trials.items.paths}
         norm["cohort_files_also_in_these_trials"] = len(score_norm.cohort_files & resolved)
     report["score_norm"] = norm
-    report.update(calibrated_part(scores, trials.labels, trials.items.paths, calibration))
+    report.update(calibrated_part(scores, trials.labels, trials.items.paths, calibration=calibration))
     result = Evaluation(report, scores, trials)
     if replicates:
-        report["intervals"] = interval_part(scores, trials.labels, *result.trial_speakers(), replicates, seed)
+        first, second = result.trial_speakers()
+        report["intervals"] = interval_part(scores, trials.labels, first_speakers=first, second_speakers=second,
+                                            replicates=replicates, seed=seed)
     report.update({"source": source, "encoder": encoder.name, "model_identity": encoder.identity,
                    "weights": encoder.weights.to_dict(), "failures": [f.to_dict() for f in trials.items.failures]})
     return result

@@ -115,7 +115,7 @@ def write_plots(out_dir: str | os.PathLike, scores: np.ndarray, labels: np.ndarr
     """DET curve of the trials; similarity matrix and 2-D projection when the set is labelled. The PNG paths."""
     out = Path(out_dir)
     _, far, frr = roc(scores, labels)
-    written = [plots.plot_det(far, frr, eer, out / "det.png",
+    written = [plots.plot_det(far, frr, eer, path=out / "det.png",
                               title=f"DET curve ({labels.sum()} target, {(labels == 0).sum()} non-target trials)")]
     if labelled is not None:
         rows = plotted_subset(labelled)

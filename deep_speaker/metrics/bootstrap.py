@@ -24,8 +24,8 @@ PointsMetric = Callable[[OperatingPoints], float]
 # The metrics a verification report gives intervals for: name -> value from weighted operating points.
 VERIFICATION_METRICS: dict[str, PointsMetric] = {
     "eer": lambda p: equal_error_rate_threshold(p, None)[0],
-    "min_dcf_0.01": lambda p: min_dcf_threshold(p, None, 0.01)[0],
-    "min_dcf_0.05": lambda p: min_dcf_threshold(p, None, 0.05)[0],
+    "min_dcf_0.01": lambda p: min_dcf_threshold(p, None, p_target=0.01)[0],
+    "min_dcf_0.05": lambda p: min_dcf_threshold(p, None, p_target=0.05)[0],
 }
 
 
@@ -53,7 +53,7 @@ def speaker_weights(first: np.ndarray, second: np.ndarray, counts: np.ndarray) -
     return np.where(first == second, counts[first], counts[first] * counts[second])
 
 
-def bootstrap_replicates(systems: Sequence[Any], labels: Any, first_speakers: Sequence[str],
+def bootstrap_replicates(systems: Sequence[Any], labels: Any, *, first_speakers: Sequence[str],
                          second_speakers: Sequence[str], metrics: Mapping[str, PointsMetric] = VERIFICATION_METRICS,
                          replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED) -> np.ndarray:
     """Metric values ``[replicates, n_systems, n_metrics]`` of speaker-resampled trial sets, the same weights for
@@ -93,23 +93,25 @@ def _on_all_trials(scores: Any, labels: Any, metrics: Mapping[str, PointsMetric]
     return [metric(points) for metric in metrics.values()]
 
 
-def verification_intervals(scores: Any, labels: Any, first_speakers: Sequence[str], second_speakers: Sequence[str],
+def verification_intervals(scores: Any, labels: Any, *, first_speakers: Sequence[str], second_speakers: Sequence[str],
                            metrics: Mapping[str, PointsMetric] = VERIFICATION_METRICS,
                            replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED,
                            level: float = 0.95) -> dict[str, Interval]:
     """Each metric on all trials with its speaker-bootstrap percentile interval."""
-    values = bootstrap_replicates([scores], labels, first_speakers, second_speakers, metrics, replicates, seed)
+    values = bootstrap_replicates([scores], labels, first_speakers=first_speakers, second_speakers=second_speakers,
+                                  metrics=metrics, replicates=replicates, seed=seed)
     full = _on_all_trials(scores, labels, metrics)
     return {name: Interval(full[j], *percentile_interval(values[:, 0, j], level)) for j, name in enumerate(metrics)}
 
 
-def paired_difference(scores_a: Any, scores_b: Any, labels: Any, first_speakers: Sequence[str],
+def paired_difference(scores_a: Any, scores_b: Any, labels: Any, *, first_speakers: Sequence[str],
                       second_speakers: Sequence[str], metrics: Mapping[str, PointsMetric] = VERIFICATION_METRICS,
                       replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED,
                       level: float = 0.95) -> dict[str, Interval]:
     """``metric(a) - metric(b)`` on the same trials with the interval of the paired speaker bootstrap."""
-    values = bootstrap_replicates([scores_a, scores_b], labels, first_speakers, second_speakers, metrics,
-                                  replicates, seed)
+    values = bootstrap_replicates([scores_a, scores_b], labels, first_speakers=first_speakers,
+                                  second_speakers=second_speakers, metrics=metrics,
+                                  replicates=replicates, seed=seed)
     a, b = _on_all_trials(scores_a, labels, metrics), _on_all_trials(scores_b, labels, metrics)
     return {name: Interval(a[j] - b[j], *percentile_interval(values[:, 0, j] - values[:, 1, j], level))
             for j, name in enumerate(metrics)}

@@ -109,7 +109,7 @@ def min_cllr(scores: Any, labels: Any) -> float:
     return cllr(pav_llrs(scores, labels), labels)
 
 
-def act_dcf(llrs: Any, labels: Any, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def act_dcf(llrs: Any, labels: Any, *, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
     """actDCF: ``[C_miss p P_miss(θ) + C_fa (1-p) P_fa(θ)] / min(C_miss p, C_fa (1-p))`` at the Bayes threshold θ,
     accepting when ``llr > θ``."""
     x, lab = _check_trials(llrs, labels)

@@ -83,7 +83,7 @@ def am_score(ref_probs: Any, gen_probs: Any) -> float:
     return kl + entropy
 
 
-def ndb(ref_features: Any, gen_features: Any, bins: int = 50, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+def ndb(ref_features: Any, gen_features: Any, *, bins: int = 50, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
     """NDB: k-means (K = bins) on the reference, generated samples to the nearest centre, pooled two-proportion
     z-test per bin; NDB = number of bins with p < alpha (also as NDB/K)."""
     ref = np.asarray(ref_features, dtype=np.float64)

@@ -57,6 +57,7 @@ def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
+# Four positional data arrays on purpose (issue #29 exception): the published formula's (mu1, sigma1, mu2, sigma2).
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """``|mu1 - mu2|² + Tr(S1 + S2) - 2 Σ sqrt(λ_i)``, λ the eigenvalues of the symmetric ``S1^½ S2 S1^½``.
 
@@ -85,7 +86,7 @@ def _fd_sets(x: np.ndarray, y: np.ndarray) -> float:
     return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
 
 
-def frechet_distance_splits(x: Any, y: Any, num_splits: int = 5, seed: int = 0) -> dict[str, Any]:
+def frechet_distance_splits(x: Any, y: Any, *, num_splits: int = 5, seed: int = 0) -> dict[str, Any]:
     """FD over ``num_splits`` disjoint random splits of each set (mean ± population std) plus the full-set FD."""
     x, y = _as_set(x, "x"), _as_set(y, "y")
     _same_dim(x, y)
@@ -170,14 +171,14 @@ def _mmd2_all_subsets(x: np.ndarray, y: np.ndarray, subsets: list, m: int, block
     return _mmd2_from_sums(sxx, syy, sxy, m)
 
 
-def kernel_subsets(n_x: int, n_y: int, num_subsets: int, subset_size: int, seed: int) -> tuple[int, list]:
+def kernel_subsets(n_x: int, n_y: int, *, num_subsets: int, subset_size: int, seed: int) -> tuple[int, list]:
     """The subset size ``m = min(subset_size, n_x, n_y)`` and the seeded index pairs drawn without replacement."""
     m = min(subset_size, n_x, n_y)
     rng = np.random.default_rng(seed)
     return m, [(rng.choice(n_x, m, replace=False), rng.choice(n_y, m, replace=False)) for _ in range(num_subsets)]
 
 
-def kernel_distance(x: Any, y: Any, num_subsets: int = 100, subset_size: int = 1000,
+def kernel_distance(x: Any, y: Any, *, num_subsets: int = 100, subset_size: int = 1000,
                     seed: int = 0) -> tuple[float, float]:
     """KD (KID): mean and population std of unbiased MMD² (cubic kernel) over ``num_subsets`` seeded subsets.
 
@@ -187,7 +188,7 @@ def kernel_distance(x: Any, y: Any, num_subsets: int = 100, subset_size: int = 1
     """
     x, y = _as_set(x, "x"), _as_set(y, "y")
     _same_dim(x, y)
-    m, subsets = kernel_subsets(x.shape[0], y.shape[0], num_subsets, subset_size, seed)
+    m, subsets = kernel_subsets(x.shape[0], y.shape[0], num_subsets=num_subsets, subset_size=subset_size, seed=seed)
     if m < 2:
         raise DeepSpeakerError(f"KD needs at least 2 samples in each set, got {x.shape[0]} and {y.shape[0]}")
     if m < subset_size:
@@ -201,7 +202,7 @@ def kernel_distance(x: Any, y: Any, num_subsets: int = 100, subset_size: int = 1
     return float(values.mean()), float(values.std())
 
 
-def fd_infinity(x: Any, y: Any, num_points: int = 15, n_min: int | None = None, n_max: int | None = None,
+def fd_infinity(x: Any, y: Any, *, num_points: int = 15, n_min: int | None = None, n_max: int | None = None,
                 seed: int = 0) -> dict[str, Any]:
     """FD∞: FD of seeded random size-N subsets of ``y`` against all of ``x``; least squares ``FD(N) = FD∞ + c/N``.
 
@@ -251,12 +252,12 @@ def _fd_kd(a: np.ndarray, b: np.ndarray, num_subsets: int, subset_size: int, see
     out["fd"] = _fd_sets(a, b)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SampleSizeWarning)
-        out["kd"], out["kd_std"] = kernel_distance(a, b, num_subsets, subset_size, seed)
+        out["kd"], out["kd_std"] = kernel_distance(a, b, num_subsets=num_subsets, subset_size=subset_size, seed=seed)
     messages.extend(f"{what}: {w.message}" for w in caught)
     return out
 
 
-def conditional_distances(real: Any, real_labels: Any, gen: Any, gen_labels: Any, num_subsets: int = 100,
+def conditional_distances(real: Any, real_labels: Any, *, gen: Any, gen_labels: Any, num_subsets: int = 100,
                           subset_size: int = 1000, seed: int = 0) -> dict[str, Any]:
     """cFD/cKD (generated vs real of the *same* conditioning) and FD/KD (vs real of *other* conditioning).
 
@@ -328,7 +329,7 @@ def _secs_summary(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "scores": scores, "n": int(scores.size)}
 
 
-def speaker_similarity(gen: Any, gen_labels: Any, real: Any, real_labels: Any) -> dict[str, Any]:
+def speaker_similarity(gen: Any, gen_labels: Any, *, real: Any, real_labels: Any) -> dict[str, Any]:
     """SECS: mean cosine of each generated embedding to its speaker's real centroid (mean of unit vectors), per speaker too."""
     gen_labels, real_labels = np.asarray(gen_labels), np.asarray(real_labels)
     scores, known = _centroid_cosines(_as_set(gen, "gen"), gen_labels, _as_set(real, "real"), real_labels)

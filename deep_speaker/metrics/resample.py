@@ -77,7 +77,7 @@ def two_level_indices(real_labels: Any, gen_labels: Any, rng: np.random.Generato
 
 
 def bootstrap_sets(real_labels: Any, gen_labels: Any, statistic: SetStatistic,
-                   replicates: int = DEFAULT_SET_REPLICATES, seed: int = 0) -> dict[str, np.ndarray]:
+                   *, replicates: int = DEFAULT_SET_REPLICATES, seed: int = 0) -> dict[str, np.ndarray]:
     """``statistic(real_rows, gen_rows)`` (a dict of floats) on each of ``replicates`` two-level resamples.
 
     A replicate where a value cannot be computed (None, non-finite, or a DeepSpeakerError, e.g. a draw of one
@@ -108,23 +108,24 @@ def bootstrap_sets(real_labels: Any, gen_labels: Any, statistic: SetStatistic,
     return {key: np.array([r[key] for r in rows], dtype=np.float64) for key in rows[0]}
 
 
-def set_statistics(real: np.ndarray, real_labels: np.ndarray, gen: np.ndarray, gen_labels: np.ndarray,
+def set_statistics(real: np.ndarray, real_labels: np.ndarray, *, gen: np.ndarray, gen_labels: np.ndarray,
                    real_rows: np.ndarray, gen_rows: np.ndarray, far: float = FAR_TARGET, num_subsets: int = 100,
                    subset_size: int = 1000, seed: int = 0) -> dict[str, float | None]:
     """The interval metrics of the rows given: SECS, rescaled SECS, acceptance at θ_EER and θ_far, EER (generated
     and real), FD (:func:`frechet_distance_sets`) and KD (mean over the subsets)."""
     x, y = real[real_rows], gen[gen_rows]
-    sim = comparable_similarity(y, gen_labels[gen_rows], x, real_labels[real_rows], far, real_origins=real_rows)
+    sim = comparable_similarity(y, gen_labels[gen_rows], real=x, real_labels=real_labels[real_rows], far=far,
+                                real_origins=real_rows)
     g, r = sim["generated"], sim["real"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SampleSizeWarning)  # the subset size is reported with the point value
-        kd = kernel_distance(x, y, num_subsets, subset_size, seed)[0]
+        kd = kernel_distance(x, y, num_subsets=num_subsets, subset_size=subset_size, seed=seed)[0]
     return {"secs": g["secs"], "secs_rescaled": g["secs_rescaled"], "accept_eer": g["accept_eer"],
             "accept_far": g["accept_far"], "eer": g["eer"], "fd": frechet_distance_sets(x, y), "kd": kd,
             "real_eer": r["eer"], "real_accept_eer": r["accept_eer"], "real_accept_far": r["accept_far"]}
 
 
-def set_intervals(real: Any, real_labels: Any, gen: Any, gen_labels: Any, far: float = FAR_TARGET,
+def set_intervals(real: Any, real_labels: Any, *, gen: Any, gen_labels: Any, far: float = FAR_TARGET,
                   num_subsets: int = 100, subset_size: int = 1000, seed: int = 0,
                   replicates: int = DEFAULT_SET_REPLICATES, level: float = 0.95) -> dict[str, Interval]:
     """Each :func:`set_statistics` metric on all rows with its two-level bootstrap percentile interval (metrics
@@ -134,12 +135,14 @@ def set_intervals(real: Any, real_labels: Any, gen: Any, gen_labels: Any, far: f
     real_labels, gen_labels = np.asarray(real_labels, dtype=str), np.asarray(gen_labels, dtype=str)
 
     def statistic(real_rows: np.ndarray, gen_rows: np.ndarray) -> dict[str, float | None]:
-        values = set_statistics(real, real_labels, gen, gen_labels, real_rows, gen_rows, far, num_subsets,
-                                subset_size, seed)
+        values = set_statistics(real, real_labels, gen=gen, gen_labels=gen_labels, real_rows=real_rows,
+                                gen_rows=gen_rows, far=far, num_subsets=num_subsets,
+                                subset_size=subset_size, seed=seed)
         return {k: values[k] for k in keys}
 
-    point = set_statistics(real, real_labels, gen, gen_labels, np.arange(len(real)), np.arange(len(gen)), far,
-                           num_subsets, subset_size, seed)
+    point = set_statistics(real, real_labels, gen=gen, gen_labels=gen_labels, real_rows=np.arange(len(real)),
+                           gen_rows=np.arange(len(gen)), far=far,
+                           num_subsets=num_subsets, subset_size=subset_size, seed=seed)
     keys = [k for k, v in point.items() if v is not None]
-    values = bootstrap_sets(real_labels, gen_labels, statistic, replicates, seed)
+    values = bootstrap_sets(real_labels, gen_labels, statistic, replicates=replicates, seed=seed)
     return {k: Interval(float(point[k]), *percentile_interval(values[k], level)) for k in keys}

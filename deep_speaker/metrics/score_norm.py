@@ -65,7 +65,7 @@ def normalize_scores(scores: np.ndarray, first: CohortStats, second: CohortStats
     return 0.5 * ((s - first.mean) / first.std + (s - second.mean) / second.std)
 
 
-def snorm_trials(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, cohort: np.ndarray,
+def snorm_trials(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, *, cohort: np.ndarray,
                  method: str = "snorm", top_k: int = DEFAULT_TOP_K) -> np.ndarray:
     """Normalised cosine scores of trials given as row indices ``(first[k], second[k])`` into ``embeddings``."""
     if method not in ("snorm", "asnorm"):

@@ -72,7 +72,7 @@ def _accepted_share(scores: np.ndarray, threshold: float) -> float:
     return float(np.mean(scores > threshold))
 
 
-def comparable_similarity(gen: Any, gen_labels: Any, real: Any, real_labels: Any, far: float = FAR_TARGET,
+def comparable_similarity(gen: Any, gen_labels: Any, *, real: Any, real_labels: Any, far: float = FAR_TARGET,
                           real_origins: Any | None = None) -> dict[str, Any]:
     """Acceptance, rescaled SECS, EER and nearest speakers of a generated set in one space, from real trials.
 

@@ -23,7 +23,7 @@ PWG_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((1024, 600, 120), (2048, 12
 POWER_FLOOR = 1e-7
 
 
-def stft_magnitude(signal: np.ndarray, fft_size: int, win_length: int, hop_length: int) -> np.ndarray:
+def stft_magnitude(signal: np.ndarray, *, fft_size: int, win_length: int, hop_length: int) -> np.ndarray:
     """``sqrt(max(|STFT|², 1e-7))`` [frames, bins], centred reflect-padded frames, Hann window, float64."""
     spec = librosa.stft(np.asarray(signal, dtype=np.float64), n_fft=fft_size, hop_length=hop_length,
                         win_length=win_length, window="hann", center=True, pad_mode="reflect")
@@ -31,7 +31,7 @@ def stft_magnitude(signal: np.ndarray, fft_size: int, win_length: int, hop_lengt
 
 
 def mr_stft_distance(generated: Any, reference: Any, sample_rate: int,
-                     resolutions: tuple[tuple[int, int, int], ...] = PWG_RESOLUTIONS) -> dict[str, Any]:
+                     *, resolutions: tuple[tuple[int, int, int], ...] = PWG_RESOLUTIONS) -> dict[str, Any]:
     """SC ``‖|S(x)|-|S(x̂)|‖_F / ‖|S(x)|‖_F`` and log-magnitude ``mean |log|S(x)| - log|S(x̂)||``, averaged over resolutions.
 
     ``reference`` is x, ``generated`` x̂; both are trimmed to the shorter length.
@@ -47,8 +47,8 @@ def mr_stft_distance(generated: Any, reference: Any, sample_rate: int,
         raise DeepSpeakerError("signals hold NaN or infinite samples")
     per_resolution = []
     for fft_size, win_length, hop_length in resolutions:
-        mag_gen = stft_magnitude(gen[:n], fft_size, win_length, hop_length)
-        mag_ref = stft_magnitude(ref[:n], fft_size, win_length, hop_length)
+        mag_gen = stft_magnitude(gen[:n], fft_size=fft_size, win_length=win_length, hop_length=hop_length)
+        mag_ref = stft_magnitude(ref[:n], fft_size=fft_size, win_length=win_length, hop_length=hop_length)
         per_resolution.append({
             "fft_size": fft_size, "win_length": win_length, "hop_length": hop_length,
             "spectral_convergence": float(np.linalg.norm(mag_ref - mag_gen) / np.linalg.norm(mag_ref)),

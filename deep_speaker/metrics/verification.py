@@ -185,7 +185,7 @@ def equal_error_rate(scores: Any, labels: Any) -> float:
     return equal_error_rate_threshold(scores, labels)[0]
 
 
-def min_dcf_threshold(scores: Any, labels: Any, p_target: float = 0.01, c_miss: float = 1.0,
+def min_dcf_threshold(scores: Any, labels: Any, *, p_target: float = 0.01, c_miss: float = 1.0,
                       c_fa: float = 1.0) -> tuple[float, float]:
     """``(minDCF, θ)``: ``min_θ [C_miss FRR p + C_fa FAR (1-p)] / min(C_miss p, C_fa (1-p))``."""
     if not 0.0 < p_target < 1.0:
@@ -196,9 +196,9 @@ def min_dcf_threshold(scores: Any, labels: Any, p_target: float = 0.01, c_miss: 
     return float(dcf[k] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(thresholds[k])
 
 
-def min_dcf(scores: Any, labels: Any, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+def min_dcf(scores: Any, labels: Any, *, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
     """Normalised minimum detection cost ``min_θ DCF(θ) / min(C_miss p, C_fa (1-p))`` (NIST SRE / VoxSRC)."""
-    return min_dcf_threshold(scores, labels, p_target, c_miss, c_fa)[0]
+    return min_dcf_threshold(scores, labels, p_target=p_target, c_miss=c_miss, c_fa=c_fa)[0]
 
 
 def best_f_measure(scores: Any, labels: Any) -> dict[str, float]:
@@ -223,7 +223,7 @@ def best_f_measure(scores: Any, labels: Any) -> dict[str, float]:
     }
 
 
-def verification_report(scores: Any, labels: Any, embeddings: np.ndarray | None = None,
+def verification_report(scores: Any, labels: Any, *, embeddings: np.ndarray | None = None,
                         speakers: Any | None = None) -> dict[str, Any]:
     """All verification numbers of one trial set (one sort); SAP/SAN (cosine *similarity*) when embeddings are given.
 
@@ -248,7 +248,7 @@ def verification_report(scores: Any, labels: Any, embeddings: np.ndarray | None 
         "best_f": best_f_measure(p, None),
     }
     for p_target in (0.01, 0.05):
-        value, threshold = min_dcf_threshold(p, None, p_target)
+        value, threshold = min_dcf_threshold(p, None, p_target=p_target)
         report["min_dcf"][f"p_target={p_target}"] = {"min_dcf": value, "threshold": threshold}
     if embeddings is not None and speakers is not None:
         sap, san = sap_san(embeddings, speakers)

@@ -75,16 +75,17 @@ def check_state(state: Any, where: str) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise DeepSpeakerError(f"{where}: not a training state (a JSON object)")
     for key, types in STATE_FIELDS.items():
-        checked_field(state, key, types, where, required=key in REQUIRED_STATE, low=0 if key in COUNTS else -math.inf)
+        checked_field(state, key, types, where=where, required=key in REQUIRED_STATE,
+                      low=0 if key in COUNTS else -math.inf)
     if state["width"] <= 0:
         raise DeepSpeakerError(f"{where}: field 'width' must be positive, got {state['width']!r}")
     for key, types in PLATEAU_FIELDS.items():
-        checked_field(state.get("plateau") or {}, key, types, f"{where} plateau", required=False)
+        checked_field(state.get("plateau") or {}, key, types, where=f"{where} plateau", required=False)
     for name, seeds in state.get("seed_states", {}).items():
         if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
             raise DeepSpeakerError(f"{where}: seed_states[{name!r}] must be a list of integers")
     for name, value in state.get("last_logs", {}).items():
-        checked_field(state["last_logs"], name, (float, NONE), f"{where} last_logs")
+        checked_field(state["last_logs"], name, (float, NONE), where=f"{where} last_logs")
     if not all(isinstance(s, str) for s in state.get("speakers", [])):
         raise DeepSpeakerError(f"{where}: speakers must be a list of strings")
     return state
@@ -123,7 +124,7 @@ def embedded_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return check_state(loads_json(text, where, "training state"), where)
 
 
-def save_checkpoint(model: Any, run: str | os.PathLike, state: dict[str, Any], best: bool = False) -> None:
+def save_checkpoint(model: Any, run: str | os.PathLike, state: dict[str, Any], *, best: bool = False) -> None:
     """Save a resumable checkpoint: best.keras first when ``best``, then last.keras with the state inside, then
     the state.json copy. Each file is atomic, and each carries what a resumed run needs to trust it."""
     run = Path(run)

@@ -71,7 +71,7 @@ def export_metadata(model: keras.Model, front_end: Mapping[str, Any]) -> dict[st
     }
 
 
-def export_model(model: keras.Model | str | os.PathLike, out_path: str | os.PathLike, format: str,
+def export_model(model: keras.Model | str | os.PathLike, out_path: str | os.PathLike, *, format: str,
                  front_end: Mapping[str, Any]) -> Path:
     """Write the float32 embedding model of ``model`` (a model or a path ``load_model`` reads) to ``out_path``
     as ``format`` ('onnx': one file; 'savedmodel': a folder), with :func:`export_metadata` inside; returns the path.

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 
-def triplet_loss(y_true, y_pred, alpha: float = 0.1, shards: int = 1):
+def triplet_loss(y_true, y_pred, *, alpha: float = 0.1, shards: int = 1):
     """mean(max(cos(a, n) - cos(a, p) + alpha, 0)) over a batch of [anchors; positives; negatives] thirds.
 
     y_true is ignored (Keras passes one). y_pred holds unit-length embeddings, so a cosine is a dot
@@ -36,13 +36,14 @@ class ShardedTripletLoss(keras.losses.Loss):
         self.shards, self.alpha = int(shards), float(alpha)
 
     def call(self, y_true, y_pred):
-        return triplet_loss(y_true, y_pred, self.alpha, self.shards)  # a scalar: Keras' batch mean keeps it
+        # a scalar: Keras' batch mean keeps it
+        return triplet_loss(y_true, y_pred, alpha=self.alpha, shards=self.shards)
 
     def get_config(self):
         return {**super().get_config(), "shards": self.shards, "alpha": self.alpha}
 
 
-def aam_logits(y_true, cosines, margin: float = 0.2, scale: float = 32.0):
+def aam_logits(y_true, cosines, *, margin: float = 0.2, scale: float = 32.0):
     """s cos(θ_y + m) for the target y, s cos θ_j for the others (ArcFace); where θ_y + m > π, s (cos θ_y - 1 +
     cos m) instead: the non-easy-margin threshold of WeSpeaker's ArcMarginProduct, equal to s cos(θ_y + m) = -s
     at θ_y = π - m and decreasing in θ_y beyond it, where cos(θ_y + m) would rise again."""
@@ -65,7 +66,7 @@ class AAMSoftmaxLoss(keras.losses.Loss):
         self.margin, self.scale = float(margin), float(scale)
 
     def call(self, y_true, y_pred):
-        logits = aam_logits(y_true, y_pred, self.margin, self.scale)
+        logits = aam_logits(y_true, y_pred, margin=self.margin, scale=self.scale)
         return keras.losses.sparse_categorical_crossentropy(ops.reshape(y_true, (-1,)), logits, from_logits=True)
 
     def get_config(self):

@@ -47,7 +47,7 @@ def scaled_filters(filters: int, width: float) -> int:
 
 
 def build_rescnn(
-    width: float = 1.0,
+    *, width: float = 1.0,
     num_speakers: int | None = None,
     dropout: float = 0.5,
     precision: str = "float32",
@@ -69,7 +69,7 @@ def build_rescnn(
         counter["relu"] += 1
         return ClippedReLU(20.0, name=name, dtype=policy)(x)
 
-    def conv_bn(x, filters, kernel, strides, name):
+    def conv_bn(x, filters, kernel, *, strides, name):
         x = keras.layers.Conv2D(
             filters,
             kernel,
@@ -83,11 +83,11 @@ def build_rescnn(
         # Keras defaults momentum 0.99 / epsilon 1e-3 are the original's (PyTorch's 1e-5 would not match).
         return BatchNormalization(name=f"{name}_bn", dtype=policy)(x)
 
-    def identity_block(inp, filters, stage, block):
+    def identity_block(inp, filters, *, stage, block):
         base = f"res{stage}_{block}_branch"
-        x = clipped_relu(conv_bn(inp, filters, 3, 1, f"{base}_2a"))
+        x = clipped_relu(conv_bn(inp, filters, 3, strides=1, name=f"{base}_2a"))
         # The original clips before the residual add as well as after it.
-        x = clipped_relu(conv_bn(x, filters, 3, 1, f"{base}_2b"))
+        x = clipped_relu(conv_bn(x, filters, 3, strides=1, name=f"{base}_2b"))
         name = "add" if counter["add"] == 0 else f"add_{counter['add']}"
         counter["add"] += 1
         x = keras.layers.Add(name=name, dtype=policy)([x, inp])
@@ -97,9 +97,9 @@ def build_rescnn(
     x = inputs
     for stage, base_filters in enumerate(STAGE_FILTERS, start=1):
         filters = scaled_filters(base_filters, width)
-        x = clipped_relu(conv_bn(x, filters, 5, 2, f"conv{base_filters}-s"))
+        x = clipped_relu(conv_bn(x, filters, 5, strides=2, name=f"conv{base_filters}-s"))
         for block in range(3):
-            x = identity_block(x, filters, stage, block)
+            x = identity_block(x, filters, stage=stage, block=block)
     # Channels-last [B, T/16, 4, F] -> [B, T/16, 4*F]: feature index freq*F + channel, as the original.
     x = keras.layers.Reshape((-1, (NUM_FILTERS // 16) * filters), name="reshape", dtype=policy)(x)
     x = TemporalAverage(name="average", dtype=policy)(x)
@@ -154,14 +154,15 @@ def to_embedding_model(model: keras.Model) -> keras.Model:
     """The embedding model (input -> affine -> ln, no dropout) of a softmax model, weights copied; identity otherwise."""
     if num_speakers_of(model) is None:
         return model
-    embedding = build_rescnn(model_width(model), precision=model_precision(model))
+    embedding = build_rescnn(width=model_width(model), precision=model_precision(model))
     _copy_weights_by_name(model, embedding)
     return embedding
 
 
 def _rebuilt(model: keras.Model, precision: str) -> keras.Model:
     """build_rescnn of the model's width and head in precision, with the model's weights (by layer name)."""
-    other = build_rescnn(model_width(model), num_speakers_of(model), precision=precision, head=head_of(model))
+    other = build_rescnn(width=model_width(model), num_speakers=num_speakers_of(model), precision=precision,
+                         head=head_of(model))
     _copy_weights_by_name(model, other)
     return other
 
@@ -299,13 +300,13 @@ def load_model(path: str | Path, precision: str | None = None) -> keras.Model:
             model = _rebuilt(model, model_precision(model))
     elif name.endswith(".weights.h5"):
         width, num_speakers = _weights_h5_shape(path)
-        model = build_rescnn(width, num_speakers)
+        model = build_rescnn(width=width, num_speakers=num_speakers)
         try:
             model.load_weights(path)
         except ValueError as e:
             raise DeepSpeakerError(f"{path}: {str(e).splitlines()[0]}") from None
     elif path.suffix in (".h5", ".hdf5"):
-        model = build_rescnn(_legacy_width(path))
+        model = build_rescnn(width=_legacy_width(path))
         load_original_weights(model, path)
     else:
         raise DeepSpeakerError(f"{path}: unknown model format (expected .keras, .weights.h5, .h5 or a run directory)")

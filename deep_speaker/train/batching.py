@@ -62,7 +62,10 @@ class OpenArrays:
 
 def masked(crops: np.ndarray, rng: np.random.Generator, masks: Masks) -> np.ndarray:
     """The crops [N, T, 64, 1], each with SpecAugment's 2 time and 2 frequency masks when masks is given."""
-    return crops if masks is None else np.stack([spec_augment(c, rng, 2, *masks) for c in crops])
+    if masks is None:
+        return crops
+    max_frames, max_bins = masks
+    return np.stack([spec_augment(c, rng, masks=2, max_frames=max_frames, max_bins=max_bins) for c in crops])
 
 
 def crop_or_pad(features: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,7 +81,7 @@ def crop_or_pad(features: np.ndarray, length: int, rng: np.random.Generator) -> 
 
 
 def hardest_negatives(
-    anchor_emb: np.ndarray, candidate_emb: np.ndarray, candidate_speakers: np.ndarray, anchor_speakers: np.ndarray
+    anchor_emb: np.ndarray, candidate_emb: np.ndarray, *, candidate_speakers: np.ndarray, anchor_speakers: np.ndarray
 ) -> np.ndarray:
     """For each anchor, the index of the most cosine-similar candidate of another speaker."""
     similarity = normalize_rows(anchor_emb) @ normalize_rows(candidate_emb).T
@@ -91,7 +94,7 @@ def hardest_negatives(
 def hardest_positives(
     anchor_emb: np.ndarray,
     candidate_emb: np.ndarray,
-    candidate_speakers: np.ndarray,
+    *, candidate_speakers: np.ndarray,
     anchor_speakers: np.ndarray,
     anchor_indices: np.ndarray,
 ) -> np.ndarray:
@@ -105,17 +108,19 @@ def hardest_positives(
 
 
 def select_triplets(
-    embeddings: np.ndarray, speakers: np.ndarray, num_triplets: int, rng: np.random.Generator
+    embeddings: np.ndarray, speakers: np.ndarray, *, num_triplets: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(anchor, positive, negative) pool indices: random anchors, hardest positive and negative for each."""
     anchors = rng.choice(len(speakers), size=num_triplets, replace=num_triplets > len(speakers))
-    positives = hardest_positives(embeddings[anchors], embeddings, speakers, speakers[anchors], anchors)
-    negatives = hardest_negatives(embeddings[anchors], embeddings, speakers, speakers[anchors])
+    positives = hardest_positives(embeddings[anchors], embeddings, candidate_speakers=speakers,
+                                  anchor_speakers=speakers[anchors], anchor_indices=anchors)
+    negatives = hardest_negatives(embeddings[anchors], embeddings, candidate_speakers=speakers,
+                                  anchor_speakers=speakers[anchors])
     return anchors, positives, negatives
 
 
 def arrange_for_replicas(anchors: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
-                         replicas: int) -> np.ndarray:
+                         *, replicas: int) -> np.ndarray:
     """Concatenate triplet parts so each of `replicas` contiguous shards is itself [anchors; positives; negatives]."""
     # tf.distribute splits a global batch into contiguous shards; triplet_loss reads each shard as thirds.
     parts = zip(*(np.array_split(p, replicas) for p in (anchors, positives, negatives)))
@@ -153,7 +158,7 @@ def speaker_segments(cache, holdout: float = 0.2, seed: int = 0
     return train, test
 
 
-def triplet_segments(cache, crop_frames: int = 160, holdout: float = 0.2, seed: int = 0
+def triplet_segments(cache, *, crop_frames: int = 160, holdout: float = 0.2, seed: int = 0
                      ) -> tuple[dict[str, list[Segment]], dict[str, list[Segment]]]:
     """speaker_segments, checking each speaker can give an anchor and a distinct positive crop."""
     train, test = speaker_segments(cache, holdout, seed)
@@ -165,7 +170,7 @@ def triplet_segments(cache, crop_frames: int = 160, holdout: float = 0.2, seed: 
     return train, test
 
 
-def segment_crop(cache, speaker: str, segment: Segment, crop_frames: int, rng: np.random.Generator) -> np.ndarray:
+def segment_crop(cache, speaker: str, segment: Segment, *, crop_frames: int, rng: np.random.Generator) -> np.ndarray:
     """A random crop [crop_frames, 64, 1] of one segment of a speaker's cached utterance."""
     utterance, lo, hi = segment
     return crop_or_pad(cache.load(speaker, utterance)[lo:hi], crop_frames, rng)
@@ -209,7 +214,8 @@ class TripletPool:
             picks = self.rng.choice(len(segments), size=self.crops_per_speaker,
                                     replace=len(segments) < self.crops_per_speaker)
             for pick in picks:
-                crops.append(segment_crop(self.arrays, speaker, segments[pick], self.crop_frames, self.rng))
+                crops.append(segment_crop(self.arrays, speaker, segments[pick], crop_frames=self.crop_frames,
+                                          rng=self.rng))
                 labels.append(index)
         return masked(np.stack(crops), self.rng, self.masks), np.asarray(labels, np.int64)
 
@@ -244,8 +250,8 @@ class TripletBatches(keras.utils.PyDataset):
         # Seeded by the global step, so a resumed run draws the same anchors as an uninterrupted one would.
         rng = np.random.default_rng([self.seed, self.first_step + index])
         inputs, embeddings, speakers = self.pool.snapshot
-        a, p, n = select_triplets(embeddings, speakers, self.batch_size // 3, rng)
-        order = arrange_for_replicas(a, p, n, self.replicas)
+        a, p, n = select_triplets(embeddings, speakers, num_triplets=self.batch_size // 3, rng=rng)
+        order = arrange_for_replicas(a, p, n, replicas=self.replicas)
         return inputs[order], np.zeros((len(order), 1), np.float32)
 
 
@@ -269,7 +275,7 @@ class RandomCropBatches(keras.utils.PyDataset):
         for label in labels:
             speaker = self.speakers[label]
             segment = self.segments[speaker][rng.integers(len(self.segments[speaker]))]
-            crops.append(segment_crop(self.cache, speaker, segment, self.crop_frames, rng))
+            crops.append(segment_crop(self.cache, speaker, segment, crop_frames=self.crop_frames, rng=rng))
         return masked(np.stack(crops), np.random.default_rng([self.seed, self.first_step + index, 1]),
                       self.masks), labels
 

@@ -163,7 +163,8 @@ class PoolRefresh(keras.callbacks.Callback):
             self.pool.add_round(self.embed)
 
 
-def run_callbacks(config: TrainConfig, state: dict, run_dir: Path, identity_model: keras.Model | None = None) -> list:
+def run_callbacks(config: TrainConfig, state: dict, run_dir: Path, *,
+                  identity_model: keras.Model | None = None) -> list:
     """The callbacks of every phase: step budget, learning-rate plateau, checkpoints and state, CSV (and TensorBoard)
     log, written into run_dir (the run folder; a scratch folder on the workers other than 0 of a multi-worker run)."""
     monitor, mode = MONITORS[config.phase]

@@ -328,7 +328,7 @@ class WorkerTrainer(Trainer):
     def local_embedding(self) -> LocalCopy:
         """One local copy of the embedding model for the pool and the validation EER (built on first use: after
         the training model, whose initial weights the global seed decides)."""
-        return LocalCopy(lambda: build_rescnn(self.config.width, precision=self.config.precision),
+        return LocalCopy(lambda: build_rescnn(width=self.config.width, precision=self.config.precision),
                          self.config.batch_size)
 
     def pool_refresh(self, pool: batching.TripletPool) -> PoolRefresh:

@@ -209,7 +209,7 @@ class Trainer:
     def softmax_model(self, num_speakers: int) -> keras.Model:
         """A fresh ResCNN with the configured softmax head over num_speakers, compiled."""
         c = self.config
-        model = build_rescnn(c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
+        model = build_rescnn(width=c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
         loss = "sparse_categorical_crossentropy" if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin, c.scale)
         self.compile(model, loss, ["accuracy"])
         return model
@@ -259,7 +259,7 @@ class Trainer:
                 shuffle=False,  # batches are already a seeded function of the step
                 verbose=c.verbose,
                 callbacks=[*extra_callbacks, *self.callbacks(),
-                           *run_callbacks(c, state, self.checkpoint_dir, identity_model)],
+                           *run_callbacks(c, state, self.checkpoint_dir, identity_model=identity_model)],
             )
         finally:  # an iterator over worker processes stops them (a Dataset or PyDataset has nothing to close)
             if hasattr(batches, "close"):
@@ -314,7 +314,7 @@ class Trainer:
                 sampler = RandomCropSampler(cache, train_segments, c.crop_frames, c.batch_size, c.seed, self._masks())
                 if c.input_pipeline == "processes":
                     return iter(ProcessBatches(sampler, c.steps - start, start, workers=c.input_workers))
-                return tf_dataset(sampler, start, c.steps - start)
+                return tf_dataset(sampler, first_step=start, num_batches=c.steps - start)
             if c.random_crops:
                 return batching.RandomCropBatches(cache, train_segments, c.crop_frames, c.batch_size,
                                                   c.steps - start, first_step=start, seed=c.seed, masks=self._masks())
@@ -331,7 +331,8 @@ class Trainer:
             for segment in held_out[speaker]:
                 count = max(1, round((segment[2] - segment[1]) / self.config.crop_frames))
                 for _ in range(count):
-                    crops.append(batching.segment_crop(cache, speaker, segment, self.config.crop_frames, rng))
+                    crops.append(batching.segment_crop(cache, speaker, segment, crop_frames=self.config.crop_frames,
+                                                       rng=rng))
                     labels.append(index)
         if len(set(labels)) < 2:
             raise DeepSpeakerError(f"{cache.path}: fewer than 2 speakers have held-out audio for the validation EER")
@@ -341,13 +342,14 @@ class Trainer:
     def _train_triplet(self) -> dict:
         c = self.config
         cache = self._cache()
-        train_segments, held_out = batching.triplet_segments(cache, c.crop_frames, c.holdout, c.seed)
+        train_segments, held_out = batching.triplet_segments(cache, crop_frames=c.crop_frames, holdout=c.holdout,
+                                                             seed=c.seed)
         x_val, y_val = self._held_out_crops(cache, held_out)
         model = self.load_resumable()
         started_from = None
         if model is None:
             source_model, source = self._initial_embedding("softmax")
-            model = build_rescnn(c.width, precision=c.precision)
+            model = build_rescnn(width=c.width, precision=c.precision)
             if source_model is not None:  # weights by layer name: the same builder, so the same order
                 model.set_weights(source_model.get_weights())
             self.compile(model, self.triplet_loss(), None)

@@ -148,7 +148,7 @@ def bounded_draws(rng: np.random.Generator, count: int) -> Callable[[int], int] 
     return draw
 
 
-def tf_dataset(sampler: RandomCropSampler, first_step: int, num_batches: int, prefetch: int | None = None) -> Any:
+def tf_dataset(sampler: RandomCropSampler, *, first_step: int, num_batches: int, prefetch: int | None = None) -> Any:
     """The batches of steps ``first_step`` .. ``first_step + num_batches - 1`` as a ``tf.data.Dataset``."""
     try:
         import tensorflow as tf
