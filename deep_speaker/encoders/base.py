@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..data.audio import AudioError, read_audio
+from ..data.audio import AudioError, read_audio, resample
 from ..errors import DeepSpeakerError, Failure, failures_message
 from .options import NO_DECLARATION, EncoderDeclaration
 
@@ -35,6 +35,24 @@ class EmbedResult:
     embeddings: np.ndarray  # float32 [n_ok, embedding_size]
     paths: list[str]  # the files of the rows of ``embeddings``
     failures: list[Failure]
+
+
+def update_with_file(digest: Any, path: str | os.PathLike) -> None:
+    """Feed a file's bytes to a hashlib digest, in 1 MiB blocks (weight files run to gigabytes)."""
+    with open(path, "rb") as f:  # (hashlib.file_digest is Python 3.11+; the package supports 3.10)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def waveform(signal: np.ndarray, sample_rate: int, *, rate: int, min_samples: int, where: str,
+             name: str) -> np.ndarray:
+    """A waveform encoder's input: ``signal`` as float32 resampled to ``rate``; an AudioError when shorter than
+    ``min_samples`` (what the encoder ``name`` needs to pool)."""
+    x = resample(np.asarray(signal, dtype=np.float32), sample_rate, rate)
+    if x.size < min_samples:
+        raise AudioError(where, f"too short ({x.size / rate:.3f} s of audio, need {min_samples / rate:.3f} s for "
+                                f"{name})")
+    return x
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import soundfile as sf
 import soxr
 
 from ..errors import DeepSpeakerError, Failure, InternalError
-from .base import EmbedResult, Encoder, EncoderWrapper
+from .base import EmbedResult, Encoder, EncoderWrapper, update_with_file
 from .constants import EMBEDDING_CACHE_ENV
 
 FORMAT = 1  # the database layout; a database of another format is refused, not guessed at
@@ -94,9 +94,7 @@ def cache_key(encoder: Encoder) -> dict[str, Any]:
 def file_digest(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes (read in blocks; hashlib releases the GIL, so reading threads overlap)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:  # (hashlib.file_digest is Python 3.11+; the package supports 3.10)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    update_with_file(digest, path)
     return digest.hexdigest()
 
 

@@ -24,10 +24,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.audio import MIN_SPEECH_SECONDS, AudioError, resample
+from ..data.audio import MIN_SPEECH_SECONDS
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
-from .base import Encoder, Weights
+from .base import Encoder, Weights, update_with_file, waveform
 from .options import WAVLM_SV
 
 NAME = "wavlm-sv"
@@ -82,9 +82,7 @@ def folder_identity(folder: Path, settings: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.iterdir() if p.is_file() and MODEL_FILES.fullmatch(p.name)):
         digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -154,11 +152,8 @@ class WavLMEncoder(Encoder):
 
     def prepare_signal(self, signal: np.ndarray, sample_rate: int, where: str) -> np.ndarray:
         """The signal resampled to :attr:`sample_rate`, untrimmed (the recipe); AudioError when too short to pool."""
-        x = resample(np.asarray(signal, dtype=np.float32), sample_rate, self.sample_rate)
-        if x.size < self.min_samples:
-            raise AudioError(where, f"too short ({x.size / self.sample_rate:.3f} s of audio, need "
-                                    f"{self.min_samples / self.sample_rate:.3f} s for {NAME})")
-        return x
+        return waveform(signal, sample_rate, rate=self.sample_rate, min_samples=self.min_samples, where=where,
+                        name=NAME)
 
     def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Rows ``e / ||e||`` of ``WavLMForXVector(**feature_extractor(x)).embeddings``, one signal per pass."""

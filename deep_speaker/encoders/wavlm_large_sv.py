@@ -32,10 +32,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError, resample
+from ..data.audio import MIN_SPEECH_SECONDS, SAMPLE_RATE, AudioError
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
-from .base import Encoder, Weights
+from .base import Encoder, Weights, update_with_file, waveform
 from .options import WAVLM_LARGE_SV
 
 NAME = "wavlm-large-sv"
@@ -436,9 +436,7 @@ class WavLMLargeSVEncoder(Encoder):
         """sha256(settings as JSON, the checkpoint's bytes)[:16], hashed on first use (the file is 1.3 GB)."""
         if self._identity is None:
             digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode())
-            with open(self.path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            update_with_file(digest, self.path)
             self._identity = digest.hexdigest()[:16]
         return self._identity
 
@@ -448,11 +446,7 @@ class WavLMLargeSVEncoder(Encoder):
         x = np.asarray(signal, dtype=np.float32)
         if x.ndim != 1 or not np.all(np.isfinite(x)):
             raise AudioError(where, "not a finite mono signal")
-        x = resample(x, sample_rate, SAMPLE_RATE)
-        if x.size < self.min_samples:
-            raise AudioError(where, f"too short ({x.size / SAMPLE_RATE:.3f} s of audio, need "
-                                    f"{self.min_samples / SAMPLE_RATE:.3f} s for {NAME})")
-        return x
+        return waveform(x, sample_rate, rate=SAMPLE_RATE, min_samples=self.min_samples, where=where, name=NAME)
 
     def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Rows ``e / ||e||`` of the model's output, one signal per forward pass."""
