@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from ..data.audio import load_audio
+from ..data.augment import babble as augment_babble, colored_noise
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
 
@@ -42,31 +43,23 @@ def _scaled(x: np.ndarray, rms: float) -> np.ndarray:
 
 
 def white_noise(n: int, rms: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of Gaussian white noise at exactly ``rms``."""
-    return _scaled(rng.standard_normal(n), rms)
+    """``n`` samples of Gaussian white noise (the augmentations' :func:`~deep_speaker.data.augment.colored_noise`,
+    exponent 0) at exactly ``rms``."""
+    return _scaled(colored_noise(n, 0.0, rng), rms)
 
 
 def pink_noise(n: int, rms: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of pink noise (power spectral density ∝ 1/f: white noise's spectrum times ``f^-½``, no DC) at
-    exactly ``rms``."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(spectrum.size, dtype=np.float64)
-    f[0] = np.inf  # no DC: 1/f has no finite value there
-    return _scaled(np.fft.irfft(spectrum / np.sqrt(f), n), rms)
+    """``n`` samples of pink noise (power spectral density ∝ 1/f: ``colored_noise`` with exponent 1) at exactly
+    ``rms``."""
+    return _scaled(colored_noise(n, 1.0, rng), rms)
 
 
 def babble(n: int, rms: float, talkers: Sequence[np.ndarray], *, rng: np.random.Generator) -> np.ndarray:
-    """The sum of ``talkers`` (each at unit RMS, from a random offset, looped to ``n`` samples), at ``rms``."""
+    """The augmentations' babble of ``talkers`` (:func:`~deep_speaker.data.augment.babble`: each at unit power, a
+    random window of it, tiled when shorter than ``n`` samples), at ``rms``."""
     if not talkers:
         raise DeepSpeakerError("babble needs at least one other utterance")
-    total = np.zeros(n, dtype=np.float64)
-    for talker in talkers:
-        x = np.asarray(talker, dtype=np.float64)
-        x = np.roll(np.resize(x, max(n, x.size)), -int(rng.integers(x.size)))[:n]
-        power = float(np.mean(x * x))
-        if power > 0.0:
-            total += x / np.sqrt(power)
-    return _scaled(total, rms)
+    return _scaled(augment_babble(list(talkers), n, rng), rms)
 
 
 def babble_sources(index: int, labels: Sequence[str], rng: np.random.Generator,
