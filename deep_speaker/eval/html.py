@@ -13,7 +13,6 @@ is ours when it holds :data:`MARKER` (written first, listing our files); a non-e
 from __future__ import annotations
 
 import html
-import io
 import json
 import os
 import re
@@ -297,45 +296,6 @@ def _caption(png: Path, folder: Path) -> str:
     return f"{parts[0]}: {caption}" if len(parts) > 1 else caption
 
 
-# --- small plots the commands do not make themselves ------------------------------------------------------------
-
-def _save_png(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-    return path
-
-
-def histogram(values: dict[str, list[float]], path: Path, *, xlabel: str, title: str,
-              lines: Sequence[tuple[str, str, float]] = ()) -> Path | None:
-    """Overlaid histograms of each named list of values, with vertical lines ``(name, label, x)`` in the colour
-    of their name's histogram; None with no values."""
-    values = {k: v for k, v in values.items() if v}
-    if not values:
-        return None
-    from . import plots  # noqa: F401  (the Agg backend, chosen once there)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    every = [x for v in values.values() for x in v]
-    low, high = min(every + [x for *_, x in lines]), max(every + [x for *_, x in lines])
-    bins = [low + (high - low) * k / 30 for k in range(31)] if high > low else 10
-    colour = {name: f"C{k % 10}" for k, name in enumerate(values)}
-    for name, v in values.items():
-        ax.hist(v, bins=bins, alpha=0.55, color=colour[name], label=f"{name} (n = {len(v)})")
-    for k, (name, label, x) in enumerate(lines):
-        ax.axvline(x, color=colour.get(name, "grey"), linestyle=("--", ":")[k % 2], linewidth=1.4, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    return _save_png(fig, path)
-
-
 # --- the pages ---------------------------------------------------------------------------------------------------
 
 def _interval(part: dict, unit: str) -> str:
@@ -396,6 +356,8 @@ def similarity_plots(report: dict, header: Sequence[str], rows: Sequence[Sequenc
                      ) -> Callable[[Path], list[Path]]:
     """What :func:`write_page` calls for a similarity page's picture: the SIM histogram of each space."""
     def make(folder: Path) -> list[Path]:
+        from . import plots  # matplotlib only when a page is written
+
         enc, sim = list(header).index("encoder"), list(header).index("similarity")
         values: dict[str, list[float]] = {}
         for row in rows:
@@ -406,7 +368,7 @@ def similarity_plots(report: dict, header: Sequence[str], rows: Sequence[Sequenc
             if real is not None:
                 lines += [(name, f"{name}: real same-speaker mean", real["same_speaker"]["mean"]),
                           (name, f"{name}: real different-speaker mean", real["different_speaker"]["mean"])]
-        png = histogram(values, folder / "sim_histogram.png", xlabel="cosine similarity (SIM)",
+        png = plots.plot_histograms(values, folder / "sim_histogram.png", xlabel="cosine similarity (SIM)",
                         title="SIM of the pairs, per encoder", lines=lines)
         return [png] if png else []
     return make
@@ -474,6 +436,8 @@ def compare_plots(report: dict, per_file: tuple[Sequence[str], Sequence[Sequence
     """What :func:`write_page` calls for a compare page: each space's PNGs (``plot_report``, the ``--plots``
     pictures) and a histogram of the per-file similarities."""
     def make(folder: Path) -> list[Path]:
+        from . import plots  # matplotlib only when a page is written
+
         written: list[Path] = []
         spaces = _compare_spaces(report)
         for name, sp in spaces:
@@ -484,7 +448,7 @@ def compare_plots(report: dict, per_file: tuple[Sequence[str], Sequence[Sequence
         for row in rows:
             if row[sim] is not None:
                 values.setdefault(str(row[enc]), []).append(float(row[sim]))
-        png = histogram(values, folder / "utterance_similarity.png", xlabel="cosine to the speaker's real centroid",
+        png = plots.plot_histograms(values, folder / "utterance_similarity.png", xlabel="cosine to the speaker's real centroid",
                         title="Generated files: similarity to their speaker")
         return written + ([png] if png else [])
     return make

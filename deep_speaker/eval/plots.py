@@ -3,6 +3,7 @@ generated-speech comparison report (per-speaker similarity against its real ceil
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from ..atomic import write_atomic  # noqa: E402
 from ..metrics import normalize_rows  # noqa: E402
 
 FONT_SIZE = 11
@@ -29,8 +31,10 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG (creating the folder) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
+    write_atomic(path, buffer.getvalue())  # a killed run never leaves half a PNG under the final name
     return path
 
 
@@ -207,3 +211,27 @@ def plot_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     written = [plot_speaker_similarity(report, out / "speaker_similarity.png"),
                plot_fd_infinity(report, out / "fd_infinity.png")]
     return [p for p in written if p is not None]
+
+
+def plot_histograms(values: dict[str, list[float]], path: Path, *, xlabel: str, title: str,
+                    lines: Sequence[tuple[str, str, float]] = ()) -> Path | None:
+    """Overlaid histograms of each named list of values, with vertical lines ``(name, label, x)`` in the colour
+    of their name's histogram; None with no values."""
+    values = {k: v for k, v in values.items() if v}
+    if not values:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    every = [x for v in values.values() for x in v]
+    low, high = min(every + [x for *_, x in lines]), max(every + [x for *_, x in lines])
+    bins = [low + (high - low) * k / 30 for k in range(31)] if high > low else 10
+    colour = {name: f"C{k % 10}" for k, name in enumerate(values)}
+    for name, v in values.items():
+        ax.hist(v, bins=bins, alpha=0.55, color=colour[name], label=f"{name} (n = {len(v)})")
+    for k, (name, label, x) in enumerate(lines):
+        ax.axvline(x, color=colour.get(name, "grey"), linestyle=("--", ":")[k % 2], linewidth=1.4, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    return _save(fig, path)
