@@ -73,12 +73,13 @@ def run_upstream(data: Path, out: Path, threads: int) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """The same job twice on one corpus with 2 threads per pool, and its stages upstream of training with 1 (all
-    that test_what_the_thread_count_moves compares: a whole third job would cost a minute for nothing asserted)."""
+    """The same job twice on one corpus with 1 thread per pool, and its stages upstream of training with 2 (all
+    that test_what_the_thread_count_moves compares: a whole third job would cost a minute for nothing asserted).
+    One thread: the suite's other pytest-xdist worker has the second core (tests/conftest.py)."""
     root = tmp_path_factory.mktemp("determinism")
     data = small_corpus(root / "data", train_speakers=8, test_speakers=3)
-    return {"first": run_job(data, root / "first", 2), "again": run_job(data, root / "again", 2),
-            "one": run_upstream(data, root / "one", 1)}
+    return {"first": run_job(data, root / "first", 1), "again": run_job(data, root / "again", 1),
+            "two": run_upstream(data, root / "two", 2)}
 
 
 @pytest.mark.slow
@@ -202,10 +203,10 @@ def test_what_the_thread_count_moves(runs) -> None:
     minDCF(0.01) 0.881 against 0.867, noise@30 FD 0.00994 against 0.00987. numpy's BLAS threads also change the
     mel-vocoder copies (eval/degrade.py's least-squares inverse; 60 of 60 files differ in some samples). What is
     upstream of those kernels does not move: the feature caches and the other degraded copies are the same bytes
-    (checked here on every run: the job's caches and copies against the same stages run with 1 thread)."""
-    one, first = runs["one"], runs["first"]
-    assert same_files(first / "cache", one / "cache") == []
-    moved = same_files(first / "degraded", one / "degraded")
+    (checked here on every run: the job's caches and copies against the same stages run with 2 threads)."""
+    two, first = runs["two"], runs["first"]
+    assert same_files(first / "cache", two / "cache") == []
+    moved = same_files(first / "degraded", two / "degraded")
     assert {Path(name).parts[0] for name in moved} <= {"melvocoder@80", "melvocoder@20"}
 
 

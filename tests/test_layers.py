@@ -143,7 +143,10 @@ def test_training_step_of_the_model_matches_keras_layers(libri_mini):
         if weight.path.endswith("bias") and weight.path.startswith(("conv", "res")):
             continue  # a bias before batch normalisation has gradient 0: both are rounding noise
         error = np.linalg.norm(g.numpy() - g_ref.numpy()) / np.linalg.norm(g_ref.numpy())
-        assert error < 3e-2, weight.path  # a wrong gradient (e.g. batch statistics as constants) is off by O(1)
+        # float32 rounding against the float64 reference: measured 1 % to 3.4 % of a gradient's norm (2 threads, and
+        # 1 thread, which sums in another order: res1_2_branch_2b_bn/beta); a wrong gradient (e.g. batch
+        # statistics taken as constants) is off by O(1). 0.1 lies between the two.
+        assert error < 0.1, weight.path
 
 
 def test_saved_config_names_our_layers():
