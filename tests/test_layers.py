@@ -256,3 +256,56 @@ def test_aam_model_loads_in_safe_mode_and_its_embedding_model_is_the_network_wit
     np.testing.assert_allclose(embedder.predict(x, verbose=0),
                                affine / np.linalg.norm(affine, axis=1, keepdims=True), atol=1e-5)
     assert head_of(build_rescnn(width=0.0625, num_speakers=5)) == "softmax"
+
+
+# ----- the softmax head's cross-entropy, the same on every backend -----
+
+# Logits of 4 rows over 6 speakers: the true class ordinary, likely, and (rows 2, 3) below Keras' clip at 1e-7
+# (p_y about 1e-11 and 1e-16), where a trained softmax model's wrong confident rows sit.
+LOGITS = np.array([[0.3, -1.2, 2.0, 0.1, -0.4, 0.9], [4.0, 0.0, -1.0, 0.5, 0.2, -2.0],
+                   [12.0, 0.0, -13.0, 1.0, 2.0, 0.0], [20.0, 1.0, 3.0, -17.0, 0.0, 0.5]], dtype=np.float32)
+LABELS = np.array([2, 0, 2, 3])
+GRADIENT_ON = """
+import json, numpy as np, keras
+from deep_speaker.model.losses import SoftmaxCrossEntropy
+z = np.array({logits}, np.float32); y = np.array({labels})
+def gradient(loss):
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        v = tf.Variable(z)
+        with tf.GradientTape() as tape:
+            value = loss(y, keras.activations.softmax(v))
+        return float(value), tape.gradient(value, v).numpy()
+    import jax
+    value, g = jax.value_and_grad(lambda v: loss(y, keras.activations.softmax(v)))(z)
+    return float(value), np.asarray(g)
+print("RESULT", json.dumps({{name: [v, g.tolist()] for name, (v, g) in (
+    ("ours", gradient(SoftmaxCrossEntropy())), ("keras", gradient(keras.losses.SparseCategoricalCrossentropy())))}}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_softmax_cross_entropy_keeps_its_gradient_below_keras_clip_on_every_backend(backend):
+    # Reference, float64: -log softmax(z)_y averaged over rows, and its gradient (softmax(z) - onehot(y)) / rows.
+    z = LOGITS.astype(np.float64)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    onehot = np.eye(z.shape[1])[LABELS]
+    loss = -log_p[np.arange(len(z)), LABELS].mean()
+    grad = (np.exp(log_p) - onehot) / len(z)
+    script = GRADIENT_ON.format(logits=LOGITS.tolist(), labels=LABELS.tolist())
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = {name: (value, np.array(g)) for name, (value, g) in
+             json.loads(run.stdout.split("RESULT")[1]).items()}
+    value, ours = found["ours"]
+    # float32 softmax and log: relative rounding ~1e-7 of values of order 1-40.
+    assert value == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(ours, grad, rtol=0, atol=1e-6)
+    if backend == "jax":
+        # What the loss is for: Keras' own loss on JAX clips p at 1e-7, so rows 2 and 3 lose their true class's -1.
+        keras_grad = found["keras"][1]
+        assert np.abs(keras_grad[2:] - grad[2:]).max() > 0.2 and np.allclose(keras_grad[:2], grad[:2], atol=1e-6)
+    else:  # TensorFlow's Keras finds the softmax's logits: ours is its computation
+        np.testing.assert_array_equal(ours, found["keras"][1])

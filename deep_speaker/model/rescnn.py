@@ -25,6 +25,7 @@ import numpy as np
 from ..data.features import FEATURE_SETTINGS, NUM_FILTERS
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
+from . import losses  # noqa: F401  registers the losses a compiled checkpoint names, for keras.saving.load_model
 from .checkpoints import BEST, LAST, model_in_run
 from .constants import HEADS, PRECISIONS
 from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TemporalAverage

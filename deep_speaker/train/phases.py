@@ -32,7 +32,7 @@ from ..model.checkpoints import (
     resume_state,
     save_checkpoint,
 )
-from ..model.losses import AAMSoftmaxLoss, triplet_loss
+from ..model.losses import AAMSoftmaxLoss, SoftmaxCrossEntropy, triplet_loss
 from ..model.rescnn import (
     EMBEDDING_SIZE,
     HEAD_NAME,
@@ -210,7 +210,7 @@ class Trainer:
         """A fresh ResCNN with the configured softmax head over num_speakers, compiled."""
         c = self.config
         model = build_rescnn(width=c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
-        loss = "sparse_categorical_crossentropy" if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin, c.scale)
+        loss = SoftmaxCrossEntropy() if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin, c.scale)
         self.compile(model, loss, ["accuracy"])
         return model
 
@@ -407,7 +407,7 @@ class Trainer:
             model = keras.Sequential([keras.Input((EMBEDDING_SIZE,)),
                                       keras.layers.Dense(len(inputs["speakers"]), activation="softmax",
                                                          name=HEAD_NAME)], name="probe")
-            self.compile(model, "sparse_categorical_crossentropy", ["accuracy"])
+            self.compile(model, SoftmaxCrossEntropy(), ["accuracy"])
         state = self.run_state(model, started_from=str(source), embedding_identity=identity)
         validation = (x_test, inputs["y_test"]) if len(x_test) else None
 
