@@ -15,13 +15,16 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every thread pool a stage sums in: TensorFlow's (and oneDNN's, which runs in it) intra- and inter-op pools, and
+# OpenMP / BLAS (numpy, scipy's sqrtm of the Fréchet distance).
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS")
 # Under pytest-xdist each worker (and every process a test starts from it) gets its share of the cores for every
 # thread pool, unless the caller set one: two workers each running TensorFlow's and OpenMP's pools at the full core
 # count oversubscribe the machine. Set before numpy and TensorFlow are imported (they read these once).
 _XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _XDIST_WORKERS > 1:
-    for _name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                  "MKL_NUM_THREADS"):
+    for _name in THREAD_VARS:
         os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS)))
 
 REPO = Path(__file__).resolve().parents[1]

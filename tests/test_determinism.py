@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import THREAD_VARS
 from deep_speaker.machine import VECTOR_FLAGS, cpu_kind, machine_text
 from test_pipeline import PNG_MAGIC, small_corpus
 
@@ -26,10 +27,6 @@ from test_pipeline import PNG_MAGIC, small_corpus
 # the five degraded copies), with few steps.
 SMALL_JOB = ["--width", "0.0625", "--softmax-steps", "6", "--triplet-steps", "4", "--batch-size", "24",
              "--workers", "2"]
-# Every thread pool a stage sums in: TensorFlow's (and oneDNN's, which runs in it) intra- and inter-op pools, and
-# OpenMP / BLAS (numpy, scipy's sqrtm of the Fréchet distance).
-THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "MKL_NUM_THREADS")
 CHECKPOINTS = [f"{phase}/{name}" for phase in ("softmax", "triplet") for name in ("last.keras", "best.keras")]
 
 
