@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import DeepSpeakerError
 from .model.constants import HEADS, PRECISIONS
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
@@ -49,7 +51,20 @@ class JobConfig:
     spec_augment: bool = field(default=False, metadata={"help": "SpecAugment masks on every training crop"})
     softmax_head: str = field(default="softmax", metadata={
         "choices": HEADS, "help": "pre-training head: the original softmax, or aam (additive angular margin)"})
+    teacher: str | None = field(default=None, metadata={
+        "metavar": "ENCODER", "default_help": "none",
+        "help": "distil from this registered encoder (e.g. resemblyzer) during softmax pre-training, beside the "
+                "speaker loss"})
+    teacher_weight: float = field(default=1.0, metadata={
+        "metavar": "W", "help": "--teacher: weight of the distillation loss"})
     verbose: int = 2  # Keras fit verbosity
 
     def __post_init__(self) -> None:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
+        if self.teacher is not None:  # before any work: an unknown encoder or a weight the trainer would refuse
+            from .encoders import available_encoders
+            from .settings import check_choice
+
+            check_choice(self.teacher, available_encoders(), "teacher")
+            if not (math.isfinite(self.teacher_weight) and self.teacher_weight > 0):
+                raise DeepSpeakerError("--teacher-weight must be positive")

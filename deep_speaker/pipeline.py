@@ -17,6 +17,7 @@ from .data.augment import check_augmentations
 from .data.cache import FeatureCache, augment_cache, build_cache
 from .data.inputs import generate_training_inputs
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
+from .encoders.teacher import ensure_teacher_targets
 from .errors import DeepSpeakerError
 from .eval.verification import evaluate
 from .eval.verification_report import ci_text, write_plots
@@ -78,9 +79,13 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache, phases: dict[str, fl
                   spec_augment=cfg.spec_augment)
     # Fresh random crops each step: the few fixed crops of one utterance per speaker are memorised within
     # hundreds of steps. The original's triplet rate (SGD 0.01) undoes the softmax start on data this small.
+    softmax = TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True,
+                          softmax_head=cfg.softmax_head, teacher=cfg.teacher, teacher_weight=cfg.teacher_weight,
+                          **common)
     with _timed(phases, "softmax"):
-        train(TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True,
-                          softmax_head=cfg.softmax_head, **common))
+        if softmax.teacher is not None:
+            ensure_teacher_targets(softmax.teacher, train_cache.path, softmax.teacher_targets)
+        train(softmax)
     with _timed(phases, "triplet"):
         train(TrainConfig(phase="triplet", data=inputs, cache_dir=train_cache.path, steps=cfg.triplet_steps,
                           learning_rate=cfg.triplet_learning_rate, **common))

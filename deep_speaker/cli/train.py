@@ -39,9 +39,14 @@ def report(phase: str, result: dict) -> None:
 
 
 def train(config: TrainConfig) -> dict:
-    """Train a phase: Keras loads at the first call, not with the parser."""
+    """Train a phase (with --teacher, after its targets are made): Keras loads at the first call, not with the
+    parser."""
     with native_stderr_silenced():  # TensorFlow's C++ start-up lines
         from ..train.run import train as train_phase
+    if config.teacher is not None:
+        from ..encoders.teacher import ensure_teacher_targets
+
+        ensure_teacher_targets(config.teacher, config.features_dir, config.teacher_targets)
     return train_phase(config)
 
 

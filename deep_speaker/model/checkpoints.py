@@ -40,7 +40,8 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "plateau": (dict, NONE), "last_logs": (dict,), "start_logs": (dict,), "seed_states": (dict,),
     "model_identity": (str,), "embedding_identity": (str,), "workers": (int,), "speakers": (list,),
     "started_from": (str, NONE), "random_crops": (bool,), "softmax_head": (str,), "margin": (float,),
-    "scale": (float,), "spec_augment": (list,),
+    "scale": (float,), "spec_augment": (list,), "teacher": (str,), "teacher_identity": (str,),
+    "teacher_weight": (float,),
 }
 REQUIRED_STATE = ("phase", "step", "width")  # every state written has them, and resuming reads them
 COUNTS = ("step", "epoch", "best_step", "crop_frames", "batch_size", "save_every", "steps", "workers")

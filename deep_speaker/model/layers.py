@@ -139,3 +139,40 @@ class CosineHead(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class TeacherProjection(keras.layers.Layer):
+    """Knowledge distillation beside the speaker head: adds ``weight * mean_i(1 - cos(W x_i + b, t_i))`` to the
+    model's loss (x: the student's embedding, t: the teacher's embedding of the same utterance) and returns x
+    unchanged, so the head and its loss, metrics and monitor are those of a model without a teacher.
+
+    The projection W (units = the teacher's embedding size) is trained with the network and dropped with the head
+    (``to_embedding_model``). Always float32, as the heads.
+    """
+
+    def __init__(self, units: int, weight: float = 1.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.units, self.weight = int(units), float(weight)
+
+    def build(self, input_shape):
+        embedding_shape, _ = input_shape
+        self.kernel = self.add_weight(name="kernel", shape=(embedding_shape[-1], self.units),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+    def call(self, inputs):
+        x, teacher = inputs
+        projected = ops.matmul(ops.cast(x, "float32"), self.kernel) + self.bias
+        teacher = ops.cast(teacher, "float32")
+        cosine = ops.sum(projected * teacher, axis=-1) * ops.rsqrt(ops.maximum(
+            ops.sum(ops.square(projected), axis=-1) * ops.sum(ops.square(teacher), axis=-1), 1e-12))
+        self.add_loss(self.weight * ops.mean(1.0 - cosine))
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "weight": self.weight}

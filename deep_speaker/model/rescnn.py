@@ -28,12 +28,13 @@ from ..settings import check_choice
 from . import losses  # noqa: F401  registers the losses a compiled checkpoint names, for keras.saving.load_model
 from .checkpoints import BEST, LAST, model_in_run
 from .constants import HEADS, PRECISIONS
-from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TemporalAverage
+from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TeacherProjection, TemporalAverage
 
 STAGE_FILTERS = (64, 128, 256, 512)
 EMBEDDING_SIZE = 512
 WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
+TEACHER_NAME = "teacher-projection"  # the distillation layer of a model trained with --teacher
 RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
 
 
@@ -53,14 +54,21 @@ def build_rescnn(
     dropout: float = 0.5,
     precision: str = "float32",
     head: str = "softmax",
+    teacher_size: int | None = None,
+    teacher_weight: float = 1.0,
 ) -> keras.Model:
     """The original ResCNN: input [batch, T, 64, 1] -> L2-normalised 512-d embedding, or a head over speakers
-    (head "softmax": the original's softmax probabilities; "aam": cosines to each speaker, for AAMSoftmaxLoss)."""
+    (head "softmax": the original's softmax probabilities; "aam": cosines to each speaker, for AAMSoftmaxLoss).
+
+    ``teacher_size``: a head model also takes a teacher's embedding of each crop's utterance (a second input,
+    "teacher") and adds the distillation loss of :class:`TeacherProjection` (``teacher_weight``) to its own."""
     check_choice(head, HEADS, "softmax head")
     if width <= 0:
         raise DeepSpeakerError(f"width must be positive, got {width}")
     if num_speakers is not None and num_speakers < 1:
         raise DeepSpeakerError(f"num_speakers must be at least 1, got {num_speakers}")
+    if teacher_size is not None and (num_speakers is None or teacher_size < 1):
+        raise DeepSpeakerError("a teacher's projection needs a speaker head and a positive embedding size")
     policy = _policy(precision)
     counter = {"relu": 0, "add": 0}
 
@@ -107,6 +115,10 @@ def build_rescnn(
     if num_speakers is not None:
         x = keras.layers.Dropout(dropout, name="dropout", dtype=policy)(x)
     x = keras.layers.Dense(EMBEDDING_SIZE, name="affine", dtype=policy)(x)
+    model_inputs = [inputs]
+    if teacher_size is not None:
+        model_inputs.append(keras.Input(shape=(teacher_size,), name="teacher"))
+        x = TeacherProjection(teacher_size, teacher_weight, name=TEACHER_NAME)([x, model_inputs[1]])
     if num_speakers is None:
         x = L2Normalize(name="ln")(x)
     elif head == "aam":
@@ -115,7 +127,7 @@ def build_rescnn(
         # float32 head: a softmax over many speakers in bfloat16 would saturate the loss.
         x = keras.layers.Dense(num_speakers, activation="softmax", name=HEAD_NAME, dtype="float32")(x)
     name = "ResCNN" if width == 1 else f"ResCNN_w{width:g}"
-    return keras.Model(inputs, x, name=name)
+    return keras.Model(model_inputs if teacher_size is not None else inputs, x, name=name)
 
 
 def model_width(model: keras.Model) -> float:
@@ -132,6 +144,12 @@ def num_speakers_of(model: keras.Model) -> int | None:
     """Units of the softmax head, or None for an embedding model."""
     head = _find_layer(model, HEAD_NAME)
     return None if head is None else head.units
+
+
+def teacher_of(model: keras.Model) -> tuple[int, float] | None:
+    """(embedding size, loss weight) of the teacher a head model distils from, None without one."""
+    layer = _find_layer(model, TEACHER_NAME)
+    return None if layer is None else (layer.units, layer.weight)
 
 
 def head_of(model: keras.Model) -> str:
@@ -162,8 +180,9 @@ def to_embedding_model(model: keras.Model) -> keras.Model:
 
 def _rebuilt(model: keras.Model, precision: str) -> keras.Model:
     """build_rescnn of the model's width and head in precision, with the model's weights (by layer name)."""
+    teacher_size, teacher_weight = teacher_of(model) or (None, 1.0)
     other = build_rescnn(width=model_width(model), num_speakers=num_speakers_of(model), precision=precision,
-                         head=head_of(model))
+                         head=head_of(model), teacher_size=teacher_size, teacher_weight=teacher_weight)
     _copy_weights_by_name(model, other)
     return other
 

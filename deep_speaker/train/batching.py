@@ -24,6 +24,7 @@ import numpy as np
 
 from ..data.augment import spec_augment
 from ..data.inputs import Segment, split_speaker
+from ..data.targets import TeacherTargets, target_key
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
 
@@ -256,28 +257,31 @@ class TripletBatches(keras.utils.PyDataset):
 
 
 class RandomCropBatches(keras.utils.PyDataset):
-    """Softmax batches of fresh random crops of the cache's training segments (labels: sorted speaker index)."""
+    """Softmax batches of fresh random crops of the cache's training segments (labels: sorted speaker index); with
+    ``teacher``, the inputs are (crops, the teacher's embedding of each crop's utterance)."""
 
     def __init__(self, cache, segments: dict[str, list[Segment]], crop_frames: int, batch_size: int,
-                 num_batches: int, first_step: int = 0, seed: int = 0, masks: Masks = None, **kwargs):
+                 num_batches: int, first_step: int = 0, seed: int = 0, masks: Masks = None,
+                 teacher: TeacherTargets | None = None, **kwargs):
         super().__init__(**kwargs)
         self.cache, self.segments, self.speakers = cache, segments, sorted(segments)
         self.crop_frames, self.batch_size, self.length = crop_frames, batch_size, num_batches
-        self.first_step, self.seed, self.masks = first_step, seed, masks
+        self.first_step, self.seed, self.masks, self.teacher = first_step, seed, masks, teacher
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[Any, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.first_step + index])
         labels = rng.integers(0, len(self.speakers), size=self.batch_size)
-        crops = []
+        crops, keys = [], []
         for label in labels:
             speaker = self.speakers[label]
             segment = self.segments[speaker][rng.integers(len(self.segments[speaker]))]
             crops.append(segment_crop(self.cache, speaker, segment, crop_frames=self.crop_frames, rng=rng))
-        return masked(np.stack(crops), np.random.default_rng([self.seed, self.first_step + index, 1]),
-                      self.masks), labels
+            keys.append(target_key(speaker, segment[0]))
+        x = masked(np.stack(crops), np.random.default_rng([self.seed, self.first_step + index, 1]), self.masks)
+        return ((x, self.teacher.rows(keys)) if self.teacher is not None else x), labels
 
 
 class SoftmaxBatches(keras.utils.PyDataset):

@@ -35,6 +35,14 @@ MULTIWORKER_REFUSED: tuple[tuple[Callable[["TrainConfig"], bool], str], ...] = (
      "--strategy multiworker, triplet phase: each worker's share of --batch_size must be a multiple of 3 rows "
      "(anchors, positives, negatives)"),
 )
+# --teacher distils in the softmax phase's random-crop batcher on one device; elsewhere it is refused in one line.
+TEACHER_REFUSED: tuple[tuple[Callable[["TrainConfig"], bool], str], ...] = (
+    (lambda c: c.phase != "softmax", "--teacher distils in the softmax phase only"),
+    (lambda c: not c.random_crops, "--teacher needs --random-crops (the teacher embeds the cache's utterances)"),
+    (lambda c: c.input_pipeline != "pydataset", "--teacher feeds through --input_pipeline pydataset only"),
+    (lambda c: c.strategy != "none", "--teacher trains on one device (--strategy none)"),
+    (lambda c: not (math.isfinite(c.teacher_weight) and c.teacher_weight > 0), "--teacher_weight must be positive"),
+)
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -122,6 +130,13 @@ class TrainConfig:
                 "mask_frames frames and 2 frequency masks of up to mask_bins bands, set to 0; seeded by the step"})
     mask_frames: int = 20
     mask_bins: int = 8
+    teacher: str | None = field(default=None, metadata={
+        "metavar": "ENCODER", "default_help": "none",
+        "help": "softmax phase with --random-crops: distil from this registered encoder (e.g. resemblyzer) beside "
+                "the speaker loss: it embeds each training utterance's clean audio once (OUT/teacher/ENCODER.npz) "
+                "and a learned projection of the student's embedding regresses it (cosine)"})
+    teacher_weight: float = field(default=1.0, metadata={
+        "metavar": "W", "help": "--teacher: weight of the distillation loss (1 - cosine) beside the speaker loss"})
     refresh_every: int = field(default=100, metadata={  # the original: 100 batches
         "metavar": "K", "help": "triplet phase: steps between two refreshes of the hard-negative pool"})
     pool_speakers: int = field(default=640, metadata={
@@ -162,8 +177,25 @@ class TrainConfig:
             for refused, reason in MULTIWORKER_REFUSED:
                 if refused(self):
                     raise DeepSpeakerError(reason)
+        if self.teacher is not None:
+            for refused, reason in TEACHER_REFUSED:
+                if refused(self):
+                    raise DeepSpeakerError(reason)
         if not (math.isfinite(self.width) and self.width > 0) or not 0 <= self.holdout < 1:
             raise DeepSpeakerError(f"need a positive width and 0 <= holdout < 1 (got {self.width}, {self.holdout})")
+
+    @property
+    def features_dir(self) -> Path | None:
+        """The feature cache or store of the random crops and the triplet phase: --cache_dir, else the folder of
+        --data_filename (None when neither is given)."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        return Path(self.data).parent if self.data is not None else None
+
+    @property
+    def teacher_targets(self) -> Path | None:
+        """Where the teacher's targets of --teacher are kept (``OUT/teacher/ENCODER.npz``), None without one."""
+        return None if self.teacher is None else self.output_dir / "teacher" / f"{self.teacher}.npz"
 
     @property
     def run_dir(self) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from ..data.sources import FeatureSource, open_features
 from ..data.features import FEATURE_SETTINGS
 from ..data.inputs import load_training_inputs
+from ..data.targets import TeacherTargets, read_targets, target_key
 from ..errors import DeepSpeakerError
 from ..model.checkpoints import (
     LAST,
@@ -41,6 +42,7 @@ from ..model.rescnn import (
     load_model,
     model_identity,
     model_width,
+    teacher_of,
     to_embedding_model,
 )
 from ..settings import settings_difference
@@ -62,6 +64,11 @@ from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 Validation = tuple[np.ndarray, np.ndarray] | None
 
 log = logging.getLogger(__name__)
+
+
+def _teacher_text(teacher: tuple[int, float] | None) -> str:
+    """A run's teacher in words, for refusals."""
+    return "without a teacher" if teacher is None else f"with a {teacher[0]}-d teacher at weight {teacher[1]:g}"
 
 
 def _check_features(settings: dict, where: str) -> None:
@@ -172,8 +179,7 @@ class Trainer:
         return inputs
 
     def _cache(self) -> FeatureSource:
-        c = self.config
-        cache_dir = c.cache_dir or (Path(c.data).parent if c.data is not None else None)
+        cache_dir = self.config.features_dir
         if cache_dir is None:
             raise DeepSpeakerError("the triplet phase needs a feature cache (--cache_dir or --data_filename beside it)")
         cache = open_features(cache_dir)
@@ -206,10 +212,13 @@ class Trainer:
         self.resume_state = state
         return model
 
-    def softmax_model(self, num_speakers: int) -> keras.Model:
-        """A fresh ResCNN with the configured softmax head over num_speakers, compiled."""
+    def softmax_model(self, num_speakers: int, teacher: tuple[int, float] | None = None) -> keras.Model:
+        """A fresh ResCNN with the configured softmax head over num_speakers (and the projection of a teacher of
+        that embedding size and loss weight), compiled."""
         c = self.config
-        model = build_rescnn(width=c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head)
+        size, weight = teacher or (None, 1.0)
+        model = build_rescnn(width=c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head,
+                             teacher_size=size, teacher_weight=weight)
         loss = SoftmaxCrossEntropy() if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin, c.scale)
         self.compile(model, loss, ["accuracy"])
         return model
@@ -283,11 +292,12 @@ class Trainer:
         if c.random_crops:
             cache = self._cache()
             train_segments, held_out = batching.speaker_segments(cache, c.holdout, c.seed)
-            x_val, y_val = self._held_out_crops(cache, held_out)
+            x_val, y_val, val_keys = self._held_out_crops(cache, held_out)
             inputs = {"speakers": sorted(train_segments)}
         else:
             inputs = self._inputs()
         num_speakers = len(inputs["speakers"])
+        teacher = self._teacher(cache) if c.teacher else None
         model = self.load_resumable()
         if model is not None and model.output_shape[-1] != num_speakers:
             raise DeepSpeakerError(f"{self.run_dir}: its softmax has {model.output_shape[-1]} speakers, "
@@ -295,16 +305,22 @@ class Trainer:
         if model is not None and head_of(model) != c.softmax_head:
             raise DeepSpeakerError(f"{self.run_dir}: a run with the {head_of(model)} head is there; this run uses "
                                    f"{c.softmax_head} (--softmax-head)")
+        wanted = None if teacher is None else (teacher.embeddings.shape[1], c.teacher_weight)
+        if model is not None and teacher_of(model) != wanted:
+            raise DeepSpeakerError(f"{self.run_dir}: a run {_teacher_text(teacher_of(model))} is there; this run "
+                                   f"trains {_teacher_text(wanted)} (--teacher, --teacher_weight)")
         if model is None:
-            model = self.softmax_model(num_speakers)
+            model = self.softmax_model(num_speakers, wanted)
         # Recorded only when used, so that the original's runs keep the original's state.
         extra = {"softmax_head": c.softmax_head, "margin": c.margin, "scale": c.scale} if c.softmax_head != "softmax" \
             else {}
         if c.spec_augment:
             extra["spec_augment"] = list(self._masks())
+        if teacher is not None:
+            extra.update(teacher=teacher.teacher, teacher_identity=teacher.identity, teacher_weight=c.teacher_weight)
         state = self.run_state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops, **extra)
         if c.random_crops:
-            validation = (x_val, y_val)
+            validation = (x_val, y_val) if teacher is None else ((x_val, teacher.rows(val_keys)), y_val)
         else:
             validation = (inputs["x_test"], inputs["y_test"]) if len(inputs["x_test"]) else None
         validation, validators = self.softmax_validation(model, validation)
@@ -317,16 +333,18 @@ class Trainer:
                 return tf_dataset(sampler, first_step=start, num_batches=c.steps - start)
             if c.random_crops:
                 return batching.RandomCropBatches(cache, train_segments, c.crop_frames, c.batch_size,
-                                                  c.steps - start, first_step=start, seed=c.seed, masks=self._masks())
+                                                  c.steps - start, first_step=start, seed=c.seed, masks=self._masks(),
+                                                  teacher=teacher)
             return batching.SoftmaxBatches(inputs["x_train"], inputs["y_train"], c.batch_size, c.steps - start,
                                            first_step=start, seed=c.seed, masks=self._masks())
 
         return self._fit(model, lambda start: self.feed(data(start)), validation, state, extra_callbacks=validators)
 
-    def _held_out_crops(self, cache: FeatureSource, held_out: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out crops (about one per crop length of held-out audio) and their speaker indices."""
+    def _held_out_crops(self, cache: FeatureSource, held_out: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Held-out crops (about one per crop length of held-out audio), their speaker indices and the target key
+        (``speaker/utterance``) of each."""
         rng = np.random.default_rng([self.config.seed, 1])
-        crops, labels = [], []
+        crops, labels, keys = [], [], []
         for index, speaker in enumerate(sorted(held_out)):
             for segment in held_out[speaker]:
                 count = max(1, round((segment[2] - segment[1]) / self.config.crop_frames))
@@ -334,10 +352,23 @@ class Trainer:
                     crops.append(batching.segment_crop(cache, speaker, segment, crop_frames=self.config.crop_frames,
                                                        rng=rng))
                     labels.append(index)
+                    keys.append(target_key(speaker, segment[0]))
         if len(set(labels)) < 2:
             raise DeepSpeakerError(f"{cache.path}: fewer than 2 speakers have held-out audio for the validation EER")
         keep = np.sort(rng.permutation(len(crops))[: self.config.max_validation])
-        return np.stack(crops)[keep], np.asarray(labels)[keep]
+        return np.stack(crops)[keep], np.asarray(labels)[keep], [keys[i] for i in keep]
+
+    def _teacher(self, cache: FeatureSource) -> TeacherTargets:
+        """The --teacher targets (written by the command line before training), checked against this run's cache."""
+        path = self.config.teacher_targets
+        if not path.is_file():
+            raise DeepSpeakerError(f"{path}: no teacher targets; `deep-speaker train softmax --teacher "
+                                   f"{self.config.teacher}` (or `deep-speaker run --teacher`) computes them first")
+        teacher = read_targets(path)
+        if teacher.teacher != self.config.teacher:
+            raise DeepSpeakerError(f"{path}: targets of the teacher {teacher.teacher}, not {self.config.teacher}")
+        teacher.check_covers(cache, path)
+        return teacher
 
     def _train_triplet(self) -> dict:
         c = self.config
