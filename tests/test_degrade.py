@@ -103,3 +103,68 @@ def test_bad_arguments_are_user_errors(speaker_dir: Path, tmp_path: Path) -> Non
         degrade_folder(speaker_dir, speaker_dir / "noisy", kind="noise", level=10.0)
     with pytest.raises(DeepSpeakerError, match="no audio"):
         degrade_folder(tmp_path, tmp_path.parent / "empty-out", kind="noise", level=10.0)
+
+
+def f0_track(signal: np.ndarray, sr: int) -> np.ndarray:
+    """pYIN f0 per frame (NaN where unvoiced) of a speech signal."""
+    import librosa
+
+    return librosa.pyin(signal, fmin=60, fmax=500, sr=sr)[0]
+
+
+def test_pitch_shift_moves_the_measured_f0_by_the_semitone_ratio(speaker_dir: Path) -> None:
+    signal, sr = sf.read(sorted(speaker_dir.rglob("*.flac"))[0], dtype="float32")
+    signal = signal[sr: 4 * sr]  # 3 s of voiced speech (the file opens with a pause)
+    out = degrade_signal(signal, sr, kind="pitch", level=3.0)
+    assert out.shape == signal.shape  # same duration
+    before, after = f0_track(signal, sr), f0_track(out, sr)
+    voiced = ~np.isnan(before) & ~np.isnan(after)
+    assert voiced.sum() > 30
+    # frame by frame (the timing is kept): 2^(3/12) = 1.189, within a quarter semitone
+    assert np.median(after[voiced] / before[voiced]) == pytest.approx(2 ** (3 / 12), rel=0.015)
+
+
+def test_tempo_changes_the_duration_by_the_rate_not_the_spectrum(speaker_dir: Path) -> None:
+    signal, sr = sf.read(sorted(speaker_dir.rglob("*.flac"))[0], dtype="float32")
+    for rate in (1.25, 0.8):
+        out = degrade_signal(signal, sr, kind="tempo", level=rate)
+        assert out.size / signal.size == pytest.approx(1 / rate, abs=1e-3)
+    # the long-term spectrum (where the energy sits) is kept, unlike a speed change: the spectral centroids agree
+
+    def centroid(x: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(x)) ** 2
+        return float(np.sum(np.fft.rfftfreq(x.size, 1 / sr) * power) / np.sum(power))
+
+    assert centroid(out) == pytest.approx(centroid(signal), rel=0.05)  # a 3-semitone shift moves it 20 %
+    with pytest.raises(DeepSpeakerError, match="positive"):
+        degrade_signal(signal, sr, kind="tempo", level=0.0)
+
+
+def test_codec_is_deterministic_and_bounded_in_snr(speaker_dir: Path, tmp_path: Path) -> None:
+    signal, sr = sf.read(sorted(speaker_dir.rglob("*.flac"))[0], dtype="float32")
+    low, high = (degrade_signal(signal, sr, kind="codec", level=level) for level in (1.0, 0.5))
+    np.testing.assert_array_equal(low, degrade_signal(signal, sr, kind="codec", level=1.0))
+    assert low.shape == signal.shape and high.shape == signal.shape
+    snr_low, snr_high = measured_snr_db(signal, low), measured_snr_db(signal, high)
+    # a lossy codec: audible damage, more of it at the lower bitrate, yet still the same speech
+    assert 3.0 < snr_low < snr_high < 30.0
+    # the encoded file itself: a higher compression level writes fewer bytes (through soundfile directly)
+    sizes = []
+    for level in (1.0, 0.5):
+        sf.write(tmp_path / f"{level}.ogg", signal, sr, format="OGG", subtype="OPUS", compression_level=level)
+        sizes.append((tmp_path / f"{level}.ogg").stat().st_size)
+    assert sizes[0] < sizes[1] / 4
+    with pytest.raises(DeepSpeakerError, match=r"\[0, 1\]"):
+        degrade_signal(signal, sr, kind="codec", level=2.0)
+
+
+def test_new_kinds_write_folders_in_the_same_layout(speaker_dir: Path, tmp_path: Path) -> None:
+    one = sorted(speaker_dir.rglob("*.flac"))[0]
+    (tmp_path / "src" / "3005").mkdir(parents=True)
+    (tmp_path / "src" / "3005" / one.name).symlink_to(one)
+    for kind, level in (("codec", 0.97), ("pitch", 2.0), ("tempo", 1.25)):
+        runs = [degrade_folder(tmp_path / "src", tmp_path / f"{kind}{k}", kind=kind, level=level) for k in (0, 1)]
+        assert [p.relative_to(tmp_path / f"{kind}0") for p in runs[0]] == [Path("3005") / one.name]
+        # deterministic run to run, written in the source's format
+        assert runs[0][0].read_bytes() == runs[1][0].read_bytes()
+        assert sf.info(str(runs[0][0])).subtype == sf.info(str(one)).subtype

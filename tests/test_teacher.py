@@ -16,7 +16,7 @@ from deep_speaker.data.audio import read_audio
 from deep_speaker.data.cache import FeatureCache, augment_cache, build_cache
 from deep_speaker.data.targets import TeacherTargets, read_targets, target_key, write_targets
 from deep_speaker.encoders import get_encoder
-from deep_speaker.encoders.teacher import ensure_teacher_targets, package_licence, teacher_card, teacher_targets
+from deep_speaker.encoders.teacher import ensure_teacher_targets, package_licence, teacher_card
 from deep_speaker.errors import DeepSpeakerError
 
 STEPS = ["--width", "0.0625", "--crop_frames", "64", "--batch_size", "12", "--steps", "2", "--save_every", "1",
@@ -48,13 +48,14 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("deep-speaker: error:")]
 
 
-def test_targets_are_the_package_embeddings_of_the_clean_source(cache) -> None:
-    """Each entry's target: resemblyzer's VoiceEncoder.embed_utterance(preprocess_wav(audio)) of its source audio
-    as the cache read it (percentile trim), played at the copy's speed (soxr, as a speed copy is made)."""
+def test_targets_are_the_package_embeddings_of_the_clean_source(run, cache) -> None:
+    """Each entry's target (as the run's command line wrote them): resemblyzer's
+    VoiceEncoder.embed_utterance(preprocess_wav(audio)) of its source audio as the cache read it (percentile trim),
+    played at the copy's speed (soxr, as a speed copy is made)."""
     from resemblyzer import VoiceEncoder, preprocess_wav
 
     source = FeatureCache(cache)
-    targets = teacher_targets(get_encoder("resemblyzer"), source)
+    targets = read_targets(run / "teacher" / "resemblyzer.npz")
     package = VoiceEncoder("cpu", verbose=False)
     speeds = set()
     for speaker, utterance in source.utterances():

@@ -135,17 +135,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=run_compare)
 
     deg = subparsers.add_parser(
-        "degrade", help="write degraded copies of real speech (noise, low-pass, vocoders) for sanity checks",
+        "degrade", help="write degraded copies of real speech (noise, low-pass, vocoders, codec, pitch, tempo) for "
+                        "sanity checks",
         description="Copy every audio file of SRC to the same relative path under DST, degraded: white noise "
                     "at an SNR (level in dB, default 20), a low-pass filter (level = cut-off Hz, default 4000), "
-                    "a Griffin-Lim resynthesis from the STFT magnitude (level = iterations, default 8) or a "
-                    "mel-vocoder-like resynthesis through a mel bottleneck (level = mel bands, default 80). "
+                    "a Griffin-Lim resynthesis from the STFT magnitude (level = iterations, default 8), a "
+                    "mel-vocoder-like resynthesis through a mel bottleneck (level = mel bands, default 80), an Opus "
+                    "round trip (level = libsndfile's compression level in [0, 1], 1 the lowest bitrate, default "
+                    "0.97), a pitch shift at the same duration (level = semitones, default 2) or a tempo change at "
+                    "the same pitch (level = rate, default 1.25). "
                     "Comparing SRC with DST should give larger distances for stronger degradations.")
     deg.add_argument("src", metavar="SRC", help="folder of real speech")
     deg.add_argument("dst", metavar="DST", help="output folder (same layout and names)")
     deg.add_argument("--kind", required=True, choices=DEGRADATION_KINDS, help="degradation")
     deg.add_argument("--level", type=finite_float, default=None,
-                     help="SNR dB (noise), cut-off Hz (lowpass), iterations (griffinlim) or mel bands (melvocoder)")
+                     help="SNR dB (noise), cut-off Hz (lowpass), iterations (griffinlim), mel bands (melvocoder), "
+                          "compression level (codec), semitones (pitch) or rate (tempo)")
     deg.add_argument("--seed", type=int, default=0, help="seed of the noise / initial phases (default 0)")
     deg.set_defaults(func=run_degrade)
 

@@ -2,10 +2,11 @@
 
 ``get_encoder("deep-speaker", model=PATH)`` is the Deep Speaker ResCNN (:class:`deepspeaker.Embedder`); the
 pretrained encoders of the field (``resemblyzer``, ``wespeaker``, ``wavlm-sv``, ``wavlm-large-sv``) are
-optional extras; other encoders plug in with ``register_encoder(name, factory)``. A module is imported only when
-its encoder is asked for, so listing the encoders (or importing this package) loads no model framework; each
-encoder's declaration (:mod:`.options`: its options and capabilities) is kept beside its factory, so the command
-line reads them without importing the encoder either.
+optional extras; ``mean-mfcc`` is the mean-MFCC baseline (:mod:`.mfcc`); other encoders plug in with
+``register_encoder(name, factory)``. A module is imported only when its encoder is asked for, so listing the
+encoders (or importing this package) loads no model framework; each encoder's declaration (:mod:`.options`: its
+options and capabilities) is kept beside its factory, so the command line reads them without importing the
+encoder either.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import DeepSpeakerError, InternalError
 from ..settings import check_choice
-from .options import DEEP_SPEAKER, NO_DECLARATION, RESEMBLYZER, WAVLM_LARGE_SV, WAVLM_SV, WESPEAKER, EncoderDeclaration
+from .options import (DEEP_SPEAKER, MEAN_MFCC, NO_DECLARATION, RESEMBLYZER, WAVLM_LARGE_SV, WAVLM_SV, WESPEAKER,
+                      EncoderDeclaration)
 
 if TYPE_CHECKING:
     from .base import Encoder
@@ -59,6 +61,7 @@ _FACTORIES: dict[str, Callable[..., Encoder]] = {
     "wespeaker": _Lazy("wespeaker", "WeSpeakerEncoder", WESPEAKER),
     "wavlm-sv": _Lazy("wavlm", "WavLMEncoder", WAVLM_SV),
     "wavlm-large-sv": _Lazy("wavlm_large_sv", "WavLMLargeSVEncoder", WAVLM_LARGE_SV),
+    "mean-mfcc": _Lazy("mfcc", "MeanMFCCEncoder", MEAN_MFCC),  # the baseline a trained encoder must beat
 }
 _DECLARATIONS: dict[str, EncoderDeclaration] = {name: f.declaration for name, f in _FACTORIES.items()}
 

@@ -87,3 +87,4 @@ WAVLM_SV = EncoderDeclaration(options=(
 WAVLM_LARGE_SV = EncoderDeclaration(options=(
     weights_option("UniSpeech's wavlm_large_finetune.pth or its folder (default: the one in the user cache "
                    "folder)"),))
+MEAN_MFCC = EncoderDeclaration()  # no option: python_speech_features' defaults are the baseline

@@ -3,7 +3,7 @@ the ``deep-speaker`` parser (``--help``, a usage error) must not wait for numpy 
 them keep these names (``eval.scoring.DEFAULT_PRIOR``, ``eval.degrade.KINDS``, ...)."""
 
 DEFAULT_PRIOR = 0.5  # the prior verify states its probability at, and calibrations are fitted at
-DEGRADATION_KINDS = ("noise", "lowpass", "griffinlim", "melvocoder")
+DEGRADATION_KINDS = ("noise", "lowpass", "griffinlim", "melvocoder", "codec", "pitch", "tempo")
 GENDER_RULES = ("any", "same", "different")
 EXPORT_SUFFIXES = (".npz", ".npy", ".csv")
 KALDI_SUFFIX = ".ark"

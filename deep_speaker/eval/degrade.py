@@ -1,7 +1,9 @@
-"""Degraded copies of real speech (noise, low-pass, Griffin-Lim and mel-vocoder resynthesis) for metric sanity checks."""
+"""Degraded copies of real speech (noise, low-pass, Griffin-Lim and mel-vocoder resynthesis, a low-bitrate codec,
+pitch and tempo changes) for metric sanity checks and out-of-domain evaluation copies (``eval.dev``)."""
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from pathlib import Path
@@ -12,17 +14,19 @@ import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
 from ..atomic import atomic_write
-from ..data.audio import AUDIO_EXTENSIONS
+from ..data.audio import AUDIO_EXTENSIONS, resample
 from ..data.corpus import find_audio_files
 from ..errors import DeepSpeakerError
 from ..settings import check_choice
 from .constants import DEGRADATION_KINDS as KINDS
 
-Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder"]
+Kind = Literal["noise", "lowpass", "griffinlim", "melvocoder", "codec", "pitch", "tempo"]
 # What ``level`` means for each kind, and its default.
 LEVELS = {"noise": ("SNR in dB", 20.0), "lowpass": ("cut-off in Hz", 4000.0),
-          "griffinlim": ("Griffin-Lim iterations", 8.0), "melvocoder": ("mel bands", 80.0)}
+          "griffinlim": ("Griffin-Lim iterations", 8.0), "melvocoder": ("mel bands", 80.0),
+          "codec": ("Opus compression level", 0.97), "pitch": ("semitones", 2.0), "tempo": ("rate", 1.25)}
 MEL_VOCODER_ITERATIONS = 16
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # the only rates Opus encodes; others go through 48 kHz
 # A full-scale peak would clip when written back as 16-bit PCM.
 MAX_PEAK = 0.99
 
@@ -84,10 +88,43 @@ def mel_vocoder(signal: np.ndarray, sample_rate: int, n_mels: int, *, seed: int 
     return out.astype(np.float32)
 
 
+def opus_codec(signal: np.ndarray, sample_rate: int, compression_level: float) -> np.ndarray:
+    """Opus round trip: ``decode(encode(x))`` in an in-memory Ogg file through libsndfile (soundfile), at its
+    ``compression_level`` in [0, 1] (1 = the lowest bitrate: on 16 kHz speech 0 gave about 260 kbit/s, 0.97 about
+    14 kbit/s, 1 about 7 kbit/s). Deterministic: the encoder draws nothing at random."""
+    if not 0.0 <= compression_level <= 1.0:
+        raise DeepSpeakerError(f"the Opus compression level must lie in [0, 1], got {compression_level:g}")
+    rate = sample_rate if sample_rate in OPUS_RATES else 48000
+    x = resample(np.asarray(signal, dtype=np.float32), sample_rate, rate)
+    buffer = io.BytesIO()
+    sf.write(buffer, x, rate, format="OGG", subtype="OPUS", compression_level=compression_level)
+    buffer.seek(0)
+    decoded = resample(sf.read(buffer, dtype="float32")[0], rate, sample_rate)
+    # The decoder drops the encoder's pre-skip, so an Opus rate keeps the length; going through 48 kHz may round it.
+    return np.pad(decoded, (0, max(0, len(signal) - decoded.size)))[:len(signal)]
+
+
+def pitch_shift(signal: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """Pitch (and formants) times ``2 ** (semitones / 12)`` at the same duration (librosa.effects.pitch_shift)."""
+    import librosa
+
+    return librosa.effects.pitch_shift(np.asarray(signal, dtype=np.float32), sr=sample_rate,
+                                       n_steps=semitones).astype(np.float32)
+
+
+def tempo_change(signal: np.ndarray, rate: float) -> np.ndarray:
+    """Duration divided by ``rate`` at the same pitch: a phase-vocoder time stretch (librosa.effects.time_stretch)."""
+    import librosa
+
+    if rate <= 0:
+        raise DeepSpeakerError(f"the tempo rate must be positive, got {rate:g}")
+    return librosa.effects.time_stretch(np.asarray(signal, dtype=np.float32), rate=rate).astype(np.float32)
+
+
 def degrade_signal(signal: np.ndarray, sample_rate: int, *, kind: Kind, level: float,
                    seed: int | np.random.Generator = 0) -> np.ndarray:
     """Apply one degradation: ``noise`` (level = SNR dB), ``lowpass`` (cut-off Hz), ``griffinlim`` (iterations),
-    ``melvocoder`` (mel bands)."""
+    ``melvocoder`` (mel bands), ``codec`` (Opus compression level), ``pitch`` (semitones), ``tempo`` (rate)."""
     check_choice(kind, KINDS, "degradation")
     if kind == "noise":
         return add_noise(signal, level, seed)
@@ -95,6 +132,12 @@ def degrade_signal(signal: np.ndarray, sample_rate: int, *, kind: Kind, level: f
         return lowpass(signal, sample_rate, level)
     if kind == "griffinlim":
         return griffin_lim(signal, int(level), seed=seed)
+    if kind == "codec":
+        return opus_codec(signal, sample_rate, level)
+    if kind == "pitch":
+        return pitch_shift(signal, sample_rate, level)
+    if kind == "tempo":
+        return tempo_change(signal, level)
     return mel_vocoder(signal, sample_rate, int(level), seed=seed)
 
 
