@@ -375,7 +375,7 @@ class Trainer:
         cache = self._cache()
         train_segments, held_out = batching.triplet_segments(cache, crop_frames=c.crop_frames, holdout=c.holdout,
                                                              seed=c.seed)
-        x_val, y_val = self._held_out_crops(cache, held_out)
+        x_val, y_val, _ = self._held_out_crops(cache, held_out)
         model = self.load_resumable()
         started_from = None
         if model is None:
