@@ -60,3 +60,40 @@ def test_no_model_means_the_packaged_one_and_reproduces_its_card(card, tmp_path,
     assert eer == pytest.approx(card["eer"], abs=2e-3)
     assert scores[labels == 1].mean() == pytest.approx(card["sap"], abs=2e-3)
     assert scores[labels == 0].mean() == pytest.approx(card["san"], abs=2e-3)
+
+
+def sklearn_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The EER at the crossing of scikit-learn's FAR and FRR, interpolated."""
+    far, tpr, _ = roc_curve(labels, scores)
+    frr = 1.0 - tpr
+    i = np.flatnonzero(far >= frr)[0]
+    t = (frr[i - 1] - far[i - 1]) / ((far[i] - far[i - 1]) - (frr[i] - frr[i - 1]))
+    return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def test_its_dev_speakers_were_held_out_and_its_clean_dev_eer_is_reproduced(card):
+    """The card's dev speakers are the dev protocol's (16 of each gender per SPEAKERS.TXT, read here), none of its
+    training speakers; its clean dev EER: each utterance read at 16 kHz, cut in 3 equal parts, all pairs (numpy
+    cosine, scikit-learn's ROC)."""
+    import soundfile as sf
+
+    from deep_speaker.data.audio import load_audio
+
+    dev = card["dev_protocol"]["speakers"]
+    train = REPO / "samples" / "librispeech" / "train-clean-100"
+    rows = [line.split("|") for line in (train.parent / "SPEAKERS.TXT").read_text().splitlines()
+            if not line.startswith(";")]
+    sex = {r[0].strip(): r[1].strip() for r in rows if len(r) > 1}
+    assert len(dev) == 32 and sorted(sex[s] for s in dev) == ["F"] * 16 + ["M"] * 16
+    bundled = {p.name for p in train.iterdir() if p.is_dir()}
+    assert set(dev) <= bundled and f"{len(bundled) - len(dev)} LibriSpeech" in card["training_data"]
+    files = sorted(f for s in dev for f in (train / s).rglob("*.flac"))
+    assert all(sf.info(f).samplerate == 16000 for f in files)
+    parts = [part for f in files for part in np.array_split(load_audio(f), 3)]
+    speakers = np.repeat([f.relative_to(train).parts[0] for f in files], 3)
+    emb = Embedder().embed_signals(parts).astype(np.float64)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    first, second = np.triu_indices(len(parts), 1)
+    scores = np.einsum("ij,ij->i", emb[first], emb[second])
+    labels = (speakers[first] == speakers[second]).astype(int)
+    assert sklearn_eer(scores, labels) == pytest.approx(card["dev_protocol"]["eer"]["clean"], abs=2e-3)
