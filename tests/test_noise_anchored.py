@@ -117,11 +117,15 @@ def test_noise_sets_match_the_real_files_and_are_deterministic(real_dir: Path) -
         again = list(noise_set(kind, paths[::-1], labels[::-1], seed=3))[::-1]  # order-independent
         other = list(noise_set(kind, paths, labels, seed=4))
         assert [m.path for m in made] == paths and [m.label for m in made] == labels
-        for m, a, o in zip(made, again, other):
+        # Another seed gives another set. Not every babble file: for a file at least as long as each of its
+        # talkers every window starts at 0, so only the pick of 4 of the 6 other speakers' files is random, and
+        # the two seeds pick the same 4 with probability 1/15 (seeded by the path: in some temporary folders).
+        moved = [not np.array_equal(m.signal, o.signal) for m, o in zip(made, other)]
+        assert any(moved) if kind == "babble" else all(moved)
+        for m, a in zip(made, again):
             info = sf.info(m.path)
             assert m.sample_rate == info.samplerate and m.signal.size == info.frames  # same length and rate
             np.testing.assert_array_equal(m.signal, a.signal)
-            assert not np.array_equal(m.signal, o.signal)
             assert np.all(np.isfinite(m.signal)) and np.max(np.abs(m.signal)) > 1e-4  # never digital silence
             real_rms = np.sqrt(np.mean(sf.read(m.path)[0] ** 2))
             rms = np.sqrt(np.mean(m.signal.astype(np.float64) ** 2))
