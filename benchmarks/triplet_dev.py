@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from deep_speaker.atomic import write_json  # noqa: E402
 from deep_speaker.encoders import get_encoder  # noqa: E402
 from deep_speaker.eval.dev import evaluate_dev  # noqa: E402
-from deep_speaker.eval.dev_report import interval_text  # noqa: E402
+from deep_speaker.eval.dev_report import eer_part, interval_text  # noqa: E402
 from deep_speaker.model.checkpoints import best_checkpoint, read_state  # noqa: E402
 from deep_speaker.model.rescnn import load_model, to_embedding_model  # noqa: E402
 from deep_speaker.train import TrainConfig, train  # noqa: E402
@@ -34,9 +34,7 @@ def dev_row(model_path: Path, dev: Path) -> dict:
     """The dev report's clean EER and OOD mean EER of a checkpoint's embedding network."""
     encoder = get_encoder(model=to_embedding_model(load_model(model_path)))
     report = evaluate_dev(encoder, dev)
-    clean = report["conditions"]["clean"]
-    return {"clean": {"value": clean["eer"], **{k: clean["intervals"]["eer"][k] for k in ("low", "high")}},
-            "ood": report["ood"]["eer"]}
+    return {"clean": eer_part(report["conditions"]["clean"]), "ood": report["ood"]["eer"]}
 
 
 def main() -> None:

@@ -54,9 +54,13 @@ class TeacherTargets:
         """The rows of ``keys``, in order."""
         return self.embeddings[[self.index[k] for k in keys]]
 
+    def missing(self, source: Any) -> list[str]:
+        """The keys of the utterances of the feature source ``source`` that have no target here."""
+        return [target_key(s, u) for s, u in source.utterances() if target_key(s, u) not in self.index]
+
     def check_covers(self, source: Any, where: str | os.PathLike) -> None:
         """Refuse (one line) targets that lack an utterance of the feature source ``source``."""
-        missing = [target_key(s, u) for s, u in source.utterances() if target_key(s, u) not in self.index]
+        missing = self.missing(source)
         if missing:
             raise DeepSpeakerError(f"{where}: no teacher target for {len(missing)} utterance(s) of {source.path} "
                                    f"(e.g. {missing[0]}): made for another cache; delete it to recompute")

@@ -44,7 +44,7 @@ def teacher_targets(encoder: Encoder, source: Any) -> TeacherTargets:
             signals.append(signal if speed == 1.0 else speed_perturb(signal, speed, SAMPLE_RATE))
         rows.append(encoder.embed_signals(signals, SAMPLE_RATE))
     index = {item: i for i, item in enumerate(distinct)}
-    embeddings = normalize_rows(np.concatenate(rows).astype(np.float64))[[index[w] for w in wanted]]
+    embeddings = normalize_rows(np.concatenate(rows))[[index[w] for w in wanted]]
     return TeacherTargets(keys, embeddings.astype(np.float32), encoder.name, encoder.identity)
 
 
@@ -58,11 +58,10 @@ def ensure_teacher_targets(teacher: str, features_dir: str | os.PathLike, path: 
         if found.teacher != teacher:
             raise DeepSpeakerError(f"{path}: targets of the teacher {found.teacher}, not {teacher}; delete it or use "
                                    f"another output folder")
-        keys = {target_key(s, u) for s, u in source.utterances()}
-        if keys <= set(found.keys):
+        missing = found.missing(source)
+        if not missing:
             return found
-        log.info("teacher targets: %s lacks %d utterance(s) of %s; recomputing", path, len(keys - set(found.keys)),
-                 source.path)
+        log.info("teacher targets: %s lacks %d utterance(s) of %s; recomputing", path, len(missing), source.path)
     encoder = get_encoder(teacher)
     log.info("teacher targets: %s embeds %d utterance(s) of %s", teacher, len(source.utterances()), source.path)
     targets = teacher_targets(encoder, source)
