@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,6 +25,8 @@ _XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _XDIST_WORKERS > 1:
     for _name in THREAD_VARS:
         os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS)))
+
+import numpy as np  # noqa: E402  (after the thread counts: its BLAS reads them once, when it loads)
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRI_MINI = REPO / "samples" / "librispeech"  # shipped with the clone: the suite needs nothing outside it
@@ -91,9 +92,10 @@ def reference_checkpoint() -> Path:
     return REFERENCE_CHECKPOINT
 
 
-def roc_thresholds(scores: np.ndarray, labels: np.ndarray, far: float) -> dict:
-    """The EER (with its threshold, interpolated between ROC points) and the threshold at ``far`` false accepts,
-    from scikit-learn's ROC curve: the independent reference of the thresholds our verifiers report."""
+def roc_thresholds(scores: np.ndarray, labels: np.ndarray, far: float | None = None) -> dict:
+    """The EER (with its threshold, interpolated between ROC points) and, given ``far``, the threshold at that rate
+    of false accepts, from scikit-learn's ROC curve: the independent reference of the EERs and thresholds we
+    report."""
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
@@ -102,9 +104,16 @@ def roc_thresholds(scores: np.ndarray, labels: np.ndarray, far: float) -> dict:
     theta = np.append(thr[1:], np.nextafter(scores.min(), -np.inf))
     i = np.flatnonzero(fpr - frr >= 0)[0]
     d_hi, d_lo = fpr[i] - frr[i], fpr[i - 1] - frr[i - 1]
-    return {"theta_eer": theta[i] + d_hi / (d_hi - d_lo) * (theta[i - 1] - theta[i]),
-            "eer": fpr[i - 1] + (d_lo / (d_lo - d_hi)) * (fpr[i] - fpr[i - 1]),
-            "theta_far": theta[np.flatnonzero(fpr <= far)[-1]]}
+    found = {"theta_eer": theta[i] + d_hi / (d_hi - d_lo) * (theta[i - 1] - theta[i]),
+             "eer": fpr[i - 1] + (d_lo / (d_lo - d_hi)) * (fpr[i] - fpr[i - 1])}
+    if far is not None:
+        found["theta_far"] = theta[np.flatnonzero(fpr <= far)[-1]]
+    return found
+
+
+def sklearn_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The EER where scikit-learn's FAR and FRR cross, interpolated between ROC points (:func:`roc_thresholds`)."""
+    return float(roc_thresholds(np.asarray(scores), np.asarray(labels))["eer"])
 
 
 @pytest.fixture(scope="session")
