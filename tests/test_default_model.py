@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_curve
+from conftest import sklearn_eer
 
 from deep_speaker.encoders import deepspeaker
 from deep_speaker.encoders.deepspeaker import PACKAGED_MODEL_DIR, Embedder
@@ -51,24 +51,9 @@ def test_no_model_means_the_packaged_one_and_reproduces_its_card(card, tmp_path,
     rows, cols = np.triu_indices(len(files), 1)
     scores = np.einsum("ij,ij->i", emb[rows], emb[cols])
     labels = (speakers[rows] == speakers[cols]).astype(int)
-    # Independent EER: scikit-learn's ROC, crossing of FAR and FRR interpolated.
-    far, tpr, _ = roc_curve(labels, scores)
-    frr = 1.0 - tpr
-    i = np.flatnonzero(far >= frr)[0]
-    t = (frr[i - 1] - far[i - 1]) / ((far[i] - far[i - 1]) - (frr[i] - frr[i - 1]))
-    eer = far[i - 1] + t * (far[i] - far[i - 1])
-    assert eer == pytest.approx(card["eer"], abs=2e-3)
+    assert sklearn_eer(scores, labels) == pytest.approx(card["eer"], abs=2e-3)  # independent: scikit-learn's ROC
     assert scores[labels == 1].mean() == pytest.approx(card["sap"], abs=2e-3)
     assert scores[labels == 0].mean() == pytest.approx(card["san"], abs=2e-3)
-
-
-def sklearn_eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The EER at the crossing of scikit-learn's FAR and FRR, interpolated."""
-    far, tpr, _ = roc_curve(labels, scores)
-    frr = 1.0 - tpr
-    i = np.flatnonzero(far >= frr)[0]
-    t = (frr[i - 1] - far[i - 1]) / ((far[i] - far[i - 1]) - (frr[i] - frr[i - 1]))
-    return float(far[i - 1] + t * (far[i] - far[i - 1]))
 
 
 def test_its_dev_speakers_were_held_out_and_its_clean_dev_eer_is_reproduced(card):

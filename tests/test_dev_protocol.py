@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from python_speech_features import mfcc
-from sklearn.metrics import roc_curve
+from conftest import sklearn_eer
 
 from deep_speaker.encoders import get_encoder
 from deep_speaker.errors import DeepSpeakerError
@@ -115,11 +115,7 @@ def reference_eer(folder: Path) -> float:
     i, j = np.triu_indices(len(x), k=1)
     scores = np.einsum("ij,ij->i", x[i], x[j])
     labels = (np.asarray(speakers)[i] == np.asarray(speakers)[j]).astype(int)
-    far, tpr, _ = roc_curve(labels, scores)
-    frr = 1.0 - tpr
-    k = np.flatnonzero(far >= frr)[0]
-    t = (frr[k - 1] - far[k - 1]) / ((far[k] - far[k - 1]) - (frr[k] - frr[k - 1]))
-    return float(far[k - 1] + t * (far[k] - far[k - 1]))
+    return sklearn_eer(scores, labels)
 
 
 def test_evaluate_dev_matches_an_independent_computation(dev_set: Path) -> None:
