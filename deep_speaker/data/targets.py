@@ -78,8 +78,9 @@ def write_targets(path: str | os.PathLike, targets: TeacherTargets) -> Path:
     return Path(path)
 
 
-def read_targets(path: str | os.PathLike) -> TeacherTargets:
-    """A file of :func:`write_targets`, checked: its version, a text key per row, finite unit-norm rows."""
+def read_targets(path: str | os.PathLike, teacher: str | None = None) -> TeacherTargets:
+    """A file of :func:`write_targets`, checked: its version, a text key per row, finite unit-norm rows, and (given
+    ``teacher``) that encoder's."""
     data = load_npz(path, ("format_version", "keys", "embeddings", "teacher", "identity"), what=WHAT)
     version = checked_array(data["format_version"], path, "format_version", shape=(), kind="int")
     if int(version) != TARGETS_FORMAT:
@@ -91,5 +92,8 @@ def read_targets(path: str | os.PathLike) -> TeacherTargets:
     norms = np.linalg.norm(embeddings, axis=1)
     if len(norms) and not np.allclose(norms, 1.0, atol=1e-3):
         raise DeepSpeakerError(f"{path}: a {WHAT} whose rows are not unit vectors")
-    return TeacherTargets(keys, embeddings, checked_text(data["teacher"], path, "teacher"),
-                          checked_text(data["identity"], path, "identity"))
+    found = checked_text(data["teacher"], path, "teacher")
+    if teacher is not None and found != teacher:
+        raise DeepSpeakerError(f"{path}: targets of the teacher {found}, not {teacher}; delete it or use another "
+                               f"output folder")
+    return TeacherTargets(keys, embeddings, found, checked_text(data["identity"], path, "identity"))

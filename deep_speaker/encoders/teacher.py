@@ -18,7 +18,6 @@ from ..data.audio import SAMPLE_RATE, read_audio
 from ..data.augment import speed_perturb
 from ..data.sources import open_features
 from ..data.targets import TeacherTargets, clean_source, read_targets, target_key, write_targets
-from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
 from . import get_encoder
 from .base import Encoder
@@ -54,10 +53,7 @@ def ensure_teacher_targets(teacher: str, features_dir: str | os.PathLike, path: 
     source = open_features(features_dir)
     path = Path(path)
     if path.is_file():
-        found = read_targets(path)
-        if found.teacher != teacher:
-            raise DeepSpeakerError(f"{path}: targets of the teacher {found.teacher}, not {teacher}; delete it or use "
-                                   f"another output folder")
+        found = read_targets(path, teacher)
         missing = found.missing(source)
         if not missing:
             return found

@@ -364,9 +364,7 @@ class Trainer:
         if not path.is_file():
             raise DeepSpeakerError(f"{path}: no teacher targets; `deep-speaker train softmax --teacher "
                                    f"{self.config.teacher}` (or `deep-speaker run --teacher`) computes them first")
-        teacher = read_targets(path)
-        if teacher.teacher != self.config.teacher:
-            raise DeepSpeakerError(f"{path}: targets of the teacher {teacher.teacher}, not {self.config.teacher}")
+        teacher = read_targets(path, self.config.teacher)
         teacher.check_covers(cache, path)
         return teacher
 
