@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DeepSpeakerError
+from .eval.constants import DEGRADATION_KINDS
 from .model.constants import HEADS, PRECISIONS
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
@@ -17,6 +18,40 @@ TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
 # Degraded copies of the held-out speech, ordered by damage within each kind: the metrics must grow along them.
 DEGRADATIONS: tuple[tuple[str, float], ...] = (("noise", 30.0), ("noise", 10.0), ("lowpass", 2000.0),
                                               ("melvocoder", 80.0), ("melvocoder", 20.0))
+
+
+def degradations_text(degradations: tuple[tuple[str, float], ...]) -> str:
+    """``noise@30,lowpass@2000``: the degraded copies as ``--degrade`` takes them (``none`` for no copy)."""
+    return ",".join(f"{kind}@{level:g}" for kind, level in degradations) or "none"
+
+
+def check_degradations(degradations) -> tuple[tuple[str, float], ...]:
+    """The degraded copies as (kind, level) pairs; a kind ``eval.degrade`` does not make, a level that is not a
+    finite number, or a copy named twice is refused."""
+    found: list[tuple[str, float]] = []
+    for kind, level in degradations:
+        if kind not in DEGRADATION_KINDS or not math.isfinite(level):
+            raise DeepSpeakerError(f"--degrade: {kind}@{level:g} is not KIND@LEVEL with KIND one of "
+                                   f"{', '.join(DEGRADATION_KINDS)} and LEVEL a number")
+        if (kind, float(level)) in found:
+            raise DeepSpeakerError(f"--degrade: {kind}@{level:g} named twice")
+        found.append((kind, float(level)))
+    return tuple(found)
+
+
+def parse_degradations(text: str) -> tuple[tuple[str, float], ...]:
+    """The degraded copies ``--degrade`` names: comma-separated ``KIND@LEVEL`` (``noise@10,codec@0.97``), or
+    ``none``; checked by :func:`check_degradations`."""
+    if text.strip() == "none":
+        return ()
+    pairs = []
+    for item in text.split(","):
+        kind, _, level = item.strip().partition("@")
+        try:
+            pairs.append((kind, float(level)))
+        except ValueError:
+            raise DeepSpeakerError(f"--degrade: {item.strip()!r} is not KIND@LEVEL with LEVEL a number") from None
+    return check_degradations(pairs)
 
 
 @dataclass
@@ -40,7 +75,10 @@ class JobConfig:
     seed: int = field(default=0, metadata={"help": "random seed of training and of the degraded copies"})
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
         "help": "processes for the cache build", "default_help": "all cores"})
-    degradations: tuple[tuple[str, float], ...] = DEGRADATIONS
+    degradations: tuple[tuple[str, float], ...] = field(default=DEGRADATIONS, metadata={
+        "option": "degrade", "value": "degradations", "metavar": "KIND@LEVEL,...", "formatted": True,
+        "help": "degraded copies of the held-out speech the job compares with it (eval.degrade kinds: "
+                f"{', '.join(DEGRADATION_KINDS)}), or none; default: {degradations_text(DEGRADATIONS)}"})
     compare_subsets: int = 100
     precision: str = field(default="float32", metadata={"choices": PRECISIONS, "help": "Keras dtype policy"})
     # Beyond the original (off by default): augmented copies of the training cache, masks, margin softmax.
@@ -61,6 +99,8 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
+        # Checked (and normalised) as the option's text is: a bad copy is refused before training, not after it.
+        self.degradations = check_degradations(self.degradations)
         if self.teacher is not None:  # before any work: an unknown encoder or a weight the trainer would refuse
             from .encoders import available_encoders
             from .settings import check_choice

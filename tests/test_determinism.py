@@ -23,10 +23,12 @@ from conftest import THREAD_VARS
 from deep_speaker.machine import VECTOR_FLAGS, cpu_kind, machine_text
 from test_pipeline import PNG_MAGIC, small_corpus
 
-# Every stage runs (caches, both phases, checkpoints, verification,
-# the five degraded copies), with few steps.
+# Every stage runs (caches, both phases, checkpoints, verification, degraded copies), with few steps. Three of the
+# default copies: two along one kind (the metrics must grow with the damage) and one of another kind; the mel
+# vocoder's Griffin-Lim copies cost 3-4 s each per run and are tested in test_degrade (seeded, ordered by bands).
+DEGRADE = "noise@30,noise@10,lowpass@2000"
 SMALL_JOB = ["--width", "0.0625", "--softmax-steps", "6", "--triplet-steps", "4", "--batch-size", "24",
-             "--workers", "2"]
+             "--workers", "2", "--degrade", DEGRADE]
 CHECKPOINTS = [f"{phase}/{name}" for phase in ("softmax", "triplet") for name in ("last.keras", "best.keras")]
 
 
@@ -48,9 +50,10 @@ import sys
 from pathlib import Path
 from deep_speaker.data.inputs import generate_training_inputs
 from deep_speaker.eval.degrade import degrade_folder
-from deep_speaker.job_config import TEST_SUBSET, JobConfig
+from deep_speaker.job_config import TEST_SUBSET, JobConfig, parse_degradations
 from deep_speaker.pipeline import build_caches
-cfg = JobConfig(data_dir=Path(sys.argv[1]), output_dir=Path(sys.argv[2]), workers=2)
+cfg = JobConfig(data_dir=Path(sys.argv[1]), output_dir=Path(sys.argv[2]), workers=2,
+                degradations=parse_degradations(sys.argv[3]))
 train_cache, _ = build_caches(cfg)
 generate_training_inputs(train_cache, seed=cfg.seed)  # train_phases' first step: the training inputs in the cache
 for kind, level in cfg.degradations:
@@ -62,7 +65,7 @@ for kind, level in cfg.degradations:
 def run_upstream(data: Path, out: Path, threads: int) -> Path:
     """The caches and degraded copies of SMALL_JOB's run into out, every thread pool at `threads`."""
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARS}}
-    done = subprocess.run([sys.executable, "-c", UPSTREAM, str(data), str(out)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", UPSTREAM, str(data), str(out), DEGRADE], env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -117,12 +120,12 @@ def test_main_job_end_to_end(runs) -> None:
     assert v["san"] == pytest.approx(sims[~same & upper].mean(), abs=1e-3)
 
     rows = {r["set"]: r for r in summary["degradations"]}
-    assert set(rows) == {"noise@30", "noise@10", "lowpass@2000", "melvocoder@80", "melvocoder@20"}
+    assert list(rows) == DEGRADE.split(",")  # the copies --degrade names, in its order
     # More damage, larger distances and lower speaker similarity.
     assert rows["noise@10"]["fd"] > rows["noise@30"]["fd"] > 0
     assert rows["noise@10"]["kd"] > rows["noise@30"]["kd"]
     assert rows["noise@10"]["secs"] < rows["noise@30"]["secs"]
-    assert rows["melvocoder@20"]["fd"] > rows["melvocoder@80"]["fd"] > 0
+    assert rows["lowpass@2000"]["fd"] > 0
     for name in rows:
         report = json.loads((out / "report" / f"compare_{name}.json").read_text())
         assert report["fd"]["full"] == pytest.approx(rows[name]["fd"])
@@ -179,7 +182,7 @@ def test_the_main_job_twice_gives_the_same_numbers_and_weights(runs) -> None:
     found = results(runs["first"])
     # Not a vacuous comparison: the verification figures and every degraded copy's metrics are among the leaves.
     assert {"summary.json/verification/eer", "summary.json/verification/min_dcf/p_target=0.01/min_dcf"} <= found.keys()
-    assert len([k for k in found if k.startswith("summary.json/degradations/")]) == 5 * 7
+    assert len([k for k in found if k.startswith("summary.json/degradations/")]) == 3 * 7
     assert differences(runs["first"], runs["again"]) == []
 
 
@@ -198,13 +201,13 @@ def test_what_the_thread_count_moves(runs) -> None:
     differs (1148 of them; after 6 softmax steps the largest |difference| of an array is a median 29 % of its
     largest |weight|, after the 4 triplet steps 1.4-1.8 %), and with them every figure: EER 26.67 against 27.33 %,
     minDCF(0.01) 0.881 against 0.867, noise@30 FD 0.00994 against 0.00987. numpy's BLAS threads also change the
-    mel-vocoder copies (eval/degrade.py's least-squares inverse; 60 of 60 files differ in some samples). What is
-    upstream of those kernels does not move: the feature caches and the other degraded copies are the same bytes
-    (checked here on every run: the job's caches and copies against the same stages run with 2 threads)."""
+    mel-vocoder copies (eval/degrade.py's least-squares inverse; 60 of 60 files differ in some samples), which this
+    job does not make. What is upstream of those kernels does not move: the feature caches and the job's degraded
+    copies are the same bytes (checked here on every run: the job's caches and copies against the same stages run
+    with 2 threads)."""
     two, first = runs["two"], runs["first"]
     assert same_files(first / "cache", two / "cache") == []
-    moved = same_files(first / "degraded", two / "degraded")
-    assert {Path(name).parts[0] for name in moved} <= {"melvocoder@80", "melvocoder@20"}
+    assert same_files(first / "degraded", two / "degraded") == []
 
 
 @pytest.mark.slow

@@ -30,10 +30,31 @@ def test_run_options_default_to_the_job_config() -> None:
     assert JobConfig(**config_values(parser.parse_args(["run"]), JobConfig)) == JobConfig()
     args = parser.parse_args(["run", "--data", "d", "-o", "o", "--width", "0.5", "--softmax-steps", "3",
                               "--triplet-steps", "4", "--batch-size", "6", "--seed", "1", "--precision",
-                              "mixed_bfloat16", "--workers", "2"])
+                              "mixed_bfloat16", "--workers", "2", "--degrade", "codec@0.97, noise@10"])
     assert JobConfig(**config_values(args, JobConfig)) == JobConfig(
         data_dir=Path("d"), output_dir=Path("o"), width=0.5, softmax_steps=3, triplet_steps=4, batch_size=6, seed=1,
-        precision="mixed_bfloat16", workers=2)
+        precision="mixed_bfloat16", workers=2, degradations=(("codec", 0.97), ("noise", 10.0)))
+    assert JobConfig(**config_values(parser.parse_args(["run", "--degrade", "none"]), JobConfig)).degradations == ()
+
+
+@pytest.mark.parametrize(("text", "refused"), [
+    ("noise", "'noise' is not KIND@LEVEL"), ("noise@loud", "'noise@loud' is not KIND@LEVEL"),
+    ("hiss@10", "hiss@10 is not KIND@LEVEL with KIND one of noise,"), ("noise@nan", "noise@nan is not KIND@LEVEL"),
+    ("noise@10,noise@10.0", "noise@10 named twice"), ("", "'' is not KIND@LEVEL"),
+])
+def test_a_bad_degrade_option_is_a_usage_error_before_any_work(tmp_path: Path, capsys, text: str,
+                                                               refused: str) -> None:
+    from deep_speaker.cli import main
+    from deep_speaker.errors import DeepSpeakerError
+    from deep_speaker.pipeline import JobConfig
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--data", str(SAMPLES), "-o", str(tmp_path / "run"), "--degrade", text])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert exited.value.code == 2 and len(lines) == 1 and refused in lines[0], lines
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DeepSpeakerError, match="named twice"):  # the Python API checks the same
+        JobConfig(degradations=(("noise", 10), ("noise", 10.0)))
 
 
 def test_a_degraded_copy_killed_mid_write_is_written_again(tmp_path: Path, monkeypatch) -> None:

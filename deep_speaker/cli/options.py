@@ -17,6 +17,9 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
+from ..errors import DeepSpeakerError
+from ..job_config import parse_degradations
+
 
 def _option_fields(config: type, only: Sequence[str] | None = None) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(config) if "help" in f.metadata and (only is None or f.name in only)]
@@ -50,8 +53,16 @@ def probability(text: str) -> float:
     return value
 
 
+def degradations(text: str) -> tuple[tuple[str, float], ...]:
+    """argparse type: ``job_config.parse_degradations`` (a refusal is a usage error)."""
+    try:
+        return parse_degradations(text)
+    except DeepSpeakerError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--degrade: ")) from None
+
+
 # The checked types a field's ``value`` metadata names (a config module imports nothing of the command line).
-VALUE_TYPES = {"probability": probability}
+VALUE_TYPES = {"probability": probability, "degradations": degradations}
 
 
 def _default(f: dataclasses.Field) -> Any:
