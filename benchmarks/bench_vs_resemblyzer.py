@@ -1,7 +1,7 @@
 """The packaged default model against Resemblyzer's own package API, side by side on the same files (issue #33:
 the default model must stay at least 10x faster than the teacher it distils from).
 
-    python benchmarks/bench_vs_resemblyzer.py [AUDIO_DIR] [--repeats N]
+    python benchmarks/bench_vs_resemblyzer.py [AUDIO_DIR] [--repeats N] [--model PATH]
     (default: the bundled samples/librispeech/test-other, 100 files, 12.8 min of speech)
 
 Rows, each the median wall time of --repeats passes over every file, from the path to the embedding (decoding and
@@ -46,18 +46,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio_dir", nargs="?", type=Path, default=DEFAULT_AUDIO)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", type=Path, default=None, help="a candidate model; default: the packaged one")
     args = parser.parse_args()
     from resemblyzer import VoiceEncoder, preprocess_wav
 
     files = sorted(str(p) for p in args.audio_dir.rglob("*.flac"))
     audio_seconds = sum(sf.info(f).duration for f in files)
     package = VoiceEncoder("cpu", verbose=False)
-    ours = get_encoder(model=packaged_model())
+    model = args.model or packaged_model()
+    ours = get_encoder(model=model)
     batched = get_encoder("resemblyzer")
     rows = {
         "resemblyzer package API (embed_utterance(preprocess_wav(path)), file by file)":
             lambda paths: [package.embed_utterance(preprocess_wav(p)) for p in paths],
-        f"deep-speaker, packaged model ({packaged_model().name})": ours.embed_files,
+        f"deep-speaker ({model.name})": ours.embed_files,
         "resemblyzer through this toolkit (partials of many files batched)": batched.embed_files,
     }
     seconds = {}
