@@ -11,5 +11,7 @@ if [ $# -eq 0 ]; then
     set -- tests
 fi
 # One worker process per core (at most 4: each holds a model framework), whole files per worker so that a module's
-# fixtures (trained models, built caches) are made once; the slow files go first (tests/conftest.py).
-exec .venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"
+# fixtures (trained models, built caches) are made once; the slow files go first (tests/conftest.py), in that order:
+# xdist would otherwise hand out the files with the most tests first, which left the 85 s README test (one test) to
+# start last and end the run alone for 80 s while the other worker idled.
+exec .venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder "$@"

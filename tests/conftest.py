@@ -163,7 +163,7 @@ def pytest_unconfigure(config) -> None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     """The files holding a slow (end-to-end) test run first, the others after, each in its own order: under
-    pytest-xdist's --dist loadfile (scripts/test.sh) a worker takes whole files in this order, so the long ones start
-    at once instead of ending the run on one busy worker while the other idles."""
+    pytest-xdist's --dist loadfile --no-loadscope-reorder (scripts/test.sh) a worker takes whole files in this order,
+    so the long ones start at once instead of ending the run on one busy worker while the other idles."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
