@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None, help="paired against; default: the packaged model")
     args = parser.parse_args()
     models = {name: to_embedding_model(load_model(args.job / "checkpoints" / name)) for name in CHECKPOINTS}
-    candidates = {name: model for name, model in models.items()}
+    candidates = dict(models)
     candidates["mean of triplet best, last"] = averaged([models[n] for n in CHECKPOINTS[1:]])
     candidates["mean of all three"] = averaged(list(models.values()))
     baseline = get_encoder(model=args.baseline or packaged_model())

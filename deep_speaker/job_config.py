@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DeepSpeakerError
-from .eval.constants import DEGRADATION_KINDS
+from .eval.constants import DEGRADATION_KINDS, copy_name
 from .model.constants import HEADS, PRECISIONS
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
@@ -22,7 +22,7 @@ DEGRADATIONS: tuple[tuple[str, float], ...] = (("noise", 30.0), ("noise", 10.0),
 
 def degradations_text(degradations: tuple[tuple[str, float], ...]) -> str:
     """``noise@30,lowpass@2000``: the degraded copies as ``--degrade`` takes them (``none`` for no copy)."""
-    return ",".join(f"{kind}@{level:g}" for kind, level in degradations) or "none"
+    return ",".join(copy_name(kind, level) for kind, level in degradations) or "none"
 
 
 def check_degradations(degradations) -> tuple[tuple[str, float], ...]:
@@ -31,10 +31,10 @@ def check_degradations(degradations) -> tuple[tuple[str, float], ...]:
     found: list[tuple[str, float]] = []
     for kind, level in degradations:
         if kind not in DEGRADATION_KINDS or not math.isfinite(level):
-            raise DeepSpeakerError(f"--degrade: {kind}@{level:g} is not KIND@LEVEL with KIND one of "
+            raise DeepSpeakerError(f"--degrade: {copy_name(kind, level)} is not KIND@LEVEL with KIND one of "
                                    f"{', '.join(DEGRADATION_KINDS)} and LEVEL a number")
         if (kind, float(level)) in found:
-            raise DeepSpeakerError(f"--degrade: {kind}@{level:g} named twice")
+            raise DeepSpeakerError(f"--degrade: {copy_name(kind, level)} named twice")
         found.append((kind, float(level)))
     return tuple(found)
 

@@ -19,6 +19,7 @@ from .data.inputs import generate_training_inputs
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from .encoders.teacher import ensure_teacher_targets
 from .errors import DeepSpeakerError
+from .eval.constants import copy_name
 from .eval.verification import evaluate
 from .eval.verification_report import ci_text, write_plots
 from .job_config import TEST_SUBSET, TRAIN_SUBSET, JobConfig
@@ -112,7 +113,7 @@ def compare_degraded(encoder: Encoder, cfg: JobConfig, out_dir: Path) -> tuple[d
     real = compute_stats(real_dir, encoder)
     reports, pngs = {}, []
     for kind, level in cfg.degradations:
-        name = f"{kind}@{level:g}"
+        name = copy_name(kind, level)
         copy_dir = cfg.output_dir / "degraded" / name
         if not copy_dir.is_dir():
             # Written beside and renamed whole: a folder under the final name is complete (a kill mid-way

@@ -24,6 +24,7 @@ from ..errors import DeepSpeakerError
 from ..metrics.bootstrap import VERIFICATION_METRICS, Interval, bootstrap_replicates, percentile_interval
 from ..settings import settings_difference
 from .config import EvaluateConfig
+from .constants import copy_name
 from .degrade import degrade_folder
 from .scoring import comparison_part
 from .trials import find_gender_file, read_genders
@@ -47,7 +48,7 @@ GENDERS = ("f", "m")
 
 def condition_name(kind: str, level: float | None) -> str:
     """``clean``, else ``kind@level`` (``tempo@1.25``), as the main job names its degraded copies."""
-    return kind if level is None else f"{kind}@{level:g}"
+    return kind if level is None else copy_name(kind, level)
 
 
 def dev_speakers(train_audio_dir: str | os.PathLike, count: int = 32, seed: int = 0) -> list[str]:
