@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from deep_speaker.data.audio import load_audio
 from deep_speaker.data.features import extract_features
-from deep_speaker.encoders.deepspeaker import Embedder
+from deep_speaker.encoders.deepspeaker import Embedder, split_pieces
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.eval.export import save_embeddings
 from deep_speaker.model.rescnn import load_model
@@ -70,6 +72,59 @@ def test_short_utterance_is_zero_padded(model, reference):
     padded = np.zeros((160, 64), np.float32)
     padded[:100] = features
     np.testing.assert_allclose(Embedder(model).embed_features(features), direct(model, padded), atol=1e-5)
+
+
+def padded_to(features: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros((length, features.shape[1]), np.float32)
+    out[:len(features)] = features
+    return out
+
+
+def test_utterance_pooling_is_the_model_on_the_whole_utterance(model, reference, libri_mini, files):
+    # The original's whole-file embedding (its own code, its own file): one pass over every frame.
+    embedder = Embedder(model, pooling="utterance")
+    features = extract_features(libri_mini / str(reference["paths"][0]))
+    got = embedder.embed_features(features)
+    np.testing.assert_allclose(got, direct(model, padded_to(features, -(-len(features) // 16) * 16)), atol=1e-5)
+    if len(features) % 16 == 0:
+        np.testing.assert_allclose(got, reference["full_embedding"][0], atol=1e-4)
+    # Utterances of other lengths, and a short one padded to 1.6 s, batched together: each row is the model on
+    # that utterance alone, zero-padded at the end to a multiple of 16 frames (the network's stride).
+    several = [extract_features(f) for f in files] + [features[:100], features[:333]]
+    assert len({len(f) for f in several}) == len(several)
+    batched = embedder.embed_features_batch(several)
+    for row, feats in zip(batched, several):
+        np.testing.assert_allclose(row, direct(model, padded_to(feats, -(-max(len(feats), 160) // 16) * 16)),
+                                   atol=1e-5)
+    assert embedder.settings["pooling"] == "utterance" and "hop_frames" not in embedder.settings
+    assert "pooling" not in Embedder(model).settings  # windows: the settings recorded before poolings existed
+
+
+def test_long_utterances_go_through_in_near_equal_pieces():
+    features = np.random.default_rng(0).standard_normal((1000, 64)).astype(np.float32)
+    for max_frames, sizes in ((1000, [1000]), (999, [500, 500]), (400, [334, 334, 332]), (90, [84] * 11 + [76])):
+        pieces = split_pieces(features, max_frames=max_frames, min_frames=160, multiple=16)
+        assert [len(p) for p in pieces] == [-(-max(s, 160) // 16) * 16 for s in sizes]
+        np.testing.assert_array_equal(np.concatenate([p[:s] for p, s in zip(pieces, sizes)]), features)
+        assert all(not p[s:].any() for p, s in zip(pieces, sizes))
+
+
+def test_a_card_beside_the_model_file_sets_its_default_pooling(reference_checkpoint, reference, tmp_path):
+    (tmp_path / "m.h5").symlink_to(reference_checkpoint / "ResCNN_random_triplet.h5")
+    (tmp_path / "other.h5").symlink_to(reference_checkpoint / "ResCNN_random_triplet.h5")
+    (tmp_path / "model_card.json").write_text(json.dumps({"model": "m.h5", "pooling": "utterance"}))
+    carded = Embedder(tmp_path / "m.h5")
+    assert carded.pooling == "utterance" and Embedder(tmp_path / "other.h5").pooling == "windows"  # not its card
+    assert Embedder(tmp_path / "m.h5", pooling="windows").pooling == "windows"
+    features = reference["features_3"]
+    np.testing.assert_allclose(carded.embed_features(features),
+                               Embedder(tmp_path / "other.h5", pooling="utterance").embed_features(features))
+    with pytest.raises(DeepSpeakerError, match=r"apply to --pooling windows, not utterance \(the model card's\): "
+                                               r"add --pooling windows$"):
+        Embedder(tmp_path / "m.h5", window_seconds=2.0)
+    (tmp_path / "model_card.json").write_text(json.dumps({"model": "m.h5", "pooling": "frames"}))
+    with pytest.raises(DeepSpeakerError, match="unknown pooling in the model card 'frames'"):
+        Embedder(tmp_path / "m.h5")
 
 
 def test_batching_does_not_change_results(model, files):
@@ -141,6 +196,11 @@ def test_save_embeddings_formats(tmp_path):
 def test_bad_settings_are_clear_errors(model):
     with pytest.raises(DeepSpeakerError, match="would skip audio"):
         Embedder(model, window_seconds=1.0, hop_seconds=2.0)
+    with pytest.raises(DeepSpeakerError, match="unknown pooling 'frames'"):
+        Embedder(model, pooling="frames")
+    # Refused before any model loads: the path does not exist.
+    with pytest.raises(DeepSpeakerError, match="--window and --hop apply to --pooling windows, not utterance$"):
+        Embedder("/nonexistent.keras", pooling="utterance", hop_seconds=1.6)
     with pytest.raises(DeepSpeakerError, match="unknown trim mode 'loud'"):
         Embedder(model, trim="loud")
     with pytest.raises(DeepSpeakerError, match=r"features must be \[T > 0, 64\]"):

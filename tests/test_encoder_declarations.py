@@ -122,7 +122,7 @@ def test_the_declaration_is_read_without_the_class_and_is_the_class_own():
     assert encoder_declaration(FRAMES) is FirstFrames.declaration
     assert encoder_declaration("deep-speaker").embeds_cached_features
     assert [o.flag for o in encoder_declaration("deep-speaker").options] == [
-        "--model", "--window", "--hop", "--batch-size", "--precision"]
+        "--model", "--pooling", "--window", "--hop", "--batch-size", "--precision"]
     assert not encoder_declaration("wespeaker").embeds_cached_features
     from deep_speaker.encoders.deepspeaker import Embedder
 
@@ -200,6 +200,10 @@ def test_an_option_no_chosen_encoder_takes_is_one_line(work, capsys):
     # A weights path names one encoder's weights: of several, --model is deep-speaker's alone.
     err = one_line_error(capsys, ["stats", a, "-o", "x.npz", "--encoder", f"{FRAMES},wespeaker", "--model", "m"])
     assert "--model applies to deep-speaker only" in err
+    # --window with utterance pooling: refused before the model loads (the path does not exist), nothing written.
+    err = one_line_error(capsys, ["embed", a, "-o", "x.npz", "--pooling", "utterance", "--hop", "1.6", "--model",
+                                  "/nonexistent.keras"])
+    assert "--window and --hop apply to --pooling windows, not utterance" in err and not Path("x.npz").exists()
     # The declaration's check refuses a value before anything is embedded.
     assert "--toy-frames 0: must be at least 1" in one_line_error(
         capsys, ["embed", a, "-o", "x.npz", "--encoder", FRAMES, "--toy-frames", "0"])

@@ -1,15 +1,24 @@
 """The Embedder: audio files, signals or features -> L2-normalised 512-d speaker embeddings, in large batches.
 
-An utterance is cut into overlapping windows of ``window_seconds`` (the last window is aligned to the end
-so no frame is left out); its embedding is the L2-normalised mean of the window embeddings. An utterance
-shorter than the window is embedded whole; one shorter than ``min_seconds`` is zero-padded at the end to
-that length, as the original pads its 1.6 s crops.
+Two poolings (``pooling``) turn an utterance's features into network inputs, whose embeddings are averaged and
+L2-normalised:
 
-Default window 1.6 s, hop 0.8 s: 160 frames is the crop length the original trains on (and embeds with,
-one random crop per file), so every window looks like the model's training inputs; averaging all of them
-at 50 % overlap uses the whole utterance deterministically, and every frame away from the ends lies in
-two windows, so none is seen only at a window edge. With every window the same length, all windows of
-all files share one shape and form full predict batches.
+- ``windows``: overlapping windows of ``window_seconds`` (the last window is aligned to the end so no frame is left
+  out). Default window 1.6 s, hop 0.8 s: 160 frames is the crop length the original trains on (and embeds with,
+  one random crop per file), so every window looks like the model's training inputs; averaging all of them at 50 %
+  overlap uses the whole utterance deterministically, and every frame away from the ends lies in two windows, so
+  none is seen only at a window edge. With every window the same length, all windows of all files share one shape
+  and form full predict batches.
+- ``utterance``: the whole utterance in one pass (the network averages its output frames over time), zero-padded at
+  the end to a multiple of the network's stride (16 frames: the padding adds no output frame, and the embedding
+  depends on the utterance alone, not on the others in its batch); utterances of equal padded length share
+  batches. Each frame goes through the network once instead of twice, and every frame sees its context (the
+  receptive field spans 4.2 s), which on the dev protocol (issue #33) scored as well as or better than windows.
+  Utterances longer than ``MAX_PIECE_SECONDS`` are cut into that many near-equal pieces, to bound memory.
+
+Either way an utterance shorter than ``min_seconds`` is zero-padded at the end to that length, as the original
+pads its 1.6 s crops. A model's default pooling is the one its card (``model_card.json`` beside the file, naming
+it) declares, else ``windows``: the packaged model was chosen with ``utterance``.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from ..data.features import FEATURE_SETTINGS, HOP_LENGTH, NUM_FILTERS, fbank_fea
 from ..errors import DeepSpeakerError
 from ..metrics import normalize_rows
 from ..model.checkpoints import latest_checkpoint
-from ..model.rescnn import load_model, model_identity, num_speakers_of, to_embedding_model, with_precision
+from ..model.rescnn import STRIDE, load_model, model_identity, num_speakers_of, to_embedding_model, with_precision
+from ..settings import check_choice
 from . import DEFAULT_ENCODER
 from .base import DEFAULT_WORKERS, Encoder, Weights
-from .constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from .constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, MAX_PIECE_SECONDS, POOLINGS
 from .options import DEEP_SPEAKER
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
@@ -72,13 +82,34 @@ def split_windows(features: np.ndarray, *, window: int, hop: int, min_frames: in
     return [features[s:s + window] for s in window_starts(n, window, hop)]
 
 
-def _model_card() -> dict:
-    """The packaged model's card ({} when missing or unreadable)."""
+def split_pieces(features: np.ndarray, *, max_frames: int, min_frames: int, multiple: int) -> list[np.ndarray]:
+    """The model inputs ``[t, 64]`` of one utterance for ``pooling="utterance"``: ceil(T / max_frames) near-equal
+    consecutive pieces (one for most utterances), each zero-padded at the end to at least ``min_frames`` and to a
+    multiple of ``multiple`` frames."""
+    n = features.shape[0]
+    count = -(-n // max_frames)
+    size = -(-n // count)
+    pieces = []
+    for start in range(0, n, size):
+        piece = features[start:start + size]
+        length = -(-max(piece.shape[0], min_frames) // multiple) * multiple
+        padded = np.zeros((length, features.shape[1]), dtype=np.float32)
+        padded[:piece.shape[0]] = piece
+        pieces.append(padded)
+    return pieces
+
+
+def model_card(path: str | os.PathLike | None = None) -> dict:
+    """The card of a model file: ``model_card.json`` beside it when the card names that file ({} otherwise, when
+    missing or unreadable); without a path, the packaged model's card."""
+    folder = PACKAGED_MODEL_DIR if path is None else Path(path).parent
     try:
-        card = json.loads((PACKAGED_MODEL_DIR / "model_card.json").read_text())
+        card = json.loads((folder / "model_card.json").read_text())
     except (OSError, ValueError):
         return {}
-    return card if isinstance(card, dict) else {}
+    if not isinstance(card, dict) or (path is not None and card.get("model") != Path(path).name):
+        return {}
+    return card
 
 
 def _card_summary(card: dict) -> str:
@@ -90,7 +121,7 @@ def _card_summary(card: dict) -> str:
 
 def packaged_model() -> Path | None:
     """The packaged demo model: the file its card names, else the one .keras file there (temporaries skipped)."""
-    named = _model_card().get("model")
+    named = model_card().get("model")
     if named and (PACKAGED_MODEL_DIR / named).is_file():
         return PACKAGED_MODEL_DIR / named
     found = sorted(p for p in PACKAGED_MODEL_DIR.glob("*.keras") if not p.name.startswith("."))
@@ -115,20 +146,19 @@ def default_model_path(checkpoint_roots: Sequence[str | os.PathLike] = (DEFAULT_
     if packaged is not None:
         # A warning, so that Python users without logging set up see it too: results of a demo model mislead.
         _announce(f"deep-speaker: using the packaged default model {packaged}, a small demo model "
-                  f"({_card_summary(_model_card())}); pass --model for real use", logging.WARNING)
+                  f"({_card_summary(model_card())}); pass --model for real use", logging.WARNING)
         return packaged
     searched = ", ".join(str(Path(root) / "triplet") for root in checkpoint_roots)
     raise DeepSpeakerError(f"no model given, no triplet checkpoint in {searched} and no packaged default model in "
                            f"{PACKAGED_MODEL_DIR}: pass --model PATH")
 
 
-def resolve_model(model: keras.Model | str | os.PathLike | None) -> tuple[keras.Model, str | None]:
-    """A Keras model from a model, a path (.keras, original .h5, run dir) or None (the default model), and the
-    path it was loaded from (None for a model object)."""
+def model_path_of(model: keras.Model | str | os.PathLike | None) -> str | None:
+    """The path a model is loaded from (None: the default model's, :func:`default_model_path`); None for a model
+    object."""
     if isinstance(model, keras.Model):
-        return model, None
-    path = default_model_path() if model is None else model
-    return load_model(path), str(path)
+        return None
+    return str(default_model_path() if model is None else model)
 
 
 def forward_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
@@ -159,21 +189,36 @@ class Embedder(Encoder):
     declaration = DEEP_SPEAKER
 
     def __init__(self, model: keras.Model | str | os.PathLike | None = None,
-                 window_seconds: float = DEFAULT_WINDOW_SECONDS, hop_seconds: float = DEFAULT_HOP_SECONDS,
+                 window_seconds: float | None = None, hop_seconds: float | None = None,
                  min_seconds: float = DEFAULT_PAD_SECONDS, batch_size: int = DEFAULT_BATCH_SIZE,
                  precision: str = "float32", trim: str = "percentile",
-                 min_audio_seconds: float = MIN_SPEECH_SECONDS, workers: int | None = None):
-        if min(window_seconds, hop_seconds, min_seconds) <= 0:
+                 min_audio_seconds: float = MIN_SPEECH_SECONDS, workers: int | None = None,
+                 pooling: str | None = None):
+        """``window_seconds`` and ``hop_seconds`` (default 1.6 and 0.8) are the windows of ``pooling="windows"``;
+        ``pooling`` None is the model card's, else windows (see the module docstring)."""
+        if pooling is not None:
+            check_choice(pooling, POOLINGS, "pooling")
+        if min_seconds <= 0 or any(v is not None and v <= 0 for v in (window_seconds, hop_seconds)):
             raise DeepSpeakerError("window, hop and minimum length must be positive")
+        windowed = window_seconds is not None or hop_seconds is not None
+        window_seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
+        hop_seconds = DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds
         if hop_seconds > window_seconds:
             raise DeepSpeakerError(f"hop ({hop_seconds:g} s) longer than the window ({window_seconds:g} s) would skip audio")
         check_trim(trim)
         if batch_size < 1:
             raise DeepSpeakerError(f"batch size must be at least 1, got {batch_size}")
-        network, self.model_path = resolve_model(model)
+        self.model_path = model_path_of(model)
+        card = model_card(self.model_path) if self.model_path else {}
+        self.pooling = pooling or check_choice(card.get("pooling", POOLINGS[0]), POOLINGS, "pooling in the model card")
+        if windowed and self.pooling != "windows":  # refused before the model loads
+            raise DeepSpeakerError(f"--window and --hop apply to --pooling windows, not {self.pooling}"
+                                   + ("" if pooling else " (the model card's): add --pooling windows"))
+        network = model if self.model_path is None else load_model(self.model_path)
         self.model = with_precision(self._prepare(network), precision)
         self.window = _frames(window_seconds)
         self.hop = _frames(hop_seconds)
+        self.max_frames = _frames(MAX_PIECE_SECONDS)
         self.min_frames = min(_frames(min_seconds), self.window)
         self.batch_size = batch_size
         self.trim = trim
@@ -210,19 +255,29 @@ class Embedder(Encoder):
     @property
     def settings(self) -> dict[str, Any]:
         """Everything besides the weights that changes an embedding: the features, the windowing and the trim."""
-        return {**FEATURE_SETTINGS, "trim": self.trim, "window_frames": self.window, "hop_frames": self.hop,
-                "min_frames": self.min_frames, "min_audio_seconds": self.min_audio_seconds}
+        # Windows record no pooling key: the settings that statistics and caches written before it recorded.
+        inputs = ({"window_frames": self.window, "hop_frames": self.hop} if self.pooling == "windows" else
+                  {"pooling": self.pooling, "max_frames": self.max_frames, "multiple_frames": STRIDE})
+        return {**FEATURE_SETTINGS, "trim": self.trim, **inputs, "min_frames": self.min_frames,
+                "min_audio_seconds": self.min_audio_seconds}
+
+    def model_inputs(self, features: np.ndarray) -> list[np.ndarray]:
+        """The network inputs ``[t, 64]`` of one utterance's features, by the pooling: windows or pieces."""
+        if self.pooling == "windows":
+            return split_windows(features, window=self.window, hop=self.hop, min_frames=self.min_frames)
+        return split_pieces(features, max_frames=self.max_frames, min_frames=self.min_frames, multiple=STRIDE)
 
     def _predict(self, windows: list[np.ndarray]) -> np.ndarray:
-        """Embeddings [n, 512] of equal-length windows, ``batch_size`` per forward pass."""
+        """Embeddings [n, 512] of equal-length inputs, ``batch_size`` windows' worth of frames per forward pass."""
         out = []
-        for i in range(0, len(windows), self.batch_size):
-            batch = np.stack(windows[i:i + self.batch_size]).astype(np.float32, copy=False)[..., None]
+        rows = max(1, self.batch_size * self.window // max(windows[0].shape[0], self.window))
+        for i in range(0, len(windows), rows):
+            batch = np.stack(windows[i:i + rows]).astype(np.float32, copy=False)[..., None]
             out.append(np.asarray(self._forward(batch)))
         return np.concatenate(out)
 
     def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeddings [n, 512] of several utterances' features [T_i, 64]; windows of equal length share batches."""
+        """Embeddings [n, 512] of several utterances' features [T_i, 64]; inputs of equal length share batches."""
         sums = np.zeros((len(features), self.embedding_size), dtype=np.float64)
         counts = np.zeros((len(features), 1), dtype=np.float64)
         buckets: dict[int, tuple[list[int], list[np.ndarray]]] = defaultdict(lambda: ([], []))
@@ -230,7 +285,7 @@ class Embedder(Encoder):
             feats = np.asarray(feats, dtype=np.float32)
             if feats.ndim != 2 or feats.shape[1] != NUM_FILTERS or feats.shape[0] == 0:
                 raise DeepSpeakerError(f"features must be [T > 0, {NUM_FILTERS}], got shape {feats.shape}")
-            for w in split_windows(feats, window=self.window, hop=self.hop, min_frames=self.min_frames):
+            for w in self.model_inputs(feats):
                 owners, windows = buckets[w.shape[0]]
                 owners.append(i)
                 windows.append(w)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..model.constants import PRECISIONS
-from .constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from .constants import DEFAULT_BATCH_SIZE, DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, POOLINGS
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,15 @@ def weights_option(help_text: str, several: bool = False) -> EncoderOption:
 DEEP_SPEAKER = EncoderDeclaration(options=(
     weights_option(".keras, original .h5, or a training run folder (default: the newest triplet checkpoint under "
                    "checkpoints/, else the packaged demo model)", several=True),
-    EncoderOption("window_seconds", "--window", float, "window of long utterances, averaged (the training crop)",
-                  DEFAULT_WINDOW_SECONDS, "SECONDS", check=positive),
-    EncoderOption("hop_seconds", "--hop", float, "step between windows", DEFAULT_HOP_SECONDS, "SECONDS",
-                  check=positive),
-    EncoderOption("batch_size", "--batch-size", int, "windows per forward pass", DEFAULT_BATCH_SIZE, "N",
+    EncoderOption("pooling", "--pooling", str, "windows: the mean of overlapping windows' embeddings; utterance: "
+                  "one pass over the whole utterance (default: the model card's, else windows; the packaged model's "
+                  "is utterance)", choices=POOLINGS),
+    EncoderOption("window_seconds", "--window", float, "--pooling windows: window of long utterances, averaged (the "
+                  "training crop)", DEFAULT_WINDOW_SECONDS, "SECONDS", check=positive),
+    EncoderOption("hop_seconds", "--hop", float, "--pooling windows: step between windows", DEFAULT_HOP_SECONDS,
+                  "SECONDS", check=positive),
+    EncoderOption("batch_size", "--batch-size", int, "windows (1.6 s of frames each) per forward pass",
+                  DEFAULT_BATCH_SIZE, "N",
                   check=lambda n: None if n >= 1 else "must be at least 1"),
     EncoderOption("precision", "--precision", str, "compute precision (mixed_bfloat16 is faster on recent "
                   "CPUs/GPUs)", "float32", choices=PRECISIONS),

@@ -38,17 +38,27 @@ METADATA_KEY = "deep_speaker"  # the ONNX metadata_props entry holding the metad
 METADATA_FILE = "deep_speaker.json"  # the metadata inside a SavedModel folder
 ONNX_OPSET = 17  # onnxruntime >= 1.11 runs it; fixed so the file does not depend on tf2onnx's default
 SAVED_MODEL_FILE = "saved_model.pb"
-# What the front end must state besides the features: how an utterance's features become model inputs.
-WINDOWING_KEYS = ("trim", "min_audio_seconds", "window_frames", "hop_frames", "min_frames")
-WINDOWING = ("features [T, 64] of the trimmed 16 kHz signal; windows of window_frames frames every hop_frames, "
-             "plus one ending at the last frame; an utterance of at most window_frames frames is one window, "
-             "zero-padded at the end to min_frames when shorter")
-POOLING = "utterance embedding = L2-normalised mean of the embeddings of its windows"
+# What the front end must state besides the features: how an utterance's features become model inputs (by the
+# Embedder's pooling) and how their embeddings become the utterance's.
+INPUT_KEYS = {"windows": ("trim", "min_audio_seconds", "window_frames", "hop_frames", "min_frames"),
+              "utterance": ("trim", "min_audio_seconds", "pooling", "max_frames", "multiple_frames", "min_frames")}
+INPUTS = {
+    "windows": "features [T, 64] of the trimmed 16 kHz signal; windows of window_frames frames every hop_frames, "
+               "plus one ending at the last frame; an utterance of at most window_frames frames is one window, "
+               "zero-padded at the end to min_frames when shorter",
+    "utterance": "features [T, 64] of the trimmed 16 kHz signal; ceil(T / max_frames) near-equal consecutive pieces "
+                 "of ceil(T / count) frames (one piece for most utterances), each zero-padded at the end to at least "
+                 "min_frames and to a multiple of multiple_frames"}
+POOLING = "utterance embedding = L2-normalised mean of the embeddings of its rows"
 
 
 def export_metadata(model: keras.Model, front_end: Mapping[str, Any]) -> dict[str, Any]:
     """What a user of the artefact needs: input/output names and shapes, the front end, the model identity."""
-    missing = [key for key in (*FEATURE_SETTINGS, *WINDOWING_KEYS) if key not in front_end]
+    pooling = front_end.get("pooling", "windows")  # the Embedder's windows settings name no pooling (compatibility)
+    if pooling not in INPUT_KEYS:
+        raise DeepSpeakerError(f"the front end to record has no known pooling ({pooling!r}; pass the Embedder's "
+                               f"settings)")
+    missing = [key for key in (*FEATURE_SETTINGS, *INPUT_KEYS[pooling]) if key not in front_end]
     if missing:
         raise DeepSpeakerError(f"the front end to record lacks {', '.join(missing)} (pass the Embedder's settings)")
     features = {key: front_end[key] for key in FEATURE_SETTINGS}
@@ -61,11 +71,12 @@ def export_metadata(model: keras.Model, front_end: Mapping[str, Any]) -> dict[st
         "model_identity": model_identity(model),
         "model_name": model.name,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [BATCH_AXIS, FRAMES_AXIS, NUM_FILTERS, 1],
-                  "description": "normalised fbank features of one window per row (front_end, windowing)"},
+                  "description": "normalised fbank features of one window or piece per row (front_end, "
+                                 "windowing)"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_AXIS, int(model.output_shape[-1])],
-                   "description": "L2-normalised embedding of each window"},
+                   "description": "L2-normalised embedding of each row"},
         "front_end": dict(front_end),
-        "windowing": WINDOWING,
+        "windowing": INPUTS[pooling],
         "pooling": POOLING,
         "exported_with": {"deep_speaker": __version__, "keras": keras.__version__, "tensorflow": tf.__version__},
     }

@@ -31,6 +31,7 @@ from .constants import HEADS, PRECISIONS
 from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TeacherProjection, TemporalAverage
 
 STAGE_FILTERS = (64, 128, 256, 512)
+STRIDE = 2 ** len(STAGE_FILTERS)  # input frames (and bands) per output frame (and band): a stride-2 convolution per stage
 EMBEDDING_SIZE = 512
 WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
@@ -110,7 +111,7 @@ def build_rescnn(
         for block in range(3):
             x = identity_block(x, filters, stage=stage, block=block)
     # Channels-last [B, T/16, 4, F] -> [B, T/16, 4*F]: feature index freq*F + channel, as the original.
-    x = keras.layers.Reshape((-1, (NUM_FILTERS // 16) * filters), name="reshape", dtype=policy)(x)
+    x = keras.layers.Reshape((-1, (NUM_FILTERS // STRIDE) * filters), name="reshape", dtype=policy)(x)
     x = TemporalAverage(name="average", dtype=policy)(x)
     if num_speakers is not None:
         x = keras.layers.Dropout(dropout, name="dropout", dtype=policy)(x)
