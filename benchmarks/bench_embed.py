@@ -9,7 +9,8 @@ call per file. Both paths start from the audio files and compute the same featur
 warmed up once (graph tracing excluded) and timed ``--repeats`` times in the same run; the median is
 reported. Real-time factor = processing time / audio duration (lower is faster). Target: >= 3x.
 The Embedder's default 50 % window overlap sends about twice the frames through the model that the
-original does; the no-overlap rows show the speed-up at about equal work.
+original does; the no-overlap rows show the speed-up at about equal work, and the ``--pooling utterance`` rows the
+original's own strategy (each file whole, once) batched across files of equal padded length.
 
 ``--embedding-cache`` times the embedding cache instead: ``Embedder.embed_files`` of the files without it, filling
 an empty cache, and again from the filled cache; then ``deep-speaker embed AUDIO_DIR`` as a new process each time
@@ -32,7 +33,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from deep_speaker.data.features import extract_features  # noqa: E402
-from deep_speaker.encoders.deepspeaker import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, Embedder, split_windows  # noqa: E402
+from deep_speaker.encoders.deepspeaker import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS, Embedder  # noqa: E402
 from deep_speaker.model.rescnn import load_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -107,12 +108,15 @@ def main() -> None:
 
     embedders = {f"Embedder {precision}, hop {hop:g} s": Embedder(model, hop_seconds=hop, precision=precision)
                  for hop in map(float, args.hops.split(",")) for precision in ("float32", "mixed_bfloat16")}
+    embedders.update({f"Embedder {precision}, pooling utterance": Embedder(model, pooling="utterance",
+                                                                           precision=precision)
+                      for precision in ("float32", "mixed_bfloat16")})
     features = [extract_features(p) for p in paths]
     print(f"frames through the model: original {sum(len(f) for f in features)} (each file once, whole)")
     for name, e in embedders.items():
-        frames = sum(w.shape[0] for f in features for w in split_windows(f, window=e.window, hop=e.hop,
-                                                                         min_frames=e.min_frames))
-        print(f"  {name}: {frames} ({e.window}-frame windows every {e.hop} frames)")
+        frames = sum(w.shape[0] for f in features for w in e.model_inputs(f))
+        shape = f"{e.window}-frame windows every {e.hop} frames" if e.pooling == "windows" else "whole, padded to 16"
+        print(f"  {name}: {frames} ({shape})")
 
     original_embed(model, paths[:2])  # warm-up: the first predict traces the graph
     for embedder in embedders.values():

@@ -1,7 +1,7 @@
 """The packaged default model against Resemblyzer's own package API, side by side on the same files (issue #33:
 the default model must stay at least 10x faster than the teacher it distils from).
 
-    python benchmarks/bench_vs_resemblyzer.py [AUDIO_DIR] [--repeats N] [--model PATH]
+    python benchmarks/bench_vs_resemblyzer.py [AUDIO_DIR] [--repeats N] [--model PATH] [--pooling P]
     (default: the bundled samples/librispeech/test-other, 100 files, 12.8 min of speech)
 
 Rows, each the median wall time of --repeats passes over every file, from the path to the embedding (decoding and
@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import soundfile as sf  # noqa: E402
 
 from deep_speaker.encoders import get_encoder  # noqa: E402
+from deep_speaker.encoders.constants import POOLINGS  # noqa: E402
 from deep_speaker.encoders.deepspeaker import packaged_model  # noqa: E402
 
 DEFAULT_AUDIO = Path(__file__).resolve().parents[1] / "samples" / "librispeech" / "test-other"
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("audio_dir", nargs="?", type=Path, default=DEFAULT_AUDIO)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None, help="a candidate model; default: the packaged one")
+    parser.add_argument("--pooling", choices=POOLINGS, default=None,
+                        help="the deep-speaker rows' pooling (default: the model card's, else windows)")
     args = parser.parse_args()
     from resemblyzer import VoiceEncoder, preprocess_wav
 
@@ -54,12 +57,12 @@ def main() -> None:
     audio_seconds = sum(sf.info(f).duration for f in files)
     package = VoiceEncoder("cpu", verbose=False)
     model = args.model or packaged_model()
-    ours = get_encoder(model=model)
+    ours = get_encoder(model=model, pooling=args.pooling)
     batched = get_encoder("resemblyzer")
     rows = {
         "resemblyzer package API (embed_utterance(preprocess_wav(path)), file by file)":
             lambda paths: [package.embed_utterance(preprocess_wav(p)) for p in paths],
-        f"deep-speaker ({model.name})": ours.embed_files,
+        f"deep-speaker ({model.name}, pooling {ours.pooling})": ours.embed_files,
         "resemblyzer through this toolkit (partials of many files batched)": batched.embed_files,
     }
     seconds = {}

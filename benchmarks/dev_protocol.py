@@ -1,6 +1,6 @@
 """The dev protocol of issue #33: EER of encoders on held-out train-clean-100 speakers, clean and out of domain.
 
-    python benchmarks/dev_protocol.py --work DIR [--model PATH ...] [--encoders deep-speaker,mean-mfcc,resemblyzer]
+    python benchmarks/dev_protocol.py --work DIR [--model PATH ...] [--pooling P] [--encoders deep-speaker,mean-mfcc,resemblyzer]
 
 The dev speakers are ``eval.dev.dev_speakers`` of the bundled samples/librispeech/train-clean-100 (32, half female,
 half male; the README's test speakers, test-other, are never touched); their dev set (``eval.dev.make_dev_set``:
@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from deep_speaker.atomic import write_json  # noqa: E402
 from deep_speaker.encoders import Encoder, get_encoder  # noqa: E402
+from deep_speaker.encoders.constants import POOLINGS  # noqa: E402
 from deep_speaker.encoders.deepspeaker import PACKAGED_MODEL_DIR, packaged_model  # noqa: E402
 from deep_speaker.eval.dev import dev_speakers, evaluate_dev, make_dev_set  # noqa: E402
 from deep_speaker.eval.dev_report import dev_tables  # noqa: E402
@@ -33,12 +34,13 @@ TRAIN = Path(__file__).resolve().parents[1] / "samples" / "librispeech" / "train
 BASELINE = "mean-mfcc"
 
 
-def build(name: str, model: Path | None) -> tuple[str, Encoder]:
-    """A row's label and its encoder (deep-speaker: ``model``, else the packaged model)."""
+def build(name: str, model: Path | None, pooling: str | None) -> tuple[str, Encoder]:
+    """A row's label and its encoder (deep-speaker: ``model``, else the packaged model, with ``pooling``)."""
     if name != "deep-speaker":
         return name, get_encoder(name)
     model = model or packaged_model()
-    return f"deep-speaker ({model.name})", get_encoder(name, model=str(model))
+    encoder = get_encoder(name, model=str(model), pooling=pooling)
+    return f"deep-speaker ({model.name}, pooling {encoder.pooling})", encoder
 
 
 def main() -> None:
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="the dev set and dev.json go here")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="a deep-speaker model to score (repeatable; default: the packaged model)")
+    parser.add_argument("--pooling", choices=POOLINGS, default=None,
+                        help="deep-speaker's pooling (default: the model card's, else windows)")
     parser.add_argument("--encoders", default=f"deep-speaker,{BASELINE},resemblyzer")
     parser.add_argument("--count", type=int, default=32, help="dev speakers, half of each gender")
     parser.add_argument("--segments", type=int, default=3)
@@ -71,7 +75,7 @@ def main() -> None:
     seconds: dict[str, float] = {}
     for name, model in wanted:
         start = time.perf_counter()
-        label, encoder = build(name, model)
+        label, encoder = build(name, model, args.pooling)
         reports[label] = evaluate_dev(encoder, dev, segments=args.segments, bootstrap=args.bootstrap, seed=args.seed,
                                       baseline=None if name == BASELINE else baseline)
         seconds[label] = time.perf_counter() - start

@@ -42,7 +42,7 @@ def test_no_model_means_the_packaged_one_and_reproduces_its_card(card, tmp_path,
     # caplog may hold the record twice, through a handler an earlier test left on a logger on the way up.)
     levels = {r.levelno for r in caplog.records if card["model"] in r.getMessage()}
     assert levels == {logging.WARNING}
-    assert embedder.identity == card["model_identity"]
+    assert embedder.identity == card["model_identity"] and embedder.pooling == card.get("pooling", "windows")
 
     files = sorted(HELD_OUT.rglob("*.flac"))
     speakers = np.array([f.parent.parent.name for f in files])

@@ -28,8 +28,9 @@ import logging
 import os
 import weakref
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -48,6 +49,7 @@ from .options import DEEP_SPEAKER
 
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH  # 100 feature frames per second
 DEFAULT_PAD_SECONDS = 1.6
+FORWARD_THREADS = 2  # forward passes in flight (TensorFlow): see Embedder.embed_features_batch
 # Where 'deep-speaker train' writes its runs when it has no data folder; the newest triplet checkpoint is the
 # default model (the original queries also look in CACHE/checkpoints, where training on a cache writes them).
 DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
@@ -267,14 +269,11 @@ class Embedder(Encoder):
             return split_windows(features, window=self.window, hop=self.hop, min_frames=self.min_frames)
         return split_pieces(features, max_frames=self.max_frames, min_frames=self.min_frames, multiple=STRIDE)
 
-    def _predict(self, windows: list[np.ndarray]) -> np.ndarray:
-        """Embeddings [n, 512] of equal-length inputs, ``batch_size`` windows' worth of frames per forward pass."""
-        out = []
-        rows = max(1, self.batch_size * self.window // max(windows[0].shape[0], self.window))
-        for i in range(0, len(windows), rows):
-            batch = np.stack(windows[i:i + rows]).astype(np.float32, copy=False)[..., None]
-            out.append(np.asarray(self._forward(batch)))
-        return np.concatenate(out)
+    def _batches(self, owners: list[int], inputs: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(owners, batch [b, t, 64, 1]) of equal-length inputs, ``batch_size`` windows' worth of frames each."""
+        rows = max(1, self.batch_size * self.window // max(inputs[0].shape[0], self.window))
+        for i in range(0, len(inputs), rows):
+            yield np.asarray(owners[i:i + rows]), np.stack(inputs[i:i + rows]).astype(np.float32, copy=False)[..., None]
 
     def embed_features_batch(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings [n, 512] of several utterances' features [T_i, 64]; inputs of equal length share batches."""
@@ -289,9 +288,14 @@ class Embedder(Encoder):
                 owners, windows = buckets[w.shape[0]]
                 owners.append(i)
                 windows.append(w)
-        for owners, windows in buckets.values():
-            np.add.at(sums, np.asarray(owners), self._predict(windows))
-            np.add.at(counts, np.asarray(owners), 1.0)
+        batches = [batch for owners, inputs in buckets.values() for batch in self._batches(owners, inputs)]
+        # Each batch's rows depend on that batch alone, so passes may overlap: on TensorFlow two in flight hide the
+        # per-operation overhead of small batches (utterance pooling's many lengths: 1.7x faster on 2 cores).
+        threads = FORWARD_THREADS if keras.backend.backend() == "tensorflow" else 1
+        with ThreadPoolExecutor(threads) as pool:
+            for (owners, _), out in zip(batches, pool.map(lambda batch: self._forward(batch[1]), batches)):
+                np.add.at(sums, owners, np.asarray(out))
+                np.add.at(counts, owners, 1.0)
         return self._reduce(sums, counts).astype(np.float32)
 
     def embed_features(self, features: np.ndarray) -> np.ndarray:
