@@ -57,6 +57,17 @@ def test_probabilities_are_the_mean_softmax_over_windows(softmax_model, speech):
         np.testing.assert_allclose(row, expected, atol=1e-5)
 
 
+def test_utterance_pooling_gives_the_softmax_of_each_whole_utterance(softmax_model, speech):
+    files = sorted(speech.rglob("*.flac"))[:4]
+    probs = SpeakerClassifier(softmax_model, pooling="utterance").embed_files(files)
+    model = keras.saving.load_model(softmax_model)
+    for row, path in zip(probs, files):
+        feats = fbank_features(read_audio(path))
+        padded = np.zeros((-(-feats.shape[0] // 16) * 16, 64), np.float32)  # to the network's stride
+        padded[:feats.shape[0]] = feats
+        np.testing.assert_allclose(row, model.predict(padded[None, ..., None], verbose=0)[0], atol=1e-5)
+
+
 def test_embedding_model_is_refused(speech, tmp_path):
     path = tmp_path / "emb.keras"
     build_rescnn(width=0.125).save(path)
