@@ -133,6 +133,30 @@ def test_triplet_starts_from_the_softmax_checkpoint_and_logs_eer(softmax_run, da
     assert np.corrcoef(start, after)[0, 1] > 0.95
 
 
+def test_a_triplet_margin_is_the_runs_loss_and_a_resume_keeps_it(softmax_run, data, tmp_path):
+    _, out = softmax_run
+    common = dict(data=data, init_model=out / "softmax" / "best.keras", save_every=3, refresh_every=2,
+                  pool_speakers=8, **SMALL)
+    train(TrainConfig("triplet", tmp_path, steps=3, triplet_margin=0.3, **common))
+    assert read_state(tmp_path / "triplet")["triplet_margin"] == 0.3
+    saved = keras.saving.load_model(tmp_path / "triplet" / "last.keras", safe_mode=True)
+    assert saved.loss.alpha == 0.3
+    # The compiled loss is the margin's: max(cos(a, n) - cos(a, p) + 0.3, 0) on unit vectors, by hand.
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((9, 4)).astype(np.float32)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    a, p, n = y[:3], y[3:6], y[6:]
+    by_hand = np.maximum((a * n).sum(1) - (a * p).sum(1) + 0.3, 0).mean()
+    assert float(saved.loss(np.zeros(9), y)) == pytest.approx(by_hand, abs=1e-6)
+    with pytest.raises(DeepSpeakerError, match=r"a run with --triplet_margin 0.3 is there; this run uses 0.1"):
+        train(TrainConfig("triplet", tmp_path, steps=6, **common))
+    assert read_state(tmp_path / "triplet")["step"] == 3
+    with pytest.raises(DeepSpeakerError, match="--triplet_margin applies to the triplet phase, not softmax"):
+        TrainConfig("softmax", tmp_path, data=data, triplet_margin=0.3)
+    with pytest.raises(DeepSpeakerError, match=r"--triplet_margin must be in \[0, 2\]"):
+        TrainConfig("triplet", tmp_path, data=data, triplet_margin=float("nan"))
+
+
 def test_probe_reports_an_accuracy_through_the_cli(softmax_run, data, capsys):
     from deep_speaker.cli import main
 

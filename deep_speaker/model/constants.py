@@ -5,3 +5,4 @@ keep these names."""
 PRECISIONS = ("float32", "mixed_bfloat16")  # mixed_float16 would need loss scaling and is slow on CPU
 HEADS = ("softmax", "aam")  # softmax: the original Dense + softmax; aam: cosines for the AAM-softmax loss
 EXPORT_FORMATS = ("onnx", "savedmodel")
+TRIPLET_MARGIN = 0.1  # the triplet loss's margin alpha, the original's

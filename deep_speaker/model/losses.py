@@ -9,11 +9,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from .constants import TRIPLET_MARGIN
+
 # The smallest normal float32: the floor of a softmax probability whose log the loss takes (-log = 87.3).
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
-def triplet_loss(y_true, y_pred, *, alpha: float = 0.1, shards: int = 1):
+def triplet_loss(y_true, y_pred, *, alpha: float = TRIPLET_MARGIN, shards: int = 1):
     """mean(max(cos(a, n) - cos(a, p) + alpha, 0)) over a batch of [anchors; positives; negatives] thirds.
 
     y_true is ignored (Keras passes one). y_pred holds unit-length embeddings, so a cosine is a dot
@@ -34,9 +36,10 @@ def triplet_loss(y_true, y_pred, *, alpha: float = 0.1, shards: int = 1):
 
 @keras.saving.register_keras_serializable(package="deep_speaker")
 class ShardedTripletLoss(keras.losses.Loss):
-    """triplet_loss over `shards` contiguous [anchors; positives; negatives] blocks (multi-worker training)."""
+    """triplet_loss over `shards` contiguous [anchors; positives; negatives] blocks (one per training worker) with
+    margin ``alpha``."""
 
-    def __init__(self, shards: int = 1, alpha: float = 0.1, name: str = "sharded_triplet", **kwargs):
+    def __init__(self, shards: int = 1, alpha: float = TRIPLET_MARGIN, name: str = "sharded_triplet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.shards, self.alpha = int(shards), float(alpha)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeepSpeakerError
-from ..model.constants import HEADS, PRECISIONS
+from ..model.constants import HEADS, PRECISIONS, TRIPLET_MARGIN
 from ..settings import check_choice
 
 PHASES = ("softmax", "triplet", "probe")
@@ -137,6 +137,9 @@ class TrainConfig:
                 "and a learned projection of the student's embedding regresses it (cosine)"})
     teacher_weight: float = field(default=1.0, metadata={
         "metavar": "W", "help": "--teacher: weight of the distillation loss (1 - cosine) beside the speaker loss"})
+    triplet_margin: float = field(default=TRIPLET_MARGIN, metadata={
+        "metavar": "A", "help": "triplet phase: the margin A of max(cos(a, n) - cos(a, p) + A, 0) (0.1: the "
+                                "original's)"})
     refresh_every: int = field(default=100, metadata={  # the original: 100 batches
         "metavar": "K", "help": "triplet phase: steps between two refreshes of the hard-negative pool"})
     pool_speakers: int = field(default=640, metadata={
@@ -181,6 +184,11 @@ class TrainConfig:
             for refused, reason in TEACHER_REFUSED:
                 if refused(self):
                     raise DeepSpeakerError(reason)
+        if not (math.isfinite(self.triplet_margin) and 0 <= self.triplet_margin <= 2):
+            raise DeepSpeakerError(f"--triplet_margin must be in [0, 2] (a difference of cosines), got "
+                                   f"{self.triplet_margin}")
+        if self.phase != "triplet" and self.triplet_margin != TRIPLET_MARGIN:
+            raise DeepSpeakerError(f"--triplet_margin applies to the triplet phase, not {self.phase}")
         if not (math.isfinite(self.width) and self.width > 0) or not 0 <= self.holdout < 1:
             raise DeepSpeakerError(f"need a positive width and 0 <= holdout < 1 (got {self.width}, {self.holdout})")
 

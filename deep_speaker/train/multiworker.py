@@ -312,7 +312,7 @@ class WorkerTrainer(Trainer):
         return super().run_state(model, workers=self.cluster.workers, **extra)
 
     def triplet_loss(self) -> ShardedTripletLoss:
-        return ShardedTripletLoss(self.cluster.workers)
+        return ShardedTripletLoss(self.cluster.workers, alpha=self.config.triplet_margin)
 
     def feed(self, batches: Any) -> Any:
         if isinstance(batches, keras.utils.PyDataset):

@@ -33,7 +33,8 @@ from ..model.checkpoints import (
     resume_state,
     save_checkpoint,
 )
-from ..model.losses import AAMSoftmaxLoss, SoftmaxCrossEntropy, triplet_loss
+from ..model.constants import TRIPLET_MARGIN
+from ..model.losses import AAMSoftmaxLoss, ShardedTripletLoss, SoftmaxCrossEntropy, triplet_loss
 from ..model.rescnn import (
     EMBEDDING_SIZE,
     HEAD_NAME,
@@ -140,7 +141,7 @@ class Trainer:
 
     def triplet_loss(self) -> Any:
         """The triplet phase's loss, over the batch (a tf.distribute replica computes it over its own shard)."""
-        return triplet_loss
+        return ShardedTripletLoss(1, alpha=self.config.triplet_margin)
 
     def feed(self, batches: Any) -> Any:
         """What fit gets from the softmax phase's global batches (a PyDataset, tf.data Dataset or iterator)."""
@@ -385,8 +386,13 @@ class Trainer:
             started_from = str(source) if source else None
             if source:
                 log.info("triplet training starts from %s", source)
-        state = self.run_state(model, started_from=started_from,
-                            **({"spec_augment": list(self._masks())} if c.spec_augment else {}))
+        # A run keeps the margin its checkpoints were compiled with (runs before the option: the original's).
+        margin = (self.resume_state or {}).get("triplet_margin", TRIPLET_MARGIN if self.resume_state else None)
+        if margin is not None and margin != c.triplet_margin:
+            raise DeepSpeakerError(f"{self.run_dir}: a run with --triplet_margin {margin:g} is there; this run uses "
+                                   f"{c.triplet_margin:g} (another --output_dir or the same margin)")
+        state = self.run_state(model, started_from=started_from, triplet_margin=c.triplet_margin,
+                               **({"spec_augment": list(self._masks())} if c.spec_augment else {}))
         pool_seed, rows = self.triplet_part(optimizer_step(model))
         pool = batching.TripletPool(cache, train_segments, c.crop_frames, c.pool_speakers, 2, c.pool_rounds,
                                     seed=pool_seed, masks=self._masks())
