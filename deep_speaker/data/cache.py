@@ -98,7 +98,7 @@ def write_manifest(path: Path, base: dict, entries: Iterable[dict], *, failures:
 
 class FeatureCache:
     """Read access to a built per-file cache: ids, settings, failures and memory-mapped feature arrays (a
-    :class:`~.sources.FeatureSource`; :func:`~.sources.open_features` opens either format)."""
+    :class:`~.feature_source.FeatureSource`; :func:`~.sources.open_features` opens either format)."""
 
     def __init__(self, cache_dir: str | os.PathLike):
         self.path = Path(cache_dir)

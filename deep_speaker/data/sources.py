@@ -7,50 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
-import numpy as np
-
-from ..errors import DeepSpeakerError, Failure
+from ..errors import DeepSpeakerError
 from .build import MANIFEST, BuildSummary
 from .cache import FeatureCache, augment_cache, build_cache, cache_wipe_plan, is_cache, read_manifests, wipe_cache
+from .feature_source import FeatureSource
 from .store import (FeatureStore, augment_store, build_store, convert_to_store, is_store, store_wipe_plan,
                     wipe_store)
-
-
-class FeatureSource(Protocol):
-    """What both formats offer readers: ids, settings, failures, the entry and features of each utterance."""
-
-    path: Path
-    manifest: dict  # the settings and build record (audio_dir, layout, min_seconds, augment), without the entries
-
-    @property
-    def settings(self) -> dict:
-        """The feature settings (``FEATURE_SETTINGS`` + trim) the features were computed with."""
-
-    @property
-    def failures(self) -> list[Failure]:
-        """Files that could not be cached, and why."""
-
-    @property
-    def speakers(self) -> list[str]:
-        """Speaker ids, sorted."""
-
-    @property
-    def hours(self) -> float:
-        """Hours of source audio."""
-
-    def utterances(self, speaker: Optional[str] = None) -> list[tuple[str, str]]:
-        """(speaker, utterance) pairs, sorted; only those of ``speaker`` when given."""
-
-    def entry(self, speaker: str, utterance: str) -> dict:
-        """An utterance's record (source, size, mtime_ns, frames, seconds, array; augment for a copy)."""
-
-    def load(self, speaker: str, utterance: str) -> np.ndarray:
-        """The features ``[T, 64]`` of an utterance, read-only (float32, or a float16 store's float16)."""
-
-    def __len__(self) -> int:
-        """The number of utterances."""
 
 
 def folder_format(path: str | os.PathLike) -> Optional[str]:

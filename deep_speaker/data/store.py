@@ -56,7 +56,7 @@ from .corpus import Utterance, gc_paused, id_failure, is_plain_id, plain_ids, sc
 from .features import NUM_FILTERS
 
 if TYPE_CHECKING:
-    from .sources import FeatureSource
+    from .feature_source import FeatureSource
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def _valid_rows(store_dir: Path, shards: Sequence[dict], table: pa.Table,
 
 
 class FeatureStore:
-    """Read access to a sharded store (a :class:`~.sources.FeatureSource`, as the per-file cache); the index is held
+    """Read access to a sharded store (a :class:`~.feature_source.FeatureSource`, as the per-file cache); the index is held
     as columns (numpy and Arrow arrays, no object per entry), and ``load`` is a slice of the shard's memory map."""
 
     def __init__(self, store_dir: str | os.PathLike):
