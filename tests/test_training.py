@@ -157,6 +157,29 @@ def test_a_triplet_margin_is_the_runs_loss_and_a_resume_keeps_it(softmax_run, da
         TrainConfig("triplet", tmp_path, data=data, triplet_margin=float("nan"))
 
 
+def test_a_cosine_schedule_decays_the_rate_to_zero_and_a_resume_keeps_it(softmax_run, data, tmp_path):
+    _, out = softmax_run
+    common = dict(data=data, init_model=out / "softmax" / "best.keras", save_every=3, refresh_every=2,
+                  pool_speakers=8, learning_rate=4e-3, **SMALL)
+    train(TrainConfig("triplet", tmp_path, steps=6, lr_schedule="cosine", **common))
+    state = read_state(tmp_path / "triplet")
+    assert state["lr_schedule"] == "cosine" and state["plateau"] is None
+    # lr(step) = 4e-3 * (1 + cos(pi * step / 6)) / 2, by hand: 0 after the 6 steps, 2e-3 half way; the checkpoint's
+    # optimizer carries the schedule.
+    assert state["learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    optimizer = keras.saving.load_model(tmp_path / "triplet" / "last.keras", safe_mode=True).optimizer
+    optimizer.iterations.assign(3)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(2e-3, rel=1e-6)
+    # The schedule is fixed by --steps: a resume may not stretch it.
+    with pytest.raises(DeepSpeakerError, match="a cosine schedule over 6 steps is there; this run asks for 9"):
+        train(TrainConfig("triplet", tmp_path, steps=9, lr_schedule="cosine", **common))
+
+    with pytest.raises(DeepSpeakerError, match="a run with --lr_schedule cosine is there; this run uses plateau"):
+        train(TrainConfig("triplet", tmp_path, steps=9, **common))
+    with pytest.raises(DeepSpeakerError, match="unknown learning-rate schedule 'linear'"):
+        TrainConfig("triplet", tmp_path, data=data, lr_schedule="linear")
+
+
 def test_probe_reports_an_accuracy_through_the_cli(softmax_run, data, capsys):
     from deep_speaker.cli import main
 

@@ -248,8 +248,8 @@ def _valid_rows(store_dir: Path, shards: Sequence[dict], table: pa.Table,
 
 
 class FeatureStore:
-    """Read access to a sharded store (a :class:`~.feature_source.FeatureSource`, as the per-file cache); the index is held
-    as columns (numpy and Arrow arrays, no object per entry), and ``load`` is a slice of the shard's memory map."""
+    """Read access to a sharded store (a :class:`~.feature_source.FeatureSource`, as the per-file cache); the index is
+    held as columns (numpy and Arrow arrays, no object per entry), and ``load`` is a slice of the shard's memory map."""
 
     def __init__(self, store_dir: str | os.PathLike):
         self.path = Path(store_dir)

@@ -41,7 +41,7 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "model_identity": (str,), "embedding_identity": (str,), "workers": (int,), "speakers": (list,),
     "started_from": (str, NONE), "random_crops": (bool,), "softmax_head": (str,), "margin": (float,),
     "scale": (float,), "spec_augment": (list,), "teacher": (str,), "teacher_identity": (str,),
-    "teacher_weight": (float,),
+    "teacher_weight": (float,), "lr_schedule": (str,), "triplet_margin": (float,),
 }
 REQUIRED_STATE = ("phase", "step", "width")  # every state written has them, and resuming reads them
 COUNTS = ("step", "epoch", "best_step", "crop_frames", "batch_size", "save_every", "steps", "workers")

@@ -83,8 +83,8 @@ def restore_seed_states(model: keras.Model, states: dict[str, list[int]]) -> Non
 class RunCheckpoint(keras.callbacks.Callback):
     """At each epoch end: best.keras when the monitored metric improved, then last.keras and state.json."""
 
-    def __init__(self, run_dir: Path, state: dict, monitor: str, mode: str, plateau: ResumableReduceLROnPlateau,
-                 identity_model: keras.Model | None = None):
+    def __init__(self, run_dir: Path, state: dict, monitor: str, mode: str,
+                 plateau: ResumableReduceLROnPlateau | None, identity_model: keras.Model | None = None):
         super().__init__()
         self.run_dir, self.state, self.monitor, self.mode, self.plateau = run_dir, state, monitor, mode, plateau
         self.identity_model = identity_model  # the embedding model whose identity the state records
@@ -104,7 +104,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             step=step,
             epoch=epoch + 1,
             learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            plateau=self.plateau.counters(),
+            plateau=None if self.plateau is None else self.plateau.counters(),
             last_logs=finite_logs(logs),
             model_identity=model_identity(self.identity_model or self.model),
             seed_states=seed_states(self.model),
@@ -165,12 +165,16 @@ class PoolRefresh(keras.callbacks.Callback):
 
 def run_callbacks(config: TrainConfig, state: dict, run_dir: Path, *,
                   identity_model: keras.Model | None = None) -> list:
-    """The callbacks of every phase: step budget, learning-rate plateau, checkpoints and state, CSV (and TensorBoard)
-    log, written into run_dir (the run folder; a scratch folder on the workers other than 0 of a multi-worker run)."""
+    """The callbacks of every phase: step budget, learning-rate plateau (unless --lr_schedule cosine), checkpoints and
+    state, CSV (and TensorBoard) log, written into run_dir (the run folder; a scratch folder on the workers other than
+    0 of a multi-worker run)."""
     monitor, mode = MONITORS[config.phase]
-    plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,
-                                         patience=10, min_lr=config.learning_rate / 10)  # the original: 1e-3 -> 1e-4
-    callbacks = [StopAtStep(config.steps), plateau, RunCheckpoint(run_dir, state, monitor, mode, plateau, identity_model),
+    plateau = None
+    if config.lr_schedule == "plateau":  # a cosine schedule lives in the optimizer
+        plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,
+                                             patience=10, min_lr=config.learning_rate / 10)  # the original: 1e-3 -> 1e-4
+    callbacks = [StopAtStep(config.steps), *([plateau] if plateau else []),
+                 RunCheckpoint(run_dir, state, monitor, mode, plateau, identity_model),
                  keras.callbacks.CSVLogger(str(run_dir / LOG), append=True)]
     # TensorBoard logs need the tensorboard package (not a dependency): written when it is installed.
     if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None:

@@ -21,6 +21,8 @@ STRATEGIES = ("none", "mirrored", "multiworker")
 # What feeds the softmax phase's random crops: today's Keras PyDataset batcher, tf.data, or worker processes over
 # shared memory (train.pipeline).
 INPUT_PIPELINES = ("pydataset", "tfdata", "processes")
+# How the learning rate moves: the original's plateau halving, or a cosine decay to 0 over the phase's steps.
+LR_SCHEDULES = ("plateau", "cosine")
 # --strategy multiworker (train.multiworker) runs Trainer's recipe, so every option behaves as in one process
 # except these, refused with one line before any worker starts: (what the configuration holds, why).
 MULTIWORKER_REFUSED: tuple[tuple[Callable[["TrainConfig"], bool], str], ...] = (
@@ -137,6 +139,10 @@ class TrainConfig:
                 "and a learned projection of the student's embedding regresses it (cosine)"})
     teacher_weight: float = field(default=1.0, metadata={
         "metavar": "W", "help": "--teacher: weight of the distillation loss (1 - cosine) beside the speaker loss"})
+    lr_schedule: str = field(default="plateau", metadata={
+        "choices": LR_SCHEDULES, "help": "plateau: halve the learning rate after 10 validations without improvement, "
+                                         "down to a tenth (the original's); cosine: from --learning-rate down to 0 "
+                                         "over --steps along a cosine"})
     triplet_margin: float = field(default=TRIPLET_MARGIN, metadata={
         "metavar": "A", "help": "triplet phase: the margin A of max(cos(a, n) - cos(a, p) + A, 0) (0.1: the "
                                 "original's)"})
@@ -155,6 +161,7 @@ class TrainConfig:
         check_choice(self.precision, PRECISIONS, "precision")
         check_choice(self.softmax_head, HEADS, "softmax head")
         check_choice(self.input_pipeline, INPUT_PIPELINES, "input pipeline")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "learning-rate schedule")
         if self.input_workers is not None and self.input_workers < 1:
             raise DeepSpeakerError(f"--input_workers needs at least 1 worker, got {self.input_workers}")
         if not (0 <= self.margin < math.pi / 2 and math.isfinite(self.scale) and self.scale > 0):

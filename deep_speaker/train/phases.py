@@ -135,7 +135,9 @@ class Trainer:
     def compile(self, model: keras.Model, loss: Any, metrics: list[str] | None) -> None:
         """Give a freshly built model the phase's optimizer (the original's: Adam, SGD for triplet) and loss."""
         kind, _ = OPTIMIZERS[self.config.phase]
-        lr = self.config.learning_rate
+        c = self.config
+        lr = keras.optimizers.schedules.CosineDecay(c.learning_rate, c.steps) if c.lr_schedule == "cosine" else \
+            c.learning_rate
         optimizer = keras.optimizers.Adam(lr) if kind == "adam" else keras.optimizers.SGD(lr)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
@@ -199,6 +201,13 @@ class Trainer:
         if self.config.phase != "probe" and not math.isclose(state["width"], self.config.width, rel_tol=1e-6):
             raise DeepSpeakerError(f"{self.run_dir}: a run of width {state['width']:g} is there; this run uses "
                                    f"width {self.config.width:g} (another --output_dir or the same --width)")
+        if state.get("lr_schedule", "plateau") != self.config.lr_schedule:  # states before the option: plateau
+            raise DeepSpeakerError(f"{self.run_dir}: a run with --lr_schedule {state['lr_schedule']} is there; this "
+                                   f"run uses {self.config.lr_schedule} (another --output_dir or the same schedule)")
+        if self.config.lr_schedule == "cosine" and state.get("steps") != self.config.steps:
+            raise DeepSpeakerError(f"{self.run_dir}: a cosine schedule over {state.get('steps')} steps is there; this "
+                                   f"run asks for {self.config.steps} (--steps fixes the schedule: the same --steps, "
+                                   f"or another --output_dir)")
         if state.get("precision", "float32") != self.config.precision:
             raise DeepSpeakerError(f"{self.run_dir}: a run in {state['precision']} is there; this run uses "
                                    f"{self.config.precision} (--precision)")
@@ -242,7 +251,8 @@ class Trainer:
         c = self.config
         state = dict(self.resume_state or {})
         state.setdefault("started_from", extra.pop("started_from", None))
-        state.update(phase=c.phase, seed=c.seed, width=c.width, precision=c.precision, crop_frames=c.crop_frames,
+        state.update(phase=c.phase, seed=c.seed, width=c.width, precision=c.precision, lr_schedule=c.lr_schedule,
+                     crop_frames=c.crop_frames,
                      batch_size=c.batch_size, save_every=c.save_every, steps=c.steps,
                      feature_settings=FEATURE_SETTINGS, **extra)
         return state
