@@ -201,15 +201,22 @@ class Trainer:
         if self.config.phase != "probe" and not math.isclose(state["width"], self.config.width, rel_tol=1e-6):
             raise DeepSpeakerError(f"{self.run_dir}: a run of width {state['width']:g} is there; this run uses "
                                    f"width {self.config.width:g} (another --output_dir or the same --width)")
-        if state.get("lr_schedule", "plateau") != self.config.lr_schedule:  # states before the option: plateau
-            raise DeepSpeakerError(f"{self.run_dir}: a run with --lr_schedule {state['lr_schedule']} is there; this "
-                                   f"run uses {self.config.lr_schedule} (another --output_dir or the same schedule)")
+        # States written before an option hold its default: the plateau, float32, the original's triplet margin.
+        schedule = state.get("lr_schedule", "plateau")
+        if schedule != self.config.lr_schedule:
+            raise DeepSpeakerError(f"{self.run_dir}: a run with --lr_schedule {schedule} is there; this run uses "
+                                   f"{self.config.lr_schedule} (another --output_dir or the same schedule)")
         if self.config.lr_schedule == "cosine" and state.get("steps") != self.config.steps:
             raise DeepSpeakerError(f"{self.run_dir}: a cosine schedule over {state.get('steps')} steps is there; this "
                                    f"run asks for {self.config.steps} (--steps fixes the schedule: the same --steps, "
                                    f"or another --output_dir)")
-        if state.get("precision", "float32") != self.config.precision:
-            raise DeepSpeakerError(f"{self.run_dir}: a run in {state['precision']} is there; this run uses "
+        margin = state.get("triplet_margin", TRIPLET_MARGIN)
+        if margin != self.config.triplet_margin:
+            raise DeepSpeakerError(f"{self.run_dir}: a run with --triplet_margin {margin:g} is there; this run uses "
+                                   f"{self.config.triplet_margin:g} (another --output_dir or the same margin)")
+        precision = state.get("precision", "float32")
+        if precision != self.config.precision:
+            raise DeepSpeakerError(f"{self.run_dir}: a run in {precision} is there; this run uses "
                                    f"{self.config.precision} (--precision)")
         try:
             model = keras.saving.load_model(path, custom_objects={"triplet_loss": triplet_loss}, safe_mode=True)
@@ -396,11 +403,6 @@ class Trainer:
             started_from = str(source) if source else None
             if source:
                 log.info("triplet training starts from %s", source)
-        # A run keeps the margin its checkpoints were compiled with (runs before the option: the original's).
-        margin = (self.resume_state or {}).get("triplet_margin", TRIPLET_MARGIN if self.resume_state else None)
-        if margin is not None and margin != c.triplet_margin:
-            raise DeepSpeakerError(f"{self.run_dir}: a run with --triplet_margin {margin:g} is there; this run uses "
-                                   f"{c.triplet_margin:g} (another --output_dir or the same margin)")
         state = self.run_state(model, started_from=started_from, triplet_margin=c.triplet_margin,
                                **({"spec_augment": list(self._masks())} if c.spec_augment else {}))
         pool_seed, rows = self.triplet_part(optimizer_step(model))
