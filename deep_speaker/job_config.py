@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import DeepSpeakerError
 from .eval.constants import DEGRADATION_KINDS, copy_name
-from .model.constants import HEADS, PRECISIONS
+from .model.constants import HEADS, PRECISIONS, TEACHER_LOSSES
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
@@ -71,6 +71,7 @@ class JobConfig:
     triplet_steps: int = field(default=200, metadata={"help": "steps of triplet training"})
     triplet_learning_rate: float = 1e-3
     batch_size: int = field(default=48, metadata={"help": "training batch size"})
+    crop_frames: int = 160  # frames per training crop, both phases (TrainConfig's default: the original's 1.6 s)
     save_every: int = 50
     seed: int = field(default=0, metadata={"help": "random seed of training and of the degraded copies"})
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
@@ -95,6 +96,11 @@ class JobConfig:
                 "speaker loss"})
     teacher_weight: float = field(default=1.0, metadata={
         "metavar": "W", "help": "--teacher: weight of the distillation loss"})
+    teacher_loss: str = field(default="projection", metadata={
+        "choices": TEACHER_LOSSES, "help": "--teacher: regress the teacher's embedding through a learned projection, "
+                                           "or match its pairwise cosines over each batch"})
+    speaker_weight: float = field(default=1.0, metadata={
+        "metavar": "W", "help": "--teacher: weight of the speaker loss in pre-training (0: distillation alone)"})
     verbose: int = 2  # Keras fit verbosity
 
     def __post_init__(self) -> None:
@@ -108,3 +114,8 @@ class JobConfig:
             check_choice(self.teacher, available_encoders(), "teacher")
             if not (math.isfinite(self.teacher_weight) and self.teacher_weight > 0):
                 raise DeepSpeakerError("--teacher-weight must be positive")
+            check_choice(self.teacher_loss, TEACHER_LOSSES, "teacher loss")
+            if not (math.isfinite(self.speaker_weight) and self.speaker_weight >= 0):
+                raise DeepSpeakerError("--speaker-weight must be 0 (distillation alone) or positive")
+        elif (self.teacher_loss, self.speaker_weight) != ("projection", 1.0):
+            raise DeepSpeakerError("--teacher-loss and --speaker-weight need --teacher (they shape the distillation)")

@@ -74,14 +74,16 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache, phases: dict[str, fl
     phase's wall seconds are added to ``phases`` (keys ``softmax``, ``triplet``) when given."""
     phases = {} if phases is None else phases
     with _timed(phases, "softmax"):
-        inputs = generate_training_inputs(train_cache, seed=cfg.seed)
+        inputs = generate_training_inputs(train_cache, crop_frames=cfg.crop_frames, seed=cfg.seed)
     common = dict(output_dir=cfg.output_dir / "checkpoints", width=cfg.width, batch_size=cfg.batch_size,
+                  crop_frames=cfg.crop_frames,
                   save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose,
                   spec_augment=cfg.spec_augment)
     # Fresh random crops each step: the few fixed crops of one utterance per speaker are memorised within
     # hundreds of steps. The original's triplet rate (SGD 0.01) undoes the softmax start on data this small.
     softmax = TrainConfig(phase="softmax", data=inputs, steps=cfg.softmax_steps, random_crops=True,
                           softmax_head=cfg.softmax_head, teacher=cfg.teacher, teacher_weight=cfg.teacher_weight,
+                          teacher_loss=cfg.teacher_loss, speaker_weight=cfg.speaker_weight,
                           **common)
     with _timed(phases, "softmax"):
         if softmax.teacher is not None:

@@ -1,6 +1,7 @@
 """Knowledge distillation from a registered encoder (--teacher, #33) on real speech: the teacher targets are the
 Resemblyzer package's own embeddings of each utterance's clean audio (speed-perturbed for a speed copy); the
-trained model's loss holds the distillation term as its formula says (numpy); what it does not support is refused
+trained model's loss holds the distillation term as its formula says (numpy), for either --teacher_loss; with
+--speaker_weight 0 the labels change nothing and one folder of speech trains; what it does not support is refused
 in one line, before anything is written."""
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_a_run_with_a_teacher_adds_the_distillation_loss(run, cache) -> None:
     assert (state["teacher"], state["teacher_weight"], state["teacher_identity"]) == (
         "resemblyzer", 2.0, get_encoder("resemblyzer").identity) == (targets.teacher, 2.0, targets.identity)
     model = load_model(run / "softmax" / "last.keras")
-    assert teacher_of(model) == (256, 2.0)
+    assert teacher_of(model) == (256, 2.0, "projection")
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy())  # any fixed loss: it cancels in the difference
     segments, _ = speaker_segments(FeatureCache(cache), 0.2, 0)
     (x, t), y = RandomCropBatches(FeatureCache(cache), segments, 64, 12, 1, teacher=targets)[0]
@@ -106,6 +107,7 @@ def test_a_run_with_a_teacher_adds_the_distillation_loss(run, cache) -> None:
     (["train", "softmax", "--random-crops", "--input_pipeline", "tfdata"], "pydataset only"),
     (["train", "softmax", "--random-crops", "--strategy", "mirrored"], "one device"),
     (["train", "softmax", "--random-crops", "--teacher_weight", "0"], "must be positive"),
+    (["train", "softmax", "--random-crops", "--speaker_weight", "-1"], "must be 0 (distillation alone) or positive"),
 ])
 def test_what_a_teacher_cannot_do_is_one_line_before_anything_is_written(cache, tmp_path, capsys, options,
                                                                          refused) -> None:
@@ -116,13 +118,115 @@ def test_what_a_teacher_cannot_do_is_one_line_before_anything_is_written(cache, 
     assert not (tmp_path / "out").exists()
 
 
+def crops_and_targets(cache: Path, run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of 12 crops of the cache, their teacher rows (the run's targets) and speaker labels."""
+    from deep_speaker.train.batching import RandomCropBatches, speaker_segments
+
+    source = FeatureCache(cache)
+    segments, _ = speaker_segments(source, 0.2, 0, fewest=1)
+    (x, t), y = RandomCropBatches(source, segments, 64, 12, 1, teacher=read_targets(run / "teacher" /
+                                                                                    "resemblyzer.npz"))[0]
+    return x, t, y
+
+
+def affine_of(model, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.Model(model.inputs[0], model.get_layer("affine").output).predict(x, verbose=0).astype(np.float64)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_the_pairwise_loss_matches_the_teachers_cosines(cache, tmp_path) -> None:
+    """--teacher_loss pairwise: the loss with the teacher's rows t minus that with random rows u is
+    weight x (P(t) - P(u)), P(t) = sum_{i != j} (cos(e_i, e_j) - cos(t_i, t_j))^2 / (n (n - 1)), in numpy."""
+    import keras
+
+    from deep_speaker.model.rescnn import load_model, teacher_of, to_embedding_model
+
+    assert main(["train", "softmax", "--cache_dir", str(cache), "--random-crops", "--teacher", "resemblyzer",
+                 "--teacher_loss", "pairwise", "--teacher_weight", "3", "--output_dir", str(tmp_path),
+                 *STEPS]) == 0
+    model = load_model(tmp_path / "softmax" / "last.keras")
+    assert teacher_of(model) == (256, 3.0, "pairwise")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy())
+    x, t, y = crops_and_targets(cache, tmp_path)
+    u = np.random.default_rng(0).standard_normal(t.shape).astype(np.float32)  # other rows: other cosines
+    e = unit(affine_of(model, x))
+
+    def pairwise(rows):
+        rows = unit(rows.astype(np.float64))
+        return np.sum((e @ e.T - rows @ rows.T) ** 2) / (len(e) * (len(e) - 1))
+
+    difference = model.evaluate((x, t), y, verbose=0, batch_size=12) - model.evaluate((x, u), y, verbose=0,
+                                                                                      batch_size=12)
+    assert abs(pairwise(t) - pairwise(u)) > 1e-3  # the check can fail
+    assert difference == pytest.approx(3.0 * (pairwise(t) - pairwise(u)), abs=1e-4)
+    assert len(to_embedding_model(model).inputs) == 1
+
+
+def test_distillation_alone_ignores_the_labels(cache, tmp_path) -> None:
+    """--speaker_weight 0: the trained model's loss does not move with the labels (it does once the speaker loss
+    weighs 1); the best checkpoint is the one of the lowest held-out (distillation) loss."""
+    import csv
+
+    import keras
+
+    from deep_speaker.model.checkpoints import read_state
+
+    assert main(["train", "softmax", "--cache_dir", str(cache), "--random-crops", "--teacher", "resemblyzer",
+                 "--speaker_weight", "0", "--output_dir", str(tmp_path), *STEPS[:-4], "--steps", "3",
+                 "--save_every", "1", "--fit_verbose", "0"]) == 0
+    state = read_state(tmp_path / "softmax")
+    with open(tmp_path / "softmax" / "log.csv") as f:
+        val_losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    assert state["speaker_weight"] == 0.0 and state["best_value"] == pytest.approx(min(val_losses))
+    x, t, y = crops_and_targets(cache, tmp_path)
+    other = (y + 1) % (y.max() + 1)
+    model = keras.saving.load_model(tmp_path / "softmax" / "last.keras", safe_mode=True)  # compiled as trained
+
+    def gap() -> float:
+        def loss(labels):
+            return model.evaluate((x, t), labels, verbose=0, batch_size=12, return_dict=True)["loss"]
+
+        return abs(loss(y) - loss(other))
+
+    assert gap() < 1e-6
+    model.compile(loss=model.loss)  # the speaker loss at weight 1: now the labels count
+    assert gap() > 1e-3
+
+
+def test_distillation_alone_trains_on_one_folder_of_speech(libri_mini, tmp_path) -> None:
+    """Speech whose speakers are unknown (3 speakers' files in one folder) trains with --speaker_weight 0 and is
+    refused without it."""
+    folder = tmp_path / "audio" / "recordings"
+    folder.mkdir(parents=True)
+    for speaker in sorted((libri_mini / "train-clean-100").iterdir())[:3]:
+        for flac in speaker.rglob("*.flac"):
+            (folder / flac.name).symlink_to(flac)
+    build_cache(tmp_path / "audio", tmp_path / "cache", progress=False)
+    options = ["train", "softmax", "--cache_dir", str(tmp_path / "cache"), "--random-crops", "--teacher",
+               "resemblyzer", *STEPS]
+    assert main([*options, "--output_dir", str(tmp_path / "labelled")]) == 2
+    assert main([*options, "--speaker_weight", "0", "--output_dir", str(tmp_path / "alone")]) == 0
+    assert (tmp_path / "alone" / "softmax" / "best.keras").is_file()
+
+
 def test_resuming_with_another_teacher_or_none_is_refused(run, cache, capsys) -> None:
-    for options, said in ((["--teacher", "resemblyzer", "--teacher_weight", "1"], "at weight 1"),
-                          ([], "without a teacher")):
+    """The run was trained with a 256-d teacher at weight 2 (projection), the speaker loss at weight 1."""
+    there = "with a 256-d teacher at weight 2 (projection) is there"
+    for options, said in ((["--teacher", "resemblyzer", "--teacher_weight", "1"], (there, "at weight 1")),
+                          (["--teacher", "resemblyzer", "--teacher_weight", "2", "--teacher_loss", "pairwise"],
+                           (there, "at weight 2 (pairwise)")),
+                          (["--teacher", "resemblyzer", "--teacher_weight", "2", "--speaker_weight", "0"],
+                           ("--speaker_weight 1 is there; this run uses 0",)),
+                          ([], (there, "trains without a teacher"))):
         code = main(["train", "softmax", "--cache_dir", str(cache), "--random-crops", "--output_dir", str(run),
                      *options, *STEPS[:-4], "--steps", "3", "--save_every", "1", "--fit_verbose", "0"])
         errors = error_lines(capsys.readouterr().err)
-        assert code == 2 and len(errors) == 1 and "at weight 2" in errors[0] and said in errors[0], errors
+        assert code == 2 and len(errors) == 1 and all(words in errors[0] for words in said), errors
 
 
 def test_targets_of_another_cache_or_teacher_or_damaged_are_refused(cache, tmp_path) -> None:
@@ -143,10 +247,16 @@ def test_targets_of_another_cache_or_teacher_or_damaged_are_refused(cache, tmp_p
         read_targets(path)
 
 
-def test_the_job_refuses_an_unknown_teacher_before_any_work(tmp_path, capsys) -> None:
-    code = main(["run", "--teacher", "nope", "-o", str(tmp_path / "job")])
+@pytest.mark.parametrize(("options", "refused"), [
+    (["--teacher", "nope"], "unknown teacher 'nope'"),
+    (["--speaker-weight", "0"], "need --teacher"),
+    (["--teacher-loss", "pairwise"], "need --teacher"),
+    (["--teacher", "resemblyzer", "--speaker-weight", "-1"], "must be 0 (distillation alone) or positive"),
+])
+def test_the_job_refuses_a_teacher_it_cannot_use_before_any_work(tmp_path, capsys, options, refused) -> None:
+    code = main(["run", *options, "-o", str(tmp_path / "job")])
     errors = error_lines(capsys.readouterr().err)
-    assert code == 2 and len(errors) == 1 and "unknown teacher 'nope'" in errors[0], errors
+    assert code == 2 and len(errors) == 1 and refused in errors[0], errors
     assert not (tmp_path / "job").exists()
 
 

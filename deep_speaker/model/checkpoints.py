@@ -42,6 +42,7 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "started_from": (str, NONE), "random_crops": (bool,), "softmax_head": (str,), "margin": (float,),
     "scale": (float,), "spec_augment": (list,), "teacher": (str,), "teacher_identity": (str,),
     "teacher_weight": (float,), "lr_schedule": (str,), "triplet_margin": (float,),
+    "teacher_loss": (str,), "speaker_weight": (float,),
 }
 REQUIRED_STATE = ("phase", "step", "width")  # every state written has them, and resuming reads them
 COUNTS = ("step", "epoch", "best_step", "crop_frames", "batch_size", "save_every", "steps", "workers")

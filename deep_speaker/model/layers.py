@@ -176,3 +176,40 @@ class TeacherProjection(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "weight": self.weight}
+
+
+def _unit_rows(x):
+    """x / ||x|| per row, in float32."""
+    x = ops.cast(x, "float32")
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class TeacherPairwise(keras.layers.Layer):
+    """Knowledge distillation of the teacher's geometry beside the speaker head: adds
+    ``weight * sum_{i != j} (cos(x_i, x_j) - cos(t_i, t_j))^2 / (n (n - 1))`` over the n rows of the batch to the
+    model's loss (x: the student's embedding, t: the teacher's embedding of the same utterance) and returns x
+    unchanged, as :class:`TeacherProjection` does.
+
+    No weights: the student's own embedding space takes the teacher's cosines, so nothing is dropped with the head but
+    the layer. ``units`` is the teacher's embedding size (the second input's). Always float32, as the heads.
+    """
+
+    def __init__(self, units: int, weight: float = 1.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.units, self.weight = int(units), float(weight)
+
+    def call(self, inputs):
+        x, teacher = _unit_rows(inputs[0]), _unit_rows(inputs[1])
+        difference = ops.matmul(x, ops.transpose(x)) - ops.matmul(teacher, ops.transpose(teacher))
+        n = ops.cast(ops.shape(x)[0], "float32")
+        # The diagonal is 1 - 1 = 0 (unit rows): the sum over all pairs is the sum over i != j.
+        self.add_loss(self.weight * ops.sum(ops.square(difference)) / ops.maximum(n * (n - 1.0), 1.0))
+        return inputs[0]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "weight": self.weight}

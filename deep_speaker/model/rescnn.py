@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import keras
@@ -27,15 +28,28 @@ from ..errors import DeepSpeakerError
 from ..settings import check_choice
 from . import losses  # noqa: F401  registers the losses a compiled checkpoint names, for keras.saving.load_model
 from .checkpoints import BEST, LAST, model_in_run
-from .constants import HEADS, PRECISIONS
-from .layers import BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TeacherProjection, TemporalAverage
+from .constants import HEADS, PRECISIONS, TEACHER_LOSSES
+from .layers import (BatchNormalization, ClippedReLU, CosineHead, L2Normalize, TeacherPairwise, TeacherProjection,
+                     TemporalAverage)
 
 STAGE_FILTERS = (64, 128, 256, 512)
 STRIDE = 2 ** len(STAGE_FILTERS)  # input frames (and bands) per output frame (and band): a stride-2 convolution per stage
 EMBEDDING_SIZE = 512
 WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
-TEACHER_NAME = "teacher-projection"  # the distillation layer of a model trained with --teacher
+TEACHER_NAME = "teacher-projection"  # the distillation layer of a model trained with --teacher (either loss)
+TEACHER_LAYERS = {"projection": TeacherProjection, "pairwise": TeacherPairwise}
+
+
+class Teacher(NamedTuple):
+    """What a head model's distillation layer holds: the teacher's embedding size, the loss's weight and kind."""
+
+    size: int
+    weight: float
+    loss: str = "projection"
+
+    def __str__(self) -> str:
+        return f"with a {self.size}-d teacher at weight {self.weight:g} ({self.loss})"
 RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
 
 
@@ -55,21 +69,23 @@ def build_rescnn(
     dropout: float = 0.5,
     precision: str = "float32",
     head: str = "softmax",
-    teacher_size: int | None = None,
-    teacher_weight: float = 1.0,
+    teacher: Teacher | None = None,
 ) -> keras.Model:
     """The original ResCNN: input [batch, T, 64, 1] -> L2-normalised 512-d embedding, or a head over speakers
     (head "softmax": the original's softmax probabilities; "aam": cosines to each speaker, for AAMSoftmaxLoss).
 
-    ``teacher_size``: a head model also takes a teacher's embedding of each crop's utterance (a second input,
-    "teacher") and adds the distillation loss of :class:`TeacherProjection` (``teacher_weight``) to its own."""
+    ``teacher``: a head model also takes a teacher's embedding of each crop's utterance (a second input,
+    "teacher") and adds the distillation loss of :class:`TeacherProjection` or :class:`TeacherPairwise` (the
+    teacher's ``loss``, at its ``weight``) to its own."""
     check_choice(head, HEADS, "softmax head")
     if width <= 0:
         raise DeepSpeakerError(f"width must be positive, got {width}")
     if num_speakers is not None and num_speakers < 1:
         raise DeepSpeakerError(f"num_speakers must be at least 1, got {num_speakers}")
-    if teacher_size is not None and (num_speakers is None or teacher_size < 1):
-        raise DeepSpeakerError("a teacher's projection needs a speaker head and a positive embedding size")
+    if teacher is not None and (num_speakers is None or teacher.size < 1):
+        raise DeepSpeakerError("a teacher's distillation needs a speaker head and a positive embedding size")
+    if teacher is not None:
+        check_choice(teacher.loss, TEACHER_LOSSES, "teacher loss")
     policy = _policy(precision)
     counter = {"relu": 0, "add": 0}
 
@@ -117,9 +133,9 @@ def build_rescnn(
         x = keras.layers.Dropout(dropout, name="dropout", dtype=policy)(x)
     x = keras.layers.Dense(EMBEDDING_SIZE, name="affine", dtype=policy)(x)
     model_inputs = [inputs]
-    if teacher_size is not None:
-        model_inputs.append(keras.Input(shape=(teacher_size,), name="teacher"))
-        x = TeacherProjection(teacher_size, teacher_weight, name=TEACHER_NAME)([x, model_inputs[1]])
+    if teacher is not None:
+        model_inputs.append(keras.Input(shape=(teacher.size,), name="teacher"))
+        x = TEACHER_LAYERS[teacher.loss](teacher.size, teacher.weight, name=TEACHER_NAME)([x, model_inputs[1]])
     if num_speakers is None:
         x = L2Normalize(name="ln")(x)
     elif head == "aam":
@@ -128,7 +144,7 @@ def build_rescnn(
         # float32 head: a softmax over many speakers in bfloat16 would saturate the loss.
         x = keras.layers.Dense(num_speakers, activation="softmax", name=HEAD_NAME, dtype="float32")(x)
     name = "ResCNN" if width == 1 else f"ResCNN_w{width:g}"
-    return keras.Model(model_inputs if teacher_size is not None else inputs, x, name=name)
+    return keras.Model(model_inputs if teacher is not None else inputs, x, name=name)
 
 
 def model_width(model: keras.Model) -> float:
@@ -147,10 +163,12 @@ def num_speakers_of(model: keras.Model) -> int | None:
     return None if head is None else head.units
 
 
-def teacher_of(model: keras.Model) -> tuple[int, float] | None:
-    """(embedding size, loss weight) of the teacher a head model distils from, None without one."""
+def teacher_of(model: keras.Model) -> Teacher | None:
+    """The teacher a head model distils from (embedding size, loss weight and kind), None without one."""
     layer = _find_layer(model, TEACHER_NAME)
-    return None if layer is None else (layer.units, layer.weight)
+    if layer is None:
+        return None
+    return Teacher(layer.units, layer.weight, next(k for k, kind in TEACHER_LAYERS.items() if isinstance(layer, kind)))
 
 
 def head_of(model: keras.Model) -> str:
@@ -181,9 +199,8 @@ def to_embedding_model(model: keras.Model) -> keras.Model:
 
 def _rebuilt(model: keras.Model, precision: str) -> keras.Model:
     """build_rescnn of the model's width and head in precision, with the model's weights (by layer name)."""
-    teacher_size, teacher_weight = teacher_of(model) or (None, 1.0)
     other = build_rescnn(width=model_width(model), num_speakers=num_speakers_of(model), precision=precision,
-                         head=head_of(model), teacher_size=teacher_size, teacher_weight=teacher_weight)
+                         head=head_of(model), teacher=teacher_of(model))
     _copy_weights_by_name(model, other)
     return other
 

@@ -128,12 +128,13 @@ def arrange_for_replicas(anchors: np.ndarray, positives: np.ndarray, negatives: 
     return np.concatenate([np.concatenate(shard) for shard in parts])
 
 
-def speaker_segments(cache, holdout: float = 0.2, seed: int = 0
+def speaker_segments(cache, holdout: float = 0.2, seed: int = 0, fewest: int = 2
                      ) -> tuple[dict[str, list[Segment]], dict[str, list[Segment]]]:
-    """Per speaker of a cache (at least 2), train and held-out segments as split_speaker cuts them."""
+    """Per speaker of a cache (at least ``fewest``), train and held-out segments as split_speaker cuts them."""
     speakers = cache.speakers
-    if len(speakers) < 2:
-        raise DeepSpeakerError(f"{cache.path}: training needs at least 2 speakers, the cache has {len(speakers)}")
+    if len(speakers) < fewest:
+        raise DeepSpeakerError(f"{cache.path}: training needs at least {fewest} speakers, the cache has "
+                               f"{len(speakers)}")
     rng = np.random.default_rng(seed)
     train, test, copies = {}, {}, []
     for speaker in speakers:

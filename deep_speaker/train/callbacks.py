@@ -15,7 +15,7 @@ from ..model.checkpoints import LOG, save_checkpoint
 from ..model.losses import triplet_loss
 from ..model.rescnn import model_identity
 from . import batching
-from .config import MONITORS, TrainConfig
+from .config import TrainConfig
 
 
 def optimizer_step(model: keras.Model) -> int:
@@ -168,7 +168,7 @@ def run_callbacks(config: TrainConfig, state: dict, run_dir: Path, *,
     """The callbacks of every phase: step budget, learning-rate plateau (unless --lr_schedule cosine), checkpoints and
     state, CSV (and TensorBoard) log, written into run_dir (the run folder; a scratch folder on the workers other than
     0 of a multi-worker run)."""
-    monitor, mode = MONITORS[config.phase]
+    monitor, mode = config.monitor
     plateau = None
     if config.lr_schedule == "plateau":  # a cosine schedule lives in the optimizer
         plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,

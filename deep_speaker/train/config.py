@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeepSpeakerError
-from ..model.constants import HEADS, PRECISIONS, TRIPLET_MARGIN
+from ..model.constants import HEADS, PRECISIONS, TEACHER_LOSSES, TRIPLET_MARGIN
 from ..settings import check_choice
 
 PHASES = ("softmax", "triplet", "probe")
@@ -44,7 +44,11 @@ TEACHER_REFUSED: tuple[tuple[Callable[["TrainConfig"], bool], str], ...] = (
     (lambda c: c.input_pipeline != "pydataset", "--teacher feeds through --input_pipeline pydataset only"),
     (lambda c: c.strategy != "none", "--teacher trains on one device (--strategy none)"),
     (lambda c: not (math.isfinite(c.teacher_weight) and c.teacher_weight > 0), "--teacher_weight must be positive"),
+    (lambda c: not (math.isfinite(c.speaker_weight) and c.speaker_weight >= 0),
+     "--speaker_weight must be 0 (distillation alone) or positive"),
 )
+# What only a teacher's distillation gives a meaning to: refused without --teacher (field, its default).
+TEACHER_ONLY = (("teacher_loss", "projection"), ("speaker_weight", 1.0))
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -138,7 +142,16 @@ class TrainConfig:
                 "the speaker loss: it embeds each training utterance's clean audio once (OUT/teacher/ENCODER.npz) "
                 "and a learned projection of the student's embedding regresses it (cosine)"})
     teacher_weight: float = field(default=1.0, metadata={
-        "metavar": "W", "help": "--teacher: weight of the distillation loss (1 - cosine) beside the speaker loss"})
+        "metavar": "W", "help": "--teacher: weight of the distillation loss beside the speaker loss"})
+    teacher_loss: str = field(default="projection", metadata={
+        "choices": TEACHER_LOSSES, "help": "--teacher: projection (a learned projection of the student's embedding "
+                                           "regresses the teacher's: 1 - cosine) or pairwise (the student's "
+                                           "cosines between the batch's crops match the teacher's: mean squared "
+                                           "difference)"})
+    speaker_weight: float = field(default=1.0, metadata={
+        "metavar": "W", "help": "--teacher: weight of the speaker loss; 0 distils alone (the speaker labels, i.e. "
+                                "the folders, then train nothing: any speech will do; the best checkpoint is the "
+                                "one of the lowest held-out distillation loss)"})
     lr_schedule: str = field(default="plateau", metadata={
         "choices": LR_SCHEDULES, "help": "plateau: halve the learning rate after 10 validations without improvement, "
                                          "down to a tenth (the original's); cosine: from --learning-rate down to 0 "
@@ -191,6 +204,10 @@ class TrainConfig:
             for refused, reason in TEACHER_REFUSED:
                 if refused(self):
                     raise DeepSpeakerError(reason)
+        else:
+            for name, default in TEACHER_ONLY:
+                if getattr(self, name) != default:
+                    raise DeepSpeakerError(f"--{name} needs --teacher (it weighs or shapes the distillation)")
         if not (math.isfinite(self.triplet_margin) and 0 <= self.triplet_margin <= 2):
             raise DeepSpeakerError(f"--triplet_margin must be in [0, 2] (a difference of cosines), got "
                                    f"{self.triplet_margin}")
@@ -206,6 +223,18 @@ class TrainConfig:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
         return Path(self.data).parent if self.data is not None else None
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """The validation metric that picks best.keras and drives the plateau, and its direction: the phase's, or
+        the held-out loss (the distillation alone) when the speaker loss weighs nothing."""
+        return ("val_loss", "min") if self.speaker_weight == 0 else MONITORS[self.phase]
+
+    @property
+    def fewest_speakers(self) -> int:
+        """Speakers (folders) a run needs: 2, or 1 for the distillation alone (labels unused: one folder of speech
+        whose speakers are unknown will do)."""
+        return 1 if self.speaker_weight == 0 else 2
 
     @property
     def teacher_targets(self) -> Path | None:

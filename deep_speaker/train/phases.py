@@ -38,6 +38,7 @@ from ..model.losses import AAMSoftmaxLoss, ShardedTripletLoss, SoftmaxCrossEntro
 from ..model.rescnn import (
     EMBEDDING_SIZE,
     HEAD_NAME,
+    Teacher,
     build_rescnn,
     head_of,
     load_model,
@@ -65,11 +66,6 @@ from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 Validation = tuple[np.ndarray, np.ndarray] | None
 
 log = logging.getLogger(__name__)
-
-
-def _teacher_text(teacher: tuple[int, float] | None) -> str:
-    """A run's teacher in words, for refusals."""
-    return "without a teacher" if teacher is None else f"with a {teacher[0]}-d teacher at weight {teacher[1]:g}"
 
 
 def _check_features(settings: dict, where: str) -> None:
@@ -132,14 +128,16 @@ class Trainer:
         """The saved state of the run folder to resume from, None when the run is fresh (resume_state's checks)."""
         return resume_state(self.run_dir)
 
-    def compile(self, model: keras.Model, loss: Any, metrics: list[str] | None) -> None:
-        """Give a freshly built model the phase's optimizer (the original's: Adam, SGD for triplet) and loss."""
+    def compile(self, model: keras.Model, loss: Any, metrics: list[str] | None, loss_weight: float = 1.0) -> None:
+        """Give a freshly built model the phase's optimizer (the original's: Adam, SGD for triplet) and loss (times
+        loss_weight; the model's own added losses, a teacher's, are not weighed by it)."""
         kind, _ = OPTIMIZERS[self.config.phase]
         c = self.config
         lr = keras.optimizers.schedules.CosineDecay(c.learning_rate, c.steps) if c.lr_schedule == "cosine" else \
             c.learning_rate
         optimizer = keras.optimizers.Adam(lr) if kind == "adam" else keras.optimizers.SGD(lr)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                      loss_weights=None if loss_weight == 1.0 else [loss_weight])
 
     def triplet_loss(self) -> Any:
         """The triplet phase's loss, over the batch (a tf.distribute replica computes it over its own shard)."""
@@ -210,6 +208,10 @@ class Trainer:
             raise DeepSpeakerError(f"{self.run_dir}: a cosine schedule over {state.get('steps')} steps is there; this "
                                    f"run asks for {self.config.steps} (--steps fixes the schedule: the same --steps, "
                                    f"or another --output_dir)")
+        speaker_weight = state.get("speaker_weight", 1.0)
+        if speaker_weight != self.config.speaker_weight:
+            raise DeepSpeakerError(f"{self.run_dir}: a run with --speaker_weight {speaker_weight:g} is there; this run "
+                                   f"uses {self.config.speaker_weight:g} (another --output_dir or the same weight)")
         margin = state.get("triplet_margin", TRIPLET_MARGIN)
         if margin != self.config.triplet_margin:
             raise DeepSpeakerError(f"{self.run_dir}: a run with --triplet_margin {margin:g} is there; this run uses "
@@ -229,15 +231,14 @@ class Trainer:
         self.resume_state = state
         return model
 
-    def softmax_model(self, num_speakers: int, teacher: tuple[int, float] | None = None) -> keras.Model:
-        """A fresh ResCNN with the configured softmax head over num_speakers (and the projection of a teacher of
-        that embedding size and loss weight), compiled."""
+    def softmax_model(self, num_speakers: int, teacher: Teacher | None = None) -> keras.Model:
+        """A fresh ResCNN with the configured softmax head over num_speakers (and the distillation layer of a
+        teacher), compiled; the speaker loss weighs --speaker_weight."""
         c = self.config
-        size, weight = teacher or (None, 1.0)
         model = build_rescnn(width=c.width, num_speakers=num_speakers, precision=c.precision, head=c.softmax_head,
-                             teacher_size=size, teacher_weight=weight)
+                             teacher=teacher)
         loss = SoftmaxCrossEntropy() if c.softmax_head == "softmax" else AAMSoftmaxLoss(c.margin, c.scale)
-        self.compile(model, loss, ["accuracy"])
+        self.compile(model, loss, ["accuracy"], loss_weight=c.speaker_weight)
         return model
 
     def _initial_embedding(self, default_phase: str) -> tuple[keras.Model | None, Path | None]:
@@ -309,7 +310,7 @@ class Trainer:
         c = self.config
         if c.random_crops:
             cache = self._cache()
-            train_segments, held_out = batching.speaker_segments(cache, c.holdout, c.seed)
+            train_segments, held_out = batching.speaker_segments(cache, c.holdout, c.seed, c.fewest_speakers)
             x_val, y_val, val_keys = self._held_out_crops(cache, held_out)
             inputs = {"speakers": sorted(train_segments)}
         else:
@@ -323,10 +324,11 @@ class Trainer:
         if model is not None and head_of(model) != c.softmax_head:
             raise DeepSpeakerError(f"{self.run_dir}: a run with the {head_of(model)} head is there; this run uses "
                                    f"{c.softmax_head} (--softmax-head)")
-        wanted = None if teacher is None else (teacher.embeddings.shape[1], c.teacher_weight)
+        wanted = None if teacher is None else Teacher(teacher.embeddings.shape[1], c.teacher_weight, c.teacher_loss)
         if model is not None and teacher_of(model) != wanted:
-            raise DeepSpeakerError(f"{self.run_dir}: a run {_teacher_text(teacher_of(model))} is there; this run "
-                                   f"trains {_teacher_text(wanted)} (--teacher, --teacher_weight)")
+            raise DeepSpeakerError(f"{self.run_dir}: a run {teacher_of(model) or 'without a teacher'} is there; this "
+                                   f"run trains {wanted or 'without a teacher'} (--teacher, --teacher_weight, "
+                                   f"--teacher_loss)")
         if model is None:
             model = self.softmax_model(num_speakers, wanted)
         # Recorded only when used, so that the original's runs keep the original's state.
@@ -335,7 +337,8 @@ class Trainer:
         if c.spec_augment:
             extra["spec_augment"] = list(self._masks())
         if teacher is not None:
-            extra.update(teacher=teacher.teacher, teacher_identity=teacher.identity, teacher_weight=c.teacher_weight)
+            extra.update(teacher=teacher.teacher, teacher_identity=teacher.identity, teacher_weight=c.teacher_weight,
+                         teacher_loss=c.teacher_loss, speaker_weight=c.speaker_weight)
         state = self.run_state(model, speakers=list(inputs["speakers"]), random_crops=c.random_crops, **extra)
         if c.random_crops:
             validation = (x_val, y_val) if teacher is None else ((x_val, teacher.rows(val_keys)), y_val)
@@ -371,8 +374,10 @@ class Trainer:
                                                        rng=rng))
                     labels.append(index)
                     keys.append(target_key(speaker, segment[0]))
-        if len(set(labels)) < 2:
-            raise DeepSpeakerError(f"{cache.path}: fewer than 2 speakers have held-out audio for the validation EER")
+        fewest = self.config.fewest_speakers
+        if len(set(labels)) < fewest:
+            raise DeepSpeakerError(f"{cache.path}: fewer than {fewest} speakers have held-out audio for the "
+                                   f"validation")
         keep = np.sort(rng.permutation(len(crops))[: self.config.max_validation])
         return np.stack(crops)[keep], np.asarray(labels)[keep], [keys[i] for i in keep]
 
