@@ -1,6 +1,7 @@
 """A teacher for knowledge distillation (``--teacher NAME``): any registered encoder embeds every utterance of the
-training features' source audio once; the student (ResCNN) regresses those embeddings through a learned projection
-beside its speaker loss (``deep_speaker.model.layers.TeacherProjection``). The file format and its checks are
+training features' source audio once; the student (ResCNN) regresses those embeddings through a learned projection,
+or matches their pairwise cosines, beside its speaker loss or alone (``deep_speaker.model.layers.TeacherProjection``,
+``TeacherPairwise``; ``--teacher_loss``, ``--speaker_weight``). The file format and its checks are
 ``deep_speaker.data.targets``; this module only makes the file.
 """
 

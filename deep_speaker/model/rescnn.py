@@ -39,6 +39,7 @@ WEIGHT_DECAY = 1e-4
 HEAD_NAME = "softmax-layer"
 TEACHER_NAME = "teacher-projection"  # the distillation layer of a model trained with --teacher (either loss)
 TEACHER_LAYERS = {"projection": TeacherProjection, "pairwise": TeacherPairwise}
+RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
 
 
 class Teacher(NamedTuple):
@@ -50,7 +51,6 @@ class Teacher(NamedTuple):
 
     def __str__(self) -> str:
         return f"with a {self.size}-d teacher at weight {self.weight:g} ({self.loss})"
-RESCNN_LAYERS = ("conv64-s", "affine")  # what every ResCNN has, whatever its width and head
 
 
 def _policy(precision: str) -> str:

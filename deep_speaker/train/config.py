@@ -140,7 +140,7 @@ class TrainConfig:
         "metavar": "ENCODER", "default_help": "none",
         "help": "softmax phase with --random-crops: distil from this registered encoder (e.g. resemblyzer) beside "
                 "the speaker loss: it embeds each training utterance's clean audio once (OUT/teacher/ENCODER.npz) "
-                "and a learned projection of the student's embedding regresses it (cosine)"})
+                "and the student learns it as --teacher_loss says"})
     teacher_weight: float = field(default=1.0, metadata={
         "metavar": "W", "help": "--teacher: weight of the distillation loss beside the speaker loss"})
     teacher_loss: str = field(default="projection", metadata={
