@@ -11,6 +11,7 @@ hooks of :class:`Trainer` only, and :mod:`train.run` picks which one runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -33,7 +34,6 @@ from ..model.checkpoints import (
     resume_state,
     save_checkpoint,
 )
-from ..model.constants import TRIPLET_MARGIN
 from ..model.losses import AAMSoftmaxLoss, ShardedTripletLoss, SoftmaxCrossEntropy, triplet_loss
 from ..model.rescnn import (
     EMBEDDING_SIZE,
@@ -66,6 +66,16 @@ from .strategy import device_count, loss_shards, make_strategy, strategy_scope
 Validation = tuple[np.ndarray, np.ndarray] | None
 
 log = logging.getLogger(__name__)
+
+
+# Options a resumed run must keep as its state.json records them, and their defaults (what older states hold).
+RESUMED_AS_WRITTEN = ("lr_schedule", "speaker_weight", "triplet_margin", "precision")
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _value_text(value: Any) -> str:
+    """An option's value as a refusal prints it (a float without trailing zeros)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _check_features(settings: dict, where: str) -> None:
@@ -199,27 +209,16 @@ class Trainer:
         if self.config.phase != "probe" and not math.isclose(state["width"], self.config.width, rel_tol=1e-6):
             raise DeepSpeakerError(f"{self.run_dir}: a run of width {state['width']:g} is there; this run uses "
                                    f"width {self.config.width:g} (another --output_dir or the same --width)")
-        # States written before an option hold its default: the plateau, float32, the original's triplet margin.
-        schedule = state.get("lr_schedule", "plateau")
-        if schedule != self.config.lr_schedule:
-            raise DeepSpeakerError(f"{self.run_dir}: a run with --lr_schedule {schedule} is there; this run uses "
-                                   f"{self.config.lr_schedule} (another --output_dir or the same schedule)")
+        for name in RESUMED_AS_WRITTEN:
+            # A state written before the option existed holds its default (the plateau, 1, 0.1, float32).
+            there, here = state.get(name, TRAIN_DEFAULTS[name]), getattr(self.config, name)
+            if there != here:
+                raise DeepSpeakerError(f"{self.run_dir}: a run with --{name} {_value_text(there)} is there; this run "
+                                       f"uses {_value_text(here)} (another --output_dir or the same --{name})")
         if self.config.lr_schedule == "cosine" and state.get("steps") != self.config.steps:
             raise DeepSpeakerError(f"{self.run_dir}: a cosine schedule over {state.get('steps')} steps is there; this "
                                    f"run asks for {self.config.steps} (--steps fixes the schedule: the same --steps, "
                                    f"or another --output_dir)")
-        speaker_weight = state.get("speaker_weight", 1.0)
-        if speaker_weight != self.config.speaker_weight:
-            raise DeepSpeakerError(f"{self.run_dir}: a run with --speaker_weight {speaker_weight:g} is there; this run "
-                                   f"uses {self.config.speaker_weight:g} (another --output_dir or the same weight)")
-        margin = state.get("triplet_margin", TRIPLET_MARGIN)
-        if margin != self.config.triplet_margin:
-            raise DeepSpeakerError(f"{self.run_dir}: a run with --triplet_margin {margin:g} is there; this run uses "
-                                   f"{self.config.triplet_margin:g} (another --output_dir or the same margin)")
-        precision = state.get("precision", "float32")
-        if precision != self.config.precision:
-            raise DeepSpeakerError(f"{self.run_dir}: a run in {precision} is there; this run uses "
-                                   f"{self.config.precision} (--precision)")
         try:
             model = keras.saving.load_model(path, custom_objects={"triplet_loss": triplet_loss}, safe_mode=True)
         except (ValueError, OSError, TypeError) as e:
