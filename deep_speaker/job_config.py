@@ -73,6 +73,7 @@ class JobConfig:
     batch_size: int = field(default=48, metadata={"help": "training batch size"})
     crop_frames: int = 160  # frames per training crop, both phases (TrainConfig's default: the original's 1.6 s)
     save_every: int = 50
+    keep_every: int = 0  # both phases keep the model of every N-th step (TrainConfig.keep_every; save_every divides N)
     seed: int = field(default=0, metadata={"help": "random seed of training and of the degraded copies"})
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
         "help": "processes for the cache build", "default_help": "all cores"})

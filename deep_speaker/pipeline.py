@@ -76,7 +76,7 @@ def train_phases(cfg: JobConfig, train_cache: FeatureCache, phases: dict[str, fl
     with _timed(phases, "softmax"):
         inputs = generate_training_inputs(train_cache, crop_frames=cfg.crop_frames, seed=cfg.seed)
     common = dict(output_dir=cfg.output_dir / "checkpoints", width=cfg.width, batch_size=cfg.batch_size,
-                  crop_frames=cfg.crop_frames,
+                  crop_frames=cfg.crop_frames, keep_every=cfg.keep_every,
                   save_every=cfg.save_every, seed=cfg.seed, precision=cfg.precision, verbose=cfg.verbose,
                   spec_augment=cfg.spec_augment)
     # Fresh random crops each step: the few fixed crops of one utterance per speaker are memorised within

@@ -14,7 +14,8 @@ from conftest import sklearn_eer
 
 from deep_speaker.encoders import get_encoder
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.eval.dev import DEV_CONDITIONS, MANIFEST, dev_speakers, evaluate_dev, make_dev_set
+from deep_speaker.eval.dev import (DEV_CONDITIONS, MANIFEST, condition_evaluations, dev_speakers, evaluate_dev,
+                                  make_dev_set)
 
 LIBRI = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN = LIBRI / "train-clean-100"
@@ -138,6 +139,15 @@ def test_evaluate_dev_matches_an_independent_computation(dev_set: Path) -> None:
     for name in names():
         assert baseline["difference"][name]["eer"] == {"value": 0.0, "low": 0.0, "high": 0.0}
     assert baseline["ood_difference"]["eer"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_condition_evaluations_are_the_conditions_scores_of_the_same_trials(dev_set: Path) -> None:
+    results = condition_evaluations(get_encoder("mean-mfcc"), dev_set, segments=SEGMENTS)
+    assert list(results) == names()
+    for name, result in results.items():
+        assert sklearn_eer(result.scores, result.labels) == pytest.approx(reference_eer(dev_set / name), abs=1e-4)
+        assert result.trial_speakers() == results["clean"].trial_speakers()
+        assert "intervals" not in result.report
 
 
 def test_evaluate_dev_without_bootstrap_and_of_a_foreign_folder(dev_set: Path, tmp_path: Path) -> None:

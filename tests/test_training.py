@@ -21,7 +21,8 @@ import pytest
 from deep_speaker.data.cache import FeatureCache, build_cache
 from deep_speaker.data.inputs import generate_training_inputs
 from deep_speaker.errors import DeepSpeakerError
-from deep_speaker.model.checkpoints import embedded_state, latest_checkpoint, read_state, resume_state
+from deep_speaker.model.checkpoints import (embedded_state, kept_checkpoints, latest_checkpoint, read_state,
+                                           resume_state)
 from deep_speaker.model.rescnn import load_model, to_embedding_model
 from deep_speaker.train import TrainConfig, Trainer, batching, train
 
@@ -53,7 +54,8 @@ def data(libri_mini, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def softmax_run(data, tmp_path_factory) -> tuple[Trainer, Path]:
     out = tmp_path_factory.mktemp("runs")
-    trainer = Trainer(TrainConfig("softmax", out, data=data, steps=24, save_every=6, learning_rate=3e-3, **SMALL))
+    trainer = Trainer(TrainConfig("softmax", out, data=data, steps=24, save_every=6, keep_every=12,
+                                  learning_rate=3e-3, **SMALL))
     trainer.train()
     return trainer, out
 
@@ -115,6 +117,22 @@ def test_softmax_loss_goes_down_and_checkpoint_reloads_to_identical_embeddings(s
     live = to_embedding_model(trainer.model).predict(x, verbose=0)
     reloaded = to_embedding_model(load_model(out / "softmax" / "last.keras")).predict(x, verbose=0)
     np.testing.assert_allclose(reloaded, live, atol=1e-6)
+
+
+def test_kept_checkpoints_are_the_models_of_their_steps(softmax_run):
+    _, out = softmax_run
+    kept = kept_checkpoints(out, "softmax")
+    assert [step for step, _ in kept] == [12, 24]  # --keep_every 12 of 24 steps saved every 6
+    assert [p.name for _, p in kept] == ["step-000012.keras", "step-000024.keras"]
+    rows = log_rows(out / "softmax")  # Keras' CSVLogger: one row per save, written apart from our checkpoints
+    for (step, path), row in zip(kept, (rows[1], rows[3])):
+        state = embedded_state(path)
+        assert state["step"] == step
+        assert state["last_logs"]["loss"] == pytest.approx(float(row["loss"]), rel=1e-6)
+    last = load_model(out / "softmax" / "last.keras").get_weights()
+    for a, b in zip(load_model(kept[-1][1]).get_weights(), last, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(load_model(kept[0][1]).get_weights(), last))
 
 
 def test_triplet_starts_from_the_softmax_checkpoint_and_logs_eer(softmax_run, data):
@@ -442,6 +460,8 @@ def test_config_errors_are_one_line():
         TrainConfig("softmax", strategy="tpu")
     with pytest.raises(DeepSpeakerError, match="must be positive"):
         TrainConfig("softmax", steps=0)
+    with pytest.raises(DeepSpeakerError, match=r"--keep_every must be 0 or a multiple of --save_every \(100\), got 150"):
+        TrainConfig("softmax", keep_every=150)
 
 
 def test_state_logs_are_strict_json():

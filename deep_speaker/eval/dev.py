@@ -132,6 +132,25 @@ def make_dev_set(audio_dir: str | os.PathLike, speakers: Sequence[str], out_dir:
     return out
 
 
+def read_finished_manifest(dev_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a dev set whose every condition is written; else one line saying what is missing."""
+    manifest = read_manifest(dev_dir)
+    missing = [n for n in manifest["settings"]["conditions"] if n not in manifest["done"]]
+    if missing:
+        raise DeepSpeakerError(f"{dev_dir}: the dev set is unfinished ({', '.join(missing)} not written): run "
+                               f"make_dev_set again")
+    return manifest
+
+
+def condition_evaluations(encoder: Encoder, dev_dir: str | os.PathLike, *,
+                          segments: int = 3) -> dict[str, Evaluation]:
+    """Each condition's evaluation (the same trials in each; no bootstrap): for analyses over subsets of the dev
+    speakers or many checkpoints, which :func:`evaluate_dev`'s report does not carry."""
+    dev = Path(dev_dir)
+    names = read_finished_manifest(dev)["settings"]["conditions"]
+    return _evaluate_conditions(encoder, dev, names, segments, EvaluateConfig(bootstrap=0))
+
+
 def _trial_items(result: Evaluation, folder: Path) -> list[str]:
     """The scored segments relative to their condition's folder: equal lists mean the same trials, in order."""
     return [os.path.relpath(p, folder) for p in result.trials.items.paths]
@@ -174,12 +193,8 @@ def evaluate_dev(encoder: Encoder, dev_dir: str | os.PathLike, *, segments: int 
     and with a ``baseline`` the paired differences (this encoder minus the baseline) per condition and of that mean.
     """
     dev = Path(dev_dir)
-    manifest = read_manifest(dev)
+    manifest = read_finished_manifest(dev)
     names = manifest["settings"]["conditions"]
-    missing = [n for n in names if n not in manifest["done"]]
-    if missing:
-        raise DeepSpeakerError(f"{dev}: the dev set is unfinished ({', '.join(missing)} not written): run "
-                               f"make_dev_set again")
     config = EvaluateConfig(bootstrap=bootstrap, seed=seed)
     ours = _evaluate_conditions(encoder, dev, names, segments, config)
     ood = [n for n in names if n != CLEAN]

@@ -1,4 +1,5 @@
-"""The run-folder layout, the one home of it: ``OUT/<phase>/{last.keras, best.keras, state.json, log.csv}``.
+"""The run-folder layout, the one home of it: ``OUT/<phase>/{last.keras, best.keras, state.json, log.csv}``, and
+``OUT/<phase>/steps/step-NNNNNN.keras`` for the checkpoints a run keeps (``--keep_every``).
 
 Training writes it (``deep_speaker.train``); inference only reads it (the default model is the newest triplet
 checkpoint), so this lives beside the model and not in the training package.
@@ -24,6 +25,7 @@ from ..errors import DeepSpeakerError, InternalError
 from ..validate import checked_field, loads_json, one_line
 
 LAST, BEST, STATE, LOG = "last.keras", "best.keras", "state.json", "log.csv"
+KEPT = "steps"  # the folder of the kept checkpoints, one file per step: step-NNNNNN.keras
 STATE_ENTRY = "deep_speaker_state.json"  # the state inside a checkpoint's .keras zip
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,22 @@ def model_in_run(run: str | os.PathLike) -> Path | None:
     return next((p for p in (run / BEST, run / LAST) if p.is_file()), None)
 
 
+def kept_checkpoint(run: str | os.PathLike, step: int) -> Path:
+    """``OUT/<phase>/steps/step-NNNNNN.keras``: where a run keeps its model of ``step``."""
+    return Path(run) / KEPT / f"step-{step:06d}.keras"
+
+
+def kept_checkpoints(root: str | os.PathLike, phase: str) -> list[tuple[int, Path]]:
+    """The checkpoints a run of ``phase`` kept (``--keep_every``), as (step, path) by step; [] when none."""
+    folder = run_dir(root, phase) / KEPT
+    kept = []
+    for path in sorted(folder.glob("step-*.keras")) if folder.is_dir() else []:
+        digits = path.stem.removeprefix("step-")
+        if digits.isdigit() and path == kept_checkpoint(run_dir(root, phase), int(digits)) and path.is_file():
+            kept.append((int(digits), path))
+    return kept
+
+
 def check_state(state: Any, where: str) -> dict[str, Any]:
     """``state`` when it is a training state as training writes it (:data:`STATE_FIELDS`); else one line naming
     ``where``."""
@@ -104,9 +122,10 @@ def read_state(run: str | os.PathLike) -> dict:
 
 
 def remove_stale_temporaries(run: str | os.PathLike) -> list[Path]:
-    """Delete the temporary model files (``.<name>.XXXX.tmp.keras``) of saves that a kill interrupted."""
-    run = Path(run)
-    stale = sorted(run.glob(".*.tmp.keras")) if run.is_dir() else []
+    """Delete the temporary model files (``.<name>.XXXX.tmp.keras``) of saves that a kill interrupted, in the run
+    folder and its kept checkpoints' folder (not through a link: what lies behind one is not this run's)."""
+    folders = [f for f in (Path(run), Path(run) / KEPT) if f.is_dir() and not f.is_symlink()]
+    stale = sorted(path for folder in folders for path in folder.glob(".*.tmp.keras"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -126,17 +145,24 @@ def embedded_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return check_state(loads_json(text, where, "training state"), where)
 
 
-def save_checkpoint(model: Any, run: str | os.PathLike, state: dict[str, Any], *, best: bool = False) -> None:
-    """Save a resumable checkpoint: best.keras first when ``best``, then last.keras with the state inside, then
-    the state.json copy. Each file is atomic, and each carries what a resumed run needs to trust it."""
+def save_checkpoint(model: Any, run: str | os.PathLike, state: dict[str, Any], *, best: bool = False,
+                    keep: bool = False) -> None:
+    """Save a resumable checkpoint: best.keras first when ``best``, a kept copy of this step when ``keep``, then
+    last.keras with the state inside, then the state.json copy. Each file is atomic, and each carries what a resumed
+    run needs to trust it."""
     run = Path(run)
     try:  # never write a state that resume_state would refuse: that would be a bug of the writer, found here
         check_state(state, str(run / LAST))
     except DeepSpeakerError as exc:
         raise InternalError(f"training wrote a state it cannot resume from: {exc}") from None
+    entries = {STATE_ENTRY: json_text(state).encode()}
     if best:
-        save_model(model, run / BEST, {STATE_ENTRY: json_text(state).encode()})
-    save_model(model, run / LAST, {STATE_ENTRY: json_text(state).encode()})
+        save_model(model, run / BEST, entries)
+    if keep:
+        kept = kept_checkpoint(run, state["step"])
+        kept.parent.mkdir(exist_ok=True)
+        save_model(model, kept, entries)
+    save_model(model, run / LAST, entries)
     write_json(run / STATE, state, indent=1)
 
 

@@ -81,12 +81,15 @@ def restore_seed_states(model: keras.Model, states: dict[str, list[int]]) -> Non
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """At each epoch end: best.keras when the monitored metric improved, then last.keras and state.json."""
+    """At each epoch end: best.keras when the monitored metric improved, a kept copy at every multiple of
+    ``keep_every`` steps (0: none), then last.keras and state.json."""
 
     def __init__(self, run_dir: Path, state: dict, monitor: str, mode: str,
-                 plateau: ResumableReduceLROnPlateau | None, identity_model: keras.Model | None = None):
+                 plateau: ResumableReduceLROnPlateau | None, identity_model: keras.Model | None = None,
+                 keep_every: int = 0):
         super().__init__()
         self.run_dir, self.state, self.monitor, self.mode, self.plateau = run_dir, state, monitor, mode, plateau
+        self.keep_every = keep_every
         self.identity_model = identity_model  # the embedding model whose identity the state records
 
     def _improved(self, value: float | None) -> bool:
@@ -111,7 +114,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         )
         if improved:
             self.state.update(best_value=float(value), best_step=step)
-        save_checkpoint(self.model, self.run_dir, self.state, best=improved)
+        save_checkpoint(self.model, self.run_dir, self.state, best=improved,
+                        keep=bool(self.keep_every) and step % self.keep_every == 0)
 
 
 def validation_triplets(speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -174,7 +178,7 @@ def run_callbacks(config: TrainConfig, state: dict, run_dir: Path, *,
         plateau = ResumableReduceLROnPlateau(restored=state.get("plateau"), monitor=monitor, mode=mode, factor=0.5,
                                              patience=10, min_lr=config.learning_rate / 10)  # the original: 1e-3 -> 1e-4
     callbacks = [StopAtStep(config.steps), *([plateau] if plateau else []),
-                 RunCheckpoint(run_dir, state, monitor, mode, plateau, identity_model),
+                 RunCheckpoint(run_dir, state, monitor, mode, plateau, identity_model, keep_every=config.keep_every),
                  keras.callbacks.CSVLogger(str(run_dir / LOG), append=True)]
     # TensorBoard logs need the tensorboard package (not a dependency): written when it is installed.
     if keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None:

@@ -97,6 +97,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed of initialisation, batches and crops"})
     save_every: int = field(default=100, metadata={
         "metavar": "N", "help": "steps between validations and checkpoints (a kill loses at most N steps)"})
+    keep_every: int = field(default=0, metadata={
+        "metavar": "N", "help": "also keep the model of every N-th step (a multiple of --save_every) as "
+                                "OUT/<phase>/steps/step-NNNNNN.keras, e.g. to choose or average checkpoints on "
+                                "speakers of your own; 0 keeps none"})
     precision: str = field(default="float32", metadata={
         "choices": PRECISIONS, "help": "Keras dtype policy; mixed_bfloat16 keeps losses and the L2 normalisation "
                                        "in float32"})
@@ -188,6 +192,9 @@ class TrainConfig:
         self.output_dir = Path(self.output_dir)
         if self.steps < 1 or self.save_every < 1 or self.batch_size < 1 or self.crop_frames < 1:
             raise DeepSpeakerError("steps, save_every, batch_size and crop_frames must be positive")
+        if self.keep_every < 0 or self.keep_every % self.save_every:
+            raise DeepSpeakerError(f"--keep_every must be 0 or a multiple of --save_every ({self.save_every}), got "
+                                   f"{self.keep_every}")
         # NaN compares false with everything: unchecked, a NaN rate trains to NaN weights and saves them.
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise DeepSpeakerError(f"learning rate must be a positive number, got {self.learning_rate}")
