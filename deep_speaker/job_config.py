@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import DeepSpeakerError
 from .eval.constants import DEGRADATION_KINDS, copy_name
 from .model.constants import HEADS, PRECISIONS, TEACHER_LOSSES
+from .train.config import check_distillation
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
@@ -108,15 +109,10 @@ class JobConfig:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
         # Checked (and normalised) as the option's text is: a bad copy is refused before training, not after it.
         self.degradations = check_degradations(self.degradations)
-        if self.teacher is not None:  # before any work: an unknown encoder or a weight the trainer would refuse
+        # Before any work: an unknown encoder, or what the trainer would refuse after the caches are built.
+        if self.teacher is not None:
             from .encoders import available_encoders
             from .settings import check_choice
 
             check_choice(self.teacher, available_encoders(), "teacher")
-            if not (math.isfinite(self.teacher_weight) and self.teacher_weight > 0):
-                raise DeepSpeakerError("--teacher-weight must be positive")
-            check_choice(self.teacher_loss, TEACHER_LOSSES, "teacher loss")
-            if not (math.isfinite(self.speaker_weight) and self.speaker_weight >= 0):
-                raise DeepSpeakerError("--speaker-weight must be 0 (distillation alone) or positive")
-        elif (self.teacher_loss, self.speaker_weight) != ("projection", 1.0):
-            raise DeepSpeakerError("--teacher-loss and --speaker-weight need --teacher (they shape the distillation)")
+        check_distillation(self.teacher, self.teacher_weight, self.teacher_loss, self.speaker_weight)

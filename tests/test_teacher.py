@@ -249,8 +249,9 @@ def test_targets_of_another_cache_or_teacher_or_damaged_are_refused(cache, tmp_p
 
 @pytest.mark.parametrize(("options", "refused"), [
     (["--teacher", "nope"], "unknown teacher 'nope'"),
-    (["--speaker-weight", "0"], "need --teacher"),
-    (["--teacher-loss", "pairwise"], "need --teacher"),
+    (["--speaker-weight", "0"], "--speaker_weight needs --teacher"),
+    (["--teacher-loss", "pairwise"], "--teacher_loss needs --teacher"),
+    (["--teacher", "resemblyzer", "--teacher-weight", "0"], "must be positive"),
     (["--teacher", "resemblyzer", "--speaker-weight", "-1"], "must be 0 (distillation alone) or positive"),
 ])
 def test_the_job_refuses_a_teacher_it_cannot_use_before_any_work(tmp_path, capsys, options, refused) -> None:

@@ -43,12 +43,26 @@ TEACHER_REFUSED: tuple[tuple[Callable[["TrainConfig"], bool], str], ...] = (
     (lambda c: not c.random_crops, "--teacher needs --random-crops (the teacher embeds the cache's utterances)"),
     (lambda c: c.input_pipeline != "pydataset", "--teacher feeds through --input_pipeline pydataset only"),
     (lambda c: c.strategy != "none", "--teacher trains on one device (--strategy none)"),
-    (lambda c: not (math.isfinite(c.teacher_weight) and c.teacher_weight > 0), "--teacher_weight must be positive"),
-    (lambda c: not (math.isfinite(c.speaker_weight) and c.speaker_weight >= 0),
-     "--speaker_weight must be 0 (distillation alone) or positive"),
 )
 # What only a teacher's distillation gives a meaning to: refused without --teacher (field, its default).
 TEACHER_ONLY = (("teacher_loss", "projection"), ("speaker_weight", 1.0))
+
+
+def check_distillation(teacher: str | None, teacher_weight: float, teacher_loss: str, speaker_weight: float) -> None:
+    """The distillation's options as a training run and the main job (``deep_speaker.job_config``) both take them:
+    with a teacher, a positive teacher weight, a known loss and a speaker weight of 0 or more; without one, the
+    options only a teacher gives a meaning to left at their defaults. One line otherwise."""
+    if teacher is None:
+        given = {"teacher_loss": teacher_loss, "speaker_weight": speaker_weight}
+        for name, default in TEACHER_ONLY:
+            if given[name] != default:
+                raise DeepSpeakerError(f"--{name} needs --teacher (it weighs or shapes the distillation)")
+        return
+    check_choice(teacher_loss, TEACHER_LOSSES, "teacher loss")
+    if not (math.isfinite(teacher_weight) and teacher_weight > 0):
+        raise DeepSpeakerError("--teacher_weight must be positive")
+    if not (math.isfinite(speaker_weight) and speaker_weight >= 0):
+        raise DeepSpeakerError("--speaker_weight must be 0 (distillation alone) or positive")
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -211,10 +225,7 @@ class TrainConfig:
             for refused, reason in TEACHER_REFUSED:
                 if refused(self):
                     raise DeepSpeakerError(reason)
-        else:
-            for name, default in TEACHER_ONLY:
-                if getattr(self, name) != default:
-                    raise DeepSpeakerError(f"--{name} needs --teacher (it weighs or shapes the distillation)")
+        check_distillation(self.teacher, self.teacher_weight, self.teacher_loss, self.speaker_weight)
         if not (math.isfinite(self.triplet_margin) and 0 <= self.triplet_margin <= 2):
             raise DeepSpeakerError(f"--triplet_margin must be in [0, 2] (a difference of cosines), got "
                                    f"{self.triplet_margin}")
