@@ -20,8 +20,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from deep_speaker.encoders import get_encoder  # noqa: E402
 from deep_speaker.encoders.base import Encoder, EncoderWrapper  # noqa: E402
@@ -30,17 +28,9 @@ from deep_speaker.encoders.deepspeaker import packaged_model  # noqa: E402
 from deep_speaker.eval.dev import evaluate_dev  # noqa: E402
 from deep_speaker.eval.dev_report import dev_tables  # noqa: E402
 from deep_speaker.metrics import normalize_rows  # noqa: E402
-from deep_speaker.model.rescnn import load_model, to_embedding_model  # noqa: E402
+from deep_speaker.model.rescnn import averaged_model, load_model, to_embedding_model  # noqa: E402
 
 CHECKPOINTS = ("softmax/best.keras", "triplet/best.keras", "triplet/last.keras")
-
-
-def averaged(models: list[keras.Model]) -> keras.Model:
-    """A copy of models[0] whose every variable is the mean of that variable over the models."""
-    mean = [np.mean([np.asarray(m.weights[i]) for m in models], axis=0) for i in range(len(models[0].weights))]
-    out = keras.models.clone_model(models[0])
-    out.set_weights(mean)
-    return out
 
 
 class MeanEmbedding(EncoderWrapper):
@@ -71,8 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     models = {name: to_embedding_model(load_model(args.job / "checkpoints" / name)) for name in CHECKPOINTS}
     candidates = dict(models)
-    candidates["mean of triplet best, last"] = averaged([models[n] for n in CHECKPOINTS[1:]])
-    candidates["mean of all three"] = averaged(list(models.values()))
+    candidates["mean of triplet best, last"] = averaged_model([models[n] for n in CHECKPOINTS[1:]])
+    candidates["mean of all three"] = averaged_model(list(models.values()))
     encoders = {name: get_encoder(model=model, pooling=args.pooling) for name, model in candidates.items()}
     encoders["embeddings of softmax best, triplet best averaged"] = MeanEmbedding(
         [encoders[name] for name in CHECKPOINTS[:2]])

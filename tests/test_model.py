@@ -17,6 +17,7 @@ import pytest
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.model.losses import ShardedTripletLoss, triplet_loss
 from deep_speaker.model.rescnn import (
+    averaged_model,
     build_rescnn,
     conv_flops,
     load_model,
@@ -242,6 +243,25 @@ def test_sharded_triplet_loss_is_the_mean_over_blocks():
     assert abs(unsharded - expected) > 1e-3  # the layout counts
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert (restored.shards, restored.alpha) == (2, 0.3)
+
+
+def test_averaged_model_is_the_mean_of_each_variable():
+    keras.utils.set_random_seed(1)
+    a = build_rescnn(width=0.0625, num_speakers=3)  # a softmax model: averaged as its embedding model
+    keras.utils.set_random_seed(2)
+    b = build_rescnn(width=0.0625)
+    for w in b.weights:  # fresh batch-norm statistics are 0 and 1 in both: make them differ too
+        w.assign(w + np.random.default_rng(3).normal(size=w.shape).astype("float32"))
+    mean = averaged_model([a, b])
+    embedding_a = to_embedding_model(a)
+    assert [w.path for w in mean.weights] == [w.path for w in b.weights]
+    for m, wa, wb in zip(mean.weights, embedding_a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(m), (np.asarray(wa) + np.asarray(wb)) / 2, rtol=1e-6, atol=1e-7)
+    x = np.random.default_rng(0).normal(size=(2, 100, 64, 1)).astype("float32")
+    np.testing.assert_allclose(averaged_model([a, a]).predict(x, verbose=0), embedding_a.predict(x, verbose=0),
+                               atol=1e-6)
+    with pytest.raises(DeepSpeakerError, match="of one width"):
+        averaged_model([a, build_rescnn(width=0.125)])
 
 
 def test_width_and_flops():

@@ -197,6 +197,22 @@ def to_embedding_model(model: keras.Model) -> keras.Model:
     return embedding
 
 
+def averaged_model(models: list[keras.Model]) -> keras.Model:
+    """Checkpoint averaging: the embedding model whose every variable (batch-norm statistics included) is the mean
+    over the models' embedding models, ``w = (1/K) sum_k w_k``; for checkpoints of one run, which lie near one
+    another (e.g. the steps it kept)."""
+    embeddings = [to_embedding_model(m) for m in models]
+    if not embeddings:
+        raise DeepSpeakerError("averaging needs at least one model")
+    shapes = [[tuple(w.shape) for w in m.weights] for m in embeddings]
+    if any(s != shapes[0] for s in shapes):
+        raise DeepSpeakerError("averaged models must be of one width: their weights differ in shape")
+    out = build_rescnn(width=model_width(embeddings[0]), precision=model_precision(embeddings[0]))
+    out.set_weights([np.mean([np.asarray(m.weights[i]) for m in embeddings], axis=0)
+                     for i in range(len(shapes[0]))])
+    return out
+
+
 def _rebuilt(model: keras.Model, precision: str) -> keras.Model:
     """build_rescnn of the model's width and head in precision, with the model's weights (by layer name)."""
     other = build_rescnn(width=model_width(model), num_speakers=num_speakers_of(model), precision=precision,
