@@ -126,17 +126,13 @@ def machine() -> str:
     return cpu_text(describe())
 
 
-def shipped_network(cfg: JobConfig) -> keras.Model:
-    """The embedding network that ships: the weights averaged over the job's last AVERAGED kept softmax steps."""
+def shipped_network(cfg: JobConfig) -> tuple[keras.Model, list[int]]:
+    """The embedding network that ships: the weights averaged over the job's last AVERAGED kept softmax steps; and
+    those steps."""
     kept = kept_checkpoints(cfg.output_dir / "checkpoints", "softmax")[-AVERAGED:]
     if len(kept) < AVERAGED:
         raise SystemExit(f"{cfg.output_dir}: {len(kept)} kept softmax checkpoints, {AVERAGED} needed (keep_every)")
-    return averaged_model([load_model(path) for _, path in kept])
-
-
-def averaged_steps(cfg: JobConfig) -> list[int]:
-    """The softmax steps whose weights the shipped network averages."""
-    return [step for step, _ in kept_checkpoints(cfg.output_dir / "checkpoints", "softmax")[-AVERAGED:]]
+    return averaged_model([load_model(path) for _, path in kept]), [step for step, _ in kept]
 
 
 def dev_report(model: keras.Model, dev_dir: Path) -> dict:
@@ -178,10 +174,11 @@ def variant(output_dir: Path, overrides: list[str]) -> int:
     _, dev = split_data(CONFIG.data_dir)
     cfg = dataclasses.replace(CONFIG, output_dir=output_dir, **changes)
     _, minutes = train_job(cfg)
-    report = dev_report(shipped_network(cfg), dev_set(dev))
+    model, steps = shipped_network(cfg)
+    report = dev_report(model, dev_set(dev))
     print(f"{' '.join(overrides) or 'CONFIG'}: trained in {minutes:.1f} min on {machine()}; the network averages "
-          f"softmax steps {averaged_steps(cfg)}")
-    write_json(output_dir / "dev.json", {"overrides": overrides, "averaged_steps": averaged_steps(cfg), "dev": report})
+          f"softmax steps {steps}")
+    write_json(output_dir / "dev.json", {"overrides": overrides, "averaged_steps": steps, "dev": report})
     return 0
 
 
@@ -196,7 +193,7 @@ def main() -> int:
         print(json_text({k: v for k, v in card.items() if k != "calibration"}), end="")
         return 0
     _, minutes = train_job(CONFIG)
-    model = shipped_network(CONFIG)
+    model, steps = shipped_network(CONFIG)
     report = dev_report(model, dev_set(dev))
     for old in MODEL_DIR.glob("*.keras"):
         if old.name != MODEL_NAME:
@@ -216,7 +213,7 @@ def main() -> int:
             "eer": {n: r["eer"] for n, r in report["conditions"].items()},
             "ood_eer": report["ood"]["eer"], "mean_mfcc_ood_eer": report["baseline"]["ood_eer"],
             "ood_eer_minus_mean_mfcc": report["baseline"]["ood_difference"]["eer"]},
-        "network": f"the weights averaged over softmax steps {averaged_steps(CONFIG)}",
+        "network": f"the weights averaged over softmax steps {steps}",
         # best.keras of the triplet phase (step 0: its softmax start, kept when no triplet step improved the
         # validation EER). The job trains it, as the original's recipe; the network that ships does not use it.
         "triplet_best_step": read_state(run_dir(CONFIG.output_dir / "checkpoints", "triplet"))["best_step"],
