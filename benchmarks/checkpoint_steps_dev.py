@@ -14,8 +14,8 @@ Rules: ``shipped`` (of the best softmax and best triplet checkpoints, chosen by 
 audio, the one the dev half prefers: scripts/train_default_model.py today), ``any step`` (every kept step of both
 phases and the two best ones), ``softmax steps``, ``triplet steps``, and three without a dev choice: ``best
 triplet`` (the original job's), and the weights averaged over the last --average kept softmax steps, or over all
-kept triplet steps (``model.rescnn.averaged_model``). Prints per job and the mean over jobs: the held-out mean OOD EER of each rule (mean over splits
-and directions), and the checkpoint each rule picks on all the dev speakers.
+kept triplet steps (``model.rescnn.averaged_model``). Prints per job and the mean over jobs: the held-out mean OOD
+EER of each rule (mean over splits and directions), and the checkpoint each rule picks on all the dev speakers.
 """
 
 from __future__ import annotations

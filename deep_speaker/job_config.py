@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import DeepSpeakerError
 from .eval.constants import DEGRADATION_KINDS, copy_name
 from .model.constants import HEADS, PRECISIONS, TEACHER_LOSSES
-from .train.config import check_distillation
+from .train.config import check_distillation, check_keep_every
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "samples" / "librispeech"
 TRAIN_SUBSET, TEST_SUBSET = "train-clean-100", "test-other"
@@ -116,3 +116,4 @@ class JobConfig:
 
             check_choice(self.teacher, available_encoders(), "teacher")
         check_distillation(self.teacher, self.teacher_weight, self.teacher_loss, self.speaker_weight)
+        check_keep_every(self.keep_every, self.save_every)

@@ -38,6 +38,9 @@ def test_run_options_default_to_the_job_config() -> None:
     assert JobConfig(**config_values(parser.parse_args(["run", "--degrade", "none"]), JobConfig)).degradations == ()
     with pytest.raises(DeepSpeakerError, match="named twice"):  # the Python API checks what the option checks
         JobConfig(degradations=(("noise", 10), ("noise", 10.0)))
+    with pytest.raises(DeepSpeakerError, match=r"--keep_every must be 0 or a multiple of --save_every \(50\)"):
+        JobConfig(keep_every=30)  # before any cache is built, not when the first phase starts
+    assert JobConfig(keep_every=100).keep_every == 100
 
 
 @pytest.mark.parametrize(("text", "refused"), [

@@ -63,6 +63,16 @@ def check_distillation(teacher: str | None, teacher_weight: float, teacher_loss:
         raise DeepSpeakerError("--teacher_weight must be positive")
     if not (math.isfinite(speaker_weight) and speaker_weight >= 0):
         raise DeepSpeakerError("--speaker_weight must be 0 (distillation alone) or positive")
+
+
+def check_keep_every(keep_every: int, save_every: int) -> None:
+    """``--keep_every`` as a training run and the main job both take it: 0, or a multiple of ``--save_every`` (the
+    steps at which a model is saved at all). One line otherwise."""
+    if keep_every < 0 or keep_every % save_every:
+        raise DeepSpeakerError(f"--keep_every must be 0 or a multiple of --save_every ({save_every}), got "
+                               f"{keep_every}")
+
+
 # Per phase: optimizer and default learning rate as the original (Adam 1e-3 for softmax, Keras' SGD 1e-2),
 # and the validation metric that picks best.keras.
 OPTIMIZERS = {"softmax": ("adam", 1e-3), "triplet": ("sgd", 1e-2), "probe": ("adam", 1e-3)}
@@ -206,9 +216,7 @@ class TrainConfig:
         self.output_dir = Path(self.output_dir)
         if self.steps < 1 or self.save_every < 1 or self.batch_size < 1 or self.crop_frames < 1:
             raise DeepSpeakerError("steps, save_every, batch_size and crop_frames must be positive")
-        if self.keep_every < 0 or self.keep_every % self.save_every:
-            raise DeepSpeakerError(f"--keep_every must be 0 or a multiple of --save_every ({self.save_every}), got "
-                                   f"{self.keep_every}")
+        check_keep_every(self.keep_every, self.save_every)
         # NaN compares false with everything: unchecked, a NaN rate trains to NaN weights and saves them.
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise DeepSpeakerError(f"learning rate must be a positive number, got {self.learning_rate}")
