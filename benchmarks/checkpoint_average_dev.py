@@ -20,7 +20,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
 from deep_speaker.encoders import get_encoder  # noqa: E402
 from deep_speaker.encoders.base import Encoder, EncoderWrapper  # noqa: E402
 from deep_speaker.encoders.constants import POOLINGS  # noqa: E402
