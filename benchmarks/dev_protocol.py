@@ -26,7 +26,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
@@ -69,7 +69,7 @@ class Whitened(EncoderWrapper):
         e = (self.inner.embed_prepared(inputs) - self.mean) @ self.transform
         return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
 
-    def embed_files_with_failures(self, paths) -> EmbedResult:  # type: ignore[no-untyped-def]
+    def embed_files_with_failures(self, paths: Iterable[str | os.PathLike]) -> EmbedResult:
         return self.embed_reads(paths, self.read_or_failure, self.embed_prepared)
 
 
